@@ -1,0 +1,44 @@
+"""Running an ``async def`` node's coroutine from synchronous engine code.
+
+Never ``asyncio.run`` on a thread whose loop is already running (Jupyter): that raises.
+Instead the coroutine goes to one background loop thread and we wait for its result.
+Threads without a running loop reuse one private loop each (creating a loop per call
+costs ~50 us).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any, Coroutine
+
+_local = threading.local()
+_background_lock = threading.Lock()
+_background_loop: asyncio.AbstractEventLoop | None = None
+
+
+def _thread_loop() -> asyncio.AbstractEventLoop:
+    loop = getattr(_local, "loop", None)
+    if loop is None or loop.is_closed():
+        loop = _local.loop = asyncio.new_event_loop()
+    return loop
+
+
+def _background() -> asyncio.AbstractEventLoop:
+    global _background_loop
+    with _background_lock:
+        if _background_loop is None:
+            loop = asyncio.new_event_loop()
+            t = threading.Thread(target=loop.run_forever, name="gilfree-async-bridge",
+                                 daemon=True)
+            t.start()
+            _background_loop = loop
+        return _background_loop
+
+
+def run_coroutine(coro: Coroutine[Any, Any, Any]) -> Any:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return _thread_loop().run_until_complete(coro)
+    return asyncio.run_coroutine_threadsafe(coro, _background()).result()

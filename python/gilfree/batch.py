@@ -1,0 +1,73 @@
+"""``DualNode``: one function for one item, one for a batch of items."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from .node import code_hash_of, signature_info, validate_hints
+
+_SUFFIXES = ("_singular", "_one", "_single")
+
+
+class DualNode:
+    """A node with a per-item form (``run``) and a vectorised form (``map``).
+
+    In a map, engines call ``batch`` with each varying argument as a list (one element
+    per item of the batch) and constants and stateful objects as the single value, and
+    expect a sequence (list, tuple or numpy array) of the same length back.
+    """
+
+    is_dual_node = True
+    is_async = False
+
+    def __init__(
+        self,
+        output_name: str | tuple[str, ...],
+        singular: Callable,
+        batch: Callable,
+        cache: bool = True,
+        **hints: Any,
+    ):
+        if not callable(singular) or not callable(batch):
+            raise TypeError("DualNode needs callable singular= and batch= functions")
+        self.output_name = tuple(output_name) if isinstance(output_name, list) else output_name
+        self.singular = singular
+        self.batch = batch
+        self.cache = cache
+        raw = getattr(singular, "__name__", None) or type(singular).__name__
+        for suffix in _SUFFIXES:
+            if raw.endswith(suffix) and len(raw) > len(suffix):
+                raw = raw[: -len(suffix)]
+                break
+        self.name = raw
+        self.hints = validate_hints(f"DualNode {self.name!r}", hints)
+        self.root_args, self.defaults = signature_info(singular)
+        batch_args, _ = signature_info(batch)
+        if set(batch_args) != set(self.root_args):
+            raise TypeError(
+                f"DualNode {self.name!r}: batch parameters {list(batch_args)} must match "
+                f"singular parameters {list(self.root_args)}"
+            )
+        self._code_hash = code_hash_of(singular, batch)
+        owner = getattr(singular, "__self__", None) or getattr(batch, "__self__", None)
+        self.is_stateful = owner is not None
+        self.instance = owner
+
+    @property
+    def func(self) -> Callable:
+        return self.singular
+
+    @property
+    def code_hash(self) -> str:
+        return self._code_hash
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        n = self.output_name
+        return n if isinstance(n, tuple) else (n,)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.singular(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"DualNode(name={self.name}, output={self.output_name}, stateful={self.is_stateful})"

@@ -1,0 +1,145 @@
+"""What every engine shares: input handling, plans, callbacks and policies.
+
+Engines differ only in *where* items run; ``_execute_run`` and ``_execute_map`` are
+the two places they override.  Semantics live in ``gilfree.execute``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+from ..callbacks import CallbackContext, check_supported
+from ..execute import Runtime, execute_map, execute_run
+from ..mapping import expand_rows, normalize_map_over
+from ..node import validate_hints
+from ..plan import Plan, compile_plan
+
+
+class Engine:
+    """Base class: ``run`` / ``map`` with cache, callbacks, error policy and retries."""
+
+    #: Hints this engine honours; others get one warning per node.
+    supported_hints: frozenset[str] = frozenset({"batch_size", "max_concurrency", "retries"})
+
+    def __init__(self, cache: Any = None, callbacks: list | None = None, *,
+                 on_error: str = "raise", return_exceptions: bool | None = None,
+                 retries: int = 0, timeout: float | None = None, batch_size: int | None = None):
+        if return_exceptions is not None:
+            on_error = "collect" if return_exceptions else "raise"
+        if on_error not in ("raise", "collect"):
+            raise ValueError(f"on_error must be 'raise' or 'collect', not {on_error!r}")
+        validate_hints(type(self).__name__, {"retries": retries, "timeout": timeout,
+                                             "batch_size": batch_size})
+        self.cache = cache
+        self.callbacks = list(callbacks or [])
+        self.on_error = on_error
+        self.retries = retries
+        self.timeout = timeout
+        self.batch_size = batch_size
+        self._node_hints: dict[str, dict[str, Any]] = {}
+        self._warned: set[tuple[str, str]] = set()
+        if timeout is not None and "timeout" not in self.supported_hints:
+            self._warn_once("*", "timeout")
+
+    # -- configuration ----------------------------------------------------------------
+    def configure(self, node_name: str, **hints: Any) -> "Engine":
+        """Per-node hints that override the node's own (e.g. ``batch_size=64``)."""
+        self._node_hints.setdefault(node_name, {}).update(
+            validate_hints(f"{type(self).__name__}.configure({node_name!r})", hints))
+        return self
+
+    def _warn_once(self, node_name: str, hint: str) -> None:
+        if (node_name, hint) in self._warned:
+            return
+        self._warned.add((node_name, hint))
+        where = "" if node_name == "*" else f" (node {node_name!r})"
+        warnings.warn(f"{type(self).__name__} cannot honour the {hint!r} hint{where}; "
+                      "it is ignored", RuntimeWarning, stacklevel=4)
+
+    def _prepare(self, plan: Plan) -> None:
+        for step in plan.iter_steps():
+            extra = self._node_hints.get(step.name)
+            if extra:
+                step.hints = {**step.hints, **extra}
+            for hint, value in step.hints.items():
+                if hint not in self.supported_hints and not self._trivially_honoured(hint, value):
+                    self._warn_once(step.name, hint)
+        for p in _plans(plan):
+            p.simple = p.simple and not any(s.hints.get("retries") for s in p.steps)
+
+    def _trivially_honoured(self, hint: str, value: Any) -> bool:
+        return hint == "executor" and value == "inline"
+
+    def _runtime(self, plan: Plan, options: dict[str, Any]) -> Runtime:
+        on_error = options.pop("on_error", None)
+        if "return_exceptions" in options:
+            on_error = "collect" if options.pop("return_exceptions") else "raise"
+        on_error = on_error or self.on_error
+        if on_error not in ("raise", "collect"):
+            raise ValueError(f"on_error must be 'raise' or 'collect', not {on_error!r}")
+        retries = options.pop("retries", self.retries)
+        if options:
+            raise TypeError(f"{type(self).__name__}: unknown option(s) {sorted(options)}")
+        check_supported(self.callbacks, self)
+        ctx = CallbackContext() if self.callbacks else None
+        if ctx is not None:
+            for p in _plans(plan):
+                ctx.set_pipeline_metadata(p.pipeline_id, {
+                    "pipeline_name": p.pipeline.label,
+                    "total_nodes": len(p.steps),
+                    "node_ids": [s.name for s in p.steps],
+                })
+        return Runtime(cache=self.cache, callbacks=self.callbacks, ctx=ctx, retries=retries,
+                       batch_size=self.batch_size, collect=on_error == "collect", engine=self)
+
+    # -- the public calls -------------------------------------------------------------
+    def run(self, pipeline: Any, inputs: dict[str, Any] | None = None,
+            output_name: Any = None, **options: Any) -> dict[str, Any]:
+        values = {**pipeline.bound_inputs, **(inputs or {})}
+        plan = compile_plan(pipeline, set(values), output_name)
+        self._prepare(plan)
+        rt = self._runtime(plan, options)
+        if rt.ctx is not None:
+            rt.ctx.push_pipeline(plan.pipeline_id)
+        return self._execute_run(plan, values, rt)
+
+    def map(self, pipeline: Any, inputs: dict[str, Any] | None = None, map_over: Any = None,
+            map_mode: str = "zip", output_name: Any = None, **options: Any) -> list[Any]:
+        values = {**pipeline.bound_inputs, **(inputs or {})}
+        owner = f"pipeline {pipeline.label!r}"
+        names = normalize_map_over(map_over, owner)
+        plan = compile_plan(pipeline, set(values) | set(names), output_name)
+        base, rows = expand_rows(values, names, map_mode, owner)
+        self._prepare(plan)
+        rt = self._runtime(plan, options)
+        if rt.ctx is not None:
+            rt.ctx.push_pipeline(plan.pipeline_id)
+        return self._execute_map(plan, base, rows, rt)
+
+    # -- where items run (engines override these two) ---------------------------------
+    def _execute_run(self, plan: Plan, values: dict, rt: Runtime) -> dict:
+        return execute_run(plan, values, rt)
+
+    def _execute_map(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime) -> list:
+        return execute_map(plan, base, rows, rt)
+
+    # -- lifecycle --------------------------------------------------------------------
+    def shutdown(self) -> None:
+        """Release workers and pools (nothing to release for in-process engines)."""
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.shutdown()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+def _plans(plan: Plan):
+    yield plan
+    for s in plan.steps:
+        if s.inner is not None:
+            yield from _plans(s.inner)

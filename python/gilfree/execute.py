@@ -1,0 +1,406 @@
+"""Running items through a plan: the one execution path every engine shares.
+
+``execute_run`` runs one set of inputs; ``execute_map`` runs many items, item by item
+for ordinary steps and in batches for ``DualNode`` steps.  Engines decide where these
+functions run (which thread or process, how items are chunked); the semantics (order,
+caching, callbacks, errors, nesting) live here once.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from ._async_bridge import run_coroutine
+from .errors import annotate
+from .hashing import hash_strings, hash_value
+from .mapping import expand_rows
+from .plan import DUAL, PIPE, Plan, Step
+
+_MISS = object()
+
+
+class Runtime:
+    """What one engine call carries down to every step: cache, callbacks, policy."""
+
+    __slots__ = ("cache", "callbacks", "ctx", "retries", "batch_size", "collect", "tracing",
+                 "engine")
+
+    def __init__(self, *, cache: Any = None, callbacks: list | None = None, ctx: Any = None,
+                 retries: int = 0, batch_size: int | None = None, collect: bool = False,
+                 engine: Any = None):
+        self.cache = cache
+        self.callbacks = list(callbacks or ())
+        self.ctx = ctx
+        self.retries = retries
+        self.batch_size = batch_size
+        self.collect = collect
+        self.engine = engine
+        # Signatures and timings cost time: compute them only when someone reads them.
+        self.tracing = cache is not None or bool(self.callbacks)
+
+    def emit(self, event: str, *args: Any) -> None:
+        for cb in self.callbacks:
+            getattr(cb, event)(*args, self.ctx)
+
+
+# -- one step ---------------------------------------------------------------------------
+def _call(step: Step, func: Callable, values: dict, retries: int) -> Any:
+    attempt = 0
+    while True:
+        try:
+            n = step.nargs
+            if n == 1:
+                r = func(values[step.arg0])
+            elif n == 0:
+                r = func()
+            elif n > 1:
+                r = func(*step.getter(values))
+            else:
+                r = func(**{a: values[a] for a in step.args})
+            if step.is_async:
+                r = run_coroutine(r)
+            return r
+        except Exception:
+            attempt += 1
+            if attempt > retries:
+                raise
+
+
+def _store(step: Step, result: Any, values: dict) -> None:
+    if not step.multi:
+        values[step.out0] = result
+        return
+    names = step.out_names
+    if not isinstance(result, (tuple, list)) or len(result) != len(names):
+        got = f"{len(result)} values" if isinstance(result, (tuple, list)) else type(result).__name__
+        raise ValueError(
+            f"node {step.name!r} declares {len(names)} outputs {names} but returned {got}"
+        )
+    for name, v in zip(names, result):
+        values[name] = v
+
+
+def _sig(name: str, values: dict, sigs: dict) -> str:
+    s = sigs.get(name)
+    if s is None:
+        s = sigs[name] = hash_value(values[name])
+    return s
+
+
+def _step_signature(step: Step, values: dict, sigs: dict) -> str:
+    return hash_strings(step.code_hash, *(f"{a}={_sig(a, values, sigs)}" for a in step.args))
+
+
+def _set_output_sigs(step: Step, sig: str, sigs: dict) -> None:
+    for o in step.out_names:
+        sigs[o] = hash_strings(sig, o)
+
+
+def run_step(step: Step, values: dict, rt: Runtime, item: int | None, sigs: dict | None) -> bool:
+    """Run one step for one item, storing its outputs in ``values``. True if cached."""
+    if step.kind == PIPE:
+        return _run_nested(step, values, rt, item, sigs)
+    retries = step.hints.get("retries", rt.retries)
+    if not rt.tracing:
+        try:
+            _store(step, _call(step, step.func, values, retries), values)
+        except Exception as exc:
+            annotate(exc, step.name, item)
+            raise
+        return False
+
+    cache = rt.cache if step.cache else None
+    sig = None
+    if cache is not None:
+        sig = _step_signature(step, values, sigs)
+        hit = cache.get(sig, _MISS)
+        if hit is not _MISS:
+            values.update(hit)
+            _set_output_sigs(step, sig, sigs)
+            rt.emit("on_node_cached", step.name, sig)
+            return True
+    if rt.callbacks:
+        rt.emit("on_node_start", step.name, {a: values[a] for a in step.args})
+    t0 = time.perf_counter()
+    try:
+        _store(step, _call(step, step.func, values, retries), values)
+    except Exception as exc:
+        rt.emit("on_error", step.name, exc)
+        annotate(exc, step.name, item)
+        raise
+    duration = time.perf_counter() - t0
+    outputs = {o: values[o] for o in step.out_names}
+    if cache is not None:
+        cache.put(sig, outputs)
+        _set_output_sigs(step, sig, sigs)
+    if rt.callbacks:
+        rt.emit("on_node_end", step.name, outputs, duration)
+    return False
+
+
+def _run_nested(step: Step, values: dict, rt: Runtime, item: int | None,
+                sigs: dict | None) -> bool:
+    inner_rt = rt
+    if rt.cache is not None and not step.cache:
+        inner_rt = Runtime(callbacks=rt.callbacks, ctx=rt.ctx, retries=rt.retries,
+                           batch_size=rt.batch_size, engine=rt.engine)
+    inner_values = step.pipeline.bound_inputs
+    inner_sigs: dict | None = {} if inner_rt.tracing else None
+    for outer, inner in step.arg_map:
+        inner_values[inner] = values[outer]
+        if inner_sigs is not None:
+            inner_sigs[inner] = _sig(outer, values, sigs)
+    parent_id = rt.ctx.current_pipeline_id if rt.ctx is not None else None
+    child_id = step.inner.pipeline_id
+    if rt.callbacks:
+        rt.emit("on_nested_pipeline_start", parent_id, child_id)
+        rt.ctx.push_pipeline(child_id)
+    t0 = time.perf_counter()
+    try:
+        if step.map_over:
+            base, rows = expand_rows(inner_values, step.map_over, step.map_mode,
+                                     f"nested pipeline {step.name!r}")
+            results = execute_map(step.inner, base, rows, inner_rt, collect=False)
+            outs = {i: [r[i] for r in results] for i, _ in step.out_map}
+            inner_sigs = None  # lists are hashed by value if anyone needs them
+        else:
+            outs = execute_run(step.inner, inner_values, inner_rt, item, inner_sigs)
+    except Exception as exc:
+        where = f" (map item {item})" if item is not None else ""
+        exc.add_note(f"gilfree: inside nested pipeline {step.name!r}{where}")
+        raise
+    finally:
+        if rt.callbacks:
+            rt.ctx.pop_pipeline()
+    for i, o in step.out_map:
+        values[o] = outs[i]
+        if sigs is not None and inner_sigs is not None and i in inner_sigs:
+            sigs[o] = inner_sigs[i]
+    if rt.callbacks:
+        rt.emit("on_nested_pipeline_end", parent_id, child_id, time.perf_counter() - t0)
+    return False
+
+
+# -- one item ---------------------------------------------------------------------------
+def execute_run(plan: Plan, values: dict, rt: Runtime, item: int | None = None,
+                sigs: dict | None = None) -> dict:
+    """Run every step of ``plan`` on one set of inputs; return the requested outputs."""
+    if not rt.tracing:
+        for step in plan.steps:
+            run_step(step, values, rt, item, None)
+        return {o: values[o] for o in plan.outputs}
+    if sigs is None:
+        sigs = {}
+    if rt.callbacks:
+        rt.emit("on_pipeline_start", plan.pipeline_id, dict(values))
+    t0 = time.perf_counter()
+    for step in plan.steps:
+        run_step(step, values, rt, item, sigs)
+    out = {o: values[o] for o in plan.outputs}
+    if rt.callbacks:
+        rt.emit("on_pipeline_end", plan.pipeline_id, out, time.perf_counter() - t0)
+    return out
+
+
+# -- many items -------------------------------------------------------------------------
+def execute_map(plan: Plan, base: dict, rows: list[dict], rt: Runtime, *,
+                collect: bool | None = None, first_index: int = 0) -> list:
+    """Run ``plan`` once per row (row values overlay ``base``); results in row order.
+
+    With ``collect`` a failed item's slot holds its exception and the others complete;
+    otherwise the first failure is raised (with a note naming node and item index).
+    """
+    if collect is None:
+        collect = rt.collect
+    if not rt.tracing and plan.simple:
+        return _fast_map(plan, base, rows, collect, first_index)
+    n = len(rows)
+    if rt.callbacks:
+        rt.emit("on_map_start", n)
+    t_map = time.perf_counter()
+    values = []
+    for row in rows:
+        v = base.copy()
+        v.update(row)
+        values.append(v)
+    sigs = [{} for _ in rows] if rt.tracing else [None] * n
+    failed: list[BaseException | None] = [None] * n
+    cached = [True] * n
+    started = [0.0] * n
+    varying = set(rows[0]) if rows else set()
+    varying |= plan.produced
+    segments = plan.segments
+    # Without batch steps items run one after the other, each start to end, so
+    # progress moves item by item; batch steps make every item wait for its batch.
+    interleave = len(segments) == 1 and segments[0][0] == "items"
+
+    def start(i: int) -> None:
+        started[i] = time.perf_counter()
+        if rt.callbacks:
+            rt.emit("on_map_item_start", first_index + i)
+            rt.emit("on_pipeline_start", plan.pipeline_id, dict(values[i]))
+
+    def finish(i: int) -> None:
+        if failed[i] is not None:
+            if rt.callbacks:
+                rt.emit("on_map_item_end", first_index + i, time.perf_counter() - started[i])
+            return
+        out = {o: values[i][o] for o in plan.outputs}
+        values[i] = out  # drop intermediates early; the slot now holds the result
+        if rt.callbacks:
+            now = time.perf_counter()
+            rt.emit("on_pipeline_end", plan.pipeline_id, out, now - started[i])
+            if cached[i] and plan.steps:
+                rt.emit("on_map_item_cached", first_index + i,
+                        hash_strings(*(sigs[i].get(o, "") for o in plan.outputs)))
+            rt.emit("on_map_item_end", first_index + i, now - started[i])
+
+    if not interleave:
+        for i in range(n):
+            start(i)
+    for kind, payload in segments:
+        if kind == "batch":
+            _run_batch(payload, values, sigs, failed, cached, varying, base, rt, collect,
+                       first_index)
+            continue
+        for i in range(n):
+            if failed[i] is not None:
+                continue
+            if interleave:
+                start(i)
+            try:
+                for step in payload:
+                    if not run_step(step, values[i], rt, first_index + i, sigs[i]):
+                        cached[i] = False
+            except Exception as exc:
+                if not collect:
+                    raise
+                failed[i] = exc
+            if interleave:
+                finish(i)
+    if not interleave:
+        for i in range(n):
+            finish(i)
+    if rt.callbacks:
+        rt.emit("on_map_end", time.perf_counter() - t_map)
+    return [failed[i] if failed[i] is not None else values[i] for i in range(n)]
+
+
+def _fast_map(plan: Plan, base: dict, rows: list[dict], collect: bool, first: int) -> list:
+    # No cache, no callbacks, plain functions: the loop the per-item overhead bar is
+    # measured on.  Keep it free of attribute lookups that can be hoisted.
+    steps = plan.steps
+    outputs = plan.outputs
+    results = []
+    append = results.append
+    copy = base.copy
+    for i, row in enumerate(rows):
+        values = copy()
+        values.update(row)
+        step = None
+        try:
+            for step in steps:
+                n = step.nargs
+                if n == 1:
+                    r = step.func(values[step.arg0])
+                elif n == 0:
+                    r = step.func()
+                elif n > 1:
+                    r = step.func(*step.getter(values))
+                else:
+                    r = step.func(**{a: values[a] for a in step.args})
+                if step.multi:
+                    _store(step, r, values)
+                else:
+                    values[step.out0] = r
+        except Exception as exc:
+            annotate(exc, step.name, first + i)
+            if not collect:
+                raise
+            append(exc)
+            continue
+        append({o: values[o] for o in outputs})
+    return results
+
+
+def _run_batch(step: Step, values: list[dict], sigs: list, failed: list, cached: list,
+               varying: set, base: dict, rt: Runtime, collect: bool, first: int) -> None:
+    """One DualNode step for every live item, through its batch function."""
+    cache = rt.cache if step.cache else None
+    todo = []
+    step_sigs: dict[int, str] = {}
+    for i, v in enumerate(values):
+        if failed[i] is not None:
+            continue
+        if cache is not None:
+            sig = step_sigs[i] = _step_signature(step, v, sigs[i])
+            hit = cache.get(sig, _MISS)
+            if hit is not _MISS:
+                v.update(hit)
+                _set_output_sigs(step, sig, sigs[i])
+                rt.emit("on_node_cached", step.name, sig)
+                continue
+        cached[i] = False
+        todo.append(i)
+    size = step.hints.get("batch_size") or rt.batch_size or max(len(todo), 1)
+    retries = step.hints.get("retries", rt.retries)
+    for start in range(0, len(todo), size):
+        chunk = todo[start:start + size]
+        kwargs = {a: ([values[i][a] for i in chunk] if a in varying else base[a])
+                  for a in step.args}
+        if rt.callbacks:
+            for i in chunk:
+                rt.emit("on_node_start", step.name, {a: values[i][a] for a in step.args})
+        t0 = time.perf_counter()
+        try:
+            out = _call_batch(step, kwargs, retries, len(chunk))
+        except Exception as exc:
+            rt.emit("on_error", step.name, exc)
+            annotate(exc, step.name)
+            exc.add_note(f"gilfree: batch of map items {[first + i for i in chunk]}")
+            if not collect:
+                raise
+            for i in chunk:
+                failed[i] = exc
+            continue
+        share = (time.perf_counter() - t0) / len(chunk)
+        for j, i in enumerate(chunk):
+            try:
+                _store(step, out[j], values[i])
+            except Exception as exc:
+                annotate(exc, step.name, first + i)
+                if not collect:
+                    raise
+                failed[i] = exc
+                continue
+            outputs = {o: values[i][o] for o in step.out_names}
+            if cache is not None:
+                cache.put(step_sigs[i], outputs)
+                _set_output_sigs(step, step_sigs[i], sigs[i])
+            if rt.callbacks:
+                rt.emit("on_node_end", step.name, outputs, share)
+
+
+def _call_batch(step: Step, kwargs: dict, retries: int, n: int) -> Any:
+    attempt = 0
+    while True:
+        try:
+            out = step.node.batch(**kwargs)
+            break
+        except Exception:
+            attempt += 1
+            if attempt > retries:
+                raise
+    try:
+        got = len(out)
+    except TypeError:
+        raise TypeError(
+            f"DualNode {step.name!r}: batch function returned {type(out).__name__}, "
+            f"expected a sequence of {n} results"
+        ) from None
+    if got != n:
+        raise ValueError(
+            f"DualNode {step.name!r}: batch function returned {got} results for {n} items"
+        )
+    return out

@@ -1,0 +1,113 @@
+"""A pipeline used as a node of another pipeline (``Pipeline.as_node``)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Sequence
+
+from .hashing import hash_strings
+
+if TYPE_CHECKING:
+    from .pipeline import Pipeline
+
+
+class PipelineNode:
+    """Runs an inner pipeline as one step; optionally mapped over some inputs.
+
+    ``input_mapping`` is ``{outer_name: inner_name}`` and ``output_mapping`` is
+    ``{inner_name: outer_name}``; names not mentioned pass through unchanged.
+    """
+
+    is_pipeline_node = True
+    is_async = False
+
+    def __init__(
+        self,
+        pipeline: "Pipeline",
+        input_mapping: dict[str, str] | None = None,
+        output_mapping: dict[str, str] | None = None,
+        map_over: str | Sequence[str] | None = None,
+        map_mode: str = "zip",
+        name: str | None = None,
+        cache: bool = True,
+    ):
+        self.pipeline = pipeline
+        self.input_mapping = dict(input_mapping or {})
+        self.output_mapping = dict(output_mapping or {})
+        self.map_mode = map_mode
+        self.cache = cache
+        self.hints: dict[str, Any] = {}
+        self.name = name or pipeline.name or "pipeline"
+        if map_mode not in ("zip", "product"):
+            raise ValueError(f"nested pipeline {self.name!r}: map_mode must be 'zip' or 'product'")
+        self._outer_of = {inner: outer for outer, inner in self.input_mapping.items()}
+        inner_args = set(pipeline.graph.root_args)
+        bad = sorted(set(self.input_mapping.values()) - inner_args)
+        if bad:
+            raise ValueError(
+                f"nested pipeline {self.name!r}: input_mapping names inner input(s) {bad} "
+                f"that the pipeline does not take; it takes {sorted(inner_args)}"
+            )
+        bad = sorted(set(self.output_mapping) - set(pipeline.graph.available_output_names))
+        if bad:
+            raise ValueError(
+                f"nested pipeline {self.name!r}: output_mapping names output(s) {bad} the "
+                f"pipeline does not produce; it produces {pipeline.graph.available_output_names}"
+            )
+        self.map_over = [map_over] if isinstance(map_over, str) else list(map_over or [])
+        outer_args = {self.outer_name(a) for a in inner_args}
+        bad = [m for m in self.map_over if m not in outer_args]
+        if bad:
+            raise ValueError(
+                f"nested pipeline {self.name!r}: map_over {bad} is not an input of the "
+                f"pipeline; its inputs are {sorted(outer_args)}"
+            )
+
+    # -- names ------------------------------------------------------------------------
+    def outer_name(self, inner: str) -> str:
+        return self._outer_of.get(inner, inner)
+
+    def inner_name(self, outer: str) -> str:
+        return self.input_mapping.get(outer, outer)
+
+    @property
+    def inner_outputs(self) -> list[str]:
+        """Inner output names this node exposes (before renaming)."""
+        if self.output_mapping:
+            return list(self.output_mapping)
+        return list(self.pipeline.graph.default_output_names)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(self.output_mapping.get(o, o) for o in self.inner_outputs)
+
+    @property
+    def output_name(self) -> tuple[str, ...]:
+        return self.output_names
+
+    @property
+    def root_args(self) -> tuple[str, ...]:
+        args = [self.outer_name(a) for a in self.pipeline.unfulfilled_args]
+        args += [m for m in self.map_over if m not in args]
+        return tuple(args)
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        # Inner optional inputs stay optional outside (the inner default is used).
+        return {self.outer_name(a): None for a in self.pipeline.graph.optional_args}
+
+    @property
+    def code_hash(self) -> str:
+        # Built from the inner nodes' hashes and the wiring, never from ids: the same
+        # nested pipeline gets the same key in every process.
+        parts = [n.code_hash for n in self.pipeline.graph.execution_order]
+        parts += [repr(sorted(self.input_mapping.items())), repr(sorted(self.output_mapping.items()))]
+        parts += [repr(self.map_over), self.map_mode]
+        return hash_strings(*parts)
+
+    @property
+    def func(self) -> Any:
+        return None
+
+    def __repr__(self) -> str:
+        extra = f", map_over={self.map_over}" if self.map_over else ""
+        return f"PipelineNode({self.name}, outputs={list(self.output_names)}{extra})"

@@ -1,0 +1,161 @@
+"""``@stateful``: expensive objects (models) built lazily, once per worker.
+
+The wrapper stores only the constructor arguments.  The real instance is built on the
+first public attribute access or call, under a lock (threads of one engine share it),
+and is never pickled: a copy in another process builds its own instance lazily.
+
+Method access does not build: ``model.encode`` returns a small bound proxy that builds
+on call.  That keeps ``DualNode(singular=model.encode_one, ...)`` lazy and cheap to ship
+to worker processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import threading
+from typing import Any
+
+#: Marker attribute engines look for (HyperNodes' name kept so existing checks work).
+STATEFUL_MARKER = "__hypernode_stateful__"
+
+
+def is_stateful(obj: Any) -> bool:
+    return getattr(type(obj), STATEFUL_MARKER, False) is True
+
+
+def _rebuild(wrapper_cls: type, args: tuple, kwargs: dict) -> Any:
+    return wrapper_cls(*args, **kwargs)
+
+
+class _LazyMethod:
+    """``wrapper.method`` before (or regardless of) the instance being built."""
+
+    __slots__ = ("_owner", "_name")
+
+    def __init__(self, owner: "StatefulBase", name: str):
+        self._owner = owner
+        self._name = name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self._owner._gilfree_instance(), self._name)(*args, **kwargs)
+
+    @property
+    def __self__(self) -> "StatefulBase":
+        return self._owner
+
+    @property
+    def __func__(self) -> Any:
+        return getattr(self._owner.__wrapped__, self._name)
+
+    @property
+    def __name__(self) -> str:
+        return self._name
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        return inspect.signature(getattr(self._owner.__wrapped__, self._name)).replace(
+            parameters=list(
+                inspect.signature(getattr(self._owner.__wrapped__, self._name)).parameters.values()
+            )[1:]
+        )
+
+    def __reduce__(self) -> tuple:
+        return (getattr, (self._owner, self._name))
+
+    def __repr__(self) -> str:
+        return f"<lazy method {type(self._owner).__name__}.{self._name}>"
+
+
+class StatefulBase:
+    """Base of every ``@stateful`` wrapper class."""
+
+    __hypernode_stateful__ = True
+    __gilfree_stateful__ = True
+    __wrapped__: type
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        object.__setattr__(self, "_init_args", args)
+        object.__setattr__(self, "_init_kwargs", kwargs)
+        object.__setattr__(self, "_instance", None)
+        object.__setattr__(self, "_lock", threading.Lock())
+
+    # -- building ---------------------------------------------------------------------
+    def _gilfree_instance(self) -> Any:
+        inst = self._instance
+        if inst is None:
+            # Double-checked: many threads may race to the first call; one builds.
+            with self._lock:
+                inst = self._instance
+                if inst is None:
+                    inst = self.__wrapped__(*self._init_args, **self._init_kwargs)
+                    object.__setattr__(self, "_instance", inst)
+        return inst
+
+    @property
+    def _is_built(self) -> bool:
+        return self._instance is not None
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names not found on the wrapper itself.
+        if name.startswith("_"):
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        static = inspect.getattr_static(self.__wrapped__, name, None)
+        if inspect.isfunction(static) and self._instance is None:
+            return _LazyMethod(self, name)
+        return getattr(self._gilfree_instance(), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._gilfree_instance(), name, value)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        inst = self._gilfree_instance()
+        if not callable(inst):
+            raise TypeError(f"{type(self).__name__} object is not callable")
+        return inst(*args, **kwargs)
+
+    def __teardown__(self) -> None:
+        """Engines call this at worker shutdown; forwards to the class's own hook."""
+        inst = self._instance
+        hook = getattr(inst, "__teardown__", None)
+        if hook is not None:
+            hook()
+
+    # -- identity for caches and pickling ---------------------------------------------
+    def __cache_key__(self) -> str:
+        own = getattr(self.__wrapped__, "__cache_key__", None)
+        if own is not None:
+            return str(self._gilfree_instance().__cache_key__())
+        from .hashing import hash_value
+
+        h = hashlib.sha256(self.__wrapped__.__qualname__.encode())
+        h.update(hash_value(self._init_args).encode())
+        h.update(hash_value(self._init_kwargs).encode())
+        return h.hexdigest()
+
+    def __reduce__(self) -> tuple:
+        # The class travels by reference (module.qualname resolves to this wrapper) or,
+        # for __main__/notebook classes, by value through cloudpickle; never the instance.
+        return (_rebuild, (type(self), self._init_args, self._init_kwargs))
+
+    def __repr__(self) -> str:
+        if self._instance is None:
+            return f"<{type(self).__name__} (not initialized)>"
+        return repr(self._instance)
+
+
+def stateful(cls: type) -> type:
+    """Wrap ``cls`` so that constructing it is free and building happens on first use."""
+    if not isinstance(cls, type):
+        raise TypeError(f"@stateful decorates a class, not {type(cls).__name__}")
+    wrapper = type(
+        cls.__name__,
+        (StatefulBase,),
+        {
+            "__wrapped__": cls,
+            "__module__": cls.__module__,
+            "__qualname__": cls.__qualname__,
+            "__doc__": cls.__doc__,
+        },
+    )
+    return wrapper
