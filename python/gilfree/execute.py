@@ -213,7 +213,7 @@ def execute_map(plan: Plan, base: dict, rows: list[dict], rt: Runtime, *,
     """
     if collect is None:
         collect = rt.collect
-    if not rt.tracing and plan.simple:
+    if not rt.tracing and plan.simple and not rt.retries:
         return _fast_map(plan, base, rows, collect, first_index)
     n = len(rows)
     if rt.callbacks:

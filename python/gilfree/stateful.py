@@ -67,7 +67,33 @@ class _LazyMethod:
         return f"<lazy method {type(self._owner).__name__}.{self._name}>"
 
 
-class StatefulBase:
+class _StatefulMeta(type):
+    """Class-level attribute access on the wrapper reaches the wrapped class.
+
+    Inside the class body's methods the class's own name refers to the wrapper, so
+    ``Model.instances += 1`` or ``Model.CONSTANT`` must work on it as on the class.
+    """
+
+    def __getattr__(cls, name: str) -> Any:
+        wrapped = type.__getattribute__(cls, "__dict__").get("__wrapped__")
+        if wrapped is None:
+            for base in type.__getattribute__(cls, "__mro__"):
+                wrapped = base.__dict__.get("__wrapped__")
+                if wrapped is not None:
+                    break
+        if wrapped is None:
+            raise AttributeError(name)
+        return getattr(wrapped, name)
+
+    def __setattr__(cls, name: str, value: Any) -> None:
+        wrapped = cls.__dict__.get("__wrapped__")
+        if wrapped is not None and not name.startswith("__") and hasattr(wrapped, name):
+            setattr(wrapped, name, value)
+        else:
+            type.__setattr__(cls, name, value)
+
+
+class StatefulBase(metaclass=_StatefulMeta):
     """Base of every ``@stateful`` wrapper class."""
 
     __hypernode_stateful__ = True
@@ -148,7 +174,7 @@ def stateful(cls: type) -> type:
     """Wrap ``cls`` so that constructing it is free and building happens on first use."""
     if not isinstance(cls, type):
         raise TypeError(f"@stateful decorates a class, not {type(cls).__name__}")
-    wrapper = type(
+    wrapper = _StatefulMeta(
         cls.__name__,
         (StatefulBase,),
         {
