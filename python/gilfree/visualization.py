@@ -1,0 +1,329 @@
+"""Draw a pipeline with Graphviz (``Pipeline.visualize``).
+
+The DOT source is built here in plain Python (``to_dot``), so it is always available;
+only turning it into SVG/PNG/PDF needs Graphviz: the ``graphviz`` package when it is
+importable, else the ``dot`` executable.  See docs/visualization.md.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import re
+import reprlib
+import shutil
+import subprocess
+import typing
+from typing import Any
+
+from .errors import GilfreeError
+
+ORIENTS = ("TB", "LR", "BT", "RL")
+_INSTALL_HINT = (
+    "drawing a pipeline needs Graphviz: `pip install gilfree[viz]` and install the "
+    "Graphviz programs (`apt-get install graphviz` or `brew install graphviz`). "
+    "The DOT source is available without it: gilfree.visualization.to_dot(pipeline)"
+)
+
+
+class GraphvizNotFoundError(GilfreeError, ImportError, RuntimeError):
+    """Neither the ``graphviz`` package nor the ``dot`` executable is available."""
+
+    def __init__(self, msg: str = _INSTALL_HINT):
+        super().__init__(msg)
+
+
+# -- labels -------------------------------------------------------------------------
+def _esc(text: Any) -> str:
+    """Escape for a Graphviz HTML-like label (all our labels are HTML-like)."""
+    text = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return text.replace('"', "&quot;").replace("\n", " ")
+
+
+def _short_repr(value: Any, limit: int = 30) -> str:
+    r = reprlib.Repr()
+    r.maxstring = r.maxother = limit
+    text = " ".join(r.repr(value).split())  # one line, whatever the object prints
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _annotations(func: Any) -> dict[str, Any]:
+    """Parameter and ``return`` annotations of a node's function ({} when none)."""
+    if func is None:
+        return {}
+    try:  # resolves string annotations (``from __future__ import annotations``)
+        return typing.get_type_hints(func)
+    except Exception:  # unresolvable forward reference, or not a plain function
+        try:
+            sig = inspect.signature(func)
+        except (TypeError, ValueError):
+            return {}
+        hints = {n: p.annotation for n, p in sig.parameters.items()
+                 if p.annotation is not p.empty}
+        if sig.return_annotation is not sig.empty:
+            hints["return"] = sig.return_annotation
+        return hints
+
+
+def _fmt_type(t: Any) -> str:
+    if t is type(None):  # get_type_hints turns ``-> None`` into NoneType
+        return "None"
+    return t if isinstance(t, str) else inspect.formatannotation(t)
+
+
+def _output_types(func: Any, outputs: tuple[str, ...]) -> dict[str, str]:
+    """The return type per output: ``-> tuple[A, B]`` is split over two outputs."""
+    ret = _annotations(func).get("return")
+    if ret is None:
+        return {}
+    if len(outputs) == 1:
+        return {outputs[0]: _fmt_type(ret)}
+    args = typing.get_args(ret) if typing.get_origin(ret) is tuple else ()
+    if len(args) == len(outputs) and Ellipsis not in args:
+        return {o: _fmt_type(a) for o, a in zip(outputs, args)}
+    return {}
+
+
+def _renamed(label: str | None, old: str, new: str) -> str | None:
+    """Edge label across a mapping: ``y → y1``, chained to ``y → y1 → x`` when both."""
+    if old == new:
+        return label
+    start = label if label and label.split(" → ")[-1] == old else old
+    return f"{start} → {new}"
+
+
+def _attrs(**attrs: str) -> str:
+    # Labels are HTML-like (<...>) so that names can be bold and types small.
+    return ", ".join(f"{k}=<{v}>" if k == "label" else f'{k}="{v}"' for k, v in attrs.items())
+
+
+# -- DOT construction ---------------------------------------------------------------
+class _DotBuilder:
+    """Accumulates DOT lines; ``draw`` is called once per (nested) pipeline."""
+
+    def __init__(self, show_types: bool):
+        self.show_types = show_types
+        self.lines: list[str] = []
+        # Edges are written after all nodes, at top level: an edge written inside a
+        # cluster would pull its outer endpoint into that cluster.
+        self.edges: list[str] = []
+        self._used: set[str] = set()
+
+    def new_id(self, hint: str) -> str:
+        # Readable but unique: two nested pipelines may both contain a node "clean".
+        base = re.sub(r"\W", "_", hint) or "n"
+        nid, k = base, 1
+        while nid in self._used:
+            k += 1
+            nid = f"{base}_{k}"
+        self._used.add(nid)
+        return nid
+
+    def emit(self, indent: int, line: str) -> None:
+        self.lines.append("    " * indent + line)
+
+    def edge(self, src: str, dst: str, label: str | None) -> None:
+        extra = f" [{_attrs(label=_esc(label))}]" if label else ""
+        self.edges.append(f'    "{src}" -> "{dst}"{extra};')
+
+    def draw(self, pipeline: Any, depth: int | None, scope: str, indent: int,
+             feeds: dict[str, tuple[str, str | None]]) -> dict[str, tuple[str, str | None]]:
+        """Draw ``pipeline``'s inputs and nodes.
+
+        ``feeds`` maps an input name to the (node id, edge label) that provides it from
+        the enclosing pipeline.  Returns the same for every output drawn here, so that
+        outer consumers can draw their edges to the node that really produces it.
+        """
+        graph = pipeline.graph
+        bound = pipeline.bound_inputs
+        sources: dict[str, tuple[str, str | None]] = {}
+        for arg in graph.root_args:
+            if arg in feeds and arg not in bound:
+                sources[arg] = feeds[arg]
+                continue
+            nid = self.new_id(f"{scope}input_{arg}")
+            sources[arg] = (nid, None)
+            if arg in bound:  # dashed: a default the caller need not pass
+                label, style = f"{_esc(arg)} = {_esc(_short_repr(bound[arg]))}", "dashed"
+            else:
+                label, style = _esc(arg), "dotted" if arg in graph.optional_args else "solid"
+                typ = self._input_type(graph, arg)
+                if typ:
+                    label += f' <FONT POINT-SIZE="10">: {_esc(typ)}</FONT>'
+            self.emit(indent, f'"{nid}" [{_attrs(label=label, shape="ellipse", style=style)}];')
+
+        for n in graph.execution_order:
+            # Execution order: every argument's source (input or producer) is known.
+            inputs = {arg: sources[arg] for arg in n.root_args}
+            self._draw_node(n, depth, scope, indent, inputs, sources)
+        return sources
+
+    def _input_type(self, graph: Any, arg: str) -> str | None:
+        if not self.show_types:
+            return None
+        for n in graph.execution_order:  # the first consumer that annotates it wins
+            if arg in n.root_args:
+                typ = _annotations(getattr(n, "func", None)).get(arg)
+                if typ is not None:
+                    return _fmt_type(typ)
+        return None
+
+    def _draw_node(self, n: Any, depth: int | None, scope: str, indent: int,
+                   inputs: dict[str, tuple[str, str | None]],
+                   sources: dict[str, tuple[str, str | None]]) -> None:
+        nested = getattr(n, "is_pipeline_node", False)
+        if nested and (depth is None or depth > 1):
+            cid = self.new_id(f"{scope}{n.name}")
+            self.emit(indent, f"subgraph cluster_{cid} {{")
+            self.emit(indent + 1, f"label=<<B>{_esc(n.name)}</B>{self._mapped(n)}>;")
+            self.emit(indent + 1, 'style="rounded,filled"; fillcolor="#f4f6fb"; color="#7a8bb5";')
+            # Across the boundary an edge is labelled "outer → inner" when renamed.
+            feeds = {}
+            for outer, (src, label) in inputs.items():
+                inner = n.inner_name(outer)
+                feeds[inner] = (src, _renamed(label, outer, inner))
+            inner_out = self.draw(n.pipeline, None if depth is None else depth - 1,
+                                  f"{cid}__", indent + 1, feeds)
+            self.emit(indent, "}")
+            for inner in n.inner_outputs:
+                outer = n.output_mapping.get(inner, inner)
+                src, label = inner_out[inner]
+                sources[outer] = (src, _renamed(label, inner, outer))
+            return
+
+        nid = self.new_id(f"{scope}{n.name}")
+        outs = tuple(n.output_names)
+        types = _output_types(getattr(n, "func", None), outs) if self.show_types else {}
+        rows = [f"<B>{_esc(n.name)}</B>"]
+        if nested:  # collapsed: one box for the whole inner pipeline
+            rows[0] += self._mapped(n)
+            attrs = dict(shape="box3d", style="filled", fillcolor="#dde4f7")
+        elif getattr(n, "is_dual_node", False):
+            tags = "batch, stateful" if getattr(n, "is_stateful", False) else "batch"
+            rows.append(f'<I><FONT POINT-SIZE="10">[{tags}]</FONT></I>')
+            attrs = dict(shape="box", style="rounded,filled", fillcolor="#fde9c9",
+                         peripheries="2")
+        else:
+            attrs = dict(shape="box", style="rounded,filled", fillcolor="#e3f1e3")
+        for o in outs:
+            typ = f" : {_esc(types[o])}" if o in types else ""
+            rows.append(f'<FONT POINT-SIZE="10">→ {_esc(o)}{typ}</FONT>')
+        self.emit(indent, f'"{nid}" [{_attrs(label="<BR/>".join(rows), **attrs)}];')
+        for arg, (src, label) in inputs.items():
+            self.edge(src, nid, label)
+        # Label edges out of a multi-output node with the output they carry.
+        for o in outs:
+            sources[o] = (nid, o if len(outs) > 1 else None)
+
+    @staticmethod
+    def _mapped(n: Any) -> str:
+        if not n.map_over:
+            return ""
+        return f'<BR/><FONT POINT-SIZE="10">map over {_esc(", ".join(n.map_over))}</FONT>'
+
+
+def to_dot(pipeline: Any, depth: int | None = 1, orient: str = "TB",
+           show_types: bool = True) -> str:
+    """The Graphviz DOT source of ``pipeline`` (pure Python; Graphviz not needed).
+
+    ``depth=1`` draws nested pipelines as one node each; ``depth=2`` expands one level
+    of nesting into clusters, and ``depth=None`` expands every level.
+    """
+    if depth is not None and (not isinstance(depth, int) or isinstance(depth, bool) or depth < 1):
+        raise ValueError(f"depth={depth!r} must be an integer >= 1, or None (expand all)")
+    if orient not in ORIENTS:
+        raise ValueError(f"orient={orient!r} must be one of {list(ORIENTS)}")
+    b = _DotBuilder(show_types)
+    title = f' label=<{_esc(pipeline.name)}>; labelloc="t";' if pipeline.name else ""
+    b.emit(1, f"rankdir={orient};{title}")
+    b.emit(1, 'graph [fontname="Helvetica"]; node [fontname="Helvetica", fontsize="12"]; '
+              'edge [fontname="Helvetica", fontsize="10", color="#555555"];')
+    b.draw(pipeline, depth, "", 1, {})
+    return "digraph pipeline {\n" + "\n".join(b.lines + b.edges) + "\n}\n"
+
+
+# -- rendering ----------------------------------------------------------------------
+def graphviz_available() -> bool:
+    """Whether ``render`` can work here.
+
+    The ``graphviz`` package only wraps the ``dot`` executable, so ``dot`` on PATH is
+    what counts either way.
+    """
+    return shutil.which("dot") is not None
+
+
+def render(source: str, format: str = "svg") -> bytes:
+    """Run Graphviz on DOT ``source``; the output file's bytes in ``format``."""
+    try:
+        import graphviz as gv
+    except ImportError:
+        gv = None
+    if gv is not None:
+        try:
+            return gv.Source(source).pipe(format=format)
+        except gv.ExecutableNotFound as exc:  # the package is a wrapper around `dot`
+            raise GraphvizNotFoundError() from exc
+    dot = shutil.which("dot")
+    if dot is None:
+        raise GraphvizNotFoundError()
+    proc = subprocess.run([dot, f"-T{format}"], input=source.encode(), capture_output=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"Graphviz `dot -T{format}` failed: "
+                           f"{proc.stderr.decode(errors='replace').strip()}")
+    return proc.stdout
+
+
+class PipelineDrawing:
+    """A drawn pipeline: shows inline in Jupyter, ``.source`` is the DOT text."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self._svg: str | None = None
+
+    def pipe(self, format: str = "svg") -> bytes:
+        return render(self.source, format)
+
+    def save(self, filename: str | os.PathLike) -> str:
+        """Write ``filename``; its extension picks the format (``.dot``: the source)."""
+        filename = os.fspath(filename)
+        ext = os.path.splitext(filename)[1].lower().lstrip(".")
+        if not ext:
+            raise ValueError(f"filename {filename!r} needs an extension: .svg, .png, .pdf, .dot")
+        data = self.source.encode() if ext in ("dot", "gv") else self.pipe(ext)
+        with open(filename, "wb") as f:
+            f.write(data)
+        return filename
+
+    def _repr_svg_(self) -> str | None:
+        if self._svg is None:
+            try:
+                self._svg = self.pipe("svg").decode("utf-8")
+            except GraphvizNotFoundError:
+                # Only reachable after visualize(filename=...) wrote a .dot without
+                # Graphviz: Jupyter then shows __repr__ instead of a traceback.
+                return None
+        return self._svg
+
+    def __str__(self) -> str:
+        return self.source
+
+    def __repr__(self) -> str:
+        return f"<PipelineDrawing: {self.source.count(chr(10))} lines of DOT>"
+
+
+def visualize(pipeline: Any, filename: str | os.PathLike | None = None,
+              depth: int | None = 1, orient: str = "TB", show_types: bool = True,
+              **_: Any) -> PipelineDrawing:
+    """Draw ``pipeline``; write ``filename`` if given (format from its extension).
+
+    Returns a ``PipelineDrawing`` either way.  Options HyperNodes knows but gilfree
+    does not draw (``style``, ``show_legend``, ...) are accepted and ignored.
+    """
+    drawing = PipelineDrawing(to_dot(pipeline, depth=depth, orient=orient,
+                                     show_types=show_types))
+    if filename is not None:
+        drawing.save(filename)
+    elif not graphviz_available():
+        # Fail here, with the install hint, rather than later inside Jupyter's display.
+        raise GraphvizNotFoundError()
+    return drawing
