@@ -8,7 +8,9 @@ caching, callbacks, errors, nesting) live here once.
 
 from __future__ import annotations
 
+import copy
 import time
+from collections import deque
 from typing import Any, Callable
 
 from ._async_bridge import run_coroutine
@@ -24,7 +26,13 @@ class Runtime:
     """What one engine call carries down to every step: cache, callbacks, policy."""
 
     __slots__ = ("cache", "callbacks", "ctx", "retries", "batch_size", "collect", "tracing",
-                 "engine")
+                 "engine", "queue", "pending")
+
+    def __copy__(self) -> "Runtime":
+        new = Runtime.__new__(Runtime)
+        for name in Runtime.__slots__:
+            setattr(new, name, getattr(self, name))
+        return new
 
     def __init__(self, *, cache: Any = None, callbacks: list | None = None, ctx: Any = None,
                  retries: int = 0, batch_size: int | None = None, collect: bool = False,
@@ -38,10 +46,46 @@ class Runtime:
         self.engine = engine
         # Signatures and timings cost time: compute them only when someone reads them.
         self.tracing = cache is not None or bool(self.callbacks)
+        self.queue: deque | None = None  # set on worker views: events wait for the driver
+        self.pending: deque = deque()  # the driver's inbox of worker events
 
     def emit(self, event: str, *args: Any) -> None:
+        q = self.queue
+        if q is not None:
+            # deque.append is atomic under the GIL; the path is copied because the
+            # driver replays the event later, when this worker may be elsewhere.
+            q.append((event, args, list(self.ctx.hierarchy_path) if self.ctx else None))
+            return
         for cb in self.callbacks:
             getattr(cb, event)(*args, self.ctx)
+
+    def worker_view(self) -> "Runtime":
+        """A copy for code running on another thread: its events queue for the driver,
+        and it has its own pipeline path (nested pipelines push and pop on it)."""
+        if not self.callbacks:
+            return self
+        view = copy.copy(self)
+        if self.ctx is not None:
+            view.ctx = copy.copy(self.ctx)
+            view.ctx.hierarchy_path = list(self.ctx.hierarchy_path)
+        view.queue = self.pending
+        return view
+
+    def flush(self) -> None:
+        """Driver thread only: deliver the events workers queued, in their order."""
+        q = self.pending
+        if not q:
+            return
+        ctx = self.ctx
+        saved = ctx.hierarchy_path
+        try:
+            while q:
+                event, args, path = q.popleft()
+                ctx.hierarchy_path = path
+                for cb in self.callbacks:
+                    getattr(cb, event)(*args, ctx)
+        finally:
+            ctx.hierarchy_path = saved
 
 
 # -- one step ---------------------------------------------------------------------------
@@ -89,7 +133,9 @@ def _sig(name: str, values: dict, sigs: dict) -> str:
 
 
 def _step_signature(step: Step, values: dict, sigs: dict) -> str:
-    return hash_strings(step.code_hash, *(f"{a}={_sig(a, values, sigs)}" for a in step.args))
+    owners = [hash_value(o) for o in step.owners]
+    return hash_strings(step.code_hash, *owners,
+                        *(f"{a}={_sig(a, values, sigs)}" for a in step.args))
 
 
 def _set_output_sigs(step: Step, sig: str, sigs: dict) -> None:
@@ -157,6 +203,7 @@ def _run_nested(step: Step, values: dict, rt: Runtime, item: int | None,
         rt.emit("on_nested_pipeline_start", parent_id, child_id)
         rt.ctx.push_pipeline(child_id)
     t0 = time.perf_counter()
+    all_hits = False
     try:
         if step.map_over:
             base, rows = expand_rows(inner_values, step.map_over, step.map_mode,
@@ -165,7 +212,10 @@ def _run_nested(step: Step, values: dict, rt: Runtime, item: int | None,
             outs = {i: [r[i] for r in results] for i, _ in step.out_map}
             inner_sigs = None  # lists are hashed by value if anyone needs them
         else:
-            outs = execute_run(step.inner, inner_values, inner_rt, item, inner_sigs)
+            report: list[bool] = []
+            outs = execute_run(step.inner, inner_values, inner_rt, item, inner_sigs,
+                               cached=report)
+            all_hits = bool(report and report[0] and step.inner.steps)
     except Exception as exc:
         where = f" (map item {item})" if item is not None else ""
         exc.add_note(f"gilfree: inside nested pipeline {step.name!r}{where}")
@@ -179,24 +229,50 @@ def _run_nested(step: Step, values: dict, rt: Runtime, item: int | None,
             sigs[o] = inner_sigs[i]
     if rt.callbacks:
         rt.emit("on_nested_pipeline_end", parent_id, child_id, time.perf_counter() - t0)
-    return False
+    return all_hits
 
 
 # -- one item ---------------------------------------------------------------------------
+#: ``pfor(task, n)`` runs ``task(0) .. task(n-1)`` and returns when all are done; if a
+#: task raises, it stops handing out tasks and raises the exception of the failed task
+#: with the lowest index.  Engines pass a parallel one; ``None`` means a plain loop.
+PFor = Callable[[Callable[[int], None], int], None]
+
+
+def _serial_pfor(task: Callable[[int], None], n: int) -> None:
+    for i in range(n):
+        task(i)
+
+
 def execute_run(plan: Plan, values: dict, rt: Runtime, item: int | None = None,
-                sigs: dict | None = None) -> dict:
-    """Run every step of ``plan`` on one set of inputs; return the requested outputs."""
-    if not rt.tracing:
-        for step in plan.steps:
-            run_step(step, values, rt, item, None)
-        return {o: values[o] for o in plan.outputs}
-    if sigs is None:
+                sigs: dict | None = None, pfor: PFor | None = None,
+                cached: list | None = None) -> dict:
+    """Run every step of ``plan`` on one set of inputs; return the requested outputs.
+
+    With ``pfor``, independent steps (same wave of the graph) run concurrently.  When
+    ``cached`` is a list, whether every step was a cache hit is appended to it.
+    """
+    if sigs is None and rt.tracing:
         sigs = {}
     if rt.callbacks:
         rt.emit("on_pipeline_start", plan.pipeline_id, dict(values))
     t0 = time.perf_counter()
-    for step in plan.steps:
-        run_step(step, values, rt, item, sigs)
+    if pfor is None or len(plan.steps) < 2:
+        hits = [run_step(step, values, rt, item, sigs) for step in plan.steps]
+        if cached is not None:
+            cached.append(all(hits))
+    else:
+        if cached is not None:
+            cached.append(False)
+        for wave in plan.waves:
+            if len(wave) == 1:
+                run_step(wave[0], values, rt, item, sigs)
+                continue
+            views = [rt.worker_view() for _ in wave]
+            # Each step writes only its own output names: dict stores are atomic under
+            # the GIL, so the shared ``values`` needs no lock.
+            pfor(lambda k: run_step(wave[k], values, views[k], item, sigs), len(wave))
+            rt.flush()
     out = {o: values[o] for o in plan.outputs}
     if rt.callbacks:
         rt.emit("on_pipeline_end", plan.pipeline_id, out, time.perf_counter() - t0)
@@ -205,16 +281,20 @@ def execute_run(plan: Plan, values: dict, rt: Runtime, item: int | None = None,
 
 # -- many items -------------------------------------------------------------------------
 def execute_map(plan: Plan, base: dict, rows: list[dict], rt: Runtime, *,
-                collect: bool | None = None, first_index: int = 0) -> list:
+                collect: bool | None = None, first_index: int = 0,
+                pfor: PFor | None = None) -> list:
     """Run ``plan`` once per row (row values overlay ``base``); results in row order.
 
     With ``collect`` a failed item's slot holds its exception and the others complete;
     otherwise the first failure is raised (with a note naming node and item index).
+    ``pfor`` runs the per-item (and per-batch) tasks; every callback still fires in the
+    calling thread.
     """
     if collect is None:
         collect = rt.collect
-    if not rt.tracing and plan.simple and not rt.retries:
+    if pfor is None and not rt.tracing and plan.simple and not rt.retries:
         return _fast_map(plan, base, rows, collect, first_index)
+    run_tasks = pfor or _serial_pfor
     n = len(rows)
     if rt.callbacks:
         rt.emit("on_map_start", n)
@@ -231,59 +311,70 @@ def execute_map(plan: Plan, base: dict, rows: list[dict], rt: Runtime, *,
     varying = set(rows[0]) if rows else set()
     varying |= plan.produced
     segments = plan.segments
-    # Without batch steps items run one after the other, each start to end, so
-    # progress moves item by item; batch steps make every item wait for its batch.
+    # Without batch steps each item runs start to end in one task, so progress moves
+    # item by item; batch steps make every item wait for its batch.
     interleave = len(segments) == 1 and segments[0][0] == "items"
 
-    def start(i: int) -> None:
+    def start(i: int, r: Runtime) -> None:
         started[i] = time.perf_counter()
-        if rt.callbacks:
-            rt.emit("on_map_item_start", first_index + i)
-            rt.emit("on_pipeline_start", plan.pipeline_id, dict(values[i]))
+        if r.callbacks:
+            r.emit("on_map_item_start", first_index + i)
+            r.emit("on_pipeline_start", plan.pipeline_id, dict(values[i]))
 
-    def finish(i: int) -> None:
+    def finish(i: int, r: Runtime) -> None:
         if failed[i] is not None:
-            if rt.callbacks:
-                rt.emit("on_map_item_end", first_index + i, time.perf_counter() - started[i])
+            if r.callbacks:
+                r.emit("on_map_item_end", first_index + i, time.perf_counter() - started[i])
             return
         out = {o: values[i][o] for o in plan.outputs}
         values[i] = out  # drop intermediates early; the slot now holds the result
-        if rt.callbacks:
+        if r.callbacks:
             now = time.perf_counter()
-            rt.emit("on_pipeline_end", plan.pipeline_id, out, now - started[i])
+            r.emit("on_pipeline_end", plan.pipeline_id, out, now - started[i])
             if cached[i] and plan.steps:
-                rt.emit("on_map_item_cached", first_index + i,
-                        hash_strings(*(sigs[i].get(o, "") for o in plan.outputs)))
-            rt.emit("on_map_item_end", first_index + i, now - started[i])
+                r.emit("on_map_item_cached", first_index + i,
+                       hash_strings(*(sigs[i].get(o, "") for o in plan.outputs)))
+            r.emit("on_map_item_end", first_index + i, now - started[i])
 
-    if not interleave:
-        for i in range(n):
-            start(i)
-    for kind, payload in segments:
-        if kind == "batch":
-            _run_batch(payload, values, sigs, failed, cached, varying, base, rt, collect,
-                       first_index)
-            continue
-        for i in range(n):
+    def items_task(payload: list[Step]) -> Callable[[int], None]:
+        def task(i: int) -> None:
             if failed[i] is not None:
-                continue
+                return
+            r = rt if pfor is None else rt.worker_view()
             if interleave:
-                start(i)
+                start(i, r)
             try:
                 for step in payload:
-                    if not run_step(step, values[i], rt, first_index + i, sigs[i]):
+                    if not run_step(step, values[i], r, first_index + i, sigs[i]):
                         cached[i] = False
             except Exception as exc:
                 if not collect:
                     raise
                 failed[i] = exc
             if interleave:
-                finish(i)
-    if not interleave:
-        for i in range(n):
-            finish(i)
-    if rt.callbacks:
-        rt.emit("on_map_end", time.perf_counter() - t_map)
+                finish(i, r)
+        return task
+
+    try:
+        if not interleave:
+            for i in range(n):
+                start(i, rt)
+        for kind, payload in segments:
+            if kind == "batch":
+                _run_batch(payload, values, sigs, failed, cached, varying, base, rt,
+                           collect, first_index, run_tasks)
+            else:
+                run_tasks(items_task(payload), n)
+                rt.flush()
+        if not interleave:
+            for i in range(n):
+                finish(i, rt)
+    finally:
+        rt.flush()
+        # Every on_map_start gets its on_map_end, also when the map stops on an error
+        # (progress bars close, per-map state in callbacks is released).
+        if rt.callbacks:
+            rt.emit("on_map_end", time.perf_counter() - t_map)
     return [failed[i] if failed[i] is not None else values[i] for i in range(n)]
 
 
@@ -324,9 +415,47 @@ def _fast_map(plan: Plan, base: dict, rows: list[dict], collect: bool, first: in
     return results
 
 
+def fast_row_function(plan: Plan, base: dict, first: int = 0) -> Callable[[int, dict], dict]:
+    """``f(index, row) -> outputs`` for the no-cache, no-callback case: what a thread
+    pool calls once per item (errors raise, annotated with node and item index)."""
+    steps = plan.steps
+    outputs = plan.outputs
+
+    def run_row(i: int, row: dict) -> dict:
+        values = base.copy()
+        values.update(row)
+        step = None
+        try:
+            for step in steps:
+                n = step.nargs
+                if n == 1:
+                    r = step.func(values[step.arg0])
+                elif n == 0:
+                    r = step.func()
+                elif n > 1:
+                    r = step.func(*step.getter(values))
+                else:
+                    r = step.func(**{a: values[a] for a in step.args})
+                if step.multi:
+                    _store(step, r, values)
+                else:
+                    values[step.out0] = r
+        except Exception as exc:
+            annotate(exc, step.name, first + i)
+            raise
+        return {o: values[o] for o in outputs}
+
+    return run_row
+
+
 def _run_batch(step: Step, values: list[dict], sigs: list, failed: list, cached: list,
-               varying: set, base: dict, rt: Runtime, collect: bool, first: int) -> None:
-    """One DualNode step for every live item, through its batch function."""
+               varying: set, base: dict, rt: Runtime, collect: bool, first: int,
+               run_tasks: PFor) -> None:
+    """One DualNode step for every live item, through its batch function.
+
+    Cache look-ups and callbacks happen here, in the driver; only the batch calls are
+    tasks (several batches may run at once on a parallel engine).
+    """
     cache = rt.cache if step.cache else None
     todo = []
     step_sigs: dict[int, str] = {}
@@ -345,29 +474,44 @@ def _run_batch(step: Step, values: list[dict], sigs: list, failed: list, cached:
         todo.append(i)
     size = step.hints.get("batch_size") or rt.batch_size or max(len(todo), 1)
     retries = step.hints.get("retries", rt.retries)
-    for start in range(0, len(todo), size):
-        chunk = todo[start:start + size]
+    chunks = [todo[k:k + size] for k in range(0, len(todo), size)]
+    outs: list[Any] = [None] * len(chunks)
+    errors: list[BaseException | None] = [None] * len(chunks)
+    took = [0.0] * len(chunks)
+
+    def task(k: int) -> None:
+        chunk = chunks[k]
         kwargs = {a: ([values[i][a] for i in chunk] if a in varying else base[a])
                   for a in step.args}
-        if rt.callbacks:
-            for i in chunk:
-                rt.emit("on_node_start", step.name, {a: values[i][a] for a in step.args})
         t0 = time.perf_counter()
         try:
-            out = _call_batch(step, kwargs, retries, len(chunk))
+            outs[k] = _call_batch(step, kwargs, retries, len(chunk))
         except Exception as exc:
-            rt.emit("on_error", step.name, exc)
             annotate(exc, step.name)
             exc.add_note(f"gilfree: batch of map items {[first + i for i in chunk]}")
             if not collect:
                 raise
+            errors[k] = exc
+        took[k] = time.perf_counter() - t0
+
+    if rt.callbacks:
+        for i in todo:
+            rt.emit("on_node_start", step.name, {a: values[i][a] for a in step.args})
+    try:
+        run_tasks(task, len(chunks))
+    except Exception as exc:
+        rt.emit("on_error", step.name, exc)
+        raise
+    for k, chunk in enumerate(chunks):
+        if errors[k] is not None:
+            rt.emit("on_error", step.name, errors[k])
             for i in chunk:
-                failed[i] = exc
+                failed[i] = errors[k]
             continue
-        share = (time.perf_counter() - t0) / len(chunk)
+        share = took[k] / len(chunk)
         for j, i in enumerate(chunk):
             try:
-                _store(step, out[j], values[i])
+                _store(step, outs[k][j], values[i])
             except Exception as exc:
                 annotate(exc, step.name, first + i)
                 if not collect:
@@ -386,7 +530,7 @@ def _call_batch(step: Step, kwargs: dict, retries: int, n: int) -> Any:
     attempt = 0
     while True:
         try:
-            out = step.node.batch(**kwargs)
+            out = step.batch(**kwargs)
             break
         except Exception:
             attempt += 1

@@ -8,6 +8,7 @@ a type tag, so ``1``, ``1.0``, ``True`` and ``"1"`` all hash differently.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import hashlib
 import pickle
 from typing import Any
@@ -47,8 +48,14 @@ def _feed(h: "hashlib._Hash", value: Any, depth: int) -> None:
         h.update(b"N")
     elif isinstance(value, bool):  # before int: bool is an int subclass
         h.update(b"B1" if value else b"B0")
-    elif type(value) in (int, float, str, bytes):
-        h.update(_type_tag(value) + b":" + repr(value).encode() + b";")
+    elif isinstance(value, enum.Enum):
+        h.update(b"E" + _type_tag(value) + b":" + value.name.encode() + b";")
+        _feed(h, value.value, depth + 1)
+    elif isinstance(value, (int, float, str, bytes)):
+        # The base type's repr: a subclass may override __repr__, and its instance
+        # __dict__ is usually empty, so neither can tell two values apart.
+        base = next(b for b in (int, float, str, bytes) if isinstance(value, b))
+        h.update(_type_tag(value) + b":" + base.__repr__(value).encode() + b";")
     elif isinstance(value, (list, tuple)):
         h.update(_type_tag(value) + b"[" + str(len(value)).encode() + b"]")
         for item in value:
@@ -62,6 +69,10 @@ def _feed(h: "hashlib._Hash", value: Any, depth: int) -> None:
         h.update(_type_tag(value) + b"<")
         for digest in sorted(hash_value(v) for v in value):
             h.update(digest.encode())
+    elif _is_array(value) and getattr(value.dtype, "hasobject", False):
+        # Object arrays hold pointers: hash the objects they point to.
+        h.update(b"A" + str(value.shape).encode())
+        _feed(h, value.tolist(), depth + 1)
     elif _is_array(value):
         h.update(b"A" + str(value.dtype).encode() + str(value.shape).encode())
         h.update(value.tobytes())

@@ -87,13 +87,18 @@ class PipelineNode:
     @property
     def root_args(self) -> tuple[str, ...]:
         args = [self.outer_name(a) for a in self.pipeline.unfulfilled_args]
+        # A mapped name whose inner input is bound is still an input: an outer value
+        # given for it wins over the bound one (call-time wins), as in run().
+        args += [o for o in self.input_mapping if o not in args]
         args += [m for m in self.map_over if m not in args]
         return tuple(args)
 
     @property
     def defaults(self) -> dict[str, Any]:
-        # Inner optional inputs stay optional outside (the inner default is used).
-        return {self.outer_name(a): None for a in self.pipeline.graph.optional_args}
+        # Inner optional inputs stay optional outside (the inner default is used), and
+        # so do inner inputs that are bound.
+        optional = set(self.pipeline.graph.optional_args) | set(self.pipeline.bound_inputs)
+        return {self.outer_name(a): None for a in optional}
 
     @property
     def code_hash(self) -> str:

@@ -17,7 +17,7 @@ class Step:
 
     __slots__ = (
         "node", "name", "kind", "func", "args", "nargs", "arg0", "getter", "out_names",
-        "out0", "multi", "is_async", "cache", "hints", "code_hash",
+        "out0", "multi", "is_async", "cache", "hints", "code_hash", "batch", "owners",
         # nested pipelines only
         "inner", "arg_map", "out_map", "map_over", "map_mode", "pipeline",
     )
@@ -32,10 +32,12 @@ class Step:
         self.args = args
         self.nargs = len(args)
         self.arg0 = args[0] if args else None
+        self.batch = None
         if getattr(node, "is_pipeline_node", False):
             self.kind, self.func = PIPE, None
         elif getattr(node, "is_dual_node", False):
             self.kind, self.func = DUAL, node.singular
+            self.batch = node.batch
         else:
             self.kind, self.func = FUNC, node.func
         # Positional calls are cheaper than keyword calls; they are only correct when
@@ -44,6 +46,9 @@ class Step:
         self.getter = itemgetter(*args) if positional and len(args) > 1 else None
         if not positional:
             self.nargs = -1  # keyword call
+        # Bound methods: the object they belong to is part of the computation, so it
+        # is part of the cache key (hashed only when a cache asks, see execute.py).
+        self.owners = tuple(o for o in (_owner(self.func), _owner(self.batch)) if o is not None)
         self.out_names = node.output_names
         self.out0 = self.out_names[0] if self.out_names else None
         self.multi = isinstance(getattr(node, "output_name", None), tuple) and self.kind != PIPE
@@ -51,6 +56,12 @@ class Step:
 
     def __repr__(self) -> str:
         return f"Step({self.kind}:{self.name})"
+
+
+def _owner(func: Any) -> Any:
+    if func is None or isinstance(func, type(len)):  # builtins: __self__ is a module
+        return None
+    return getattr(func, "__self__", None)
 
 
 class Plan:
@@ -69,6 +80,7 @@ class Plan:
         self.simple = all(s.kind == FUNC and not s.is_async and not s.hints.get("retries")
                           for s in steps)
         self.segments = _segments(steps)
+        self.waves = _waves(steps)
 
     def iter_steps(self) -> Iterable[Step]:
         """Every step, nested plans included (for hint checks and visualisation)."""
@@ -89,6 +101,20 @@ def _segments(steps: list[Step]) -> list[tuple[str, Any]]:
         else:
             out.append(("items", [s]))
     return out
+
+
+def _waves(steps: list[Step]) -> list[list[Step]]:
+    """Steps grouped so that each group depends only on earlier groups."""
+    level: dict[str, int] = {}
+    waves: list[list[Step]] = []
+    for s in steps:
+        lv = max((level[a] + 1 for a in s.args if a in level), default=0)
+        for o in s.out_names:
+            level[o] = lv
+        while len(waves) <= lv:
+            waves.append([])
+        waves[lv].append(s)
+    return waves
 
 
 def _as_list(output_name: str | Iterable[str]) -> list[str]:

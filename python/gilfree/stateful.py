@@ -147,6 +147,16 @@ class StatefulBase(metaclass=_StatefulMeta):
         if hook is not None:
             hook()
 
+    def _gilfree_release(self) -> None:
+        """Tear the built instance down and forget it (a later use builds it again)."""
+        with self._lock:
+            if self._instance is None:
+                return
+            try:
+                self.__teardown__()
+            finally:
+                object.__setattr__(self, "_instance", None)
+
     # -- identity for caches and pickling ---------------------------------------------
     def __cache_key__(self) -> str:
         own = getattr(self.__wrapped__, "__cache_key__", None)

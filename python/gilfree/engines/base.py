@@ -7,6 +7,7 @@ the two places they override.  Semantics live in ``gilfree.execute``.
 from __future__ import annotations
 
 import warnings
+import weakref
 from typing import Any
 
 from ..callbacks import CallbackContext, check_supported
@@ -14,6 +15,7 @@ from ..execute import Runtime, execute_map, execute_run
 from ..mapping import expand_rows, normalize_map_over
 from ..node import validate_hints
 from ..plan import Plan, compile_plan
+from ..stateful import is_stateful
 
 
 class Engine:
@@ -39,6 +41,9 @@ class Engine:
         self.batch_size = batch_size
         self._node_hints: dict[str, dict[str, Any]] = {}
         self._warned: set[tuple[str, str]] = set()
+        # @stateful objects this engine ran with: shutdown() tears the built ones down
+        # (their __teardown__ hook), as a worker pool does when its workers exit.
+        self._stateful_seen: weakref.WeakSet = weakref.WeakSet()
         if timeout is not None and "timeout" not in self.supported_hints:
             self._warn_once("*", "timeout")
 
@@ -98,6 +103,7 @@ class Engine:
             output_name: Any = None, **options: Any) -> dict[str, Any]:
         values = {**pipeline.bound_inputs, **(inputs or {})}
         plan = compile_plan(pipeline, set(values), output_name)
+        self._track_stateful(values)
         self._prepare(plan)
         rt = self._runtime(plan, options)
         if rt.ctx is not None:
@@ -111,6 +117,7 @@ class Engine:
         names = normalize_map_over(map_over, owner)
         plan = compile_plan(pipeline, set(values) | set(names), output_name)
         base, rows = expand_rows(values, names, map_mode, owner)
+        self._track_stateful(base)
         self._prepare(plan)
         rt = self._runtime(plan, options)
         if rt.ctx is not None:
@@ -125,8 +132,16 @@ class Engine:
         return execute_map(plan, base, rows, rt)
 
     # -- lifecycle --------------------------------------------------------------------
+    def _track_stateful(self, values: dict) -> None:
+        for v in values.values():
+            if is_stateful(v):
+                self._stateful_seen.add(v)
+
     def shutdown(self) -> None:
-        """Release workers and pools (nothing to release for in-process engines)."""
+        """Release workers and pools; tear down the @stateful objects built for us."""
+        for obj in list(self._stateful_seen):
+            obj._gilfree_release()
+        self._stateful_seen = weakref.WeakSet()
 
     def __enter__(self) -> "Engine":
         return self
