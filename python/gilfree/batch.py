@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable
 
 from .node import code_hash_of, signature_info, validate_hints
@@ -42,6 +43,9 @@ class DualNode:
         self.name = raw
         self.hints = validate_hints(f"DualNode {self.name!r}", hints)
         self.root_args, self.defaults = signature_info(singular)
+        params = inspect.signature(singular).parameters.values()
+        self.keyword_only = frozenset(p.name for p in params if p.kind is p.KEYWORD_ONLY)
+        self.positional_only = tuple(p.name for p in params if p.kind is p.POSITIONAL_ONLY)
         batch_args, _ = signature_info(batch)
         if set(batch_args) != set(self.root_args):
             raise TypeError(

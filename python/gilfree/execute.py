@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 from collections import deque
 from typing import Any, Callable
 
@@ -134,8 +135,18 @@ def _sig(name: str, values: dict, sigs: dict) -> str:
 
 def _step_signature(step: Step, values: dict, sigs: dict) -> str:
     owners = [hash_value(o) for o in step.owners]
-    return hash_strings(step.code_hash, *owners,
+    return hash_strings(step.code_hash, repr(step.out_names), *owners,
                         *(f"{a}={_sig(a, values, sigs)}" for a in step.args))
+
+
+def _safe_signature(step: Step, values: dict, sigs: dict) -> str | None:
+    """The step's cache key, or None (with a warning) when an input cannot be hashed."""
+    try:
+        return _step_signature(step, values, sigs)
+    except (ValueError, TypeError, RecursionError) as exc:
+        warnings.warn(f"node {step.name!r} runs uncached: its inputs cannot be hashed "
+                      f"for the cache ({exc})", RuntimeWarning, stacklevel=2)
+        return None
 
 
 def _set_output_sigs(step: Step, sig: str, sigs: dict) -> None:
@@ -159,7 +170,10 @@ def run_step(step: Step, values: dict, rt: Runtime, item: int | None, sigs: dict
     cache = rt.cache if step.cache else None
     sig = None
     if cache is not None:
-        sig = _step_signature(step, values, sigs)
+        sig = _safe_signature(step, values, sigs)
+        if sig is None:
+            cache = None
+    if cache is not None:
         hit = cache.get(sig, _MISS)
         if hit is not _MISS:
             values.update(hit)
@@ -462,8 +476,9 @@ def _run_batch(step: Step, values: list[dict], sigs: list, failed: list, cached:
     for i, v in enumerate(values):
         if failed[i] is not None:
             continue
-        if cache is not None:
-            sig = step_sigs[i] = _step_signature(step, v, sigs[i])
+        sig = _safe_signature(step, v, sigs[i]) if cache is not None else None
+        if sig is not None:
+            step_sigs[i] = sig
             hit = cache.get(sig, _MISS)
             if hit is not _MISS:
                 v.update(hit)
@@ -519,7 +534,7 @@ def _run_batch(step: Step, values: list[dict], sigs: list, failed: list, cached:
                 failed[i] = exc
                 continue
             outputs = {o: values[i][o] for o in step.out_names}
-            if cache is not None:
+            if i in step_sigs:
                 cache.put(step_sigs[i], outputs)
                 _set_output_sigs(step, step_sigs[i], sigs[i])
             if rt.callbacks:

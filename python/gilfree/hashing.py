@@ -11,6 +11,8 @@ import dataclasses
 import enum
 import hashlib
 import pickle
+import types
+import functools
 from typing import Any
 
 _MAX_DEPTH = 64
@@ -82,6 +84,18 @@ def _feed(h: "hashlib._Hash", value: Any, depth: int) -> None:
             if not f.name.startswith("_"):
                 h.update(f.name.encode())
                 _feed(h, getattr(value, f.name), depth + 1)
+    elif isinstance(value, (types.FunctionType, types.MethodType)):
+        from .node import code_hash_of  # node imports this module
+
+        h.update(b"F" + getattr(value, "__qualname__", "").encode() + b":")
+        h.update(code_hash_of(value).encode())
+        if isinstance(value, types.MethodType):
+            _feed(h, value.__self__, depth + 1)
+    elif isinstance(value, functools.partial):
+        h.update(b"Q")
+        _feed(h, value.func, depth + 1)
+        _feed(h, value.args, depth + 1)
+        _feed(h, value.keywords, depth + 1)
     elif hasattr(value, "__dict__") and not callable(value) and not isinstance(value, type):
         # Objects by their public attributes: private ones (caches, lazily built
         # models) must not change the key.

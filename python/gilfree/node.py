@@ -47,8 +47,7 @@ def code_hash_of(*funcs: Callable) -> str:
         except (OSError, TypeError):
             code = getattr(func, "__code__", None)
             if code is not None:
-                h.update(code.co_code)
-                h.update(repr(code.co_consts).encode())
+                h.update(_code_fingerprint(code))
             h.update(getattr(func, "__qualname__", repr(func)).encode())
         for cell in getattr(func, "__closure__", None) or ():
             try:
@@ -58,6 +57,15 @@ def code_hash_of(*funcs: Callable) -> str:
             except Exception:
                 h.update(type(cell.cell_contents).__qualname__.encode())
     return h.hexdigest()
+
+
+def _code_fingerprint(code: Any) -> bytes:
+    """Bytecode and constants, descending into nested code objects (whose repr holds a
+    memory address)."""
+    parts = [code.co_code, repr(code.co_names).encode()]
+    for c in code.co_consts:
+        parts.append(_code_fingerprint(c) if hasattr(c, "co_code") else repr(c).encode())
+    return b"\0".join(parts)
 
 
 def signature_info(func: Callable) -> tuple[tuple[str, ...], dict[str, Any]]:
@@ -83,6 +91,11 @@ class Node:
         cache: bool = True,
         **hints: Any,
     ):
+        if isinstance(func, Node):  # re-wrapping a node: wrap its function
+            func = func.func
+        # First: update_wrapper merges func.__dict__ into ours, it must not override
+        # the fields set below.
+        functools.update_wrapper(self, func)
         self.func = func
         self.name = func.__name__
         if output_name is None:
@@ -97,9 +110,11 @@ class Node:
         self.cache = cache
         self.hints = validate_hints(f"node {self.name!r}", hints)
         self.root_args, self.defaults = signature_info(func)
+        params = inspect.signature(func).parameters.values()
+        self.keyword_only = frozenset(p.name for p in params if p.kind is p.KEYWORD_ONLY)
+        self.positional_only = tuple(p.name for p in params if p.kind is p.POSITIONAL_ONLY)
         self.is_async = inspect.iscoroutinefunction(func)
         self._code_hash = code_hash_of(func)
-        functools.update_wrapper(self, func)
 
     @property
     def code_hash(self) -> str:

@@ -42,13 +42,16 @@ class Step:
             self.kind, self.func = FUNC, node.func
         # Positional calls are cheaper than keyword calls; they are only correct when
         # the passed arguments are a prefix of the signature (no default skipped).
-        positional = node.root_args[: len(args)] == args
+        positional = (node.root_args[: len(args)] == args
+                      and not set(args) & getattr(node, "keyword_only", frozenset()))
         self.getter = itemgetter(*args) if positional and len(args) > 1 else None
         if not positional:
             self.nargs = -1  # keyword call
         # Bound methods: the object they belong to is part of the computation, so it
         # is part of the cache key (hashed only when a cache asks, see execute.py).
         self.owners = tuple(o for o in (_owner(self.func), _owner(self.batch)) if o is not None)
+        if not positional and self.func is not None and getattr(node, "positional_only", ()):
+            self.func = _keywords_to_positional(self.func, node.positional_only, node.defaults)
         self.out_names = node.output_names
         self.out0 = self.out_names[0] if self.out_names else None
         self.multi = isinstance(getattr(node, "output_name", None), tuple) and self.kind != PIPE
@@ -56,6 +59,14 @@ class Step:
 
     def __repr__(self) -> str:
         return f"Step({self.kind}:{self.name})"
+
+
+def _keywords_to_positional(func: Any, names: tuple[str, ...], defaults: dict) -> Any:
+    """A keyword-callable front for a function with positional-only parameters."""
+    def call(**kwargs: Any) -> Any:
+        head = [kwargs.pop(n) if n in kwargs else defaults[n] for n in names]
+        return func(*head, **kwargs)
+    return call
 
 
 def _owner(func: Any) -> Any:
