@@ -167,36 +167,52 @@ def run_step(step: Step, values: dict, rt: Runtime, item: int | None, sigs: dict
             raise
         return False
 
-    cache = rt.cache if step.cache else None
-    sig = None
-    if cache is not None:
-        sig = _safe_signature(step, values, sigs)
-        if sig is None:
-            cache = None
-    if cache is not None:
-        hit = cache.get(sig, _MISS)
-        if hit is not _MISS:
-            values.update(hit)
-            _set_output_sigs(step, sig, sigs)
-            rt.emit("on_node_cached", step.name, sig)
-            return True
-    if rt.callbacks:
-        rt.emit("on_node_start", step.name, {a: values[a] for a in step.args})
+    hit, sig = step_lookup(step, values, rt, sigs)
+    if hit:
+        return True
     t0 = time.perf_counter()
     try:
         _store(step, _call(step, step.func, values, retries), values)
     except Exception as exc:
-        rt.emit("on_error", step.name, exc)
-        annotate(exc, step.name, item)
+        step_failed(step, exc, rt, item)
         raise
+    step_done(step, values, rt, sigs, sig, t0)
+    return False
+
+
+def step_lookup(step: Step, values: dict, rt: Runtime, sigs: dict) -> tuple[bool, str | None]:
+    """Before a traced step runs: serve it from the cache (True) or announce its start.
+    Returns the signature to store the result under (None: do not store)."""
+    sig = None
+    if rt.cache is not None and step.cache:
+        sig = _safe_signature(step, values, sigs)
+        if sig is not None:
+            hit = rt.cache.get(sig, _MISS)
+            if hit is not _MISS:
+                values.update(hit)
+                _set_output_sigs(step, sig, sigs)
+                rt.emit("on_node_cached", step.name, sig)
+                return True, sig
+    if rt.callbacks:
+        rt.emit("on_node_start", step.name, {a: values[a] for a in step.args})
+    return False, sig
+
+
+def step_failed(step: Step, exc: BaseException, rt: Runtime, item: int | None) -> None:
+    rt.emit("on_error", step.name, exc)
+    annotate(exc, step.name, item)
+
+
+def step_done(step: Step, values: dict, rt: Runtime, sigs: dict, sig: str | None,
+              t0: float) -> None:
+    """After a traced step stored its outputs: cache them and announce the end."""
     duration = time.perf_counter() - t0
     outputs = {o: values[o] for o in step.out_names}
-    if cache is not None:
-        cache.put(sig, outputs)
+    if sig is not None:
+        rt.cache.put(sig, outputs)
         _set_output_sigs(step, sig, sigs)
     if rt.callbacks:
         rt.emit("on_node_end", step.name, outputs, duration)
-    return False
 
 
 def _run_nested(step: Step, values: dict, rt: Runtime, item: int | None,
@@ -296,13 +312,14 @@ def execute_run(plan: Plan, values: dict, rt: Runtime, item: int | None = None,
 # -- many items -------------------------------------------------------------------------
 def execute_map(plan: Plan, base: dict, rows: list[dict], rt: Runtime, *,
                 collect: bool | None = None, first_index: int = 0,
-                pfor: PFor | None = None) -> list:
+                pfor: PFor | None = None, async_items: Any = None) -> list:
     """Run ``plan`` once per row (row values overlay ``base``); results in row order.
 
     With ``collect`` a failed item's slot holds its exception and the others complete;
     otherwise the first failure is raised (with a note naming node and item index).
     ``pfor`` runs the per-item (and per-batch) tasks; every callback still fires in the
-    calling thread.
+    calling thread.  ``async_items`` (an ``AsyncItems``, see execute_async.py) runs
+    per-item work as coroutines on an event loop instead; batch steps still use ``pfor``.
     """
     if collect is None:
         collect = rt.collect
@@ -377,6 +394,11 @@ def execute_map(plan: Plan, base: dict, rows: list[dict], rt: Runtime, *,
             if kind == "batch":
                 _run_batch(payload, values, sigs, failed, cached, varying, base, rt,
                            collect, first_index, run_tasks)
+            elif async_items is not None:
+                async_items.run(payload, n, values, sigs, failed, cached, first_index,
+                                start if interleave else None,
+                                finish if interleave else None, collect)
+                rt.flush()
             else:
                 run_tasks(items_task(payload), n)
                 rt.flush()

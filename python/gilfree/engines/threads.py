@@ -1,0 +1,181 @@
+"""``ThreadEngine``: items of a map run on the C++ thread pool (``gilfree._core``).
+
+    driver thread (holds the GIL between C++ calls)
+      pool.map(task, indices) ── one call hands every task to C++ ──▶ worker threads
+                                                                        take the GIL per
+      waits in C++ without the GIL, wakes every <= 50 ms for Ctrl-C      run of tasks, call
+      on_complete(...) in the driver ◀── completions ──────────────────  the task, release
+      replays queued callback events (Runtime.flush)
+
+Right for blocking I/O and for nodes that release the GIL (numpy, torch, C extensions).
+Pure-Python CPU work does not get faster on threads: use ProcessEngine for that.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from typing import Any, Callable
+
+from .._async_bridge import run_coroutine
+from ..execute import Runtime, execute_map, execute_run, fast_row_function
+from ..plan import DUAL, FUNC, Plan
+from ..stateful import is_stateful
+from .base import Engine
+
+#: Blocking I/O needs threads, not cores: 200 requests of 10 ms finish in one round
+#: only with ~200 threads.  Threads start on demand, so a small map starts few.
+DEFAULT_MAX_WORKERS = 256
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def auto_batch_size(n_items: int) -> int:
+    """Items per batch-function call when nobody said: a few batches per core, so that
+    GIL-releasing batch functions overlap, capped at 16 batches to keep them big."""
+    batches = min(16, 4 * usable_cores())
+    return max(1, math.ceil(n_items / batches))
+
+
+class _PerThread:
+    """Gives each thread its own copy of a ``@stateful`` object (built lazily there)."""
+
+    def __init__(self, original: Any):
+        self._original = original
+        self._local = threading.local()
+
+    def _mine(self) -> Any:
+        obj = getattr(self._local, "obj", None)
+        if obj is None:
+            o = self._original
+            obj = self._local.obj = type(o)(*o._init_args, **o._init_kwargs)
+        return obj
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._mine(), name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._mine()(*args, **kwargs)
+
+    def __cache_key__(self) -> str:
+        return self._original.__cache_key__()
+
+
+def _limited(func: Callable, sem: threading.BoundedSemaphore, is_async: bool) -> Callable:
+    # The semaphore is held for the whole call, the awaited part of a coroutine too.
+    def call(*args: Any, **kwargs: Any) -> Any:
+        with sem:
+            r = func(*args, **kwargs)
+            return run_coroutine(r) if is_async else r
+    return call
+
+
+class ThreadEngine(Engine):
+    """Runs map items (and independent nodes of a run) on native threads.
+
+    ``max_workers=None`` caps the pool at 256 threads, started only as items need them
+    and retired after ``idle_timeout`` seconds.  ``batch_size=None`` picks the
+    ``DualNode`` batch size per map (see ``auto_batch_size``).  ``stateful="shared"``
+    builds one instance of each ``@stateful`` object for all threads (under a lock);
+    ``stateful="per_thread"`` builds one per thread, for objects that are not
+    thread-safe.
+    """
+
+    supported_hints = frozenset({"batch_size", "max_concurrency", "retries"})
+
+    def __init__(self, max_workers: int | None = None, batch_size: int | None = None, *,
+                 stateful: str = "shared", idle_timeout: float = 10.0, **options: Any):
+        super().__init__(batch_size=batch_size, **options)
+        if max_workers is not None and (not isinstance(max_workers, int) or max_workers < 1):
+            raise ValueError(f"ThreadEngine: max_workers={max_workers!r} must be a positive integer")
+        if stateful not in ("shared", "per_thread"):
+            raise ValueError("ThreadEngine: stateful must be 'shared' or 'per_thread'")
+        self.max_workers = max_workers or DEFAULT_MAX_WORKERS
+        self.stateful = stateful
+        self.idle_timeout = idle_timeout
+        self._pool = None
+        self._pool_lock = threading.Lock()
+        self._per_thread: dict[int, tuple[Any, _PerThread]] = {}
+
+    # -- the pool ---------------------------------------------------------------------
+    @property
+    def pool(self) -> Any:
+        with self._pool_lock:
+            if self._pool is None:
+                from .._native import core
+
+                self._pool = core().ThreadPool(self.max_workers, self.idle_timeout)
+            return self._pool
+
+    def _pfor(self, rt: Runtime) -> Callable[[Callable[[int], None], int], None]:
+        pool = self.pool
+
+        def pfor(task: Callable[[int], None], n: int) -> None:
+            if n == 1:
+                task(0)
+            elif n:
+                on_complete = (lambda *_: rt.flush()) if rt.callbacks else None
+                pool.map(task, list(range(n)), on_complete=on_complete, stop_on_error=True)
+        return pfor
+
+    def shutdown(self) -> None:
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(True)
+        super().shutdown()
+        for _, proxy in self._per_thread.values():
+            obj = getattr(proxy._local, "obj", None)
+            if obj is not None:
+                obj.__teardown__()
+        self._per_thread.clear()
+
+    # -- preparing a call -------------------------------------------------------------
+    def _prepare(self, plan: Plan) -> None:
+        super()._prepare(plan)
+        for step in plan.iter_steps():
+            limit = step.hints.get("max_concurrency")
+            if limit and step.kind in (FUNC, DUAL):
+                sem = threading.BoundedSemaphore(limit)
+                if step.kind == DUAL:
+                    step.batch = _limited(step.batch, sem, False)
+                else:
+                    step.func = _limited(step.func, sem, step.is_async)
+                    step.is_async = False
+
+    def _scoped(self, values: dict) -> dict:
+        if self.stateful != "per_thread":
+            return values
+        out = dict(values)
+        for k, v in values.items():
+            if is_stateful(v):
+                entry = self._per_thread.get(id(v))
+                if entry is None or entry[0] is not v:
+                    entry = self._per_thread[id(v)] = (v, _PerThread(v))
+                out[k] = entry[1]
+        return out
+
+    # -- where items run --------------------------------------------------------------
+    def _execute_run(self, plan: Plan, values: dict, rt: Runtime) -> dict:
+        return execute_run(plan, self._scoped(values), rt, pfor=self._pfor(rt))
+
+    def _execute_map(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime) -> list:
+        base = self._scoped(base)
+        if rt.batch_size is None and plan.has_batch:
+            rt.batch_size = auto_batch_size(len(rows))
+        if not rows:
+            return execute_map(plan, base, rows, rt)
+        if not rt.tracing and plan.simple and not rt.retries:
+            row = fast_row_function(plan, base)
+            return self.pool.map(lambda i: row(i, rows[i]), list(range(len(rows))),
+                                 stop_on_error=not rt.collect)
+        return execute_map(plan, base, rows, rt, pfor=self._pfor(rt))
+
+    def __repr__(self) -> str:
+        return f"ThreadEngine(max_workers={self.max_workers})"
