@@ -1,0 +1,259 @@
+"""ThreadEngine and AsyncEngine specifics: what the contract suite cannot express
+(concurrency really happens, scoping of stateful objects, hints, lifecycle)."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+from gilfree import DualNode, Pipeline, node, stateful
+from gilfree.engines import AsyncEngine, ThreadEngine
+
+
+def test_blocking_items_overlap():
+    # 40 items that each wait on one barrier can only finish if they run at once.
+    barrier = threading.Barrier(40, timeout=10)
+
+    @node(output_name="y")
+    def wait(x):
+        barrier.wait()
+        return x
+
+    with ThreadEngine() as engine:
+        out = Pipeline([wait]).map({"x": list(range(40))}, map_over="x", engine=engine)
+    assert out == [{"y": i} for i in range(40)]
+
+
+def test_independent_nodes_of_a_run_overlap():
+    barrier = threading.Barrier(2, timeout=10)
+
+    @node(output_name="a")
+    def left(x):
+        barrier.wait()
+        return x
+
+    @node(output_name="b")
+    def right(x):
+        barrier.wait()
+        return -x
+
+    @node(output_name="c")
+    def join(a, b):
+        return a + b
+
+    with ThreadEngine() as engine:
+        assert Pipeline([left, right, join]).run({"x": 3}, engine=engine) == {"a": 3, "b": -3, "c": 0}
+
+
+@stateful
+class Counter:
+    built = 0
+    lock = threading.Lock()
+
+    def __init__(self):
+        with Counter.lock:
+            Counter.built += 1
+        self.owner = threading.get_ident()
+
+    def who(self):
+        return self.owner
+
+
+@node(output_name="owner")
+def owner(x, model):
+    time.sleep(0.002)
+    return model.who()
+
+
+def test_stateful_shared_by_default_and_per_thread_on_request():
+    Counter.built = 0
+    with ThreadEngine(max_workers=4) as engine:
+        out = Pipeline([owner]).map({"x": list(range(32)), "model": Counter()}, map_over="x",
+                                    engine=engine)
+    assert Counter.built == 1 and len({r["owner"] for r in out}) == 1
+
+    Counter.built = 0
+    with ThreadEngine(max_workers=4, stateful="per_thread") as engine:
+        out = Pipeline([owner]).map({"x": list(range(32)), "model": Counter()}, map_over="x",
+                                    engine=engine)
+    owners = {r["owner"] for r in out}
+    assert Counter.built == len(owners) and 1 < len(owners) <= 4
+
+
+def test_max_concurrency_hint_is_honoured():
+    active, peak, lock = [0], [0], threading.Lock()
+
+    @node(output_name="y", max_concurrency=2)
+    def gpu(x):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.005)
+        with lock:
+            active[0] -= 1
+        return x
+
+    with ThreadEngine() as engine:
+        Pipeline([gpu]).map({"x": list(range(20))}, map_over="x", engine=engine)
+    assert peak[0] == 2
+
+
+def test_dual_node_batches_overlap_with_auto_size():
+    sizes, lock = [], threading.Lock()
+
+    def one(x):
+        return x
+
+    def many(x):
+        with lock:
+            sizes.append(len(x))
+        time.sleep(0.01)
+        return list(x)
+
+    with ThreadEngine() as engine:
+        out = Pipeline([DualNode("y", one, many)]).map({"x": list(range(100))}, map_over="x",
+                                                       engine=engine)
+    assert out == [{"y": i} for i in range(100)]
+    assert sum(sizes) == 100 and len(sizes) > 1
+
+
+def test_thread_engine_warns_it_cannot_honour_timeout():
+    @node(output_name="y", timeout=1)
+    def f(x):
+        return x
+
+    with ThreadEngine() as engine, pytest.warns(RuntimeWarning, match="timeout"):
+        Pipeline([f]).run({"x": 1}, engine=engine)
+
+
+def test_async_items_run_concurrently_under_the_cap():
+    active, peak = [0], [0]
+
+    @node(output_name="y")
+    async def fetch(x):
+        active[0] += 1
+        peak[0] = max(peak[0], active[0])
+        await asyncio.sleep(0.01)
+        active[0] -= 1
+        return x
+
+    with AsyncEngine(max_concurrency=8) as engine:
+        out = Pipeline([fetch]).map({"x": list(range(50))}, map_over="x", engine=engine)
+    assert out == [{"y": i} for i in range(50)] and peak[0] == 8
+
+
+def test_async_timeout_fails_only_the_slow_item():
+    @node(output_name="y")
+    async def fetch(x):
+        await asyncio.sleep(5 if x == 2 else 0)
+        return x
+
+    with AsyncEngine(timeout=0.2, on_error="collect") as engine:
+        t0 = time.perf_counter()
+        out = Pipeline([fetch]).map({"x": [0, 1, 2, 3]}, map_over="x", engine=engine)
+    assert time.perf_counter() - t0 < 3
+    assert isinstance(out[2], TimeoutError) and "map item 2" in str(out[2])
+    assert [out[i] for i in (0, 1, 3)] == [{"y": 0}, {"y": 1}, {"y": 3}]
+
+
+def test_sync_nodes_do_not_block_the_loop():
+    # A sync node that blocks must not stall async items of other rows.
+    @node(output_name="y")
+    async def fetch(x):
+        await asyncio.sleep(0.01)
+        return x
+
+    @node(output_name="z")
+    def parse(y):
+        time.sleep(0.02)
+        return y
+
+    with AsyncEngine() as engine:
+        t0 = time.perf_counter()
+        Pipeline([fetch, parse]).map({"x": list(range(20))}, map_over="x", engine=engine)
+        elapsed = time.perf_counter() - t0
+    assert elapsed < 20 * 0.02  # serial parse alone would take 0.4 s
+
+
+def test_pool_is_reused_and_engine_usable_after_shutdown():
+    @node(output_name="y")
+    def f(x):
+        return x
+
+    engine = ThreadEngine()
+    p = Pipeline([f])
+    p.map({"x": [1, 2]}, map_over="x", engine=engine)
+    pool = engine.pool
+    p.map({"x": [1, 2]}, map_over="x", engine=engine)
+    assert engine.pool is pool  # warm: same pool
+    engine.shutdown()
+    assert p.map({"x": [3]}, map_over="x", engine=engine) == [{"y": 3}]  # starts a new one
+    engine.shutdown()
+
+
+def test_interpreter_exit_with_open_engines_does_not_hang():
+    code = textwrap.dedent("""
+        import asyncio, time
+        from gilfree import Pipeline, node
+        from gilfree.engines import ThreadEngine, AsyncEngine
+        @node(output_name="y")
+        def f(x):
+            time.sleep(0.01); return x
+        @node(output_name="z")
+        async def g(y):
+            await asyncio.sleep(0.01); return y
+        p = Pipeline([f, g])
+        print(p.map({"x": [1, 2, 3]}, map_over="x", engine=ThreadEngine()))
+        print(p.map({"x": [1, 2, 3]}, map_over="x", engine=AsyncEngine()))
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("{'y': 1, 'z': 1}") == 2
+
+
+@pytest.mark.parametrize("engine_name, node_kind", [("ThreadEngine", "sync"),
+                                                    ("AsyncEngine", "async")])
+def test_ctrl_c_interrupts_a_map_promptly(engine_name, node_kind):
+    code = textwrap.dedent(f"""
+        import asyncio, sys, time
+        from gilfree import Pipeline, node
+        from gilfree.engines import {engine_name}
+        if "{node_kind}" == "sync":
+            @node(output_name="y")
+            def slow(x):
+                time.sleep(30); return x
+        else:
+            @node(output_name="y")
+            async def slow(x):
+                await asyncio.sleep(30); return x
+        engine = {engine_name}()
+        print("started", flush=True)
+        t0 = None
+        try:
+            Pipeline([slow]).map({{"x": list(range(8))}}, map_over="x", engine=engine)
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+            sys.stdout.flush()
+            import os; os._exit(0)  # the sleeping workers cannot be interrupted
+    """)
+    import signal
+
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "started"
+        time.sleep(0.5)  # let the map start (not a synchronisation: the map runs 30 s)
+        t0 = time.perf_counter()
+        proc.send_signal(signal.SIGINT)
+        line = proc.stdout.readline().strip()
+        latency = time.perf_counter() - t0
+        assert line == "interrupted" and latency < 1.0, (line, latency)
+        proc.wait(timeout=10)
+    finally:
+        proc.kill()
