@@ -144,6 +144,50 @@ def test_on_complete_error_propagates(pool):
     assert pool.map(lambda x: x, [1]) == [1]  # the pool is still usable
 
 
+# --- submit ------------------------------------------------------------------------------
+
+def test_submit_calls_done_on_the_worker_with_result_or_exception(pool):
+    results, cond = [], threading.Condition()
+
+    def done(value, ok):
+        with cond:
+            results.append((value, ok, threading.get_ident()))
+            cond.notify_all()
+
+    pool.submit(lambda: 42, done)
+    pool.submit(lambda: fail_on_3_and_7(3), done)
+    with cond:
+        assert cond.wait_for(lambda: len(results) == 2, timeout=10)
+    by_ok = {ok: (value, ident) for value, ok, ident in results}
+    assert by_ok[True][0] == 42
+    assert isinstance(by_ok[False][0], CustomError)
+    assert threading.get_ident() not in {ident for _, ident in by_ok.values()}
+
+
+def test_submitted_blocking_calls_overlap(pool):
+    barrier = threading.Barrier(4, timeout=10)
+    finished = threading.Semaphore(0)
+    for _ in range(4):
+        pool.submit(barrier.wait, lambda value, ok: finished.release())
+    for _ in range(4):
+        assert finished.acquire(timeout=10)
+    assert not barrier.broken
+
+
+def test_shutdown_answers_calls_that_never_ran():
+    p = _core.ThreadPool(1)
+    gate, answers = threading.Event(), []
+    p.submit(lambda: gate.wait(10), lambda value, ok: None)
+    assert wait_until(lambda: p.num_threads == 1)
+    p.submit(lambda: "never", lambda value, ok: answers.append((value, ok)))
+    threading.Timer(0.05, gate.set).start()
+    p.shutdown()
+    assert len(answers) == 1 and answers[0][1] is False
+    assert isinstance(answers[0][0], RuntimeError)
+    with pytest.raises(RuntimeError, match="shut down"):
+        p.submit(lambda: 1, lambda value, ok: None)
+
+
 # --- growth, cap, retirement ---------------------------------------------------------------
 
 def test_200_blocking_calls_finish_in_about_one_round():
@@ -238,15 +282,23 @@ CHILD = textwrap.dedent(
     import sys, time
     from gilfree._native import core
 
-    pool = core().ThreadPool(8)
+    pool = core().ThreadPool(64)
 
-    def slow(x):
+    def slow(x):  # blocks without the GIL
         if x == 0:
             print("started", flush=True)
         time.sleep(60)
 
+    def busy(x):  # short items that want the GIL all the time
+        if x == 0:
+            print("started", flush=True)
+        for _ in range(2000):
+            pass
+
+    fn, n = (slow, 64) if sys.argv[1] == "blocking" else (busy, 200_000)
     try:
-        pool.map(slow, list(range(8)))
+        pool.map(fn, list(range(n)))
+        print("finished", flush=True)
     except KeyboardInterrupt:
         print("KeyboardInterrupt", flush=True)
     """
@@ -254,11 +306,13 @@ CHILD = textwrap.dedent(
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
-def test_ctrl_c_interrupts_map_promptly_and_exit_does_not_hang(tmp_path):
+@pytest.mark.parametrize("items", ["blocking", "gil_hungry"])
+def test_ctrl_c_interrupts_map_promptly_and_exit_does_not_hang(tmp_path, items):
     script = tmp_path / "child.py"
     script.write_text(CHILD)
     proc = subprocess.Popen(
-        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, str(script), items],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
         assert proc.stdout.readline().strip() == "started"
@@ -268,11 +322,49 @@ def test_ctrl_c_interrupts_map_promptly_and_exit_does_not_hang(tmp_path):
         latency = time.monotonic() - sent
         assert line == "KeyboardInterrupt", proc.stderr.read()
         assert latency < 1.0
-        # Eight workers are still asleep for a minute: exit must not wait for them.
+        # Items are still running (blocked for a minute, or busy): exit must not wait.
         assert proc.wait(timeout=10) == 0
     finally:
         proc.kill()
         proc.wait()
+
+
+EXIT_WHILE_BUSY = textwrap.dedent(
+    """
+    import threading, time
+    from gilfree._native import core
+
+    pool = core().ThreadPool(32)
+
+    def quick_maps():
+        while True:
+            pool.map(lambda x: x + 1, list(range(100_000)))
+
+    def sleepy_maps_with_callbacks():
+        while True:
+            pool.map(time.sleep, [0.001] * 64, on_complete=lambda i, r, ok: None)
+
+    def submits():
+        while True:
+            done = threading.Event()
+            pool.submit(lambda: time.sleep(0.001), lambda r, ok: done.set())
+            done.wait()
+
+    for target in (quick_maps, sleepy_maps_with_callbacks, submits):
+        threading.Thread(target=target, daemon=True).start()
+    time.sleep(0.3)
+    """
+)
+
+
+def test_exit_while_daemon_threads_use_the_pool_is_clean():
+    # Regression: finalization kills daemon threads that take the GIL; unwinding through
+    # map() used to drop references without the GIL (segfault / abort at exit).
+    for _ in range(5):  # the race is probabilistic; 5 runs caught it reliably
+        out = subprocess.run(
+            [sys.executable, "-c", EXIT_WHILE_BUSY], capture_output=True, text=True, timeout=30
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
 
 
 def test_idle_pool_left_open_does_not_block_exit():
@@ -283,6 +375,7 @@ def test_idle_pool_left_open_does_not_block_exit():
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_pool_works_in_forked_child():
     with _core.ThreadPool(4) as p:
         assert p.map(abs, [-1, -2]) == [1, 2]

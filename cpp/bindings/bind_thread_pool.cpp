@@ -1,0 +1,392 @@
+// _core.ThreadPool: runs a Python callable over a batch of items on native threads.
+//
+// Who sends what to whom, and who holds the GIL
+//
+//   driver (caller of map, holds GIL)
+//     snapshot items into a tuple, build PyMapBatch          [GIL]
+//     release GIL; ThreadPool::submit(batch, n)              [no GIL] spawns workers if needed
+//     loop: batch.wait_for(25 ms) on a condvar               [no GIL]
+//           take GIL ahead of the workers (DriverGate),
+//           PyErr_CheckSignals (Ctrl-C)                      [GIL]
+//           on_complete(i, result, ok) for items completed since last wakeup   [GIL]
+//     when finished: lowest failure -> raise, else results -> list   [GIL]
+//
+//   worker thread (one ticket of the batch)
+//     take GIL once (WorkerGil::acquire)                     [GIL]
+//     repeat: claim i; result[i] = fn(items[i]); push i on the completion queue
+//             (fn may drop the GIL inside, e.g. time.sleep: another worker then takes it
+//              and claims the next item, which is how blocking items overlap)
+//     release GIL when nothing is left to claim              [no GIL]
+//
+// Ctrl-C: the driver abandons the batch (no new claims) and raises at once; running items
+// finish later and the last worker drops the batch's references with the GIL held.
+//
+// Re-entrancy: map() called on a worker thread of the same pool (a callable that maps
+// again) runs its items inline, sequentially, in that thread. Waiting instead could
+// deadlock once every worker waits for items that need a worker. Maps into another pool
+// run normally.
+#include <pybind11/pybind11.h>
+#include <pthread.h>
+
+#include <chrono>
+#include <cstddef>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <vector>
+
+#include "bindings.hpp"
+#include "gilfree/index_batch.hpp"
+#include "gilfree/thread_pool.hpp"
+#include "py_call.hpp"
+
+namespace py = pybind11;
+
+namespace gilfree::bindings {
+namespace {
+
+// How often a waiting driver wakes to check for Ctrl-C and to deliver on_complete
+// events. Bounds Ctrl-C latency (plus up to one GIL switch interval) and callback lag.
+constexpr std::chrono::milliseconds kDriverTick{25};
+
+enum class ItemState : unsigned char { pending, ok, failed };
+
+class PyMapBatch final : public IndexBatch {
+public:
+    // Takes new references to fn and items (a tuple). GIL held.
+    PyMapBatch(PyObject* fn, PyObject* items, bool stop_on_error, bool track)
+        : IndexBatch(static_cast<std::size_t>(PyTuple_GET_SIZE(items)), stop_on_error, track),
+          fn_(Py_NewRef(fn)),
+          items_(Py_NewRef(items)),
+          results_(size(), nullptr),
+          states_(size(), ItemState::pending) {}
+
+    // Plain C++ on purpose: the last shared_ptr may go away on a worker without the GIL,
+    // or after finalization. If release() never ran, the references leak, which is safe.
+    ~PyMapBatch() override = default;
+
+    // GIL held, no worker inside the batch (finished, or abandon() returned true).
+    void release() noexcept {
+        pycall::drop(fn_);
+        pycall::drop(items_);
+        for (PyObject*& r : results_) pycall::drop(r);
+    }
+
+    // Driver, GIL held: results (or exceptions) are stable once an index was popped from
+    // the completion queue, because the worker wrote them before pushing it.
+    PyObject* result(std::size_t i) const { return results_[i]; }
+    ItemState state(std::size_t i) const { return states_[i]; }
+    PyObject* steal_result(std::size_t i) {
+        PyObject* r = results_[i];
+        results_[i] = nullptr;
+        return r;
+    }
+
+protected:
+    bool enter() override { return pycall::WorkerGil::acquire(); }
+
+    bool run_item(std::size_t i) override {
+        pycall::Outcome o = pycall::call(fn_, PyTuple_GET_ITEM(items_, static_cast<Py_ssize_t>(i)));
+        results_[i] = o.value;  // each index is claimed by exactly one worker
+        states_[i] = o.ok ? ItemState::ok : ItemState::failed;
+        return o.ok;
+    }
+
+    bool after_item(std::size_t items_in_run) override {
+        return pycall::WorkerGil::between_items(items_in_run);
+    }
+
+    void release_abandoned() noexcept override { release(); }
+
+    void leave() override { pycall::WorkerGil::release(); }
+
+private:
+    PyObject* fn_;
+    PyObject* items_;
+    std::vector<PyObject*> results_;
+    std::vector<ItemState> states_;
+};
+
+// Unwinding out of map() (Ctrl-C, on_complete error, anything) must neither wait for
+// running items nor leak or double-drop the batch's references.
+struct AbandonOnUnwind {
+    std::shared_ptr<PyMapBatch> batch;
+    ~AbandonOnUnwind() {
+        if (batch && batch->abandon()) batch->release();
+    }
+};
+
+void notify(PyObject* on_complete, std::size_t index, PyObject* value, bool ok) {
+    PyObject* idx = PyLong_FromSize_t(index);
+    if (idx == nullptr) throw py::error_already_set();
+    PyObject* args[3] = {idx, value, ok ? Py_True : Py_False};
+    pycall::Outcome o = pycall::call(on_complete, args, 3);
+    Py_DECREF(idx);
+    if (!o.ok) {
+        pycall::restore_exception(o.value);
+        pycall::drop(o.value);
+        throw py::error_already_set();
+    }
+    pycall::drop(o.value);
+}
+
+py::list map_inline(PyObject* fn, PyObject* items, PyObject* on_complete, bool stop_on_error) {
+    const Py_ssize_t n = PyTuple_GET_SIZE(items);
+    py::list out(n);
+    for (Py_ssize_t i = 0; i < n; ++i) {
+        if (pycall::finalization_safe([] { return PyErr_CheckSignals(); }) != 0)
+            throw py::error_already_set();
+        pycall::Outcome o = pycall::call(fn, PyTuple_GET_ITEM(items, i));
+        PyList_SET_ITEM(out.ptr(), i, o.value);  // steals; `out` owns it from here
+        if (on_complete != nullptr) notify(on_complete, static_cast<std::size_t>(i), o.value, o.ok);
+        if (!o.ok && stop_on_error) {
+            pycall::restore_exception(o.value);
+            throw py::error_already_set();
+        }
+    }
+    return out;
+}
+
+// submit(fn, done): one call of fn() on a worker, then done(result_or_exception, ok) on
+// that same worker with the GIL held (for event-loop bridges: done typically calls
+// loop.call_soon_threadsafe). A call dropped by shutdown() before it started is answered
+// by shutdown() itself, in its caller's thread, with a RuntimeError.
+class PyCallJob final : public Job {
+public:
+    struct Dropped {  // jobs cancelled by the pool, answered later under the GIL
+        std::mutex mu;
+        std::vector<std::shared_ptr<PyCallJob>> jobs;
+    };
+
+    // New references to fn and done. GIL held.
+    PyCallJob(PyObject* fn, PyObject* done, std::shared_ptr<Dropped> dropped)
+        : fn_(Py_NewRef(fn)), done_(Py_NewRef(done)), dropped_(std::move(dropped)) {}
+    ~PyCallJob() override = default;  // plain C++, see PyMapBatch
+
+    void run_ticket() override {
+        if (claimed_.exchange(true)) return;
+        self_.reset();  // our ticket keeps us alive until we return
+        if (!pycall::WorkerGil::acquire()) return;  // interpreter exiting: leak, never touch
+        pycall::Outcome o = pycall::call(fn_, nullptr, 0);
+        answer(o.value, o.ok);
+        pycall::drop(o.value);
+        pycall::WorkerGil::release();
+    }
+
+    void cancel() noexcept override {
+        if (claimed_.exchange(true)) return;
+        try {
+            std::lock_guard<std::mutex> lk(dropped_->mu);
+            dropped_->jobs.push_back(self_);
+        } catch (...) {  // out of memory: the references leak, which is safe
+        }
+        self_.reset();
+    }
+
+    // GIL held: tells done() that the call never ran.
+    void answer_dropped() {
+        PyObject* exc = PyObject_CallFunction(PyExc_RuntimeError, "s",
+                                              "ThreadPool was shut down before the call ran");
+        if (exc == nullptr) exc = pycall::take_exception();
+        answer(exc, false);
+        pycall::drop(exc);
+    }
+
+    std::shared_ptr<PyCallJob> self_;  // set by submit; lets cancel() hand itself over
+
+private:
+    // GIL held. Calls done(value, ok) once and drops the job's references.
+    void answer(PyObject* value, bool ok) {
+        PyObject* args[2] = {value, ok ? Py_True : Py_False};
+        pycall::Outcome d = pycall::call(done_, args, 2);
+        if (!d.ok) {
+            pycall::restore_exception(d.value);
+            pycall::write_unraisable(done_);  // nobody to raise to
+        }
+        pycall::drop(d.value);
+        pycall::drop(fn_);
+        pycall::drop(done_);
+    }
+
+    PyObject* fn_;
+    PyObject* done_;
+    std::shared_ptr<Dropped> dropped_;
+    std::atomic<bool> claimed_{false};  // run and cancel race for the job; one wins
+};
+
+class PyThreadPool {
+public:
+    PyThreadPool(std::size_t max_workers, double idle_timeout)
+        : pool_(max_workers, to_duration(idle_timeout), [] { pycall::WorkerGil::forget_thread(); }) {}
+
+    // Python's dealloc, GIL held. Workers keep the pool's shared state and exit when idle.
+    ~PyThreadPool() {
+        pool_.shutdown(false);
+        answer_dropped_calls();
+    }
+
+    void submit(const py::object& fn, const py::object& done) {
+        auto job = std::make_shared<PyCallJob>(fn.ptr(), done.ptr(), dropped_);
+        job->self_ = job;
+        try {
+            pycall::GilRelease nogil;
+            pool_.submit(job, 1);
+        } catch (...) {
+            job->self_.reset();
+            throw;  // the job's references leak only if it was cancelled meanwhile
+        }
+    }
+
+    py::list map(const py::object& fn, const py::object& items, const py::object& on_complete,
+                  bool stop_on_error) {
+        // A snapshot: the caller may mutate its list while we run.
+        auto snapshot = py::reinterpret_steal<py::tuple>(pycall::to_tuple(items.ptr()));
+        if (!snapshot) throw py::error_already_set();
+        PyObject* callback = on_complete.is_none() ? nullptr : on_complete.ptr();
+        if (pool_.is_current_thread_worker())
+            return map_inline(fn.ptr(), snapshot.ptr(), callback, stop_on_error);
+        if (pool_.is_shut_down()) throw std::runtime_error("ThreadPool is shut down");
+        if (snapshot.empty()) return py::list();
+
+        auto batch = std::make_shared<PyMapBatch>(fn.ptr(), snapshot.ptr(), stop_on_error,
+                                                  callback != nullptr);
+        AbandonOnUnwind guard{batch};
+        std::optional<py::error_already_set> callback_error;
+        bool submitted = false;
+        for (;;) {
+            bool signalled = false;
+            // Submit in the first GIL-free stretch: taking the GIL back in between would
+            // mean queueing for it behind the workers we just started.
+            const bool done = pycall::wait_without_gil(
+                [&] {
+                    if (!submitted) {
+                        pool_.submit(batch, batch->size());
+                        submitted = true;
+                    }
+                    return batch->wait_for(kDriverTick);
+                },
+                signalled);
+            if (signalled) throw py::error_already_set();
+            if (callback != nullptr && !callback_error) {
+                try {
+                    std::size_t i = 0;
+                    while (batch->pop_completion(i))
+                        notify(callback, i, batch->result(i), batch->state(i) == ItemState::ok);
+                } catch (py::error_already_set& e) {
+                    // Stop like a failed item would: no new items, wait for running ones.
+                    callback_error.emplace(std::move(e));
+                    batch->cancel();
+                }
+            }
+            if (done) break;
+        }
+        guard.batch.reset();  // finished: from here on we own the references
+        struct Release {
+            PyMapBatch& b;
+            ~Release() { b.release(); }
+        } release{*batch};
+        if (callback_error) throw *callback_error;
+        return collect(*batch, stop_on_error);
+    }
+
+    bool shutdown(bool wait) {
+        bool done;
+        {
+            pycall::GilRelease nogil;  // exiting workers take the GIL to drop their state
+            done = pool_.shutdown(wait);
+        }
+        answer_dropped_calls();
+        return done;
+    }
+
+    std::size_t max_workers() const { return pool_.max_workers(); }
+    double idle_timeout() const { return std::chrono::duration<double>(pool_.idle_timeout()).count(); }
+    std::size_t num_threads() const { return pool_.num_threads(); }
+
+private:
+    static std::chrono::nanoseconds to_duration(double seconds) {
+        if (!(seconds > 0)) throw py::value_error("idle_timeout must be > 0");
+        return std::chrono::duration_cast<std::chrono::nanoseconds>(
+            std::chrono::duration<double>(seconds));
+    }
+
+    // GIL held, batch finished.
+    static py::list collect(PyMapBatch& batch, bool stop_on_error) {
+        const std::size_t n = batch.size();
+        bool incomplete = false;
+        for (std::size_t i = 0; i < n; ++i) {
+            if (batch.state(i) == ItemState::failed && stop_on_error) {
+                pycall::restore_exception(batch.result(i));
+                throw py::error_already_set();
+            }
+            incomplete = incomplete || batch.state(i) == ItemState::pending;
+        }
+        if (incomplete)
+            throw std::runtime_error("ThreadPool was shut down before all items of map() ran");
+        py::list out(static_cast<Py_ssize_t>(n));
+        for (std::size_t i = 0; i < n; ++i)
+            PyList_SET_ITEM(out.ptr(), static_cast<Py_ssize_t>(i), batch.steal_result(i));
+        return out;
+    }
+
+    // GIL held.
+    void answer_dropped_calls() {
+        std::vector<std::shared_ptr<PyCallJob>> jobs;
+        {
+            std::lock_guard<std::mutex> lk(dropped_->mu);
+            jobs.swap(dropped_->jobs);
+        }
+        if (!pycall::interpreter_alive()) return;  // leak: nothing may run now
+        for (auto& j : jobs) j->answer_dropped();
+    }
+
+    ThreadPool pool_;
+    std::shared_ptr<PyCallJob::Dropped> dropped_ = std::make_shared<PyCallJob::Dropped>();
+};
+
+}  // namespace
+
+void bind_thread_pool(py::module_& m) {
+    using namespace pybind11::literals;
+    py::class_<PyThreadPool>(m, "ThreadPool", R"doc(
+Native thread pool for Python callables. Threads start on demand (up to max_workers)
+and retire after idle_timeout seconds without work. See map().)doc")
+        .def(py::init<std::size_t, double>(), "max_workers"_a, "idle_timeout"_a = 10.0)
+        .def("map", &PyThreadPool::map, "fn"_a, "items"_a, py::kw_only(),
+             "on_complete"_a = py::none(), "stop_on_error"_a = true, R"doc(
+Call fn(item) for every item on the pool's threads; return the results in input order.
+
+on_complete(index, result_or_exception, ok) runs in the calling thread, in completion
+order. With stop_on_error, the first failure (lowest index) is re-raised after running
+items finish; otherwise the exception object takes the item's place in the result list.
+Called from one of this pool's own workers, the items run inline in that thread.)doc")
+        .def("submit", &PyThreadPool::submit, "fn"_a, "done"_a, R"doc(
+Call fn() on a worker thread, then done(result_or_exception, ok) on that same thread
+with the GIL held. Returns at once. An exception raised by done goes to
+sys.unraisablehook. If shutdown() drops the call before it starts, shutdown() calls
+done(RuntimeError(...), False) itself.)doc")
+        .def("shutdown", &PyThreadPool::shutdown, "wait"_a = true)
+        .def("__enter__", [](py::object self) { return self; })
+        .def("__exit__",
+             [](PyThreadPool& self, const py::args&) {
+                 self.shutdown(true);
+                 return false;
+             })
+        .def_property_readonly("max_workers", &PyThreadPool::max_workers)
+        .def_property_readonly("idle_timeout", &PyThreadPool::idle_timeout)
+        .def_property_readonly("num_threads", &PyThreadPool::num_threads);
+
+    // Interpreter exit: stop every pool before finalization so that no worker touches
+    // Python afterwards, without waiting on workers stuck in long calls.
+    m.def("_shutdown_all_pools", [] {
+        {
+            pycall::GilRelease nogil;
+            ThreadPool::shutdown_all(std::chrono::milliseconds(500));
+        }
+        pycall::interpreter_exiting.store(true, std::memory_order_release);
+    });
+    py::module_::import("atexit").attr("register")(m.attr("_shutdown_all_pools"));
+    pthread_atfork(nullptr, nullptr, [] { pycall::DriverGate::reset_after_fork(); });
+}
+
+}  // namespace gilfree::bindings

@@ -1,0 +1,8 @@
+// gilfree._core: the only door into C++. Assembles the bind_* functions, nothing else.
+#include "bindings.hpp"
+
+PYBIND11_MODULE(_core, m) {
+    m.doc() = "gilfree native core: thread pool and runtime information.";
+    gilfree::bindings::bind_info(m);
+    gilfree::bindings::bind_thread_pool(m);
+}

@@ -1,0 +1,164 @@
+// Unit tests of gilfree::ThreadPool and gilfree::IndexBatch without Python.
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <thread>
+#include <vector>
+
+#include "gilfree/index_batch.hpp"
+#include "gilfree/thread_pool.hpp"
+
+using namespace std::chrono_literals;
+
+#define CHECK(cond)                                                                \
+    do {                                                                           \
+        if (!(cond)) {                                                             \
+            std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
+            std::exit(1);                                                          \
+        }                                                                          \
+    } while (0)
+
+namespace {
+
+// Runs `body(i)` for each item; a global mutex stands in for the GIL.
+class FnBatch final : public gilfree::IndexBatch {
+public:
+    FnBatch(std::size_t n, std::function<bool(std::size_t)> body, bool stop_on_error = true)
+        : IndexBatch(n, stop_on_error, true), body_(std::move(body)), ran_(n) {}
+    std::vector<std::atomic<int>> ran_;
+    std::atomic<int> released{0};
+
+protected:
+    bool enter() override { return true; }
+    bool run_item(std::size_t i) override {
+        ran_[i]++;
+        return body_(i);
+    }
+    bool after_item(std::size_t) override { return true; }
+    void release_abandoned() noexcept override { released++; }
+    void leave() override {}
+
+private:
+    std::function<bool(std::size_t)> body_;
+};
+
+bool wait_done(FnBatch& b, std::chrono::seconds limit = 10s) {
+    const auto deadline = std::chrono::steady_clock::now() + limit;
+    while (!b.wait_for(10ms))
+        if (std::chrono::steady_clock::now() > deadline) return false;
+    return true;
+}
+
+template <class Pred>
+bool eventually(Pred p, std::chrono::seconds limit = 10s) {
+    const auto deadline = std::chrono::steady_clock::now() + limit;
+    while (!p()) {
+        if (std::chrono::steady_clock::now() > deadline) return false;
+        std::this_thread::sleep_for(1ms);
+    }
+    return true;
+}
+
+void every_item_runs_once_and_completions_are_reported() {
+    gilfree::ThreadPool pool(8, 10s);
+    auto b = std::make_shared<FnBatch>(10000, [](std::size_t) { return true; });
+    pool.submit(b, b->size());
+    CHECK(wait_done(*b));
+    for (auto& r : b->ran_) CHECK(r == 1);
+    std::set<std::size_t> seen;
+    std::size_t i;
+    while (b->pop_completion(i)) seen.insert(i);
+    CHECK(seen.size() == 10000);
+}
+
+void blocking_items_overlap_up_to_the_cap() {
+    gilfree::ThreadPool pool(32, 10s);
+    auto start = std::chrono::steady_clock::now();
+    auto b = std::make_shared<FnBatch>(32, [](std::size_t) {
+        std::this_thread::sleep_for(50ms);
+        return true;
+    });
+    pool.submit(b, b->size());
+    CHECK(wait_done(*b));
+    CHECK(std::chrono::steady_clock::now() - start < 1s);
+    CHECK(pool.num_threads() <= 32);
+}
+
+void stop_on_error_stops_claiming() {
+    gilfree::ThreadPool pool(1, 10s);
+    auto b = std::make_shared<FnBatch>(1000, [](std::size_t i) { return i != 5; });
+    pool.submit(b, b->size());
+    CHECK(wait_done(*b));
+    CHECK(b->ran_[5] == 1 && b->ran_[6] == 0);
+}
+
+void abandoned_batch_is_released_by_last_worker() {
+    gilfree::ThreadPool pool(2, 10s);
+    std::atomic<bool> go{false};
+    auto b = std::make_shared<FnBatch>(4, [&](std::size_t) {
+        while (!go) std::this_thread::sleep_for(1ms);
+        return true;
+    });
+    pool.submit(b, b->size());
+    CHECK(eventually([&] { return b->ran_[0] + b->ran_[1] == 2; }));
+    CHECK(!b->abandon());  // two workers are inside: they release
+    go = true;
+    CHECK(wait_done(*b));
+    CHECK(b->released == 1);
+    CHECK(b->ran_[2] == 0 && b->ran_[3] == 0);
+}
+
+void idle_workers_retire() {
+    gilfree::ThreadPool pool(4, 50ms);
+    auto b = std::make_shared<FnBatch>(4, [](std::size_t) {
+        std::this_thread::sleep_for(20ms);
+        return true;
+    });
+    pool.submit(b, b->size());
+    CHECK(wait_done(*b));
+    CHECK(eventually([&] { return pool.num_threads() == 0; }));
+}
+
+void exit_hook_runs_and_shutdown_cancels_queued_work() {
+    std::atomic<int> exited{0};
+    gilfree::ThreadPool pool(1, 10s, [&] { exited++; });
+    std::atomic<bool> go{false};
+    auto blocker = std::make_shared<FnBatch>(1, [&](std::size_t) {
+        while (!go) std::this_thread::sleep_for(1ms);
+        return true;
+    });
+    pool.submit(blocker, 1);
+    auto queued = std::make_shared<FnBatch>(3, [](std::size_t) { return true; });
+    CHECK(eventually([&] { return blocker->ran_[0] == 1; }));
+    pool.submit(queued, 3);
+    CHECK(!pool.shutdown(true, 20ms));  // the blocker is still running
+    CHECK(queued->finished() && queued->ran_[0] == 0);
+    go = true;
+    CHECK(pool.shutdown(true));
+    CHECK(exited == 1 && pool.num_threads() == 0);
+    bool threw = false;
+    try {
+        pool.submit(queued, 1);
+    } catch (const std::runtime_error&) {
+        threw = true;
+    }
+    CHECK(threw);
+}
+
+}  // namespace
+
+int main() {
+    every_item_runs_once_and_completions_are_reported();
+    blocking_items_overlap_up_to_the_cap();
+    stop_on_error_stops_claiming();
+    abandoned_batch_is_released_by_last_worker();
+    idle_workers_retire();
+    exit_hook_runs_and_shutdown_cancels_queued_work();
+    std::puts("test_thread_pool: all passed");
+    return 0;
+}
