@@ -172,8 +172,7 @@ class ThreadEngine(Engine):
         if not rows:
             return execute_map(plan, base, rows, rt)
         if not rt.tracing and plan.simple and not rt.retries:
-            row = fast_row_function(plan, base)
-            return self.pool.map(lambda i: row(i, rows[i]), list(range(len(rows))),
+            return self.pool.map(fast_row_function(plan, base), list(enumerate(rows)),
                                  stop_on_error=not rt.collect)
         return execute_map(plan, base, rows, rt, pfor=self._pfor(rt))
 
