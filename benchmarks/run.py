@@ -23,18 +23,15 @@ sys.path.insert(0, str(HERE))
 
 from harness import measure, summarize, table  # noqa: E402
 
-# (id, title, module, candidates function, items for per-item units or None, baseline)
-WORKLOADS = [
-    ("W1", "blocking I/O: 200 x time.sleep(10 ms)", "w1_blocking_io", "candidates", None,
-     "plain loop"),
-    ("W2", "async I/O: 200 x asyncio.sleep(10 ms)", "w2_async_io", "candidates", None, None),
-    ("W2b", "async dispatch: 20,000 trivial async items", "w2_async_io", "candidates_trivial",
-     20_000, None),
-    ("W4", "dispatch overhead: 20,000 x (x + 1)", "w4_dispatch", "candidates", 20_000,
-     "plain loop (dicts)"),
-    ("W6", "batch encoding: 200 passages, DualNode", "w6_batch_encoding", "candidates", None,
-     None),
-]
+def discover() -> list[tuple]:
+    """Every ``w*.py`` module here declares ``WORKLOADS``: (id, title, candidates
+    function name, items for per-item units or None, baseline candidate name)."""
+    found = []
+    for path in sorted(HERE.glob("w[0-9]*.py")):
+        mod = __import__(path.stem)
+        for wid, title, fn, per_item, baseline in getattr(mod, "WORKLOADS", []):
+            found.append((wid, title, mod, fn, per_item, baseline))
+    return found
 
 
 def machine() -> dict:
@@ -74,10 +71,9 @@ def main(argv: list[str] | None = None) -> int:
               f"Machine: {info['cpu']}, {info['cores']} cores, Python {info['python']}, "
               f"commit {info['commit']}", ""]
     results = {"machine": info, "rounds": rounds, "workloads": {}}
-    for wid, title, module, fn, per_item, baseline in WORKLOADS:
+    for wid, title, mod, fn, per_item, baseline in discover():
         if only and wid not in only and wid.rstrip("b") not in only:
             continue
-        mod = __import__(module)
         print(f"== {wid}: {title}", flush=True)
         cands = measure(getattr(mod, fn)(args.quick), rounds)
         rows = [summarize(c) for c in cands]

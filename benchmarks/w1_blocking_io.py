@@ -15,6 +15,8 @@ from gilfree.engines import SeqEngine, ThreadEngine
 
 ID, TITLE = "W1", "blocking I/O: 200 x time.sleep(10 ms)"
 ITEMS, SLEEP = 200, 0.010
+#: (id, title, candidates function, items for per-item units or None, baseline name)
+WORKLOADS = [("W1", TITLE, "candidates", None, "plain loop")]
 
 
 def fetch_one(url: int) -> int:

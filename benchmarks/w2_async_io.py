@@ -14,6 +14,10 @@ from gilfree.engines import AsyncEngine
 
 ID, TITLE = "W2", "async I/O: 200 x asyncio.sleep(10 ms)"
 ITEMS, SLEEP, TRIVIAL_ITEMS = 200, 0.010, 20_000
+#: (id, title, candidates function, items for per-item units or None, baseline name)
+WORKLOADS = [("W2", TITLE, "candidates", None, None),
+             ("W2b", "async dispatch: 20,000 trivial async items", "candidates_trivial",
+              TRIVIAL_ITEMS, None)]
 
 
 async def fetch_one(url: int) -> int:

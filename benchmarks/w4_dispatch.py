@@ -14,6 +14,8 @@ from gilfree.engines import SeqEngine, ThreadEngine
 
 ID, TITLE = "W4", "dispatch overhead: 20,000 x (x + 1)"
 ITEMS = 20_000
+#: (id, title, candidates function, items for per-item units or None, baseline name)
+WORKLOADS = [("W4", TITLE, "candidates", ITEMS, "plain loop (dicts)")]
 
 
 def inc_one(x):

@@ -18,6 +18,8 @@ from gilfree.engines import SeqEngine, ThreadEngine
 
 ID, TITLE = "W6", "batch encoding: 200 passages, DualNode"
 ITEMS, CALL, PER_ITEM = 200, 0.010, 0.00005
+#: (id, title, candidates function, items for per-item units or None, baseline name)
+WORKLOADS = [("W6", TITLE, "candidates", None, None)]
 
 
 def encode_one(passage: str) -> int:
