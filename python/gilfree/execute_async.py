@@ -13,7 +13,8 @@ import time
 from typing import Any, Awaitable, Callable
 
 from .errors import annotate
-from .execute import Runtime, _store, run_step, step_done, step_failed, step_lookup
+from .execute import run_step
+from .runtime import Runtime, _store, step_done, step_failed, step_lookup
 from .plan import PIPE, Step
 
 #: ``offload(fn)`` runs the no-argument function ``fn`` on a thread, returns an awaitable.

@@ -2,7 +2,8 @@
 
 from .aio import AsyncEngine
 from .base import Engine
+from .dask_engine import DaskEngine  # imports dask only when an engine is created
 from .seq import SeqEngine
 from .threads import ThreadEngine
 
-__all__ = ["AsyncEngine", "Engine", "SeqEngine", "ThreadEngine"]
+__all__ = ["AsyncEngine", "DaskEngine", "Engine", "SeqEngine", "ThreadEngine"]

@@ -1,0 +1,185 @@
+"""What a step needs at run time: the Runtime (cache, callbacks, policy) and the
+per-step helpers shared by the synchronous, async, batch and fast paths."""
+
+from __future__ import annotations
+
+import copy
+import time
+import warnings
+from collections import deque
+from typing import Any, Callable
+
+from ._async_bridge import run_coroutine
+from .errors import annotate
+from .hashing import hash_strings, hash_value
+from .plan import Step
+
+_MISS = object()
+
+
+class Runtime:
+    """What one engine call carries down to every step: cache, callbacks, policy."""
+
+    __slots__ = ("cache", "callbacks", "ctx", "retries", "batch_size", "collect", "tracing",
+                 "engine", "queue", "pending")
+
+    def __copy__(self) -> "Runtime":
+        new = Runtime.__new__(Runtime)
+        for name in Runtime.__slots__:
+            setattr(new, name, getattr(self, name))
+        return new
+
+    def __init__(self, *, cache: Any = None, callbacks: list | None = None, ctx: Any = None,
+                 retries: int = 0, batch_size: int | None = None, collect: bool = False,
+                 engine: Any = None):
+        self.cache = cache
+        self.callbacks = list(callbacks or ())
+        self.ctx = ctx
+        self.retries = retries
+        self.batch_size = batch_size
+        self.collect = collect
+        self.engine = engine
+        # Signatures and timings cost time: compute them only when someone reads them.
+        self.tracing = cache is not None or bool(self.callbacks)
+        self.queue: deque | None = None  # set on worker views: events wait for the driver
+        self.pending: deque = deque()  # the driver's inbox of worker events
+
+    def emit(self, event: str, *args: Any) -> None:
+        q = self.queue
+        if q is not None:
+            # deque.append is atomic under the GIL; the path is copied because the
+            # driver replays the event later, when this worker may be elsewhere.
+            q.append((event, args, list(self.ctx.hierarchy_path) if self.ctx else None))
+            return
+        for cb in self.callbacks:
+            getattr(cb, event)(*args, self.ctx)
+
+    def worker_view(self) -> "Runtime":
+        """A copy for code running on another thread: its events queue for the driver,
+        and it has its own pipeline path (nested pipelines push and pop on it)."""
+        if not self.callbacks:
+            return self
+        view = copy.copy(self)
+        if self.ctx is not None:
+            view.ctx = copy.copy(self.ctx)
+            view.ctx.hierarchy_path = list(self.ctx.hierarchy_path)
+        view.queue = self.pending
+        return view
+
+    def flush(self) -> None:
+        """Driver thread only: deliver the events workers queued, in their order."""
+        q = self.pending
+        if not q:
+            return
+        ctx = self.ctx
+        saved = ctx.hierarchy_path
+        try:
+            while q:
+                event, args, path = q.popleft()
+                ctx.hierarchy_path = path
+                for cb in self.callbacks:
+                    getattr(cb, event)(*args, ctx)
+        finally:
+            ctx.hierarchy_path = saved
+
+
+# -- one step ---------------------------------------------------------------------------
+def _call(step: Step, func: Callable, values: dict, retries: int) -> Any:
+    attempt = 0
+    while True:
+        try:
+            n = step.nargs
+            if n == 1:
+                r = func(values[step.arg0])
+            elif n == 0:
+                r = func()
+            elif n > 1:
+                r = func(*step.getter(values))
+            else:
+                r = func(**{a: values[a] for a in step.args})
+            if step.is_async:
+                r = run_coroutine(r)
+            return r
+        except Exception:
+            attempt += 1
+            if attempt > retries:
+                raise
+
+
+def _store(step: Step, result: Any, values: dict) -> None:
+    if not step.multi:
+        values[step.out0] = result
+        return
+    names = step.out_names
+    if not isinstance(result, (tuple, list)) or len(result) != len(names):
+        got = f"{len(result)} values" if isinstance(result, (tuple, list)) else type(result).__name__
+        raise ValueError(
+            f"node {step.name!r} declares {len(names)} outputs {names} but returned {got}"
+        )
+    for name, v in zip(names, result):
+        values[name] = v
+
+
+def _sig(name: str, values: dict, sigs: dict) -> str:
+    s = sigs.get(name)
+    if s is None:
+        s = sigs[name] = hash_value(values[name])
+    return s
+
+
+def _step_signature(step: Step, values: dict, sigs: dict) -> str:
+    owners = [hash_value(o) for o in step.owners]
+    return hash_strings(step.code_hash, repr(step.out_names), *owners,
+                        *(f"{a}={_sig(a, values, sigs)}" for a in step.args))
+
+
+def _safe_signature(step: Step, values: dict, sigs: dict) -> str | None:
+    """The step's cache key, or None (with a warning) when an input cannot be hashed."""
+    try:
+        return _step_signature(step, values, sigs)
+    except (ValueError, TypeError, RecursionError) as exc:
+        warnings.warn(f"node {step.name!r} runs uncached: its inputs cannot be hashed "
+                      f"for the cache ({exc})", RuntimeWarning, stacklevel=2)
+        return None
+
+
+def _set_output_sigs(step: Step, sig: str, sigs: dict) -> None:
+    for o in step.out_names:
+        sigs[o] = hash_strings(sig, o)
+
+
+def step_lookup(step: Step, values: dict, rt: Runtime, sigs: dict) -> tuple[bool, str | None]:
+    """Before a traced step runs: serve it from the cache (True) or announce its start.
+    Returns the signature to store the result under (None: do not store)."""
+    sig = None
+    if rt.cache is not None and step.cache:
+        sig = _safe_signature(step, values, sigs)
+        if sig is not None:
+            hit = rt.cache.get(sig, _MISS)
+            if hit is not _MISS:
+                values.update(hit)
+                _set_output_sigs(step, sig, sigs)
+                rt.emit("on_node_cached", step.name, sig)
+                return True, sig
+    if rt.callbacks:
+        rt.emit("on_node_start", step.name, {a: values[a] for a in step.args})
+    return False, sig
+
+
+def step_failed(step: Step, exc: BaseException, rt: Runtime, item: int | None) -> None:
+    rt.emit("on_error", step.name, exc)
+    annotate(exc, step.name, item)
+
+
+def step_done(step: Step, values: dict, rt: Runtime, sigs: dict, sig: str | None,
+              t0: float) -> None:
+    """After a traced step stored its outputs: cache them and announce the end."""
+    duration = time.perf_counter() - t0
+    outputs = {o: values[o] for o in step.out_names}
+    if sig is not None:
+        rt.cache.put(sig, outputs)
+        _set_output_sigs(step, sig, sigs)
+    if rt.callbacks:
+        rt.emit("on_node_end", step.name, outputs, duration)
+
+
