@@ -84,6 +84,7 @@ class AsyncEngine(ThreadEngine):
     """
 
     supported_hints = frozenset({"batch_size", "max_concurrency", "retries", "timeout"})
+    native_executors = frozenset({"async", "thread"})
 
     def __init__(self, max_concurrency: int | None = None, *, max_workers: int | None = None,
                  batch_size: int | None = None, **options: Any):

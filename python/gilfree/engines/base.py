@@ -23,6 +23,8 @@ class Engine:
 
     #: Hints this engine honours; others get one warning per node.
     supported_hints: frozenset[str] = frozenset({"batch_size", "max_concurrency", "retries"})
+    #: ``executor=`` values that describe where this engine already runs nodes.
+    native_executors: frozenset[str] = frozenset({"inline"})
 
     def __init__(self, cache: Any = None, callbacks: list | None = None, *,
                  on_error: str = "raise", return_exceptions: bool | None = None,
@@ -74,7 +76,7 @@ class Engine:
             p.simple = p.simple and not any(s.hints.get("retries") for s in p.steps)
 
     def _trivially_honoured(self, hint: str, value: Any) -> bool:
-        return hint == "executor" and value == "inline"
+        return hint == "executor" and value in self.native_executors
 
     def _runtime(self, plan: Plan, options: dict[str, Any]) -> Runtime:
         on_error = options.pop("on_error", None)

@@ -88,6 +88,7 @@ class ThreadEngine(Engine):
     """
 
     supported_hints = frozenset({"batch_size", "max_concurrency", "retries"})
+    native_executors = frozenset({"thread"})
 
     def __init__(self, max_workers: int | None = None, batch_size: int | None = None, *,
                  stateful: str = "shared", idle_timeout: float = 10.0, **options: Any):
