@@ -37,6 +37,12 @@ def inc3(z):
     return z + 1
 
 
+def _raw_pool():
+    from gilfree._native import core
+
+    return core().ThreadPool(256, 10.0)
+
+
 def candidates(quick: bool, items: int = ITEMS) -> list[Candidate]:
     xs = list(range(items))
     one, chain = Pipeline([inc]), Pipeline([inc, inc2, inc3])
@@ -70,6 +76,10 @@ def candidates(quick: bool, items: int = ITEMS) -> list[Candidate]:
         Candidate("ThreadEngine(), 3-node chain", "gilfree",
                   lambda e: chain.map({"x": xs}, map_over="x", engine=e), make=ThreadEngine,
                   close=lambda e: e.shutdown()),
+        # The C++ pool alone (no pipeline): the floor ThreadEngine's dispatch sits on.
+        Candidate("gilfree._core.ThreadPool.map (raw C++ dispatch)", "gilfree",
+                  lambda pool: pool.map(inc_one, xs), make=_raw_pool,
+                  close=lambda pool: pool.shutdown(True), check=lambda r: r == [x + 1 for x in xs]),
         Candidate("ThreadPoolExecutor(32).map", "peer",
                   lambda ex: list(ex.map(inc_one, xs)), make=lambda: ThreadPoolExecutor(32),
                   close=lambda ex: ex.shutdown(), rounds=3),
