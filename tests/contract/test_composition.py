@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -23,6 +25,18 @@ def increment(doubled):
 @node(output_name="result")
 def square(incremented):
     return incremented ** 2
+
+
+def _record(path: str, value) -> None:
+    # A file is the one ledger that threads, worker processes and cluster workers all
+    # append to, so call-counting tests say the same thing on every engine.
+    with open(path, "a") as f:
+        f.write(json.dumps(value) + "\n")
+
+
+def _recorded(path: str) -> list:
+    p = Path(path)
+    return [json.loads(line) for line in p.read_text().splitlines()] if p.exists() else []
 
 
 def inner_pipeline():
@@ -108,14 +122,14 @@ def test_stateful_built_once_not_per_item(engine):
 
 
 # -- batch nodes -----------------------------------------------------------------------
-def test_dual_node_batches_in_multi_node_pipeline(engine):
-    batch_sizes = []
+def test_dual_node_batches_in_multi_node_pipeline(engine, tmp_path):
+    log = str(tmp_path / "batches.jsonl")
 
     def encode_one(text, scale):
         return len(text) * scale
 
     def encode_batch(text, scale):
-        batch_sizes.append(len(text))
+        _record(log, len(text))
         return [len(t) * scale for t in text]
 
     encode = DualNode(output_name="encoded", singular=encode_one, batch=encode_batch)
@@ -130,42 +144,43 @@ def test_dual_node_batches_in_multi_node_pipeline(engine):
 
     p = Pipeline([clean, encode, score], engine=engine)
     assert p.run({"raw": " ab ", "scale": 2}) == {"text": "ab", "encoded": 4, "score": 5}
-    assert batch_sizes == []  # run uses the singular function
+    assert _recorded(log) == []  # run uses the singular function
     raws = [" a ", "bb", " ccc"] * 10
     out = p.map({"raw": raws, "scale": 3}, map_over="raw")
     assert [r["score"] for r in out] == [len(r.strip()) * 3 + 1 for r in raws]
-    assert sum(batch_sizes) == len(raws) and len(batch_sizes) < len(raws)
+    sizes = _recorded(log)
+    assert sum(sizes) == len(raws) and len(sizes) < len(raws)
 
 
-def test_dual_node_batch_size_hint(engine):
-    sizes = []
+def test_dual_node_batch_size_hint(engine, tmp_path):
+    log = str(tmp_path / "batches.jsonl")
 
     def one(x):
         return -x
 
     def many(x):
-        sizes.append(len(x))
+        _record(log, len(x))
         return [-v for v in x]
 
     p = Pipeline([DualNode("neg", one, many, batch_size=4)], engine=engine)
     assert p.map({"x": list(range(10))}, map_over="x") == [{"neg": -i} for i in range(10)]
-    assert sorted(sizes, reverse=True) == [4, 4, 2]
+    assert sorted(_recorded(log), reverse=True) == [4, 4, 2]
 
 
 # -- caching ---------------------------------------------------------------------------
 def test_cache_per_item(engine_factory, tmp_path):
-    calls = Counter()
+    log = str(tmp_path / "calls.jsonl")
 
     @node(output_name="y")
     def slow(x):
-        calls[x] += 1
+        _record(log, x)
         return None if x == 0 else x * 2
 
-    engine = engine_factory(cache=DiskCache(tmp_path))
+    engine = engine_factory(cache=DiskCache(tmp_path / "cache"))
     p = Pipeline([slow], engine=engine)
     assert p.map({"x": [0, 1, 2]}, map_over="x") == [{"y": None}, {"y": 2}, {"y": 4}]
     assert p.map({"x": [0, 1, 2, 3]}, map_over="x")[-1] == {"y": 6}
-    assert calls == Counter({0: 1, 1: 1, 2: 1, 3: 1})  # None was cached too
+    assert Counter(_recorded(log)) == Counter({0: 1, 1: 1, 2: 1, 3: 1})  # None was cached too
     assert p.run({"x": "1"}) == {"y": "11"}  # "1" is not 1
 
 
