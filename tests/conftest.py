@@ -2,17 +2,41 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 
 from gilfree import engines as _engines
 
-ENGINE_NAMES = [n for n in ("SeqEngine", "ThreadEngine", "AsyncEngine") if hasattr(_engines, n)]
+#: DaskEngine runs when dask.distributed is installed (``pip install gilfree[dask]``).
+_HAS_DASK = importlib.util.find_spec("distributed") is not None
+ENGINE_NAMES = [n for n in ("SeqEngine", "ThreadEngine", "AsyncEngine", "ProcessEngine",
+                            "DaskEngine")
+                if hasattr(_engines, n) and (n != "DaskEngine" or _HAS_DASK)]
+
+
+@pytest.fixture(scope="session")
+def dask_client():
+    """One LocalCluster (2 worker processes x 1 thread) for the whole session: starting
+    one costs ~1 s, so DaskEngines in tests share it through ``client=``."""
+    if not _HAS_DASK:
+        pytest.skip("dask.distributed is not installed (pip install gilfree[dask])")
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                           dashboard_address=":0")
+    client = Client(cluster, set_as_default=False)
+    yield client
+    client.close(timeout=10)
+    cluster.close(timeout=10)
 
 
 @pytest.fixture(params=ENGINE_NAMES)
 def engine_factory(request):
     """Call with engine options (cache=, callbacks=, on_error=...); shut down after."""
     cls = getattr(_engines, request.param)
+    if request.param == "DaskEngine":
+        cls = _shared_cluster(cls, request.getfixturevalue("dask_client"))
     made = []
 
     def make(**options):
@@ -23,6 +47,12 @@ def engine_factory(request):
     yield make
     for e in made:
         e.shutdown()
+
+
+def _shared_cluster(cls, client):
+    def make(**options):
+        return cls(client=client, **options)
+    return make
 
 
 @pytest.fixture

@@ -229,17 +229,17 @@ def test_callbacks_for_nested_run(engine_factory):
 def test_unsupported_engine_is_refused_before_running(engine_factory):
     ran = []
 
-    class OnlyDask(PipelineCallback):
+    class OnlyElsewhere(PipelineCallback):
         @property
         def supported_engines(self):
-            return ["DaskEngine"]
+            return ["NoSuchEngine"]
 
     @node(output_name="y")
     def f(x):
         ran.append(x)
         return x
 
-    engine = engine_factory(callbacks=[OnlyDask()])
+    engine = engine_factory(callbacks=[OnlyElsewhere()])
     with pytest.raises(ValueError, match="does not support"):
         Pipeline([f], engine=engine).run({"x": 1})
     assert ran == []

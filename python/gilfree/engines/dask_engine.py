@@ -1,10 +1,11 @@
 """``DaskEngine``: map items run in batches on a Dask cluster (``dask.distributed``).
 
-    driver (caller's thread)                          Dask workers (processes)
-      plan + broadcast inputs, pickled once ─scatter─▶ each worker unpickles them once per
-      one client.submit per batch of rows ───────────▶ map, each @stateful object once per
-                                                      process; execute_map(batch rows)
-      as_completed: each finished batch ◀──────────── (results, recorded events, error)
+    driver (caller's thread)                           Dask workers (processes)
+      plan + broadcast inputs, pickled once: a task ──▶ fetched and unpickled once per
+      one client.submit per batch of rows ────────────▶ worker and map; each @stateful
+                                                       object built once per process;
+                                                       execute_map(batch rows)
+      as_completed: each finished batch ◀───────────── (results, recorded events, error)
         its events replayed (Runtime.flush): callbacks fire here, in the driver
         its results put in their slots: input order
 
@@ -24,7 +25,9 @@ import pickle
 import threading
 import time
 import uuid
+import warnings
 import weakref
+from concurrent.futures import CancelledError
 from typing import Any, Callable
 
 import cloudpickle
@@ -32,7 +35,7 @@ import cloudpickle
 from ..callbacks import CallbackContext
 from ..errors import ExecutionError, SerializationError
 from ..execute import Runtime, execute_map
-from ..plan import Plan
+from ..plan import DUAL, Plan
 from ..stateful import is_stateful
 from .base import Engine
 from .threads import usable_cores
@@ -106,6 +109,10 @@ def _no_engine() -> None:
     return None
 
 
+def _identity(blob: bytes) -> bytes:
+    return blob
+
+
 # -- on the workers (module globals: one of each per worker process) ------------------
 _REGISTRY: dict[str, Any] = {}  # stateful key -> this process's instance
 _PAYLOADS: dict[str, tuple] = {}  # map token -> (plan, base, options), while the map runs
@@ -146,13 +153,25 @@ class _Recorder:
             (event, args[:-1], list(args[-1].hierarchy_path)))
 
 
+def _fits(value: Any) -> bool:
+    try:
+        cloudpickle.dumps(value)
+        return True
+    except Exception:
+        return False
+
+
 def _portable(exc: BaseException) -> BaseException:
-    """An exception fit to travel: traceback as a dict (tblib), else text if unpicklable."""
+    """An exception fit to travel: its traceback as a dict (tblib); as text if it does
+    not survive pickling (an unpicklable one would lose the whole batch)."""
     try:
         from tblib import Traceback  # a dependency of distributed
 
         exc.__dict__["_gilfree_tb"] = Traceback(exc.__traceback__).to_dict()
-        cloudpickle.dumps(exc)
+    except Exception:
+        pass
+    try:
+        pickle.loads(cloudpickle.dumps(exc))
         return exc
     except Exception:
         text = ExecutionError(f"{type(exc).__name__}: {exc} (the exception itself could "
@@ -162,12 +181,12 @@ def _portable(exc: BaseException) -> BaseException:
         return text
 
 
-def _run_batch(token: str, blob: bytes, rows_blob: bytes, first: int) -> tuple:
+def _run_batch(token: str, blob: bytes, rows_blob: bytes, first: int) -> bytes:
     """One Dask task: ``execute_map`` over a batch of rows.
 
-    Returns (results or None, recorded callback events, the exception that stopped it):
-    a node's exception is the task's answer, not a Dask failure (no worker log noise,
-    and the events recorded before it still reach the driver).
+    Returns, pickled: (results or None, recorded callback events, the exception that
+    stopped it).  A node's exception is the task's answer, not a Dask failure: no worker
+    log noise, and the events recorded before it still reach the driver.
     """
     with _LOCK:  # the first batch of a map on this worker unpickles; the others reuse
         if token not in _PAYLOADS:
@@ -197,7 +216,24 @@ def _run_batch(token: str, blob: bytes, rows_blob: bytes, first: int) -> tuple:
             results = [_portable(r) if isinstance(r, BaseException) else r for r in results]
     except Exception as exc:
         error = _portable(exc)
-    return results, (recorder.events if recorder else []), error
+    events = recorder.events if recorder else []
+    try:  # we pickle the answer ourselves, to say what failed if something does not fit
+        return cloudpickle.dumps((results, events, error))
+    except Exception:
+        pass
+    # Callbacks are told what cannot travel as its repr; an output that cannot is that
+    # item's failure, like an exception in the node (worker -> driver).
+    events = [(e, tuple(a if _fits(a) else repr(a) for a in args), path)
+              for e, args, path in events]
+    for i, r in enumerate(results or ()):
+        if not _fits(r):
+            bad = SerializationError(f"map item {first + i}: its outputs cannot be sent "
+                                     f"back to the driver (worker -> driver): {r!r:.200}")
+            if not opts["collect"]:
+                results, error = None, error or bad
+                break
+            results[i] = bad
+    return cloudpickle.dumps((results, events, error))
 
 
 # -- the engine (driver side) ---------------------------------------------------------
@@ -275,7 +311,9 @@ class DaskEngine(Engine):
                 self._at_exit = None
         try:
             if client is not None and keys and client.status == "running":
-                client.run(_release_stateful, keys, on_error="ignore")
+                client.run(_release_stateful, keys)
+        except Exception:
+            pass  # workers gone or unreachable: nothing left to tear down there
         finally:
             if owns:
                 client.close(timeout=10)
@@ -292,6 +330,12 @@ class DaskEngine(Engine):
         if size is None:
             threads = sum(client.nthreads().values())
             size = math.ceil(n / min(MAX_BATCHES, BATCHES_PER_THREAD * max(threads, 1)))
+            # A DualNode's batch_size hint: whole batches per task, so that its batch
+            # function gets the items it asked for (a task is the most it can get).
+            hint = max((s.hints.get("batch_size") or 0 for s in plan.steps if s.kind == DUAL),
+                       default=0)
+            if hint:
+                size = math.ceil(size / hint) * hint
         spans = [(a, min(a + size, n)) for a in range(0, n, size)]
         path = list(rt.ctx.hierarchy_path) if rt.ctx is not None else []
         opts = {"cache": rt.cache, "retries": rt.retries, "batch_size": rt.batch_size,
@@ -306,7 +350,13 @@ class DaskEngine(Engine):
         with self._lock:
             self._shipped |= keys
         token = uuid.uuid4().hex
-        payload = client.scatter(blob, broadcast=True, hash=False)  # once per map
+        # Once per map, as a task (not scatter): a worker that dies takes its copy with
+        # it, and Dask can recompute a task's result for the re-run batches, never
+        # scattered data.  Workers fetch it from each other, once each.
+        with warnings.catch_warnings():  # big inputs are the point; Dask's hint misleads
+            warnings.filterwarnings("ignore", "Sending large graph", UserWarning)
+            payload = client.submit(_identity, blob, pure=False,
+                                    key=f"gilfree-payload-{token}")
         futures = [client.submit(_run_batch, token, payload, rows_blob, a, pure=False,
                                  key=f"gilfree-batch-{k}-{token}")
                    for k, (rows_blob, (a, _)) in enumerate(zip(batches, spans))]
@@ -342,11 +392,21 @@ class DaskEngine(Engine):
                 continue
             a, b = spans[k]
             try:
-                results, events, error = fut.result()
+                answer = fut.result()
             except Exception as exc:  # the batch itself failed or was lost
                 results, events, error = None, (), self._batch_error(exc, plan, a, b)
                 if rt.collect and isinstance(error, ExecutionError):
                     results = [error] * (b - a)
+            else:
+                try:
+                    results, events, error = pickle.loads(answer)
+                except Exception as exc:
+                    raise SerializationError(
+                        f"the results of map items {a} to {b - 1} cannot be unpickled in "
+                        f"the driver (worker -> driver): {type(exc).__name__}: {exc}") from exc
+            if results is not None:
+                results = [_restore(r) for r in results]
+            error = _restore(error)
             if events:
                 # Each worker's execute_map opened and closed a map of its own; the
                 # driver's (with the total) stands for them.  Nested maps' are kept.
@@ -354,11 +414,11 @@ class DaskEngine(Engine):
                                   or e[0] not in ("on_map_start", "on_map_end"))
                 rt.flush()
             if results is not None:
-                out[a:b] = [_restore(r) for r in results]
+                out[a:b] = results
                 continue
             # The first failure in input order wins, as on the other engines: later
             # batches are cancelled, earlier ones still finish (they may fail first).
-            failures[k], stop = _restore(error), k
+            failures[k], stop = error, k
             later = [f for f in futures[k + 1:] if not f.done()]
             if later:
                 client.cancel(later)
@@ -371,14 +431,16 @@ class DaskEngine(Engine):
     @staticmethod
     def _batch_error(exc: BaseException, plan: Plan, a: int, b: int) -> BaseException:
         """A lost batch as an ExecutionError naming its items; other errors as they are."""
-        d = _distributed()
-        if not isinstance(exc, (d.KilledWorker, d.CancelledError, d.comm.CommClosedError)):
+        from distributed.comm import CommClosedError
+        from distributed.scheduler import KilledWorker
+
+        if not isinstance(exc, (KilledWorker, CancelledError, CommClosedError)):
             return exc
         names = [s.name for s in plan.steps]
         nodes = f"node {names[0]!r}" if len(names) == 1 else f"one of the nodes {names}"
         items = f"map item {a}" if b - a == 1 else f"map items {a} to {b - 1}"
         what = (f"Dask lost it ({type(exc).__name__}: {exc})"
-                if not isinstance(exc, d.KilledWorker) else
+                if not isinstance(exc, KilledWorker) else
                 "a Dask worker process died while running it (crash, out of memory, "
                 "os._exit, killed) and Dask gave up after its retries "
                 "(distributed.scheduler.allowed-failures); the worker logs say why")
