@@ -2,8 +2,9 @@
 
 Never ``asyncio.run`` on a thread whose loop is already running (Jupyter): that raises.
 Instead the coroutine goes to one background loop thread and we wait for its result.
-Threads without a running loop reuse one private loop each (creating a loop per call
-costs ~50 us).
+The main thread, when no loop runs there, reuses one private loop (creating a loop per
+call costs ~50 us).  Other threads (engine pool workers come and go) also use the
+background loop: a loop owned by a thread that retires is collected unclosed.
 """
 
 from __future__ import annotations
@@ -40,5 +41,6 @@ def run_coroutine(coro: Coroutine[Any, Any, Any]) -> Any:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return _thread_loop().run_until_complete(coro)
+        if threading.current_thread() is threading.main_thread():
+            return _thread_loop().run_until_complete(coro)
     return asyncio.run_coroutine_threadsafe(coro, _background()).result()
