@@ -2,7 +2,8 @@
 #include "bindings.hpp"
 
 PYBIND11_MODULE(_core, m) {
-    m.doc() = "gilfree native core: thread pool and runtime information.";
+    m.doc() = "gilfree native core: thread pool, process pool and runtime information.";
     gilfree::bindings::bind_info(m);
     gilfree::bindings::bind_thread_pool(m);
+    gilfree::bindings::bind_process_pool(m);
 }

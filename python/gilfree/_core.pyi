@@ -59,3 +59,63 @@ class ThreadPool:
     def idle_timeout(self) -> float: ...
     @property
     def num_threads(self) -> int: ...
+
+FRAME_KINDS: dict[str, int]
+"""Frame kinds of the driver/worker protocol (cpp/include/gilfree/frame.hpp)."""
+
+def set_parent_death_signal(sig: int) -> bool:
+    """Linux: deliver `sig` to this process when its parent thread exits."""
+
+class ProcessPool:
+    """Long-lived worker processes (posix_spawn of `argv` + "3 4 <parent pid>"), fed with
+    framed batches; reader/writer threads per worker do the I/O without the GIL."""
+
+    def __init__(self, argv: list[str], workers: int, payload_slots: int = 8,
+                 max_items_per_worker: int = 0, zygote_argv: list[str] = []) -> None:
+        """zygote_argv non-empty: workers are forked by the process-wide forkserver
+        started with that command (+ "3 <driver pid>"); else each is a posix_spawn."""
+    def set_init(self, body: bytes) -> None:
+        """The INIT frame body every new worker receives first."""
+    def start(self) -> None:
+        """Spawn workers until `workers` are alive (returns without waiting for them)."""
+    def map(
+        self,
+        n: int,
+        key: bytes,
+        payload: bytes,
+        payload_fds: list[int],
+        make_batch: Callable[[int, int], tuple[bytes, list[int]]],
+        on_result: Callable[[int, int, bytes, list[int]], bool],
+        on_lost: Callable[[int, int, dict[str, Any]], bool],
+        *,
+        chunk: int = 0,
+        depth: int = 2,
+    ) -> None:
+        """Run items [0, n) in chunks (guided sizes unless `chunk`), at most `depth`
+        batches per worker. The payload goes to a worker once per key. Callbacks run in
+        the calling thread; returning False stops dispatching (running batches finish).
+        make_batch's descriptors are closed after sending; on_result owns the ones it
+        gets. A dead worker's running batch goes to on_lost (pid, exitcode, signal, item,
+        step); batches queued behind it run again. Ctrl-C kills the busy workers and
+        raises KeyboardInterrupt. Returns early if the pool breaks (see `broken`)."""
+    def shutdown(self, grace: float = 2.0) -> None:
+        """Ask workers to quit, kill those still alive after `grace` seconds, reap all."""
+    def kill_all(self) -> None: ...
+    @property
+    def pids(self) -> list[int]: ...
+    @property
+    def workers(self) -> int: ...
+    @property
+    def broken(self) -> str | None:
+        """Why the pool cannot run anything (an initializer failed), or None."""
+    @property
+    def is_shut_down(self) -> bool: ...
+
+class Channel:
+    """A worker's end of its driver connection."""
+
+    def __init__(self, fd: int) -> None: ...
+    def recv(self) -> tuple[int, int, bytes, bytes, list[int]] | None:
+        """(kind, id, key, body, fds) or None at end of stream. Releases the GIL."""
+    def send(self, kind: int, id: int, key: bytes, body: bytes, fds: list[int]) -> None:
+        """Send one frame; closes `fds` afterwards. Releases the GIL."""

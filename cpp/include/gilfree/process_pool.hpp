@@ -1,0 +1,139 @@
+// gilfree::ProcessPool: long-lived worker processes, spawned safely, fed with frames.
+//
+// Who sends what to whom
+//
+//   driver thread (map loop)          ProcessPool                        worker process
+//   fill() ── start request ────────▶ launcher.hpp: posix_spawn, or ───▶ gilfree._worker.main
+//                                       fork by the zygote (forkserver)    3 = socket, 4 = status page
+//                                                                          reads INIT, runs initializer
+//   send_batch(w, key, payload, b) ─▶ writer thread (per worker) ──────▶ PAYLOAD once per key, BATCH
+//                                       queue of frames, blocking I/O      runs the rows, writes RESULT
+//   wait_event(timeout) ◀── events ── reader thread (per worker) ◀───── RESULT / READY / INIT_FAILED
+//                                       EOF ─▶ waitpid ─▶ `exited` event   (status page: batch, item,
+//                                       with wait status + status page      step it was running)
+//   kill(w) ─ SIGKILL (Ctrl-C, shutdown grace over), guarded against pid reuse
+//
+// Nothing here knows Python. The binding (cpp/bindings/bind_process_pool.cpp) runs the
+// map loop: it asks Python for batch frames, releases the GIL, and waits here.
+//
+// Why posix_spawn of a fresh interpreter and not fork: the driver has native threads
+// (this pool's, the thread pool's, TBB's, the user's); a forked child inherits locks held
+// by threads that do not exist in it. posix_spawn (vfork + exec) is safe at any time.
+// Why start from one long-lived thread (launcher.hpp): PR_SET_PDEATHSIG fires when the
+// *thread* that created the child exits, so spawning from a driver thread that later
+// exits (a ThreadPoolExecutor worker calling map) would kill healthy workers.
+// Why one reader and one writer thread per worker: a worker busy on a batch does not
+// read; a blocking write to it must never stall the driver or the other workers, and a
+// worker writing a large result must always find its reader draining the socket.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "gilfree/frame.hpp"
+
+namespace gilfree {
+
+namespace detail {
+struct PoolShared;
+}
+
+// What the status page of a worker says it was doing (-1: unknown/none).
+struct WorkerProgress {
+    std::int64_t batch = -1;
+    std::int64_t item = -1;
+    std::int64_t step = -1;
+    std::int64_t phase = -1;  // 0 idle, 1 loading a payload, 2 running a batch, 3 sending
+};
+
+class ProcessPool {
+public:
+    struct Config {
+        std::vector<std::string> argv;  // worker command; the pool appends "3 4 <parent pid>"
+        std::size_t workers = 1;
+        std::size_t payload_slots = 8;          // payloads a worker keeps (LRU)
+        std::size_t max_items_per_worker = 0;   // 0: unlimited; else retire after this many
+        // Non-empty: workers are forked by the process-wide zygote started with this
+        // command (see launcher.hpp); empty: each worker is a posix_spawn of argv.
+        std::vector<std::string> zygote_argv;
+    };
+
+    struct Event {
+        enum class Type { frame, exited };
+        Type type = Type::frame;
+        std::uint64_t worker = 0;  // unique per process incarnation, never reused
+        pid_t pid = 0;
+        Frame frame;               // Type::frame
+        int wait_status = -1;      // Type::exited: as from waitpid; -1 if unknown
+        WorkerProgress progress;   // Type::exited: the status page at death
+        bool expected = false;     // Type::exited: we asked it to go (retire, kill, shutdown)
+    };
+
+    explicit ProcessPool(Config cfg);
+    ~ProcessPool();  // shutdown with a short grace
+    ProcessPool(const ProcessPool&) = delete;
+    ProcessPool& operator=(const ProcessPool&) = delete;
+
+    // The INIT frame body every new worker receives first.
+    void set_init(std::string body);
+    // Spawns workers until Config::workers are alive; returns the ids of the new ones.
+    // Throws std::system_error if a process cannot be started.
+    std::vector<std::uint64_t> fill();
+    std::vector<std::uint64_t> live() const;
+    std::vector<pid_t> pids() const;
+    std::size_t size() const;
+
+    // Dispatch bookkeeping for the map loop.
+    std::size_t in_flight(std::uint64_t worker) const;
+    // False while a worker is retiring, or once it reached max_items_per_worker.
+    bool accepts(std::uint64_t worker) const;
+    // Queues (DROP of an evicted key, PAYLOAD if the worker lacks `key`) and the batch.
+    // `payload` is duplicated per worker (descriptors included); the batch is moved.
+    void send_batch(std::uint64_t worker, const std::string& key, const Frame& payload,
+                    Frame batch, std::size_t items);
+    // A batch of this worker completed. Retires the worker once it is idle and over its
+    // item budget (the next fill() replaces it).
+    void batch_done(std::uint64_t worker);
+    // Forget everything a worker holds (it died): it leaves the live set at once.
+    void forget(std::uint64_t worker);
+
+    // Blocks at most `timeout` for the next event; false if none came.
+    bool wait_event(Event& out, std::chrono::nanoseconds timeout);
+    // Drops queued events (after a map was abandoned), closing their descriptors.
+    void clear_events();
+
+    // SIGKILL; the `exited` event that follows has expected = true.
+    void kill(std::uint64_t worker);
+    // Asks every worker to quit, waits up to `grace` for them to exit, kills the rest,
+    // reaps everything and stops the pool's threads. Idempotent.
+    void shutdown(std::chrono::nanoseconds grace);
+    bool is_shut_down() const;
+
+private:
+    std::shared_ptr<detail::PoolShared> s_;
+};
+
+// Guided self-scheduling: each chunk is a share of what is left (big chunks first for
+// low overhead, small ones at the end so that no worker idles while another finishes a
+// big tail). A fixed chunk size overrides it.
+class ChunkPlanner {
+public:
+    ChunkPlanner(std::size_t items, std::size_t workers, std::size_t fixed, std::size_t cap);
+    bool next(std::size_t& start, std::size_t& stop);
+    bool exhausted() const noexcept { return next_ >= items_; }
+
+private:
+    std::size_t items_, workers_, fixed_, cap_, min_, next_ = 0;
+};
+
+// Linux: the calling process gets `sig` when its parent thread exits (0: never).
+// Returns false where unsupported.
+bool set_parent_death_signal(int sig);
+
+}  // namespace gilfree

@@ -1,0 +1,343 @@
+"""``ProcessEngine``: map items run in long-lived worker processes (``_core.ProcessPool``).
+
+    driver thread (holds the GIL between C++ calls)              worker processes
+      plan + broadcast inputs pickled once per map (transport) ──▶ PAYLOAD, once per worker
+        key = content hash: a re-run cell re-ships nothing           per distinct payload
+      pool.map(n, ...) ── C++ plans chunks (guided), asks us ────▶ BATCH rows [a, b)
+        make_batch(a, b): rows pickled as columns                    execute_map(...) with
+      waits in C++ without the GIL, wakes <= 50 ms for Ctrl-C        first_index = a
+      on_result(a, b, ...) ◀──────────── results + recorded events ── RESULT (large
+        results into their slots (input order), events replayed:     arrays in a memfd:
+        callbacks and progress fire here, as batches complete       mapped, not copied)
+      on_lost(a, b, info) ◀── a worker died: the items of the batch it was running fail
+                              with WorkerDied (node, item, exit code or signal); batches
+                              queued behind it run again; C++ starts a replacement
+
+Workers come from a forkserver (default: one clean, single-threaded helper process per
+interpreter, see cpp/include/gilfree/launcher.hpp) or are spawned fresh; never forked
+from this process, which runs threads.
+
+``run`` executes in the calling process (as on DaskEngine and in HyperNodes): one item
+gains nothing from a pool, and breakpoints and tracebacks stay local. Right for
+pure-Python CPU-bound nodes; for I/O or GIL-releasing nodes use ThreadEngine.
+"""
+
+from __future__ import annotations
+
+import atexit
+import math
+import os
+import signal
+import sys
+import threading
+import time
+import weakref
+from typing import Any
+
+from ..errors import ExecutionError, SerializationError
+from ..execute import Runtime, execute_map
+from .. import transport
+from ..plan import DUAL, Plan
+from .base import Engine
+from .threads import usable_cores
+
+#: Batches a worker holds at once: one running, one queued behind it, so that a worker
+#: never waits for the driver between batches.
+DEPTH = 2
+
+
+class WorkerDied(ExecutionError):
+    """A worker process died (signal, ``os._exit``, crash, OOM killer) holding map items."""
+
+
+def _signal_name(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return f"signal {sig}"
+
+
+def _command(entry: str) -> list[str]:
+    # -c rather than -m: the package is found where the driver found it, whatever sys.path
+    # the new interpreter starts with. The pool appends the descriptors and parent pid.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(transport.__file__)))
+    code = (f"import sys; sys.path.insert(0, {root!r}); "
+            f"from gilfree._worker import {entry}; {entry}(sys.argv[1:])")
+    return [sys.executable, "-c", code]
+
+
+_open_engines: "weakref.WeakSet[ProcessEngine]" = weakref.WeakSet()
+
+
+@atexit.register
+def _shutdown_open_engines() -> None:
+    # Interpreter exit with an engine left open: stop its workers (they would exit on
+    # their own when our sockets close, but this also runs their teardown hooks).
+    for engine in list(_open_engines):
+        engine.shutdown()
+
+
+class ProcessEngine(Engine):
+    """Runs map items in worker processes: true parallelism for pure-Python CPU work.
+
+    ``workers=None`` means the usable cores. ``batch_size=None`` sizes batches
+    automatically (big first, small at the end, so that the workers finish together);
+    an integer fixes the number of items per batch. ``initializer(*initargs)`` runs once
+    in each worker. ``max_tasks_per_worker`` replaces a worker after that many items.
+    ``start_method="forkserver"`` (default) forks workers from one clean helper process
+    per interpreter (started with posix_spawn, single-threaded, gilfree already
+    imported): the first engine pays ~0.1 s for it, later engines and replacements of
+    dead workers start in milliseconds. ``"spawn"`` starts every worker as a fresh
+    interpreter. Both are safe in a process that runs threads; ``"fork"`` is not.
+    """
+
+    supported_hints = frozenset({"batch_size", "retries"})
+    native_executors = frozenset({"process"})
+
+    def __init__(self, workers: int | None = None, batch_size: int | None = None, *,
+                 start_method: str | None = None, initializer: Any = None,
+                 initargs: tuple = (), max_tasks_per_worker: int | None = None,
+                 **options: Any):
+        super().__init__(batch_size=batch_size, **options)
+        if workers is not None and (not isinstance(workers, int) or workers < 1):
+            raise ValueError(f"ProcessEngine: workers={workers!r} must be a positive integer")
+        if start_method not in (None, "forkserver", "spawn"):
+            raise ValueError(
+                f"ProcessEngine: start_method={start_method!r} is not supported: use "
+                "'forkserver' (the default) or 'spawn'. 'fork' is refused: forking a "
+                "process that runs threads (ours, TBB's, yours) can deadlock the child")
+        if max_tasks_per_worker is not None and max_tasks_per_worker < 1:
+            raise ValueError("ProcessEngine: max_tasks_per_worker must be >= 1")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("ProcessEngine: initializer must be callable")
+        self.workers = workers or usable_cores()
+        self.start_method = start_method or "forkserver"
+        self.initializer = initializer
+        self.initargs = tuple(initargs)
+        self.max_tasks_per_worker = max_tasks_per_worker
+        self._pool: Any = None
+        self._lock = threading.Lock()  # one map at a time per pool
+        self._mapping_thread: int | None = None
+        self._pool_lock = threading.Lock()
+
+    # -- the pool ---------------------------------------------------------------------
+    @property
+    def pool(self) -> Any:
+        """The native pool, started on first use (workers spawn in the background)."""
+        with self._pool_lock:
+            if self._pool is None:
+                from .._native import core
+
+                zygote = _command("zygote_main") if self.start_method == "forkserver" else []
+                pool = core().ProcessPool(_command("main"), self.workers, 8,
+                                          self.max_tasks_per_worker or 0, zygote)
+                try:
+                    init, _ = transport.dumps({
+                        "path": list(sys.path), "cwd": os.getcwd(), "env": dict(os.environ),
+                        "initializer": self.initializer, "initargs": self.initargs},
+                        shm=False)
+                except Exception as exc:
+                    raise transport.serialization_error(
+                        "the initializer or its initargs", "to the worker processes",
+                        exc) from exc
+                pool.set_init(init)
+                pool.start()
+                self._pool = pool
+                _open_engines.add(self)
+            return self._pool
+
+    def start(self) -> "ProcessEngine":
+        """Start the workers now instead of at the first map (they start in the background)."""
+        self.pool  # noqa: B018
+        return self
+
+    @property
+    def pids(self) -> list[int]:
+        """Process ids of the live workers (empty before the first map)."""
+        return list(self._pool.pids) if self._pool is not None else []
+
+    def shutdown(self) -> None:
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(2.0)
+        _open_engines.discard(self)
+        super().shutdown()
+
+    # -- where items run --------------------------------------------------------------
+    def _execute_map(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime) -> list:
+        if not rows:
+            return execute_map(plan, base, rows, rt)
+        if self._mapping_thread == threading.get_ident():
+            # A callback of a running map mapping again on the same engine: waiting for
+            # the pool would deadlock, sharing it would mix the two maps' batches.
+            raise RuntimeError("ProcessEngine.map was called from a callback of a map running "
+                               "on the same engine; use another engine for the inner map")
+        with self._lock:  # maps from other threads take turns
+            pool = self.pool
+            broken = pool.broken
+            if broken:
+                raise ExecutionError(f"ProcessEngine is broken: {broken}; create a new engine "
+                                     "(or call shutdown() and map again) once it is fixed")
+            self._mapping_thread = threading.get_ident()
+            try:
+                return _MapCall(self, pool, plan, base, rows, rt).run()
+            finally:
+                self._mapping_thread = None
+
+    def __repr__(self) -> str:
+        return f"ProcessEngine(workers={self.workers})"
+
+
+def _dual_batch_size(plan: Plan, rt: Runtime) -> int:
+    """The batch size the plan's DualNode steps ask for (their LCM), or 0."""
+    sizes = [s.hints.get("batch_size") or rt.batch_size for s in plan.steps if s.kind == DUAL]
+    sizes = [n for n in sizes if n]
+    return math.lcm(*sizes) if sizes else 0
+
+
+class _MapCall:
+    """One ``map`` on the pool: payload, batches, results, events, failures."""
+
+    def __init__(self, engine: ProcessEngine, pool: Any, plan: Plan, base: dict,
+                 rows: list[dict], rt: Runtime):
+        self.engine, self.pool, self.plan, self.rows, self.rt = engine, pool, plan, rows, rt
+        self.n = len(rows)
+        self.out: list[Any] = [None] * self.n
+        self.errors: dict[int, BaseException] = {}  # batch start -> error (raise policy)
+        self.path = list(rt.ctx.hierarchy_path) if rt.ctx is not None else []
+        opts = {"cache": rt.cache, "retries": rt.retries, "batch_size": rt.batch_size,
+                "collect": rt.collect, "events": bool(rt.callbacks), "path": self.path}
+        try:
+            self.payload, self.payload_fds = transport.dumps((plan, base, opts))
+        except Exception as exc:
+            culprit = transport.find_unpicklable(lambda: {
+                **{f"node {s.name!r}": s.node for s in plan.iter_steps()},
+                **{f"input {k!r}": v for k, v in base.items()},
+                "the cache": rt.cache}) or "the pipeline"
+            raise transport.serialization_error(culprit, "to the worker processes (driver -> "
+                                                "worker)", exc) from exc
+        self.key = transport.content_key(self.payload, self.payload_fds)
+        self.names = list(rows[0])
+        self.consumers = {a: [s.name for s in plan.steps if a in s.args] for a in self.names}
+
+    def run(self) -> list:
+        rt = self.rt
+        if rt.callbacks:
+            rt.emit("on_map_start", self.n)
+        t0 = time.perf_counter()
+        chunk = self.engine.batch_size or 0
+        align = _dual_batch_size(self.plan, rt)
+        if align:
+            # Each worker batches the items it holds: chunks that are whole multiples of
+            # a DualNode's batch size give its batch function full batches.
+            chunk = (-(-chunk // align) * align if chunk else
+                     align * max(1, round(self.n / (4 * self.pool.workers * align))))
+        try:
+            self.pool.map(self.n, self.key, self.payload, self.payload_fds, self.make_batch,
+                          self.on_result, self.on_lost, chunk=chunk, depth=DEPTH)
+        finally:
+            transport.close_fds(self.payload_fds)
+            self.payload_fds = []
+            rt.flush()
+            if rt.callbacks:
+                rt.emit("on_map_end", time.perf_counter() - t0)
+        broken = self.pool.broken
+        if broken:
+            raise ExecutionError(f"ProcessEngine is broken: {broken}")
+        if self.errors:
+            raise self.errors[min(self.errors)]
+        return self.out
+
+    # -- callbacks from C++ (driver thread, GIL held) -----------------------------------
+    def make_batch(self, a: int, b: int) -> tuple[bytes, list[int]]:
+        rows = self.rows[a:b]
+        cols = [[r[k] for r in rows] for k in self.names]
+        try:
+            return transport.dumps((a, self.names, cols, {}))
+        except Exception:
+            pass
+        # Some rows do not pickle: those items fail (SerializationError naming the input
+        # and the nodes that take it); the others travel, the failed ones as placeholders.
+        failed: dict[int, BaseException] = {}
+        for k, row in enumerate(rows):
+            for name, value in row.items():
+                bad = transport.find_unpicklable(lambda: {f"input {name!r}": value})
+                if bad is not None:
+                    failed[k] = SerializationError(
+                        f"cannot send {bad} of map item {a + k} (used by node(s) "
+                        f"{self.consumers.get(name, [])}) to a worker process (driver -> worker)")
+                    break
+        cols = [[None if i in failed else r[k] for i, r in enumerate(rows)] for k in self.names]
+        return transport.dumps((a, self.names, cols, failed))
+
+    def on_result(self, a: int, b: int, body: bytes, fds: list[int]) -> bool:
+        status, payload, events = transport.loads(body, fds)
+        self._replay(events)
+        if status != "ok":
+            self.errors[a] = payload
+            return False
+        keep_going = True
+        for count, part in payload[1]:  # ("parts", [(count, (mode, data)), ...])
+            keep_going = self._place(a, a + count, part) and keep_going
+            a += count
+        return keep_going
+
+    def _place(self, a: int, b: int, encoded: tuple) -> bool:
+        mode, data = encoded
+        out = self.out
+        if mode == "cols":
+            outputs = self.plan.outputs
+            if len(outputs) == 1:
+                o = outputs[0]
+                out[a:b] = [{o: v} for v in data[0]]
+            else:
+                out[a:b] = [dict(zip(outputs, vals)) for vals in zip(*data)]
+            return True
+        out[a:b] = data
+        if not self.rt.collect:
+            for k, r in enumerate(data):
+                if isinstance(r, BaseException):
+                    self.errors[a + k] = r
+                    return False
+        return True
+
+    def on_lost(self, a: int, b: int, info: dict) -> bool:
+        rt = self.rt
+        how = (f"was killed by {_signal_name(info['signal'])}" if info["signal"] is not None
+               else f"exited with code {info['exitcode']}" if info["exitcode"] is not None
+               else "exited (status unknown)")
+        if info["signal"] == signal.SIGKILL:
+            how += " (the OOM killer, or someone, sent it)"
+        steps = self.plan.steps
+        step = info["step"]
+        node = steps[step].name if 0 <= step < len(steps) else None
+        item = info["item"] if a <= info["item"] < b else None
+        where = ""
+        if node is not None:
+            where += f" while running node {node!r}"
+        if item is not None:
+            where += f" on map item {item}"
+        for i in range(a, b):
+            err = WorkerDied(
+                f"worker process {info['pid']} {how}{where}; map item {i} was in its batch "
+                f"(items {a}..{b - 1}) and is lost. The pool starts a replacement. If it "
+                "ran out of memory, use fewer workers or smaller batches (batch_size=)")
+            if node is not None:
+                err.add_note(f"gilfree: raised in node {node!r} (map item {i})")
+            self.out[i] = err
+            if not rt.collect:
+                self.errors[i] = err
+                return False
+        return True
+
+    def _replay(self, events: list) -> None:
+        rt = self.rt
+        if not events or not rt.callbacks:
+            return
+        depth = len(self.path)
+        # The driver announces the map once (on_map_start/end); each batch's own
+        # announcements at the top level are dropped. Nested maps' are kept.
+        rt.pending.extend(e for e in events
+                          if not (e[0] in ("on_map_start", "on_map_end") and len(e[2]) == depth))
+        rt.flush()

@@ -1,0 +1,242 @@
+"""ProcessEngine specifics: what the contract suite cannot express (work really runs in
+other processes, @stateful objects are built once per worker, code from __main__ travels
+by value, large arrays come back through shared memory, worker lifecycle).
+
+Counts that nodes or constructors make are written to files: a worker process mutates
+its own copy of any Python object, never the test's.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+from gilfree import Pipeline, PipelineCallback, node, stateful
+from gilfree.engines import ProcessEngine
+
+
+@pytest.fixture(scope="module")
+def engine():
+    """One two-worker engine for the tests that need no options: starting workers costs
+    ~0.1 s, and reusing a warm engine is what users do."""
+    with ProcessEngine(workers=2) as e:
+        yield e
+
+
+def lines(path) -> list[str]:
+    return path.read_text().split() if path.exists() else []
+
+
+@node(output_name="pid")
+def whoami(x):
+    time.sleep(0.01)
+    return os.getpid()
+
+
+def test_items_run_in_other_processes_in_parallel(engine):
+    out = Pipeline([whoami]).map({"x": list(range(40))}, map_over="x", engine=engine)
+    pids = {r["pid"] for r in out}
+    assert os.getpid() not in pids and pids == set(engine.pids) and len(pids) == 2
+
+
+def test_workers_default_to_usable_cores_and_options_are_checked():
+    assert ProcessEngine().workers == len(os.sched_getaffinity(0))
+    with pytest.raises(ValueError, match="start_method"):
+        ProcessEngine(start_method="fork")
+    with pytest.raises(ValueError, match="workers"):
+        ProcessEngine(workers=0)
+
+
+@stateful
+class CountedModel:
+    """Appends its process id to a file each time it is built."""
+
+    def __init__(self, log: str, offset: int = 0):
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        time.sleep(0.05)  # an expensive load
+        self.offset = offset
+
+    def predict(self, x):
+        return x + self.offset
+
+
+@node(output_name="y")
+def predict(x, model):
+    return model.predict(x)
+
+
+def test_stateful_is_built_exactly_once_per_worker_across_batches_and_calls(tmp_path):
+    log = str(tmp_path / "builds")
+    model = CountedModel(log, offset=100)
+    p = Pipeline([predict])
+    with ProcessEngine(workers=2, batch_size=5) as engine:
+        for _ in range(3):  # many batches per call, several calls
+            out = p.map({"x": list(range(60)), "model": model}, map_over="x", engine=engine)
+            assert [r["y"] for r in out] == [x + 100 for x in range(60)]
+        # A new wrapper with the same class and arguments (a re-run notebook cell) is the
+        # same model for the workers.
+        p.map({"x": [1, 2, 3, 4], "model": CountedModel(log, offset=100)}, map_over="x",
+              engine=engine)
+        workers = set(engine.pids)
+    builds = lines(tmp_path / "builds")
+    assert sorted(builds) == sorted(set(builds)), "a worker built the model twice"
+    assert set(map(int, builds)) <= workers and len(builds) == 2
+    assert "not initialized" in repr(model)  # never built in the driver
+
+
+def test_initializer_runs_once_per_worker(tmp_path):
+    log = tmp_path / "init"
+
+    def init(path, tag):
+        with open(path, "a") as f:
+            f.write(f"{tag}-{os.getpid()}\n")
+
+    with ProcessEngine(workers=2, initializer=init, initargs=(str(log), "ok")) as engine:
+        for _ in range(2):
+            Pipeline([whoami]).map({"x": list(range(20))}, map_over="x", engine=engine)
+        pids = engine.pids
+    assert sorted(lines(log)) == sorted(f"ok-{p}" for p in pids)
+
+
+def test_max_tasks_per_worker_replaces_workers(tmp_path):
+    with ProcessEngine(workers=1, max_tasks_per_worker=5) as engine:
+        out = Pipeline([whoami]).map({"x": list(range(20))}, map_over="x", engine=engine)
+    pids = [r["pid"] for r in out]
+    assert len(set(pids)) == 4 and all(pids.count(p) == 5 for p in set(pids))
+
+
+def test_engine_restarts_after_shutdown():
+    engine = ProcessEngine(workers=1)
+    p = Pipeline([whoami])
+    first = p.map({"x": [1]}, map_over="x", engine=engine)[0]["pid"]
+    engine.shutdown()
+    assert engine.pids == []
+    second = p.map({"x": [1]}, map_over="x", engine=engine)[0]["pid"]
+    engine.shutdown()
+    assert first != second
+
+
+class Recorder(PipelineCallback):
+    def __init__(self):
+        self.ends: list[tuple[int, float]] = []
+        self.threads: set[int] = set()
+
+    def on_map_item_end(self, item_index, duration, ctx):
+        self.threads.add(threading.get_ident())
+        self.ends.append((item_index, time.perf_counter()))
+
+
+def test_callbacks_fire_in_the_driver_as_batches_complete():
+    rec = Recorder()
+
+    @node(output_name="y")
+    def uneven(x):
+        time.sleep(0.6 if x == 9 else 0.001)
+        return x
+
+    with ProcessEngine(workers=2, batch_size=1, callbacks=[rec]) as engine:
+        Pipeline([uneven]).map({"x": list(range(10))}, map_over="x", engine=engine)
+        done = time.perf_counter()
+    assert rec.threads == {threading.get_ident()}
+    assert sorted(i for i, _ in rec.ends) == list(range(10))
+    first = min(t for i, t in rec.ends if i == 0)
+    assert done - first > 0.3  # item 0 was reported long before the slow item finished
+
+
+def test_large_arrays_travel_through_shared_memory(engine):
+    np = pytest.importorskip("numpy")
+    weights = np.arange(300_000, dtype=np.float64)  # broadcast input, 2.4 MB
+
+    @node(output_name="a")
+    def scaled(x, w):
+        return w * x
+
+    out = Pipeline([scaled]).map({"x": [1, 2, 3], "w": weights}, map_over="x", engine=engine)
+    for k, r in enumerate(out, 1):
+        assert r["a"].shape == (300_000,) and r["a"][-1] == 299_999 * k
+    a = out[0]["a"]
+    a[0] = 42.0  # results are ordinary writable arrays
+    # Zero-copy: the array is a view of a mapped segment, not of a pickle's bytes.
+    assert a.base is not None and a.flags.writeable
+
+
+def test_nested_map_runs_inside_the_worker(engine):
+    inner = Pipeline([whoami], name="inner").as_node(
+        input_mapping={"xs": "x"}, map_over="xs", output_mapping={"pid": "pids"})
+    out = Pipeline([inner]).map({"xs": [[1, 2], [3]]}, map_over="xs", engine=engine)
+    assert [len(r["pids"]) for r in out] == [2, 1]
+    assert all(len(set(r["pids"])) == 1 and os.getpid() not in r["pids"] for r in out)
+
+
+def test_main_module_code_travels_by_value(tmp_path):
+    # Functions, lambdas and classes defined in __main__ (a script, or a notebook) are
+    # not importable in a worker: they are pickled by value, and a class comes back as
+    # the driver's own class.
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent("""
+        import os
+        from dataclasses import dataclass
+        from gilfree import Node, Pipeline, node
+        from gilfree.engines import ProcessEngine
+
+        @dataclass
+        class Point:
+            x: int
+            y: int
+
+        SCALE = 3
+
+        @node(output_name="p")
+        def make(x):
+            return Point(x, x * SCALE)
+
+        shift = Node(lambda p: Point(p.x, p.y + 1), output_name="q")
+
+        if __name__ == "__main__":
+            with ProcessEngine(workers=2) as engine:
+                out = Pipeline([make, shift]).map({"x": [1, 2]}, map_over="x",
+                                                  engine=engine)
+            assert all(type(r["q"]) is Point for r in out), out
+            print([r["q"].y for r in out])
+    """))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[4, 7]"
+
+
+def test_map_from_a_callback_of_the_same_engine_is_refused():
+    class Nested(PipelineCallback):
+        def on_map_item_end(self, item_index, duration, ctx):
+            Pipeline([whoami]).map({"x": [1]}, map_over="x", engine=engine)
+
+    engine = ProcessEngine(workers=1, callbacks=[Nested()])
+    with engine, pytest.raises(RuntimeError, match="callback of a map"):
+        Pipeline([whoami]).map({"x": [1, 2]}, map_over="x", engine=engine)
+
+
+def test_spawn_start_method_runs_fresh_interpreters():
+    with ProcessEngine(workers=2, start_method="spawn") as engine:
+        out = Pipeline([whoami]).map({"x": list(range(10))}, map_over="x", engine=engine)
+        workers = set(engine.pids)
+    pids = {r["pid"] for r in out}
+    assert pids <= workers and len(workers) == 2 and os.getpid() not in pids
+
+
+def test_workers_see_the_driver_environment_and_directory(tmp_path, monkeypatch):
+    @node(output_name="seen")
+    def look(x):
+        return os.environ.get("GILFREE_TEST_VAR"), os.getcwd()
+
+    monkeypatch.setenv("GILFREE_TEST_VAR", "set-after-the-forkserver-started")
+    monkeypatch.chdir(tmp_path)
+    with ProcessEngine(workers=1) as engine:
+        out = Pipeline([look]).map({"x": [1]}, map_over="x", engine=engine)
+    assert out[0]["seen"] == ("set-after-the-forkserver-started", str(tmp_path))
