@@ -1,10 +1,14 @@
-"""Measuring candidates side by side: interleaved rounds, cold and warm, one table.
+"""Measuring candidates side by side: interleaved rounds, cold and warm, resources.
 
 A candidate is one way of doing a workload (a gilfree engine, or the tool a user would
 pick instead).  Warm candidates build their state (pool, engine) once and are warmed up
 by one untimed call; cold candidates build it inside every timed call, as a first call
 in a fresh notebook would.  Rounds are interleaved (A B A B ...) so drift on a noisy
 machine hits every candidate alike.
+
+During every timed call a background thread samples the driver's process tree
+(``resources.Sampler``): cores busy (average and peak) and peak RSS of the driver and of
+its child processes (the workers).
 """
 
 from __future__ import annotations
@@ -15,6 +19,17 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+from resources import Sampler, descendants
+
+
+@dataclass
+class Timed:
+    """What ``Candidate.run`` returns when the call was timed elsewhere (a subprocess):
+    ``seconds`` replaces the driver's wall time, which would include the round trip."""
+    seconds: float
+    result: Any = None
+    ok: bool = True
 
 
 @dataclass
@@ -28,9 +43,22 @@ class Candidate:
     check: Callable[[Any], bool] | None = None   # validates one result
     rounds: int | None = None                    # fewer rounds for very slow peers
     unavailable: str | None = None               # why it cannot run here
+    skip_quick: str | None = None                # why --quick leaves it out (very slow)
+    key: bool = False                            # a row the bar compares: --quick keeps
+                                                 # all its rounds, however slow
+    warmup: Any = None                           # one untimed call first: None = auto
+                                                 # (warm rows; "-" rows unless quick),
+                                                 # or a callable(state) that warms instead
+    before: Callable[[Any], None] | None = None  # untimed, before each timed call
+    note: str | None = None                      # shown under the table
+    pid: Callable[[Any], int | None] | None = None  # whose process tree to sample
     samples: list[float] = field(default_factory=list)
+    stats: list[dict] = field(default_factory=list)
+    first_call: float | None = None              # make + first (untimed) call, warm only
     error: str | None = None
     state: Any = None
+    pids: set[int] = field(default_factory=set)  # processes its state started (workers)
+    spent: float = 0.0                           # wall seconds it cost the run in all
 
     @property
     def name(self) -> str:
@@ -46,71 +74,202 @@ def optional(module: str) -> str | None:
     return None
 
 
-def measure(candidates: list[Candidate], rounds: int) -> list[Candidate]:
+def _fail(c: Candidate, exc: BaseException) -> None:
+    c.error = f"{type(exc).__name__}: {exc}".splitlines()[0][:240]
+    traceback.print_exc()
+
+
+def _result(c: Candidate, out: Any) -> Any:
+    if isinstance(out, Timed):
+        if not out.ok:
+            c.error = c.error or "wrong result"
+        return out.result
+    return out
+
+
+def _cpu(pids: set[int]) -> int:
+    """Clock ticks of CPU used so far by ``pids`` (those still alive)."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+def settle(known: set[int], timeout: float = 5.0) -> set[int]:
+    """Wait until the processes a call started (beyond ``known``) have exited or gone
+    idle, so that a pool's teardown does not slow the next candidate down.  Returns the
+    ones still alive: helpers that outlive a pool by design (multiprocessing's resource
+    tracker, a fork server) and belong to no candidate."""
+    deadline = time.perf_counter() + timeout
+    quiet, last = 0, None
+    while time.perf_counter() < deadline:
+        left = set(descendants()) - known
+        if not left:
+            return left
+        used = _cpu(left)
+        quiet = quiet + 1 if used == last else 0
+        if quiet >= 3:  # no CPU tick in ~150 ms: idle helpers, not a pool tearing down
+            return left
+        last = used
+        time.sleep(0.05)
+    return set(descendants()) - known
+
+
+def _timed_call(c: Candidate, sampler: Sampler) -> None:
+    """One timed call (cold: state built inside it), with resources sampled.
+
+    The call's workers are the processes its state started (``c.pids``) and those born
+    during the call; every other process alive at the start (other candidates' idle
+    pools, helpers such as resource trackers) is left out of its CPU and memory."""
+    state = None if c.mode == "cold" else c.state
+    if c.before is not None and c.mode != "cold":
+        known = set(descendants())
+        c.before(state)
+        c.pids |= set(descendants()) - known
+    gc.collect()
+    known = set(descendants())
+    root = c.pid(state) if c.pid is not None and c.mode != "cold" else None
+    sampler.start(root, exclude=known - c.pids)
+    try:
+        t0 = time.perf_counter()
+        if c.mode == "cold":
+            state = c.make()
+        out = c.run(state)
+        elapsed = time.perf_counter() - t0
+    finally:
+        stats = sampler.stop()
+    if isinstance(out, Timed):
+        elapsed = out.seconds
+    out = _result(c, out)
+    checked = c.mode != "cold" and c.first_call is not None  # by the warm-up call
+    if not c.samples and not checked and c.check is not None and not c.check(out):
+        c.error = "wrong result"
+    c.samples.append(elapsed)
+    c.stats.append(stats)
+    if c.mode == "cold":
+        c.close(state)
+        settle(known)
+    else:  # a pool started lazily by this call is this candidate's from now on
+        c.pids |= set(descendants()) - known
+
+
+def _warm(c: Candidate, quick: bool) -> None:
+    """Build a warm (or stateless) candidate's state and make its untimed first call."""
+    before = set(descendants())
+    try:
+        t0 = time.perf_counter()
+        c.state = c.make()
+        warm = c.warmup if c.warmup is not None else not (quick and c.mode == "-")
+        if callable(warm):
+            warm(c.state)  # e.g. start a pool's workers without a full call
+        elif warm:
+            result = _result(c, c.run(c.state))
+            c.first_call = time.perf_counter() - t0
+            if c.check is not None and not c.check(result):
+                c.error = "wrong result"
+    except Exception as exc:
+        _fail(c, exc)
+    c.pids |= set(descendants()) - before
+
+
+def measure(candidates: list[Candidate], rounds: int, *, quick: bool = False,
+            slow_s: float = 1.0, sample: bool = True) -> list[Candidate]:
+    """Time every available candidate ``rounds`` times, interleaved.
+
+    Each round starts one candidate further down the list (A B C, B C A, C A B), so no
+    candidate always runs right after the same neighbour.  Slow candidates get fewer
+    rounds: one whose first timed call took more than ``2 * slow_s`` stops after three,
+    over ``10 * slow_s`` after one.  In ``quick`` mode one over ``slow_s`` stops after
+    one; a cold row whose warm twin's first call (start-up + first run, made while
+    warming up) took over ``slow_s`` takes that call as its one sample instead of
+    starting the pool again; rows marked ``skip_quick`` are listed with the reason.
+    ``key`` rows (those a workload's bar compares) are exempt from these two cuts.
+    ``Candidate.rounds`` caps a candidate further.
+    """
+    sampler = Sampler(enabled=sample)
+    if quick:
+        for c in candidates:
+            if c.skip_quick and c.unavailable is None:
+                c.unavailable = f"skipped by --quick ({c.skip_quick}); a full run measures it"
     live = [c for c in candidates if c.unavailable is None]
     for c in live:
         if c.mode != "cold":
-            try:
-                c.state = c.make()
-                result = c.run(c.state)  # warm-up, untimed
-                if c.check is not None and not c.check(result):
-                    c.error = "wrong result"
-            except Exception as exc:
-                c.error = f"{type(exc).__name__}: {exc}"
-                traceback.print_exc()
-    for r in range(rounds):
+            t0 = time.perf_counter()
+            _warm(c, quick)
+            c.spent += time.perf_counter() - t0
+    if quick:
+        firsts = {c.label: c.first_call for c in live if c.mode == "warm" and c.first_call}
         for c in live:
+            if c.mode == "cold" and not c.key and firsts.get(c.label, 0) > slow_s:
+                c.samples.append(firsts[c.label])
+                c.stats.append({})
+                c.note = ((c.note + " ") if c.note else "") + \
+                    "(--quick: one sample, the warm row's first call: start-up + first run)"
+    for r in range(rounds):
+        k = r % max(1, len(live))
+        for c in live[k:] + live[:k]:
             if c.error or (c.rounds is not None and r >= c.rounds):
                 continue
-            gc.collect()
+            if c.samples and ((quick and not c.key and c.samples[0] > slow_s)
+                              or c.samples[0] > 10 * slow_s
+                              or (len(c.samples) >= 3 and c.samples[0] > 2 * slow_s)):
+                continue
+            t0 = time.perf_counter()
             try:
-                if c.mode == "cold":
-                    t0 = time.perf_counter()
-                    state = c.make()
-                    c.run(state)
-                    c.samples.append(time.perf_counter() - t0)
-                    c.close(state)
-                else:
-                    t0 = time.perf_counter()
-                    c.run(c.state)
-                    c.samples.append(time.perf_counter() - t0)
+                _timed_call(c, sampler)
             except Exception as exc:
-                c.error = f"{type(exc).__name__}: {exc}"
-                traceback.print_exc()
+                _fail(c, exc)
+            c.spent += time.perf_counter() - t0
     for c in live:
         if c.mode != "cold" and c.state is not None:
-            c.close(c.state)
+            t0 = time.perf_counter()
+            known = set(descendants()) - c.pids
+            try:
+                c.close(c.state)
+            except Exception as exc:
+                _fail(c, exc)
             c.state = None
+            settle(known)
+            c.spent += time.perf_counter() - t0
     return candidates
 
 
+def _resources(stats: list[dict]) -> dict[str, Any]:
+    """Per-round samples to one summary: median of the averages, max of the peaks."""
+    stats = [s for s in stats if s]
+    if not stats:
+        return {}
+    out: dict[str, Any] = {"cpu_avg": statistics.median(s["cpu_avg"] for s in stats),
+                           "cpu_peak": max(s["cpu_peak"] for s in stats),
+                           "rss_driver_mib": max(s["rss_driver_mib"] for s in stats),
+                           "workers": max(s["workers"] for s in stats)}
+    if out["workers"]:
+        out["rss_worker_mib"] = max(s["rss_worker_mib"] for s in stats)
+        out["rss_workers_total_mib"] = max(s["rss_workers_total_mib"] for s in stats)
+    return out
+
+
 def summarize(c: Candidate) -> dict[str, Any]:
+    base = {"name": c.name, "label": c.label, "mode": c.mode, "group": c.group,
+            "note": c.note, "spent_s": round(c.spent, 2)}
     s = sorted(c.samples)
     if not s:
-        return {"name": c.name, "group": c.group, "error": c.error or c.unavailable}
+        return {**base, "error": c.error or c.unavailable or "not run",
+                "unavailable": c.unavailable is not None}
     p95 = s[min(len(s) - 1, round(0.95 * (len(s) - 1)))]
-    return {"name": c.name, "group": c.group, "rounds": len(s), "median": statistics.median(s),
-            "min": s[0], "p95": p95, "samples": s, "error": c.error}
+    return {**base, "rounds": len(s), "median": statistics.median(s), "min": s[0],
+            "p95": p95, "samples": c.samples, "first_call": c.first_call,
+            "error": c.error, **_resources(c.stats), "per_round": c.stats}
 
 
 def table(rows: list[dict[str, Any]], *, per_item: int | None = None,
           baseline: str | None = None) -> str:
-    """Markdown table: time (or us/item), speedup vs the baseline, ratio to best peer."""
-    ok = [r for r in rows if "median" in r and not r.get("error")]
-    base = next((r["median"] for r in ok if r["name"] == baseline), None)
-    peers = [r["median"] for r in ok if r["group"] == "peer"]
-    best_peer = min(peers) if peers else None
-    unit = "us/item" if per_item else "ms"
-    scale = (1e6 / per_item) if per_item else 1e3
-    out = [f"| candidate | median {unit} | min {unit} | p95 {unit} | rounds | vs loop | vs best peer |",
-           "|---|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        if "median" not in r or r.get("error"):
-            out.append(f"| {r['name']} | - | - | - | - | - | {r.get('error') or 'not run'} |")
-            continue
-        speed = f"{base / r['median']:.2f}x" if base else "-"
-        # > 1 means faster than the best peer
-        vs_peer = f"{best_peer / r['median']:.2f}x" if best_peer else "-"
-        out.append(f"| {r['name']} | {r['median'] * scale:.2f} | {r['min'] * scale:.2f} | "
-                   f"{r['p95'] * scale:.2f} | {r['rounds']} | {speed} | {vs_peer} |")
-    return "\n".join(out)
+    """The Markdown table of one workload (kept for callers; see ``report.table``)."""
+    from report import workload_table
+
+    return workload_table(rows, per_item=per_item, baseline=baseline)

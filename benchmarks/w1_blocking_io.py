@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import time
 
-from common import dask_threads, engine_pair, thread_pool_pair
-from harness import Candidate
+from common import (dask_cluster, dask_processes, dask_threads, every_engine, size,
+                    thread_pool_pair)
+from harness import Candidate, optional
+from hypernodes_peer import hypernodes_rows
 
 from gilfree import Pipeline, node
-from gilfree.engines import SeqEngine, ThreadEngine
 
 ID, TITLE = "W1", "blocking I/O: 200 x time.sleep(10 ms)"
 ITEMS, SLEEP = 200, 0.010
@@ -30,8 +31,41 @@ def fetch(url: int) -> int:
     return url
 
 
+def daft_rows(urls: list[int], check) -> list[Candidate]:
+    """Daft as the seed reports used it: a row-wise ``@daft.func`` (sync: one row at a
+    time), and a batch UDF that fans its rows out to a thread pool inside (the seeds'
+    fastest "sync batch" shape)."""
+    reason = optional("daft")
+
+    def row_wise(_):
+        import daft
+
+        f = daft.func(fetch_one)
+        df = daft.from_pydict({"url": urls})
+        return df.select(f(df["url"]).alias("page")).to_pydict()["page"]
+
+    def batch_threads(_):
+        import daft
+        from concurrent.futures import ThreadPoolExecutor
+
+        @daft.func.batch(return_dtype=daft.DataType.int64())
+        def fetch_batch(url):
+            with ThreadPoolExecutor(64) as ex:
+                return list(ex.map(fetch_one, url.to_pylist()))
+
+        df = daft.from_pydict({"url": urls})
+        return df.select(fetch_batch(df["url"]).alias("page")).to_pydict()["page"]
+
+    return [
+        Candidate("daft @daft.func (row-wise)", "peer", row_wise, mode="-", rounds=1,
+                  warmup=False, check=check, unavailable=reason),
+        Candidate("daft @daft.func.batch + ThreadPoolExecutor(64) inside", "peer",
+                  batch_threads, mode="-", check=check, unavailable=reason),
+    ]
+
+
 def candidates(quick: bool) -> list[Candidate]:
-    urls = list(range(ITEMS))
+    urls = list(range(size(ITEMS)))
     expected = [{"page": u} for u in urls]
     pipeline = Pipeline([fetch])
     check = lambda out: out == expected  # noqa: E731
@@ -40,18 +74,30 @@ def candidates(quick: bool) -> list[Candidate]:
     def run_pipeline(engine):
         return pipeline.map({"url": urls}, map_over="url", engine=engine)
 
-    def dask_call():
+    def dask_call(scheduler):
         import dask
 
-        return dask.compute(*[dask.delayed(fetch_one)(u) for u in urls], scheduler="threads")
+        return dask.compute(*[dask.delayed(fetch_one)(u) for u in urls], scheduler=scheduler)
 
     return [
         Candidate("plain loop", "baseline", lambda _: [fetch_one(u) for u in urls],
-                  mode="-", rounds=1, check=check_plain),
-        Candidate("SeqEngine", "gilfree", run_pipeline, make=SeqEngine, mode="warm", rounds=1,
-                  check=check),
-        *engine_pair("ThreadEngine()", ThreadEngine, run_pipeline, check),
+                  mode="-", rounds=1, warmup=False, check=check_plain),
+        *every_engine(run_pipeline, check, seq_rounds=1, seq_warmup=False),
         *thread_pool_pair(32, lambda ex: list(ex.map(fetch_one, urls)), check_plain),
         *thread_pool_pair(200, lambda ex: list(ex.map(fetch_one, urls)), check_plain),
-        dask_threads(dask_call, rounds=3, check=lambda out: list(out) == urls),
+        dask_threads(lambda: dask_call("threads"), rounds=3,
+                     check=lambda out: list(out) == urls),
+        dask_processes(lambda: dask_call("processes"), rounds=3,
+                       check=lambda out: list(out) == urls),
+        *dask_cluster(lambda c: c.gather(c.map(fetch_one, urls, pure=False)), check_plain),
+        *daft_rows(urls, check_plain),
+        *hypernodes_rows("W1", len(urls), slow=("SeqEngine",)),
     ]
+
+
+if __name__ == "__main__":  # this workload alone: the same as run.py --only <id>
+    import sys
+
+    import run
+
+    sys.exit(run.main(["--only", ID, *sys.argv[1:]]))

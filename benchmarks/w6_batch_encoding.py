@@ -10,16 +10,16 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from common import engine_pair
-from harness import Candidate
+from common import every_engine, size
+from harness import Candidate, optional
+from hypernodes_peer import hypernodes_rows
 
 from gilfree import DualNode, Pipeline
-from gilfree.engines import SeqEngine, ThreadEngine
 
 ID, TITLE = "W6", "batch encoding: 200 passages, DualNode"
 ITEMS, CALL, PER_ITEM = 200, 0.010, 0.00005
 #: (id, title, candidates function, items for per-item units or None, baseline name)
-WORKLOADS = [("W6", TITLE, "candidates", None, None)]
+WORKLOADS = [("W6", TITLE, "candidates", None, "sequential loop (singular)")]
 
 
 def encode_one(passage: str) -> int:
@@ -32,8 +32,50 @@ def encode_batch(passage: list[str]) -> list[int]:
     return [len(p) for p in passage]
 
 
+def daft_rows(passages: list[str], plain: list[int]) -> list[Candidate]:
+    """Daft as the seed reports used it for encoders: a batch UDF (``@daft.func.batch``,
+    batch of 32) and a class UDF whose method takes batches (``@daft.cls`` +
+    ``@daft.method.batch``, the model built once per instance)."""
+    reason = optional("daft")
+    check = lambda r: list(r) == plain  # noqa: E731
+
+    def func_batch(_):
+        import daft
+
+        @daft.func.batch(return_dtype=daft.DataType.int64(), batch_size=32)
+        def encode(passage):
+            return encode_batch(passage.to_pylist())
+
+        df = daft.from_pydict({"passage": passages})
+        return df.select(encode(df["passage"]).alias("e")).to_pydict()["e"]
+
+    def make_encoder():
+        import daft
+
+        @daft.cls
+        class Encoder:
+            @daft.method.batch(return_dtype=daft.DataType.int64())
+            def encode(self, passage):
+                return encode_batch(passage.to_pylist())
+
+        return Encoder()
+
+    def cls_batch(encoder):
+        import daft
+
+        df = daft.from_pydict({"passage": passages})
+        return df.select(encoder.encode(df["passage"]).alias("e")).to_pydict()["e"]
+
+    return [
+        Candidate("daft @daft.func.batch(batch_size=32)", "peer", func_batch, mode="-",
+                  check=check, unavailable=reason),
+        Candidate("daft @daft.cls + @daft.method.batch", "peer", cls_batch,
+                  make=make_encoder, mode="warm", check=check, unavailable=reason),
+    ]
+
+
 def candidates(quick: bool) -> list[Candidate]:
-    passages = [f"passage number {i}" for i in range(ITEMS)]
+    passages = [f"passage number {i}" for i in range(size(ITEMS))]
     pipeline = Pipeline([DualNode("embedding", encode_one, encode_batch)])
     expected = [{"embedding": len(p)} for p in passages]
     check = lambda out: out == expected  # noqa: E731
@@ -47,9 +89,10 @@ def candidates(quick: bool) -> list[Candidate]:
         return [v for part in ex.map(encode_batch, chunks) for v in part]
 
     return [
-        Candidate("one batch of all (SeqEngine)", "gilfree", run_pipeline, make=SeqEngine,
-                  check=check),
-        *engine_pair("ThreadEngine() auto batch", ThreadEngine, run_pipeline, check),
+        Candidate("sequential loop (singular)", "baseline",
+                  lambda _: [encode_one(p) for p in passages], mode="-", rounds=1,
+                  warmup=False, check=lambda r: r == plain),
+        *every_engine(run_pipeline, check),
         Candidate("batches of 32 in 7 threads", "peer", batches_in_threads,
                   make=lambda: ThreadPoolExecutor(7), close=lambda ex: ex.shutdown(),
                   check=lambda r: r == plain),
@@ -59,4 +102,14 @@ def candidates(quick: bool) -> list[Candidate]:
                   lambda ex: list(ex.map(encode_one, passages)),
                   make=lambda: ThreadPoolExecutor(200), close=lambda ex: ex.shutdown(),
                   check=lambda r: r == plain),
+        *daft_rows(passages, plain),
+        *hypernodes_rows("W6", len(passages)),
     ]
+
+
+if __name__ == "__main__":  # this workload alone: the same as run.py --only <id>
+    import sys
+
+    import run
+
+    sys.exit(run.main(["--only", ID, *sys.argv[1:]]))

@@ -1,0 +1,255 @@
+"""Sweep one engine's knobs on one workload; print a ranked table and each knob's effect.
+
+    python benchmarks/grid.py --workload W5 --engine ProcessEngine
+    python benchmarks/grid.py --workload W1 --engine ThreadEngine --max-workers 16,64,256,auto
+    python benchmarks/grid.py --workload W2 --engine AsyncEngine --max-concurrency 8,64,auto
+
+The knobs are the engine's own options among ``workers`` / ``n_workers``,
+``max_workers``, ``batch_size`` and ``max_concurrency`` (an option of the engine where
+it has one, else the per-node hint, set on every node of the pipeline).  ``auto`` is the
+engine's default (``None``): the row to compare with the best.  The pipeline, inputs
+and result check are the workload's own (its first gilfree candidate), so the grid
+measures exactly what ``run.py`` does.
+
+Every round, every configuration, in a rotating order: a fresh engine, one untimed first
+call (its time is the "cold" column), ``--calls`` timed calls on the now-warm engine,
+shutdown.  One engine is alive at a time, so configurations do not load each other.
+The table goes to stdout and to ``benchmarks/results/grid-<W>-<Engine>.md`` (+ JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib
+import inspect
+import itertools
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (str(HERE), os.environ.get("PYTHONPATH", "")) if p)
+
+import common  # noqa: E402
+import hypernodes_peer  # noqa: E402
+from harness import settle  # noqa: E402
+from resources import descendants  # noqa: E402
+
+KNOBS = ("workers", "n_workers", "max_workers", "batch_size", "max_concurrency")
+
+
+def default_values(knob: str, quick: bool) -> list:
+    n = common.cores()
+    values = {
+        "workers": [1, n, 2 * n],
+        "n_workers": [1, n, 2 * n],
+        "max_workers": [16, 64, 256] if not quick else [16, 256],
+        "batch_size": [1, 8, 64, 512] if not quick else [1, 64],
+        "max_concurrency": [1, 8, 64] if not quick else [1, 64],
+    }[knob]
+    return sorted(set(values)) + [None]
+
+
+def parse_values(text: str) -> list:
+    return [None if v.strip().lower() in ("auto", "none") else int(v)
+            for v in text.split(",") if v.strip()]
+
+
+def knobs_of(cls: type) -> tuple[list[str], list[str]]:
+    """(options of ``cls.__init__`` among KNOBS, knobs that are per-node hints only)."""
+    params = inspect.signature(cls.__init__).parameters
+    init = [k for k in KNOBS if k in params]
+    hints = [k for k in ("batch_size", "max_concurrency")
+             if k not in init and k in getattr(cls, "supported_hints", ())]
+    return init, hints
+
+
+def hinted(cls: type, hints: dict) -> type:
+    """``cls`` with ``hints`` set on every node of each pipeline it maps."""
+    if not hints:
+        return cls
+
+    class Hinted(cls):
+        def map(self, pipeline, *args, **kwargs):
+            for n in getattr(pipeline, "nodes", []):
+                self.configure(n.name, **hints)
+            return super().map(pipeline, *args, **kwargs)
+    Hinted.__name__ = cls.__name__
+    return Hinted
+
+
+def workload(wid: str, engine: str):
+    """(candidate run function, check, title) of the workload's gilfree candidate."""
+    for path in sorted(HERE.glob("w[0-9]*.py")):
+        mod = importlib.import_module(path.stem)
+        for w, title, fn, per_item, baseline in getattr(mod, "WORKLOADS", []):
+            if w.upper() != wid.upper():
+                continue
+            cands = getattr(mod, fn)(False)
+            pick = [c for c in cands if c.group == "gilfree" and c.unavailable is None
+                    and c.label.startswith(engine)]
+            pick = pick or [c for c in cands if c.group == "gilfree" and c.unavailable is None
+                            and c.label.startswith(("ThreadEngine", "SeqEngine"))]
+            if not pick:
+                raise SystemExit(f"{wid} has no gilfree candidate to take the pipeline from")
+            return pick[0].run, pick[0].check, title
+    raise SystemExit(f"no workload {wid} (modules: benchmarks/w*.py)")
+
+
+def fmt(v) -> str:
+    return "auto" if v is None else str(v)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workload", required=True, help="e.g. W5")
+    ap.add_argument("--engine", required=True, help="a gilfree.engines class, e.g. ProcessEngine")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--calls", type=int, default=2, help="timed warm calls per round")
+    ap.add_argument("--quick", action="store_true", help="fewer values per knob, 2 rounds")
+    ap.add_argument("--out", default=str(HERE / "results"))
+    for k in KNOBS:
+        ap.add_argument(f"--{k.replace('_', '-')}", default=None,
+                        help=f"comma-separated {k} values ('auto' = the default)")
+    args = ap.parse_args(argv)
+    hypernodes_peer.SKIP = "not used by grid.py"
+    from gilfree import engines
+
+    cls = getattr(engines, args.engine, None)
+    if cls is None:
+        raise SystemExit(f"gilfree.engines has no {args.engine}")
+    init, hint_knobs = knobs_of(cls)
+    asked = {k: parse_values(getattr(args, k)) for k in KNOBS if getattr(args, k)}
+    for k in asked:
+        if k not in init + hint_knobs:
+            raise SystemExit(f"{args.engine} has no {k!r} option or hint "
+                             f"(it has: {', '.join(init + hint_knobs) or 'none'})")
+    names = list(dict.fromkeys(init + hint_knobs))
+    space = {k: asked.get(k) or default_values(k, args.quick) for k in names}
+    rounds = 2 if args.quick and args.rounds == 3 else args.rounds
+    run, check, title = workload(args.workload, args.engine)
+    configs = [dict(zip(space, combo)) for combo in itertools.product(*space.values())]
+    print(f"{args.workload} ({title}) on {args.engine}: {len(configs)} configurations x "
+          f"{rounds} rounds x ({args.calls} warm calls + 1 first call)", flush=True)
+
+    def make(cfg):
+        opts = {k: v for k, v in cfg.items() if k in init and v is not None}
+        hints = {k: v for k, v in cfg.items() if k in hint_knobs and v is not None}
+        return hinted(cls, hints)(**opts)
+
+    warm: dict[int, list[float]] = {i: [] for i in range(len(configs))}
+    cold: dict[int, list[float]] = {i: [] for i in range(len(configs))}
+    errors: dict[int, str] = {}
+    items = None
+    started = time.perf_counter()
+    for r in range(rounds):
+        order = list(range(len(configs)))
+        k = r % len(order)
+        for i in order[k:] + order[:k]:
+            if i in errors:
+                continue
+            known = set(descendants())
+            engine = None
+            try:
+                t0 = time.perf_counter()
+                engine = make(configs[i])
+                out = run(engine)
+                cold[i].append(time.perf_counter() - t0)
+                if r == 0 and check is not None and not check(out):
+                    errors[i] = "wrong result"
+                items = items or (len(out) if hasattr(out, "__len__") else None)
+                for _ in range(args.calls):
+                    t0 = time.perf_counter()
+                    run(engine)
+                    warm[i].append(time.perf_counter() - t0)
+            except Exception as exc:
+                errors[i] = f"{type(exc).__name__}: {exc}".splitlines()[0][:160]
+            finally:
+                if engine is not None:
+                    engine.shutdown()
+                settle(known)
+        print(f"  round {r + 1}/{rounds} done ({time.perf_counter() - started:.0f} s)",
+              flush=True)
+
+    rows = []
+    for i, cfg in enumerate(configs):
+        if warm[i] and i not in errors:
+            rows.append({"config": cfg, "median": statistics.median(warm[i]),
+                         "min": min(warm[i]), "cold": statistics.median(cold[i]),
+                         "samples": warm[i], "cold_samples": cold[i]})
+    rows.sort(key=lambda x: x["median"])
+    md = render(args, title, space, rows, configs, errors, items, rounds)
+    print(md)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    base = out / f"grid-{args.workload.upper()}-{args.engine}"
+    base.with_suffix(".md").write_text(md)
+    base.with_suffix(".json").write_text(json.dumps(
+        {"command": " ".join(["python benchmarks/grid.py", *argv]),
+         "when": dt.datetime.now().isoformat(timespec="seconds"), "space": space,
+         "rows": rows, "errors": {str(configs[i]): e for i, e in errors.items()}},
+        indent=1, default=str))
+    print(f"wrote {base.with_suffix('.md')} and .json")
+    return 0
+
+
+def render(args, title, space, rows, configs, errors, items, rounds) -> str:
+    knobs = list(space)
+    best = rows[0]["median"] if rows else None
+    auto = next((r for r in rows if all(v is None for v in r["config"].values())), None)
+    lines = [f"# Grid: {args.workload} ({title}) on {args.engine}", "",
+             f"Command: `python benchmarks/grid.py {' '.join(sys.argv[1:])}`  ",
+             f"{len(configs)} configurations, {rounds} rounds, {args.calls} warm calls per "
+             f"round; {common.cores()} cores.", "",
+             "| rank | " + " | ".join(knobs) + " | warm median ms | min ms | first call ms "
+             "| items/s | vs best |",
+             "|---:|" + "---|" * len(knobs) + "---:|---:|---:|---:|---:|"]
+    for n, r in enumerate(rows, 1):
+        thr = f"{items / r['median']:,.0f}" if items else "-"
+        lines.append(f"| {n} | " + " | ".join(fmt(r["config"][k]) for k in knobs) +
+                     f" | {r['median'] * 1e3:.1f} | {r['min'] * 1e3:.1f} | "
+                     f"{r['cold'] * 1e3:.1f} | {thr} | {r['median'] / best:.2f}x |")
+    for i, e in errors.items():
+        lines.append("| - | " + " | ".join(fmt(configs[i][k]) for k in knobs) +
+                     f" | failed: {e} | | | | |")
+    lines += ["", "Effect of each knob (geometric mean of the warm medians over the other "
+              "knobs, so one pathological setting of another knob does not drown it; "
+              "spread = slowest / fastest):", ""]
+    for k in knobs:
+        means = {}
+        for v in space[k]:
+            vals = [r["median"] for r in rows if r["config"][k] == v]
+            if vals:
+                means[v] = statistics.geometric_mean(vals)
+        if not means:
+            continue
+        fastest = min(means.values())
+        spread = max(means.values()) / fastest
+        lines.append(f"- **{k}** (spread {spread:.2f}x): " + ", ".join(
+            f"{fmt(v)} {m * 1e3:.1f} ms" for v, m in sorted(means.items(),
+                                                             key=lambda kv: kv[1])))
+    spreads = [(max(r["samples"]) - min(r["samples"])) / r["median"] for r in rows
+               if len(r["samples"]) > 1]
+    if spreads:
+        lines += ["", f"Noise: the warm samples of one configuration spread by "
+                  f"{statistics.median(spreads) * 100:.0f}% of their median (median over "
+                  "configurations): differences smaller than that are not findings."]
+    if auto and best:
+        rank = rows.index(auto) + 1
+        lines += ["", f"All defaults (auto): rank {rank} of {len(rows)}, "
+                  f"{auto['median'] * 1e3:.1f} ms = {auto['median'] / best:.2f}x the best "
+                  f"({', '.join(f'{k}={fmt(v)}' for k, v in rows[0]['config'].items())})."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""W8, mixed pipeline: 500 items through fetch (10 ms blocking I/O) -> parse (~2 ms of
+pure Python) -> encode (a DualNode as in W6: 10 ms per call, batch 10 ms + 0.05 ms/item).
+
+Physical limit ~0.5 s: the parse stage on 2 cores (500 x 2 ms / 2); fetch and encode
+overlap or batch away.  Bar: within 1.2x of the best hand-tuned peer with no
+configuration.  The hand-tuned peer is stage-wise: a ThreadPoolExecutor(200) fetches,
+a multiprocessing.Pool parses in chunks, batches of 32 encode in 7 threads.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from common import auto_chunksize, cores, every_engine, process_pool, size, thread_pool_pair
+from harness import Candidate, optional
+from hypernodes_peer import hypernodes_rows
+
+from gilfree import DualNode, Pipeline, node
+
+ID, TITLE = "W8", "mixed: 500 x fetch 10 ms -> parse 2 ms -> encode (DualNode)"
+ITEMS = 500
+FETCH_S, PARSE_ITERATIONS = 0.010, 34_000  # ~2 ms per parse on the 2-core development VM
+CALL, PER_ITEM = 0.010, 0.00005
+BATCH, BATCH_THREADS = 32, 7  # the hand-tuned encode stage (W6's best peer)
+#: (id, title, candidates function, items for per-item units or None, baseline name)
+WORKLOADS = [("W8", TITLE, "candidates", None, "sequential loop")]
+
+
+def page_of(url: int) -> str:
+    return f"<html><body><p>item {url}</p></body></html>"
+
+
+def fetch_page(url: int) -> str:
+    time.sleep(FETCH_S)  # a network call: releases the GIL
+    return page_of(url)
+
+
+def parse_page(page: str) -> str:
+    s = 0
+    for i in range(PARSE_ITERATIONS):  # pure Python: holds the GIL
+        s += (i * 31 + len(page)) % 7
+    return f"{page[15:-18]} #{s % 97}"
+
+
+def encode_text(text: str) -> int:
+    time.sleep(CALL)  # a model call with a fixed cost: a GPU or a C extension
+    return len(text)
+
+
+def encode_texts(text: list[str]) -> list[int]:
+    time.sleep(CALL + PER_ITEM * len(text))
+    return [len(t) for t in text]
+
+
+def chain(url: int) -> int:
+    return encode_text(parse_page(fetch_page(url)))
+
+
+@node(output_name="page")
+def fetch(url: int) -> str:
+    return fetch_page(url)
+
+
+@node(output_name="text")
+def parse(page: str) -> str:
+    return parse_page(page)
+
+
+def _stagewise(state, urls):
+    io, procs, enc = state
+    pages = list(io.map(fetch_page, urls))
+    texts = procs.map(parse_page, pages, chunksize=auto_chunksize(len(pages)))
+    chunks = [texts[i:i + BATCH] for i in range(0, len(texts), BATCH)]
+    return [v for part in enc.map(encode_texts, chunks) for v in part]
+
+
+def _stagewise_make():
+    import multiprocessing
+
+    return (ThreadPoolExecutor(200), multiprocessing.Pool(cores()),
+            ThreadPoolExecutor(BATCH_THREADS))
+
+
+def _stagewise_close(state):
+    io, procs, enc = state
+    io.shutdown()
+    procs.terminate()
+    procs.join()
+    enc.shutdown()
+
+
+def candidates(quick: bool) -> list[Candidate]:
+    urls = list(range(size(ITEMS)))
+    texts = [parse_page(page_of(u)) for u in urls]
+    plain = [len(t) for t in texts]
+    expected = [{"page": page_of(u), "text": t, "embedding": len(t)}
+                for u, t in zip(urls, texts)]
+    pipeline = Pipeline([fetch, parse, DualNode("embedding", encode_text, encode_texts)])
+    check = lambda out: out == expected  # noqa: E731
+    check_plain = lambda out: list(out) == plain  # noqa: E731
+
+    def run_pipeline(engine):
+        return pipeline.map({"url": urls}, map_over="url", engine=engine)
+
+    def dask_bag():
+        import dask.bag as db
+
+        return db.from_sequence(urls).map(chain).compute()
+
+    out = [
+        Candidate("sequential loop", "baseline", lambda _: [chain(u) for u in urls],
+                  mode="-", rounds=1, warmup=False, check=check_plain),
+        *every_engine(run_pipeline, check, seq_rounds=1, seq_warmup=False),
+    ]
+    for mode in ("warm", "cold"):
+        out.append(Candidate(
+            f"stage-wise: TPE(200) fetch -> Pool({cores()}) parse -> {BATCH_THREADS} "
+            f"threads x batches of {BATCH}", "peer", lambda s: _stagewise(s, urls),
+            make=_stagewise_make, close=_stagewise_close, mode=mode, check=check_plain))
+    # The bar compares gilfree's thread-based engines, warm, with the stage-wise peer:
+    # in --quick too they get all their rounds (one-second rows, too close for one
+    # sample each).
+    for c in out:
+        if c.mode == "warm" and c.label.startswith(("ThreadEngine", "AsyncEngine", "stage")):
+            c.key = True
+    out += thread_pool_pair(200, lambda ex: list(ex.map(chain, urls)), check_plain,
+                            label="ThreadPoolExecutor(200) per item")
+    out += process_pool(chain, urls, check_plain, modes=("warm",), rounds=3,
+                        light_warmup=True)
+    out.append(Candidate("dask.bag .map(chain) (default scheduler: processes)", "peer",
+                         lambda _: dask_bag(), mode="-", rounds=3, warmup=False,
+                         check=check_plain, unavailable=optional("dask"),
+                         note="a bag computes on dask's multiprocessing scheduler, which "
+                              "starts a process pool in every compute"))
+    out += hypernodes_rows("W8", len(urls), slow=("SeqEngine", "DaskEngine"), skip_quick={
+        "SeqEngine": "one call takes ~11 s: the sequential loop's path"})
+    return out
+
+
+if __name__ == "__main__":  # this workload alone: the same as run.py --only <id>
+    import sys
+
+    import run
+
+    sys.exit(run.main(["--only", ID, *sys.argv[1:]]))

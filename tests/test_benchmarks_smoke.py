@@ -1,0 +1,65 @@
+"""The benchmark runner still runs: ``benchmarks/run.py --only W4 --rounds 1 --tiny``.
+
+A smoke test of the code path (discover, measure, summarize, JSON, Markdown, plot), not
+a benchmark: sizes are tiny and nothing is asserted about time.  Peers whose packages
+are missing (the ``bench`` extra is not part of ``test``) must show up as rows with a
+reason, never vanish; the HyperNodes rows are skipped (they need a Python 3.12 venv and
+the network) and must say so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN = ROOT / "benchmarks" / "run.py"
+
+pytestmark = pytest.mark.skipif(not RUN.exists(), reason="no benchmarks/ in this checkout")
+
+
+@pytest.mark.timeout(300)
+def test_run_py_only_w4_one_round(tmp_path):
+    env = dict(os.environ)
+    # Whatever gilfree the tests import (source tree or installed) is the one benchmarked.
+    import gilfree
+
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(Path(gilfree.__file__).parent.parent), env.get("PYTHONPATH")) if p)
+    done = subprocess.run(
+        [sys.executable, str(RUN), "--only", "W4", "--rounds", "1", "--tiny",
+         "--no-hypernodes", "--out", str(tmp_path)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=280)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    stamped = [p for p in tmp_path.glob("*.json") if p.name != "latest.json"]
+    assert len(stamped) == 1
+    data = json.loads((tmp_path / "latest.json").read_text())
+    assert data == json.loads(stamped[0].read_text())
+    assert data["machine"]["cores"] >= 1 and data["machine"]["python"]
+    assert list(data["workloads"]) == ["W4"]
+    rows = data["workloads"]["W4"]["rows"]
+    names = [r["name"] for r in rows]
+    # The baseline and a gilfree engine ran and were summarised.
+    base = next(r for r in rows if r["group"] == "baseline")
+    assert base["rounds"] == 1 and base["median"] > 0 and base["min"] <= base["p95"]
+    assert any(r["group"] == "gilfree" and "median" in r for r in rows)
+    # Every row either ran or says why not: nothing is dropped silently.
+    for r in rows:
+        assert "median" in r or r.get("error"), r
+    hn = [r for r in rows if r["group"] == "hypernodes"]
+    assert hn and all("--no-hypernodes" in r["error"] for r in hn), names
+
+    md = (tmp_path / "latest.md").read_text()
+    assert "## W4" in md and "| candidate |" in md
+    for name in names:
+        assert name in md
+    if data["workloads"]["W4"].get("plot"):
+        assert (tmp_path / "W4.png").stat().st_size > 0
+    else:
+        assert "no plot" in md
