@@ -278,8 +278,8 @@ def render_docs(results: dict, results_dir: Path, page: Path = DOCS_PAGE) -> Pat
           "each workload of the specification (W1-W8) on every gilfree engine and on the "
           "tools a user would pick instead (the peers), in the same process, interleaved, "
           "cold and warm. Absolute times vary between machines; compare ratios measured in "
-          "the same run. The machine below was shared with other work while it ran, so "
-          "expect noise of a few percent to tens of percent on the short rows.", "",
+          "the same run. The machine below is a small shared VM: expect noise of a few "
+          "percent to tens of percent on the rows that take milliseconds.", "",
           "```bash",
           "pip install '.[bench]'              # the peers: dask, joblib, uvloop, daft, ...",
           "python benchmarks/run.py            # every workload, full rounds",
