@@ -14,7 +14,7 @@ from typing import Any, Awaitable, Callable
 
 from .errors import annotate
 from .execute import run_step
-from .runtime import Runtime, _store, step_done, step_failed, step_lookup
+from .runtime import Runtime, _store, invoke, step_done, step_failed, step_lookup
 from .plan import PIPE, Step
 
 #: ``offload(fn)`` runs the no-argument function ``fn`` on a thread, returns an awaitable.
@@ -25,14 +25,7 @@ async def _acall(step: Step, values: dict, retries: int) -> Any:
     attempt = 0
     while True:
         try:
-            n = step.nargs
-            if n == 1:
-                return await step.func(values[step.arg0])
-            if n == 0:
-                return await step.func()
-            if n > 1:
-                return await step.func(*step.getter(values))
-            return await step.func(**{a: values[a] for a in step.args})
+            return await invoke(step, step.func, values)
         except Exception:
             attempt += 1
             if attempt > retries:

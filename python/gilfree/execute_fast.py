@@ -6,7 +6,7 @@ from typing import Callable
 
 from .errors import annotate
 from .plan import Plan
-from .runtime import _store
+from .runtime import _store, invoke
 
 
 def _fast_map(plan: Plan, base: dict, rows: list[dict], collect: bool, first: int) -> list:
@@ -55,15 +55,7 @@ def fast_row_function(plan: Plan, base: dict, first: int = 0) -> Callable[[tuple
         step = None
         try:
             for step in steps:
-                n = step.nargs
-                if n == 1:
-                    r = step.func(values[step.arg0])
-                elif n == 0:
-                    r = step.func()
-                elif n > 1:
-                    r = step.func(*step.getter(values))
-                else:
-                    r = step.func(**{a: values[a] for a in step.args})
+                r = invoke(step, step.func, values)
                 if step.multi:
                     _store(step, r, values)
                 else:

@@ -84,22 +84,25 @@ class Runtime:
 
 
 # -- one step ---------------------------------------------------------------------------
+def invoke(step: Step, func: Callable, values: dict) -> Any:
+    """Call ``func`` with the step's arguments taken from ``values`` (the raw result:
+    a coroutine for an async node).  Positional when the plan allows it: cheaper."""
+    n = step.nargs
+    if n == 1:
+        return func(values[step.arg0])
+    if n == 0:
+        return func()
+    if n > 1:
+        return func(*step.getter(values))
+    return func(**{a: values[a] for a in step.args})
+
+
 def _call(step: Step, func: Callable, values: dict, retries: int) -> Any:
     attempt = 0
     while True:
         try:
-            n = step.nargs
-            if n == 1:
-                r = func(values[step.arg0])
-            elif n == 0:
-                r = func()
-            elif n > 1:
-                r = func(*step.getter(values))
-            else:
-                r = func(**{a: values[a] for a in step.args})
-            if step.is_async:
-                r = run_coroutine(r)
-            return r
+            r = invoke(step, func, values)
+            return run_coroutine(r) if step.is_async else r
         except Exception:
             attempt += 1
             if attempt > retries:

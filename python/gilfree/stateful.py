@@ -54,11 +54,9 @@ class _LazyMethod:
 
     @property
     def __signature__(self) -> inspect.Signature:
-        return inspect.signature(getattr(self._owner.__wrapped__, self._name)).replace(
-            parameters=list(
-                inspect.signature(getattr(self._owner.__wrapped__, self._name)).parameters.values()
-            )[1:]
-        )
+        # The method's signature without ``self``, read from the class (no build).
+        sig = inspect.signature(getattr(self._owner.__wrapped__, self._name))
+        return sig.replace(parameters=list(sig.parameters.values())[1:])
 
     def __reduce__(self) -> tuple:
         return (getattr, (self._owner, self._name))
