@@ -1,7 +1,15 @@
 // See cpp/include/gilfree/index_batch.hpp for the diagram and the ownership rules.
 #include "gilfree/index_batch.hpp"
 
+#include <thread>
+
 namespace gilfree {
+
+namespace {
+// Longest gap between two completions that keeps the driver spinning. Item hand-overs
+// in a burst come every 5-20 us; anything slower than this is not a burst.
+constexpr std::chrono::microseconds kSpinWindow{100};
+}  // namespace
 
 IndexBatch::IndexBatch(std::size_t size, bool stop_on_error, bool track_completions)
     : size_(size), stop_on_error_(stop_on_error), track_(track_completions) {}
@@ -16,7 +24,8 @@ void IndexBatch::run_ticket() {
         // Entry and exit are under mu_ so that "active_ == 0 and nothing claimable" is a
         // stable fact for abandon()/cancel(): no worker can slip in after it was observed.
         std::lock_guard<std::mutex> lk(mu_);
-        if (finished_ || cancelled_.load(std::memory_order_relaxed) ||
+        if (finished_.load(std::memory_order_relaxed) ||
+            cancelled_.load(std::memory_order_relaxed) ||
             next_.load(std::memory_order_relaxed) >= size_)
             return;
         ++active_;
@@ -31,6 +40,7 @@ void IndexBatch::run_ticket() {
             if (i >= size_) break;
             const bool ok = run_item(i);
             if (track_) completions_.push(i);
+            note_completion();
             if (!ok && stop_on_error_) cancelled_.store(true, std::memory_order_relaxed);
             if (!after_item(++in_run)) cancelled_.store(true, std::memory_order_relaxed);
         }
@@ -40,7 +50,7 @@ void IndexBatch::run_ticket() {
     {
         std::lock_guard<std::mutex> lk(mu_);
         if (--active_ == 0) {
-            finished_ = true;
+            finished_.store(true, std::memory_order_release);
             last = true;
             release = abandoned_;
         }
@@ -57,26 +67,66 @@ void IndexBatch::cancel() noexcept {
     bool now_done = false;
     {
         std::lock_guard<std::mutex> lk(mu_);
-        if (active_ == 0 && !finished_) finished_ = now_done = true;
+        if (active_ == 0 && !finished_.load(std::memory_order_relaxed)) {
+            finished_.store(true, std::memory_order_release);
+            now_done = true;
+        }
     }
     if (now_done) done_cv_.notify_all();
 }
 
-bool IndexBatch::wait_for(std::chrono::nanoseconds timeout) {
-    std::unique_lock<std::mutex> lk(mu_);
-    return done_cv_.wait_for(lk, timeout, [&] { return finished_; });
+void IndexBatch::note_completion() {
+    // seq_cst pairs with the driver's store to parked_ then load of completed_: one of the
+    // two sides sees the other, so a parked driver is never left sleeping on a completion.
+    completed_.fetch_add(1);
+    if (parked_.load()) {
+        // Taking mu_ orders us after the driver's wait has begun (it parks under mu_).
+        { std::lock_guard<std::mutex> lk(mu_); }
+        done_cv_.notify_all();
+    }
 }
 
-bool IndexBatch::finished() const {
-    std::lock_guard<std::mutex> lk(mu_);
-    return finished_;
+bool IndexBatch::wait_for(std::chrono::nanoseconds timeout) {
+    using Clock = std::chrono::steady_clock;
+    const auto deadline = Clock::now() + timeout;
+    std::size_t seen = completed_.load();
+    for (;;) {
+        {
+            std::unique_lock<std::mutex> lk(mu_);
+            parked_.store(true);
+            const bool woke = done_cv_.wait_until(lk, deadline, [&] {
+                return finished_.load(std::memory_order_relaxed) || completed_.load() != seen;
+            });
+            parked_.store(false);
+            if (finished_.load(std::memory_order_relaxed)) return true;
+            if (!woke) return false;
+        }
+        // Items are completing: spin while they keep coming (see the header).
+        seen = completed_.load();
+        auto progress_at = Clock::now();
+        for (;;) {
+            if (finished_.load(std::memory_order_acquire)) return true;
+            const auto now = Clock::now();
+            if (now >= deadline) return false;
+            const std::size_t c = completed_.load(std::memory_order_relaxed);
+            if (c != seen) {
+                seen = c;
+                progress_at = now;
+            } else if (now - progress_at > kSpinWindow) {
+                break;  // no burst any more: park again
+            }
+            std::this_thread::yield();
+        }
+    }
 }
+
+bool IndexBatch::finished() const { return finished_.load(std::memory_order_acquire); }
 
 bool IndexBatch::abandon() noexcept {
     cancelled_.store(true, std::memory_order_relaxed);
     std::lock_guard<std::mutex> lk(mu_);
     if (active_ == 0) {
-        finished_ = true;
+        finished_.store(true, std::memory_order_release);
         return true;
     }
     abandoned_ = true;

@@ -4,6 +4,7 @@
 #include <pthread.h>
 
 #include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <cxxabi.h>
 #include <deque>
@@ -37,11 +38,42 @@ struct PoolState {
     std::size_t threads = 0;
     std::size_t idle = 0;
     std::size_t busy = 0;
+    // Lock-free view for the spinning worker (see spin_while_burst).
+    std::atomic<std::size_t> queued{0};     // == tickets.size()
+    std::atomic<std::size_t> runs_done{0};  // tickets finished, ever
+    std::atomic<bool> spinning{false};      // one worker spins at a time
 };
 
 namespace {
 
 thread_local const PoolState* tls_pool = nullptr;
+
+constexpr std::chrono::microseconds kSpinWindow{100};
+
+// A worker that just finished a ticket while other workers are finishing theirs (a burst
+// of blocking calls returning together) stays on its CPU, yielding, instead of parking:
+// while a burst lasts each finishing worker must take the GIL in turn, and every hand-over
+// to a thread on an idle (halted) CPU costs tens of microseconds on a VM. One spinner
+// is enough to keep a CPU awake; it stops once no ticket has finished for kSpinWindow.
+void spin_while_burst(PoolState& s) {
+    bool expected = false;
+    if (!s.spinning.compare_exchange_strong(expected, true)) return;
+    using Clock = std::chrono::steady_clock;
+    std::size_t seen = s.runs_done.load(std::memory_order_relaxed);
+    auto progress_at = Clock::now();
+    while (s.queued.load(std::memory_order_relaxed) == 0) {
+        const auto now = Clock::now();
+        const std::size_t c = s.runs_done.load(std::memory_order_relaxed);
+        if (c != seen) {
+            seen = c;
+            progress_at = now;
+        } else if (now - progress_at > kSpinWindow) {
+            break;
+        }
+        std::this_thread::yield();
+    }
+    s.spinning.store(false, std::memory_order_relaxed);
+}
 
 void run_one(Job& job) {
     try {
@@ -68,10 +100,13 @@ void worker_main(std::shared_ptr<PoolState> s) {
         }
         std::shared_ptr<Job> job = std::move(s->tickets.front());
         s->tickets.pop_front();
+        s->queued.store(s->tickets.size(), std::memory_order_relaxed);
         ++s->busy;
         lk.unlock();
         run_one(*job);
         job.reset();  // Job destructors are plain C++ (no interpreter needed)
+        s->runs_done.fetch_add(1, std::memory_order_relaxed);
+        spin_while_burst(*s);
         lk.lock();
         --s->busy;
     }
@@ -142,6 +177,7 @@ void ThreadPool::submit(std::shared_ptr<Job> job, std::size_t parallelism) {
         if (s->stopping) throw std::runtime_error("ThreadPool is shut down");
         const std::size_t tickets = std::max<std::size_t>(1, std::min(parallelism, s->max_workers));
         for (std::size_t i = 0; i < tickets; ++i) s->tickets.push_back(job);
+        s->queued.store(s->tickets.size(), std::memory_order_relaxed);
         // Every item may block (I/O), so each queued ticket deserves its own thread.
         const std::size_t queued = s->tickets.size();
         if (queued > s->idle) spawn = std::min(queued - s->idle, s->max_workers - s->alive);
@@ -166,7 +202,10 @@ void ThreadPool::submit(std::shared_ptr<Job> job, std::size_t parallelism) {
         std::lock_guard<std::mutex> lk(s->mu);
         s->alive -= spawn - started;
         s->threads -= spawn - started;
-        if (s->alive == 0) orphaned.swap(s->tickets);
+        if (s->alive == 0) {
+            orphaned.swap(s->tickets);
+            s->queued.store(0, std::memory_order_relaxed);
+        }
     }
     if (orphaned.empty()) return;  // the threads we have will work through the tickets
     for (auto& j : orphaned) j->cancel();
@@ -181,6 +220,7 @@ bool ThreadPool::shutdown(bool wait, std::optional<std::chrono::nanoseconds> tim
         if (!s->stopping) {
             s->stopping = true;
             dropped.swap(s->tickets);
+            s->queued.store(0, std::memory_order_relaxed);
         }
     }
     s->work_cv.notify_all();
@@ -210,6 +250,7 @@ void ThreadPool::shutdown_all(std::chrono::nanoseconds timeout) {
             std::lock_guard<std::mutex> lk(s->mu);
             s->stopping = true;
             dropped.swap(s->tickets);
+            s->queued.store(0, std::memory_order_relaxed);
         }
         s->work_cv.notify_all();
         for (auto& j : dropped) j->cancel();

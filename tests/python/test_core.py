@@ -196,6 +196,28 @@ def test_200_blocking_calls_finish_in_about_one_round():
         p.map(time.sleep, [0.01] * 200)
         assert time.monotonic() - started < 1.0
 
+def test_waiting_for_blocked_items_burns_no_cpu():
+    # The driver and finished workers spin only while completions come in a burst
+    # (< 100 us apart); a spin that never stopped would cost the whole 0.3 s here.
+    with _core.ThreadPool(8) as p:
+        p.map(time.sleep, [0.0] * 8)  # threads started outside the measurement
+        cpu = time.process_time()
+        p.map(time.sleep, [0.15, 0.3] * 4)
+        assert time.process_time() - cpu < 0.1
+
+
+def test_a_burst_of_completions_is_delivered_whole():
+    # Items ending together wake the parked driver, which then spins through the burst:
+    # every completion reaches on_complete exactly once and the map returns.
+    seen = []
+    with _core.ThreadPool(64) as p:
+        for _ in range(20):
+            seen.clear()
+            out = p.map(lambda x: (time.sleep(0.002), x)[1], range(64),
+                        on_complete=lambda i, value, ok: seen.append(i))
+            assert out == list(range(64)) and sorted(seen) == list(range(64))
+
+
 
 def test_workers_grow_to_cap_and_retire_when_idle():
     with _core.ThreadPool(4, idle_timeout=0.2) as p:

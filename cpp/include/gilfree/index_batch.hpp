@@ -6,7 +6,8 @@
 //   ThreadPool::submit(batch, N) ──────────────────────────────────────────▶ run_ticket():
 //                                           next_   ◀── fetch_add: claim i     enter()
 //                                           completions_ ◀── push(i)           run_item(i) ...
-//   wait_for(tick) on done_cv_ ◀── notify ─ finished_ ◀── last worker out      leave()
+//   wait_for(tick): park on done_cv_ ◀─ notify ─ finished_ ◀── last worker out    leave()
+//     or spin while items complete  ◀─────── completed_ ◀── every item
 //   pop_completion() ◀───────────────────── completions_ (if tracked)
 //   cancel()/abandon() ────────────────────▶ cancelled_: no new claims
 //
@@ -17,6 +18,16 @@
 // GIL: the batch never touches it. The enter()/leave() hooks of a subclass bracket a run
 // of consecutive items on one worker (the Python binding takes the GIL once per run, and
 // callables that block release it inside the call, letting the next worker claim).
+//
+// Waiting: the driver parks on done_cv_ until an item completes, then spins (yielding the
+// CPU) for as long as items keep completing less than kSpinWindow apart. Why: when 200
+// blocking calls return together, each needs the GIL in turn, and every hand-over wakes
+// a sleeping thread. On a virtual machine an idle vCPU halts, and waking a thread onto it
+// costs tens of microseconds, 200 times in a row: measured, the last of 200 x 10 ms
+// sleeps returned at 13.5 ms with the driver parked and at 11.3 ms with one thread
+// spinning. A spinning driver keeps one CPU out of idle; sched_yield lets every runnable
+// thread go first, and parking again after kSpinWindow without progress bounds the cost
+// when completions are sparse.
 //
 // Ownership: the driver and every ticket hold a shared_ptr, so a driver that gives up
 // (Ctrl-C) leaves a batch that late workers can still finish safely. Resources that need
@@ -67,6 +78,8 @@ protected:
     virtual void leave() = 0;
 
 private:
+    void note_completion();
+
     const std::size_t size_;
     const bool stop_on_error_;
     const bool track_;
@@ -75,12 +88,16 @@ private:
     // published through completions_ (release/acquire inside tbb) or mu_.
     std::atomic<std::size_t> next_{0};
     std::atomic<bool> cancelled_{false};
+    std::atomic<std::size_t> completed_{0};  // items that ran, any outcome
+    std::atomic<bool> parked_{false};        // the driver waits on done_cv_ for completed_
     tbb::concurrent_queue<std::size_t> completions_;  // many workers push, the driver pops
 
     mutable std::mutex mu_;
     std::condition_variable done_cv_;
     std::size_t active_ = 0;  // workers between enter() and leave()
-    bool finished_ = false;
+    // Written under mu_; read without it by the spinning driver (acquire pairs with the
+    // release store, which follows every worker's exit from the batch).
+    std::atomic<bool> finished_{false};
     bool abandoned_ = false;
 };
 

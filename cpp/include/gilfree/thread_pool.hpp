@@ -9,6 +9,8 @@
 //   job-specific wait (IndexBatch) ◀──────────── notify when the job is done ──┘
 //   shutdown() ─ drains tickets, cancels their jobs, wakes idle workers; wait=true joins
 //   idle worker ─ no ticket for idle_timeout ─▶ retires (on_worker_exit hook, then exits)
+//   finished worker ─ while other tickets keep finishing (< 100 us apart), one of them
+//     spins on its CPU, yielding, before it parks (see spin_while_burst in the .cpp)
 //
 // GIL: this file knows nothing about Python. A Job decides if and when to take the GIL
 // (the Python binding takes it once per run of consecutive items, see
