@@ -4,7 +4,12 @@ A candidate is one way of doing a workload (a gilfree engine, or the tool a user
 pick instead).  Warm candidates build their state (pool, engine) once and are warmed up
 by one untimed call; cold candidates build it inside every timed call, as a first call
 in a fresh notebook would.  Rounds are interleaved (A B A B ...) so drift on a noisy
-machine hits every candidate alike.
+machine hits every candidate alike; each round runs them in a new (seeded) random order,
+and every timed call waits until the machine is quiet (``wait_quiet``), so that no
+candidate always pays for the teardown of the same neighbour (a peer's subprocess or
+process pool still exiting).  Measured: with a fixed order, ``ThreadEngine`` in W1
+always ran right after a daft query and a HyperNodes subprocess and took 13-21 ms in
+rounds where it took 12 ms after an idle neighbour.
 
 During every timed call a background thread samples the driver's process tree
 (``resources.Sampler``): cores busy (average and peak) and peak RSS of the driver and of
@@ -14,6 +19,7 @@ its child processes (the workers).
 from __future__ import annotations
 
 import gc
+import random
 import statistics
 import time
 import traceback
@@ -50,6 +56,9 @@ class Candidate:
                                                  # (warm rows; "-" rows unless quick),
                                                  # or a callable(state) that warms instead
     before: Callable[[Any], None] | None = None  # untimed, before each timed call
+    alone: bool = False                          # its state runs threads in the driver
+                                                 # that wake on their own (a dask
+                                                 # scheduler): measured apart, see measure
     note: str | None = None                      # shown under the table
     pid: Callable[[Any], int | None] | None = None  # whose process tree to sample
     samples: list[float] = field(default_factory=list)
@@ -100,6 +109,41 @@ def _cpu(pids: set[int]) -> int:
     return total
 
 
+def _machine_busy_idle() -> tuple[int, int] | None:
+    """(busy, idle) clock ticks of all CPUs since boot, from /proc/stat; None elsewhere."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    return sum(ticks[:8]) - idle, idle
+
+
+QUIET_WINDOW = 0.05   # seconds per look
+QUIET_LOOKS = 2       # consecutive quiet looks needed
+QUIET_BUSY = 0.15     # at most this share of all CPUs busy in a quiet look
+
+
+def wait_quiet(timeout: float = 1.0) -> float:
+    """Wait until every CPU of the machine has been nearly idle for ``QUIET_LOOKS``
+    consecutive windows of ``QUIET_WINDOW`` s (background work of an earlier candidate
+    has ended), or ``timeout`` passes.  Returns the seconds waited.  /proc/stat counts in
+    10 ms ticks, hence windows of 50 ms and a loose threshold."""
+    t0 = time.perf_counter()
+    last = _machine_busy_idle()
+    if last is None:
+        return 0.0
+    quiet = 0
+    while quiet < QUIET_LOOKS and time.perf_counter() - t0 < timeout:
+        time.sleep(QUIET_WINDOW)
+        now = _machine_busy_idle()
+        busy, idle = now[0] - last[0], now[1] - last[1]
+        quiet = quiet + 1 if busy <= QUIET_BUSY * max(1, busy + idle) else 0
+        last = now
+    return time.perf_counter() - t0
+
+
 def settle(known: set[int], timeout: float = 5.0) -> set[int]:
     """Wait until the processes a call started (beyond ``known``) have exited or gone
     idle, so that a pool's teardown does not slow the next candidate down.  Returns the
@@ -132,6 +176,7 @@ def _timed_call(c: Candidate, sampler: Sampler) -> None:
         c.before(state)
         c.pids |= set(descendants()) - known
     gc.collect()
+    wait_quiet()
     known = set(descendants())
     root = c.pid(state) if c.pid is not None and c.mode != "cold" else None
     sampler.start(root, exclude=known - c.pids)
@@ -181,15 +226,17 @@ def measure(candidates: list[Candidate], rounds: int, *, quick: bool = False,
             slow_s: float = 1.0, sample: bool = True) -> list[Candidate]:
     """Time every available candidate ``rounds`` times, interleaved.
 
-    Each round starts one candidate further down the list (A B C, B C A, C A B), so no
-    candidate always runs right after the same neighbour.  Slow candidates get fewer
-    rounds: one whose first timed call took more than ``2 * slow_s`` stops after three,
-    over ``10 * slow_s`` after one.  In ``quick`` mode one over ``slow_s`` stops after
-    one; a cold row whose warm twin's first call (start-up + first run, made while
-    warming up) took over ``slow_s`` takes that call as its one sample instead of
-    starting the pool again; rows marked ``skip_quick`` are listed with the reason.
-    ``key`` rows (those a workload's bar compares) are exempt from these two cuts.
-    ``Candidate.rounds`` caps a candidate further.
+    Each round runs the candidates in its own random order (seeded: the same order on
+    every run), so no candidate always runs right after the same neighbour.  Candidates
+    marked ``alone`` (state with threads of its own in the driver) are measured after
+    the others, warm and cold twins together, with nothing else alive.  Slow candidates
+    get fewer rounds: one whose first timed call took more than ``2 * slow_s`` stops
+    after three, over ``10 * slow_s`` after one.  In ``quick`` mode one over ``slow_s``
+    stops after one; a cold row whose warm twin's first call (start-up + first run,
+    made while warming up) took over ``slow_s`` takes that call as its one sample
+    instead of starting the pool again; rows marked ``skip_quick`` are listed with the
+    reason.  ``key`` rows (those a workload's bar compares) are exempt from these two
+    cuts.  ``Candidate.rounds`` caps a candidate further.
     """
     sampler = Sampler(enabled=sample)
     if quick:
@@ -197,6 +244,18 @@ def measure(candidates: list[Candidate], rounds: int, *, quick: bool = False,
             if c.skip_quick and c.unavailable is None:
                 c.unavailable = f"skipped by --quick ({c.skip_quick}); a full run measures it"
     live = [c for c in candidates if c.unavailable is None]
+    groups = [[c for c in live if not c.alone]]
+    for label in dict.fromkeys(c.label for c in live if c.alone):
+        groups.append([c for c in live if c.alone and c.label == label])
+    rng = random.Random(20261121)
+    for group in groups:
+        _measure_group(group, rounds, quick, slow_s, sampler, rng)
+    return candidates
+
+
+def _measure_group(live: list[Candidate], rounds: int, quick: bool, slow_s: float,
+                   sampler: Sampler, rng: random.Random) -> None:
+    """``measure`` for candidates whose states may be alive together."""
     for c in live:
         if c.mode != "cold":
             t0 = time.perf_counter()
@@ -211,8 +270,9 @@ def measure(candidates: list[Candidate], rounds: int, *, quick: bool = False,
                 c.note = ((c.note + " ") if c.note else "") + \
                     "(--quick: one sample, the warm row's first call: start-up + first run)"
     for r in range(rounds):
-        k = r % max(1, len(live))
-        for c in live[k:] + live[:k]:
+        order = list(live)
+        rng.shuffle(order)
+        for c in order:
             if c.error or (c.rounds is not None and r >= c.rounds):
                 continue
             if c.samples and ((quick and not c.key and c.samples[0] > slow_s)
@@ -236,7 +296,6 @@ def measure(candidates: list[Candidate], rounds: int, *, quick: bool = False,
             c.state = None
             settle(known)
             c.spent += time.perf_counter() - t0
-    return candidates
 
 
 def _resources(stats: list[dict]) -> dict[str, Any]:

@@ -138,6 +138,6 @@ def candidates(quick: bool) -> list[Candidate]:
     out.append(Candidate("dask.distributed client.map, LocalCluster", "peer",
                          lambda c: c.gather(c.map(burn, xs, pure=False)),
                          make=_local_dask_client, close=_close_client, check=check_plain,
-                         unavailable=no_dask))
+                         unavailable=no_dask, alone=True))
     out += hypernodes_rows("W3", len(xs), slow=("SeqEngine", "DaskEngine"))
     return out
