@@ -9,9 +9,14 @@ background loop: a loop owned by a thread that retires is collected unclosed.
 
 from __future__ import annotations
 
-import asyncio
 import threading
-from typing import Any, Coroutine
+from typing import TYPE_CHECKING, Any, Coroutine
+
+if TYPE_CHECKING:
+    import asyncio
+
+# asyncio is imported on first use: it costs ~20 ms at import, and every worker process
+# and plain synchronous user would pay it for nothing.
 
 _local = threading.local()
 _background_lock = threading.Lock()
@@ -19,6 +24,8 @@ _background_loop: asyncio.AbstractEventLoop | None = None
 
 
 def _thread_loop() -> asyncio.AbstractEventLoop:
+    import asyncio
+
     loop = getattr(_local, "loop", None)
     if loop is None or loop.is_closed():
         loop = _local.loop = asyncio.new_event_loop()
@@ -27,6 +34,8 @@ def _thread_loop() -> asyncio.AbstractEventLoop:
 
 def _background() -> asyncio.AbstractEventLoop:
     global _background_loop
+    import asyncio
+
     with _background_lock:
         if _background_loop is None:
             loop = asyncio.new_event_loop()
@@ -38,6 +47,8 @@ def _background() -> asyncio.AbstractEventLoop:
 
 
 def run_coroutine(coro: Coroutine[Any, Any, Any]) -> Any:
+    import asyncio
+
     try:
         asyncio.get_running_loop()
     except RuntimeError:

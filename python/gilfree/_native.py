@@ -9,9 +9,7 @@ file list, load it globally and import again. No LD_LIBRARY_PATH is ever needed.
 
 from __future__ import annotations
 
-import ctypes
 import importlib
-import importlib.metadata
 import threading
 from types import ModuleType
 
@@ -25,6 +23,11 @@ _core: ModuleType | None = None
 
 def _preload_tbb() -> str | None:
     """Load libtbb from the installed ``tbb`` wheel; return its path, or None."""
+    # Imported here, on the rare path: importlib.metadata alone costs ~15 ms at import,
+    # paid by every worker process otherwise.
+    import ctypes
+    import importlib.metadata
+
     try:
         files = importlib.metadata.files("tbb") or []
     except importlib.metadata.PackageNotFoundError:

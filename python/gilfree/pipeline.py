@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import functools
 from typing import Any, Sequence
@@ -69,6 +68,8 @@ class Pipeline:
         if hasattr(eng, "arun"):
             return await eng.arun(self, inputs, output_name=output_name, **options)
         call = functools.partial(eng.run, self, inputs, output_name=output_name, **options)
+        import asyncio  # already loaded: the caller runs an event loop
+
         return await asyncio.get_running_loop().run_in_executor(None, call)
 
     async def amap(self, inputs: dict[str, Any] | None = None, map_over: Any = None,
@@ -81,6 +82,8 @@ class Pipeline:
                                   output_name=output_name, **options)
         call = functools.partial(eng.map, self, inputs, map_over=map_over, map_mode=map_mode,
                                  output_name=output_name, **options)
+        import asyncio  # already loaded: the caller runs an event loop
+
         return await asyncio.get_running_loop().run_in_executor(None, call)
 
     # -- composition ------------------------------------------------------------------
