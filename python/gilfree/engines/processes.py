@@ -86,7 +86,7 @@ class ProcessEngine(Engine):
     in each worker. ``max_tasks_per_worker`` replaces a worker after that many items.
     ``start_method="forkserver"`` (default) forks workers from one clean helper process
     per interpreter (started with posix_spawn, single-threaded, gilfree already
-    imported): the first engine pays ~0.1 s for it, later engines and replacements of
+    imported): the first engine pays ~50 ms for it, later engines and replacements of
     dead workers start in milliseconds. ``"spawn"`` starts every worker as a fresh
     interpreter. Both are safe in a process that runs threads; ``"fork"`` is not.
     """
