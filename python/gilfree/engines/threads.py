@@ -85,9 +85,15 @@ class ThreadEngine(Engine):
     builds one instance of each ``@stateful`` object for all threads (under a lock);
     ``stateful="per_thread"`` builds one per thread, for objects that are not
     thread-safe.
+
+    ``timeout=`` (engine) or the ``timeout`` hint bounds each map item: an item that takes
+    longer fails with ``TimeoutError`` while the others go on. A thread cannot be
+    stopped from outside, so the call itself runs on to its end in the background (its
+    pool thread stays busy meanwhile, ``shutdown()`` does not wait for it) and its
+    result is dropped.
     """
 
-    supported_hints = frozenset({"batch_size", "max_concurrency", "retries"})
+    supported_hints = frozenset({"batch_size", "max_concurrency", "retries", "timeout"})
     native_executors = frozenset({"thread"})
 
     def __init__(self, max_workers: int | None = None, batch_size: int | None = None, *,
@@ -103,6 +109,8 @@ class ThreadEngine(Engine):
         self._pool = None
         self._pool_lock = threading.Lock()
         self._per_thread: dict[int, tuple[Any, _PerThread]] = {}
+        self._loop_thread: Any = None  # an EventLoopThread, for maps with a timeout
+        self._loop_lock = threading.Lock()
 
     # -- the pool ---------------------------------------------------------------------
     @property
@@ -125,11 +133,73 @@ class ThreadEngine(Engine):
                 pool.map(task, list(range(n)), on_complete=on_complete, stop_on_error=True)
         return pfor
 
+    @property
+    def loop_thread(self) -> Any:
+        """The engine's event loop thread (see _loop.py), started on first use."""
+        with self._loop_lock:
+            if self._loop_thread is None:
+                from ._loop import EventLoopThread
+
+                self._loop_thread = EventLoopThread()
+            return self._loop_thread
+
+    def _offload(self) -> Callable[[Callable[[], Any]], Any]:
+        """``await offload(fn)`` on the loop: fn() runs on the pool, the loop stays free."""
+        import asyncio
+
+        from ._loop import _settle
+
+        pool = self.pool
+
+        def offload(fn: Callable[[], Any]) -> Any:
+            loop = asyncio.get_running_loop()
+            fut = loop.create_future()
+
+            def done(result: Any, ok: bool) -> None:  # on a pool thread, GIL held
+                try:
+                    loop.call_soon_threadsafe(_settle, fut, result, ok)
+                except RuntimeError:
+                    # The loop is closed: the engine shut down while this call, given up
+                    # by a timeout or a Ctrl-C, ran on. Nobody waits for its result.
+                    pass
+
+            pool.submit(fn, done)
+            return fut
+        return offload
+
+    def _concurrency(self) -> int:
+        """Items in flight at once on the loop path: each may hold a pool thread."""
+        return self.max_workers
+
+    def _item_timeout(self, plan: Plan) -> float | None:
+        """The per-item deadline: the engine's ``timeout`` or the smallest node hint."""
+        hinted = [s.hints["timeout"] for s in plan.steps if s.hints.get("timeout")]
+        if self.timeout:
+            hinted.append(self.timeout)
+        return min(hinted) if hinted else None
+
+    def _items(self, rt: Runtime, plan: Plan, timeout: float | None) -> Any:
+        from ..execute_async import AsyncItems
+
+        limits = [s.hints["max_concurrency"] for s in plan.steps
+                  if s.hints.get("max_concurrency") and s.is_async]
+        concurrency = min([self._concurrency(), *limits])
+        loop_thread = self.loop_thread
+        return AsyncItems(rt, lambda main: loop_thread.run(main, rt.flush), concurrency,
+                          self._offload(), timeout)
+
     def shutdown(self) -> None:
+        with self._loop_lock:
+            loop_thread, self._loop_thread = self._loop_thread, None
+        if loop_thread is not None:
+            loop_thread.stop()
         with self._pool_lock:
             pool, self._pool = self._pool, None
         if pool is not None:
-            pool.shutdown(True)
+            # Calls a timeout gave up on may still run (a hung socket may never return):
+            # after a map with a deadline, do not wait for them; they end in the
+            # background and their results are dropped.
+            pool.shutdown(loop_thread is None)
         super().shutdown()
         for _, proxy in self._per_thread.values():
             obj = getattr(proxy._local, "obj", None)
@@ -172,6 +242,12 @@ class ThreadEngine(Engine):
             rt.batch_size = auto_batch_size(len(rows))
         if not rows:
             return execute_map(plan, base, rows, rt)
+        timeout = self._item_timeout(plan)
+        if timeout is not None:
+            # Waiting with a deadline needs something that can stop waiting: items go
+            # through the engine's event loop, their calls to the pool (as AsyncEngine).
+            return execute_map(plan, base, rows, rt, pfor=self._pfor(rt),
+                               async_items=self._items(rt, plan, timeout))
         if not rt.tracing and plan.simple and not rt.retries:
             return self.pool.map(fast_row_function(plan, base), list(enumerate(rows)),
                                  stop_on_error=not rt.collect)

@@ -9,10 +9,11 @@ import sys
 import textwrap
 import threading
 import time
+import warnings
 
 import pytest
 
-from gilfree import DualNode, Pipeline, node, stateful
+from gilfree import DualNode, Pipeline, PipelineCallback, node, stateful
 from gilfree.engines import AsyncEngine, ThreadEngine
 
 
@@ -123,13 +124,58 @@ def test_dual_node_batches_overlap_with_auto_size():
     assert sum(sizes) == 100 and len(sizes) > 1
 
 
-def test_thread_engine_warns_it_cannot_honour_timeout():
-    @node(output_name="y", timeout=1)
-    def f(x):
+def test_thread_timeout_fails_only_the_slow_item():
+    @node(output_name="y")
+    def fetch(x):
+        time.sleep(3 if x == 2 else 0)
         return x
 
-    with ThreadEngine() as engine, pytest.warns(RuntimeWarning, match="timeout"):
-        Pipeline([f]).run({"x": 1}, engine=engine)
+    with ThreadEngine(timeout=0.2, on_error="collect") as engine:
+        t0 = time.perf_counter()
+        out = Pipeline([fetch]).map({"x": [0, 1, 2, 3]}, map_over="x", engine=engine)
+        assert time.perf_counter() - t0 < 2  # the 3 s call is abandoned, not waited for
+    assert isinstance(out[2], TimeoutError) and "map item 2" in str(out[2])
+    assert [out[i] for i in (0, 1, 3)] == [{"y": 0}, {"y": 1}, {"y": 3}]
+
+
+def test_thread_timeout_hint_raises_with_the_item_by_default():
+    @node(output_name="y", timeout=0.2)
+    def fetch(x):
+        time.sleep(3 if x == 1 else 0)
+        return x
+
+    @node(output_name="z")
+    def parse(y):
+        return y + 1
+
+    with ThreadEngine() as engine:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # honoured: no "cannot honour" warning
+            with pytest.raises(TimeoutError, match="map item 1"):
+                Pipeline([fetch, parse]).map({"x": [0, 1, 2]}, map_over="x", engine=engine)
+        # The engine stays usable; the smallest deadline of engine and hints applies.
+        out = Pipeline([parse]).map({"y": [1, 2]}, map_over="y", engine=engine)
+    assert out == [{"z": 2}, {"z": 3}]
+
+
+def test_thread_timeout_keeps_callbacks_in_the_driver_and_stops_its_loop():
+    seen = []
+
+    class Record(PipelineCallback):
+        def on_map_item_end(self, index, duration, ctx):
+            seen.append(threading.current_thread() is threading.main_thread())
+
+    @node(output_name="y")
+    def f(x):
+        return x * 2
+
+    engine = ThreadEngine(timeout=5, callbacks=[Record()])
+    out = Pipeline([f]).map({"x": [1, 2, 3]}, map_over="x", engine=engine)
+    assert out == [{"y": 2}, {"y": 4}, {"y": 6}] and seen == [True] * 3
+    loop_thread = engine._loop_thread
+    assert loop_thread is not None and loop_thread._thread.is_alive()
+    engine.shutdown()
+    assert not loop_thread._thread.is_alive()
 
 
 def test_async_items_run_concurrently_under_the_cap():
