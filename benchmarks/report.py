@@ -51,7 +51,9 @@ NOTES = """\
 How to read the tables:
 
 - **median / min / p95**: wall time of one call over the timed rounds (rounds are
-  interleaved A B A B across candidates, after one untimed warm-up call for warm rows).
+  interleaved across candidates in a new random order each round, after one untimed
+  warm-up call for warm rows; each call waits for an idle machine first, and rows whose
+  engine keeps a dask cluster in the driver are measured apart from the others).
   Per-item workloads show microseconds per item.
 - **vs loop**: the sequential loop's median / this median (higher is faster).
   **vs best peer**: the fastest peer's median / this median (> 1: faster than every peer).
