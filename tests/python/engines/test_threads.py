@@ -158,6 +158,20 @@ def test_thread_timeout_hint_raises_with_the_item_by_default():
     assert out == [{"z": 2}, {"z": 3}]
 
 
+@pytest.mark.parametrize("make", [lambda: ThreadEngine(timeout=1), lambda: AsyncEngine(timeout=1)])
+def test_timeout_says_once_that_run_is_not_bounded(make):
+    @node(output_name="y")
+    def f(x):
+        return x + 1
+
+    with make() as engine:
+        with pytest.warns(RuntimeWarning, match="run\\(\\) is not bounded"):
+            assert Pipeline([f]).run({"x": 1}, engine=engine) == {"y": 2}
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert Pipeline([f]).run({"x": 2}, engine=engine) == {"y": 3}
+
+
 def test_thread_timeout_keeps_callbacks_in_the_driver_and_stops_its_loop():
     seen = []
 
