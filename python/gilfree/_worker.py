@@ -115,7 +115,10 @@ class Worker:
         except OSError:
             pass
         if setup["initializer"] is not None:
-            setup["initializer"](*setup["initargs"])
+            # Pickled apart, and loaded only now: an initializer imported by reference
+            # may live on a sys.path entry the driver added at run time (set just above).
+            initializer, initargs = loads(setup["initializer"], [])
+            initializer(*initargs)
 
     def load_payload(self, key: bytes, body: bytes, fds: list[int]) -> None:
         from .transport import loads, serialization_error

@@ -132,10 +132,15 @@ class ProcessEngine(Engine):
                 pool = core().ProcessPool(_command("main"), self.workers, 8,
                                           self.max_tasks_per_worker or 0, zygote)
                 try:
+                    # The initializer travels as bytes of its own: the worker unpickles it
+                    # after it has taken sys.path, cwd and env from the driver.
+                    initializer = None
+                    if self.initializer is not None:
+                        initializer, _ = transport.dumps((self.initializer, self.initargs),
+                                                         shm=False)
                     init, _ = transport.dumps({
                         "path": list(sys.path), "cwd": os.getcwd(), "env": dict(os.environ),
-                        "initializer": self.initializer, "initargs": self.initargs},
-                        shm=False)
+                        "initializer": initializer}, shm=False)
                 except Exception as exc:
                     raise transport.serialization_error(
                         "the initializer or its initargs", "to the worker processes",

@@ -105,6 +105,25 @@ def test_initializer_runs_once_per_worker(tmp_path):
     assert sorted(lines(log)) == sorted(f"ok-{p}" for p in pids)
 
 
+@node(output_name="tag")
+def read_init_tag(x):
+    return os.environ.get("GILFREE_TEST_INIT_TAG")
+
+
+def test_initializer_from_a_module_on_a_sys_path_entry_added_at_run_time(tmp_path, monkeypatch):
+    # As in a notebook: sys.path.insert(0, "src"); from mymodule import setup. The
+    # worker must take the driver's sys.path before it unpickles the initializer.
+    (tmp_path / "gilfree_runtime_init_mod.py").write_text(
+        "import os\n\ndef setup(tag):\n    os.environ['GILFREE_TEST_INIT_TAG'] = tag\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import gilfree_runtime_init_mod
+
+    with ProcessEngine(workers=1, initializer=gilfree_runtime_init_mod.setup,
+                       initargs=("ok",)) as engine:
+        out = Pipeline([read_init_tag]).map({"x": [1, 2]}, map_over="x", engine=engine)
+    assert out == [{"tag": "ok"}, {"tag": "ok"}]
+
+
 def test_max_tasks_per_worker_replaces_workers(tmp_path):
     with ProcessEngine(workers=1, max_tasks_per_worker=5) as engine:
         out = Pipeline([whoami]).map({"x": list(range(20))}, map_over="x", engine=engine)
