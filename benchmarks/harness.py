@@ -164,7 +164,7 @@ def settle(known: set[int], timeout: float = 5.0) -> set[int]:
     return set(descendants()) - known
 
 
-def _timed_call(c: Candidate, sampler: Sampler) -> None:
+def _timed_call(c: Candidate, sampler: Sampler, quiet: bool = True) -> None:
     """One timed call (cold: state built inside it), with resources sampled.
 
     The call's workers are the processes its state started (``c.pids``) and those born
@@ -176,7 +176,8 @@ def _timed_call(c: Candidate, sampler: Sampler) -> None:
         c.before(state)
         c.pids |= set(descendants()) - known
     gc.collect()
-    wait_quiet()
+    if quiet:
+        wait_quiet()
     known = set(descendants())
     root = c.pid(state) if c.pid is not None and c.mode != "cold" else None
     sampler.start(root, exclude=known - c.pids)
@@ -223,7 +224,7 @@ def _warm(c: Candidate, quick: bool) -> None:
 
 
 def measure(candidates: list[Candidate], rounds: int, *, quick: bool = False,
-            slow_s: float = 1.0, sample: bool = True) -> list[Candidate]:
+            slow_s: float = 1.0, sample: bool = True, quiet: bool = True) -> list[Candidate]:
     """Time every available candidate ``rounds`` times, interleaved.
 
     Each round runs the candidates in its own random order (seeded: the same order on
@@ -236,7 +237,8 @@ def measure(candidates: list[Candidate], rounds: int, *, quick: bool = False,
     made while warming up) took over ``slow_s`` takes that call as its one sample
     instead of starting the pool again; rows marked ``skip_quick`` are listed with the
     reason.  ``key`` rows (those a workload's bar compares) are exempt from these two
-    cuts.  ``Candidate.rounds`` caps a candidate further.
+    cuts.  ``Candidate.rounds`` caps a candidate further.  ``quiet=False`` skips the
+    wait for an idle machine (smoke runs, where time means nothing).
     """
     sampler = Sampler(enabled=sample)
     if quick:
@@ -249,12 +251,12 @@ def measure(candidates: list[Candidate], rounds: int, *, quick: bool = False,
         groups.append([c for c in live if c.alone and c.label == label])
     rng = random.Random(20261121)
     for group in groups:
-        _measure_group(group, rounds, quick, slow_s, sampler, rng)
+        _measure_group(group, rounds, quick, slow_s, sampler, rng, quiet)
     return candidates
 
 
 def _measure_group(live: list[Candidate], rounds: int, quick: bool, slow_s: float,
-                   sampler: Sampler, rng: random.Random) -> None:
+                   sampler: Sampler, rng: random.Random, quiet: bool) -> None:
     """``measure`` for candidates whose states may be alive together."""
     for c in live:
         if c.mode != "cold":
@@ -281,7 +283,7 @@ def _measure_group(live: list[Candidate], rounds: int, quick: bool, slow_s: floa
                 continue
             t0 = time.perf_counter()
             try:
-                _timed_call(c, sampler)
+                _timed_call(c, sampler, quiet)
             except Exception as exc:
                 _fail(c, exc)
             c.spent += time.perf_counter() - t0

@@ -114,7 +114,8 @@ def run_workload(entry: tuple, args: argparse.Namespace, rounds: int) -> dict:
          "module": Path(mod.__file__).name}
     try:
         cands = getattr(mod, fn)(args.quick)
-        measure(cands, rounds, quick=args.quick, sample=not args.no_sampling)
+        measure(cands, rounds, quick=args.quick, sample=not args.no_sampling,
+                quiet=not args.tiny)
         w["rows"] = [summarize(c) for c in cands]
     except Exception as exc:
         traceback.print_exc()
