@@ -12,6 +12,9 @@
 //     [GIL]    RESULT  -> on_result(start, stop, body, fds) -> keep going?   (callbacks,
 //                         progress and result decoding happen in Python, in this thread)
 //              exited  -> on_lost(start, stop, info) for each batch the worker held
+//     [no GIL] item_timeout: a worker whose status page shows its current item running
+//              for longer is killed; its exit fails that item alone (info["timeout"]) and
+//              the rest of its batch runs again elsewhere
 //              INIT_FAILED / exit before READY -> the pool is broken: stop, report
 //
 //   worker process: Channel.recv() / Channel.send() release the GIL around the frame I/O
@@ -29,6 +32,7 @@
 #include <chrono>
 #include <deque>
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -117,8 +121,10 @@ public:
     void map(std::size_t n, const py::bytes& key_obj, const py::bytes& payload_body,
              const std::vector<int>& payload_fds, const py::object& make_batch,
              const py::object& on_result, const py::object& on_lost, std::size_t chunk,
-             std::size_t depth) {
+             std::size_t depth, double item_timeout) {
         check_usable();
+        timed_out_.clear();
+        const auto deadline_ns = static_cast<std::int64_t>(item_timeout * 1e9);
         Frame payload;
         payload.kind = static_cast<std::uint32_t>(FrameKind::payload);
         payload.key = std::string(key_obj);
@@ -184,13 +190,35 @@ public:
                 throw py::error_already_set();
             }
             while (got) {
-                if (!handle(ev, inflight, retry, retried, on_result, on_lost)) stopping = true;
+                if (!handle(ev, inflight, retry, retried, on_result, on_lost, item_timeout))
+                    stopping = true;
                 if (!broken_.empty()) {
                     abandon(inflight);
                     return;
                 }
                 got = pool_.wait_event(ev, std::chrono::nanoseconds(0));
             }
+            if (deadline_ns > 0) kill_overdue(inflight, deadline_ns);
+        }
+    }
+
+    // Per-item timeout: a worker whose current item has run longer than the deadline is
+    // killed (the only way to stop Python code in another process). Its `exited` event
+    // then fails that one item and sends the rest of its batch round again (handle()).
+    void kill_overdue(const std::map<std::uint64_t, InFlight>& inflight, std::int64_t limit_ns) {
+        const std::int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(
+            std::chrono::steady_clock::now().time_since_epoch()).count();  // CLOCK_MONOTONIC
+        for (const auto& [id, f] : inflight) {
+            if (timed_out_.count(f.worker)) continue;
+            const WorkerProgress p = pool_.progress(f.worker);
+            if (p.phase != 2 || p.batch != static_cast<std::int64_t>(id) ||
+                p.item_started_ns <= 0 || now - p.item_started_ns <= limit_ns)
+                continue;
+            if (p.item < static_cast<std::int64_t>(f.start) ||
+                p.item >= static_cast<std::int64_t>(f.stop))
+                continue;
+            timed_out_[f.worker] = static_cast<std::size_t>(p.item);
+            pool_.kill(f.worker);
         }
     }
 
@@ -230,7 +258,8 @@ private:
     // GIL held. False: stop dispatching.
     bool handle(ProcessPool::Event& ev, std::map<std::uint64_t, InFlight>& inflight,
                 std::deque<InFlight>& retry, std::set<std::size_t>& retried,
-                const py::object& on_result, const py::object& on_lost) {
+                const py::object& on_result, const py::object& on_lost,
+                double item_timeout) {
         using Type = ProcessPool::Event::Type;
         if (ev.type == Type::exited) {
             const bool was_ready = ready_.erase(ev.worker) > 0;
@@ -248,9 +277,25 @@ private:
                 broken_ = describe_early_exit(ev);
                 return false;
             }
+            std::optional<std::size_t> overdue;
+            if (auto t = timed_out_.find(ev.worker); t != timed_out_.end()) {
+                overdue = t->second;
+                timed_out_.erase(t);
+            }
             for (std::uint64_t id : lost) {
                 InFlight f = inflight[id];
                 inflight.erase(id);
+                if (overdue && f.start <= *overdue && *overdue < f.stop) {
+                    // Killed for its timeout: only the overdue item fails; the items of
+                    // the batch around it (done or not, their results died with it) run
+                    // again on the other workers.
+                    if (f.start < *overdue) retry.push_back(InFlight{0, f.start, *overdue});
+                    if (*overdue + 1 < f.stop) retry.push_back(InFlight{0, *overdue + 1, f.stop});
+                    info["timeout"] = item_timeout;
+                    info["item"] = static_cast<std::int64_t>(*overdue);
+                    keep_going = on_lost(*overdue, *overdue + 1, info).cast<bool>() && keep_going;
+                    continue;
+                }
                 // Only the batch it was running is its victim's; the ones queued behind
                 // it never started. Those run again (once: a batch whose payload kills
                 // every worker that loads it must not go round for ever).
@@ -300,6 +345,7 @@ private:
     }
 
     ProcessPool pool_;
+    std::map<std::uint64_t, std::size_t> timed_out_;  // worker -> item it was killed for
     std::size_t max_items_;
     std::set<std::uint64_t> ready_;
     std::string broken_;
@@ -359,7 +405,7 @@ See gilfree/engines/processes.py for the Python side of the protocol.)doc")
         .def("start", &PyProcessPool::start)
         .def("map", &PyProcessPool::map, "n"_a, "key"_a, "payload"_a, "payload_fds"_a,
              "make_batch"_a, "on_result"_a, "on_lost"_a, py::kw_only(), "chunk"_a = 0,
-             "depth"_a = 2)
+             "depth"_a = 2, "item_timeout"_a = 0.0)
         .def("shutdown", &PyProcessPool::shutdown, "grace"_a = 2.0)
         .def("kill_all", &PyProcessPool::kill_all)
         .def_property_readonly("pids", &PyProcessPool::pids)

@@ -64,7 +64,7 @@ struct WorkerProc {
     std::uint64_t id = 0;
     pid_t pid = 0;
     UniqueFd sock;
-    std::int64_t* status = nullptr;  // mmap'd status page (4 x int64), see WorkerProgress
+    std::int64_t* status = nullptr;  // mmap'd status page (5 x int64), see WorkerProgress
     std::thread reader;
     std::thread writer;
 
@@ -98,6 +98,7 @@ struct WorkerProc {
         p.item = v[1];
         p.step = v[2];
         p.phase = v[3];
+        p.item_started_ns = v[4];
         return p;
     }
 
@@ -289,7 +290,7 @@ std::vector<std::uint64_t> ProcessPool::fill() {
         if (page == MAP_FAILED) detail::throw_errno("mmap");
         auto w = std::make_shared<WorkerProc>();
         w->status = static_cast<std::int64_t*>(page);
-        for (int i = 0; i < 4; ++i) w->status[i] = -1;
+        for (int i = 0; i < 5; ++i) w->status[i] = -1;
         w->sock = std::move(mine);
 
         if (!s_->cfg.zygote_argv.empty()) {
@@ -344,6 +345,12 @@ std::vector<pid_t> ProcessPool::pids() const {
 }
 
 std::size_t ProcessPool::size() const { return s_->cfg.workers; }
+
+WorkerProgress ProcessPool::progress(std::uint64_t worker) const {
+    std::lock_guard<std::mutex> lk(s_->mu);
+    auto w = s_->find(worker);
+    return w ? w->progress() : WorkerProgress{};
+}
 
 std::size_t ProcessPool::in_flight(std::uint64_t worker) const {
     std::lock_guard<std::mutex> lk(s_->mu);

@@ -90,9 +90,12 @@ class ProcessPool:
         *,
         chunk: int = 0,
         depth: int = 2,
+        item_timeout: float = 0.0,
     ) -> None:
         """Run items [0, n) in chunks (guided sizes unless `chunk`), at most `depth`
-        batches per worker. The payload goes to a worker once per key. Callbacks run in
+        batches per worker. With `item_timeout` > 0, a worker whose current item (as its
+        status page says) runs longer is killed: on_lost gets that one item with
+        info["timeout"], and the rest of its batch runs again. The payload goes to a worker once per key. Callbacks run in
         the calling thread; returning False stops dispatching (running batches finish).
         make_batch's descriptors are closed after sending; on_result owns the ones it
         gets. A dead worker's running batch goes to on_lost (pid, exitcode, signal, item,

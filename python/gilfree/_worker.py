@@ -28,6 +28,7 @@ import os
 import signal
 import sys
 import traceback
+from time import monotonic_ns
 from typing import Any
 
 PHASE_IDLE, PHASE_PAYLOAD, PHASE_BATCH, PHASE_SEND = 0, 1, 2, 3
@@ -64,7 +65,7 @@ class _Recorder:
         return record
 
 
-def _track_steps(plan: Any, status: Any) -> None:
+def _track_steps(plan: Any, status: Any, timed: bool = False) -> None:
     """Wrap the top-level steps so that the status page says which step runs and which
     item: the first step runs once per item, in order (the recorder keeps the count
     right when callbacks are on, cached steps included). Specialised by call shape: this
@@ -73,7 +74,15 @@ def _track_steps(plan: Any, status: Any) -> None:
         f = step.func
         if f is None:
             continue
-        if k == 0 and step.nargs == 1:
+        if k == 0 and timed:
+            # A map with a per-item timeout: the driver kills a worker whose item started
+            # too long ago (status[4], CLOCK_MONOTONIC ns, what the driver's clock reads).
+            def tracked(*args: Any, f: Any = f, **kwargs: Any) -> Any:
+                status[1] += 1
+                status[2] = 0
+                status[4] = monotonic_ns()
+                return f(*args, **kwargs)
+        elif k == 0 and step.nargs == 1:
             def tracked(a: Any, f: Any = f) -> Any:
                 status[1] += 1
                 status[2] = 0
@@ -126,7 +135,7 @@ class Worker:
         self.status[3] = PHASE_PAYLOAD
         try:
             plan, base, opts = loads(body, fds)
-            _track_steps(plan, self.status)
+            _track_steps(plan, self.status, timed=bool(opts.get("timeout")))
             plan.column_step = _column_step(plan, base, opts)
             self.payloads[key] = (plan, base, opts, None)
         except Exception as exc:
@@ -176,7 +185,9 @@ class Worker:
             while a < n:
                 b = min(n, a + size)
                 before = spill.size
-                parts.append(_part(spill, b - a, run(a, b), outputs))
+                encoded = run(a, b)
+                st[4] = -1  # items done: pickling them is not an item overrunning
+                parts.append(_part(spill, b - a, encoded, outputs))
                 if a == 0:
                     per_item = (spill.size - before) / (b - a)
                     size = n if per_item < SPILL_ITEM else max(1, int(SPILL_CHUNK // per_item))
@@ -198,7 +209,7 @@ class Worker:
                 RuntimeError(f"{type(error).__name__}: {error}")), kept)
             out, out_fds = dumps(reply, spill=Spill())
         self.send("result", ident, out, out_fds)
-        st[0], st[1], st[2], st[3] = -1, -1, -1, PHASE_IDLE
+        st[0], st[1], st[2], st[3], st[4] = -1, -1, -1, PHASE_IDLE, -1
 
     def _runtime(self, plan: Any, opts: dict, events: list) -> Any:
         from .callbacks import CallbackContext

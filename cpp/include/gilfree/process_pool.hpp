@@ -50,6 +50,9 @@ struct WorkerProgress {
     std::int64_t item = -1;
     std::int64_t step = -1;
     std::int64_t phase = -1;  // 0 idle, 1 loading a payload, 2 running a batch, 3 sending
+    // CLOCK_MONOTONIC ns when the current item started (-1: not recorded). The worker
+    // records it only for maps with a per-item timeout.
+    std::int64_t item_started_ns = -1;
 };
 
 class ProcessPool {
@@ -102,6 +105,8 @@ public:
     void batch_done(std::uint64_t worker);
     // Forget everything a worker holds (it died): it leaves the live set at once.
     void forget(std::uint64_t worker);
+    // What a live worker's status page says now (all -1 for an unknown worker).
+    WorkerProgress progress(std::uint64_t worker) const;
 
     // Blocks at most `timeout` for the next event; false if none came.
     bool wait_event(Event& out, std::chrono::nanoseconds timeout);

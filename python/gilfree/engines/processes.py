@@ -31,6 +31,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 import weakref
 from typing import Any
 
@@ -84,6 +85,10 @@ class ProcessEngine(Engine):
     automatically (big first, small at the end, so that the workers finish together);
     an integer fixes the number of items per batch. ``initializer(*initargs)`` runs once
     in each worker. ``max_tasks_per_worker`` replaces a worker after that many items.
+    ``timeout=`` (or the ``timeout`` hint) bounds each map item: a worker whose item
+    runs longer is killed (Python code in another process cannot be stopped otherwise),
+    that item fails with ``TimeoutError``, the rest of its batch runs again and a new
+    worker takes its place. Calls of a ``DualNode``'s batch function are not bounded.
     ``start_method="forkserver"`` (default) forks workers from one clean helper process
     per interpreter (started with posix_spawn, single-threaded, gilfree already
     imported): the first engine pays ~50 ms for it, later engines and replacements of
@@ -91,7 +96,7 @@ class ProcessEngine(Engine):
     interpreter. Both are safe in a process that runs threads; ``"fork"`` is not.
     """
 
-    supported_hints = frozenset({"batch_size", "retries"})
+    supported_hints = frozenset({"batch_size", "retries", "timeout"})
     native_executors = frozenset({"process"})
 
     def __init__(self, workers: int | None = None, batch_size: int | None = None, *,
@@ -170,6 +175,15 @@ class ProcessEngine(Engine):
         super().shutdown()
 
     # -- where items run --------------------------------------------------------------
+    def _execute_run(self, plan: Plan, values: dict, rt: Runtime) -> dict:
+        timed = self.timeout or any(s.hints.get("timeout") for s in plan.steps)
+        if timed and ("run", "timeout") not in self._warned:
+            self._warned.add(("run", "timeout"))
+            warnings.warn("ProcessEngine: timeout bounds each item of a map; run() executes "
+                          "in this process and is not bounded by it", RuntimeWarning,
+                          stacklevel=4)
+        return super()._execute_run(plan, values, rt)
+
     def _execute_map(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime) -> list:
         if not rows:
             return execute_map(plan, base, rows, rt)
@@ -211,8 +225,14 @@ class _MapCall:
         self.out: list[Any] = [None] * self.n
         self.errors: dict[int, BaseException] = {}  # batch start -> error (raise policy)
         self.path = list(rt.ctx.hierarchy_path) if rt.ctx is not None else []
+        # Per-item deadline: the engine's timeout or the smallest node hint.
+        hinted = [s.hints["timeout"] for s in plan.steps if s.hints.get("timeout")]
+        if engine.timeout:
+            hinted.append(engine.timeout)
+        self.timeout = min(hinted) if hinted else None
         opts = {"cache": rt.cache, "retries": rt.retries, "batch_size": rt.batch_size,
-                "collect": rt.collect, "events": bool(rt.callbacks), "path": self.path}
+                "collect": rt.collect, "events": bool(rt.callbacks), "path": self.path,
+                "timeout": self.timeout}
         try:
             self.payload, self.payload_fds = transport.dumps((plan, base, opts))
         except Exception as exc:
@@ -240,7 +260,8 @@ class _MapCall:
                      align * max(1, round(self.n / (4 * self.pool.workers * align))))
         try:
             self.pool.map(self.n, self.key, self.payload, self.payload_fds, self.make_batch,
-                          self.on_result, self.on_lost, chunk=chunk, depth=DEPTH)
+                          self.on_result, self.on_lost, chunk=chunk, depth=DEPTH,
+                          item_timeout=self.timeout or 0.0)
         finally:
             transport.close_fds(self.payload_fds)
             self.payload_fds = []
@@ -309,6 +330,8 @@ class _MapCall:
 
     def on_lost(self, a: int, b: int, info: dict) -> bool:
         rt = self.rt
+        if info.get("timeout"):
+            return self._timed_out(a, info)
         how = (f"was killed by {_signal_name(info['signal'])}" if info["signal"] is not None
                else f"exited with code {info['exitcode']}" if info["exitcode"] is not None
                else "exited (status unknown)")
@@ -334,6 +357,22 @@ class _MapCall:
             if not rt.collect:
                 self.errors[i] = err
                 return False
+        return True
+
+    def _timed_out(self, i: int, info: dict) -> bool:
+        """Item ``i`` ran past the deadline; its worker was killed (the pool starts a
+        replacement and runs the rest of that batch again)."""
+        steps = self.plan.steps
+        step = info["step"]
+        node = steps[step].name if 0 <= step < len(steps) else None
+        err = TimeoutError(f"map item {i} did not finish within {info['timeout']} s"
+                           + (f" (node {node!r})" if node else "") + f"; its worker process "
+                           f"{info['pid']} was stopped and is replaced")
+        err.add_note(f"gilfree: timeout={info['timeout']} s (map item {i})")
+        self.out[i] = err
+        if not self.rt.collect:
+            self.errors[i] = err
+            return False
         return True
 
     def _replay(self, events: list) -> None:

@@ -124,6 +124,49 @@ def test_initializer_from_a_module_on_a_sys_path_entry_added_at_run_time(tmp_pat
     assert out == [{"tag": "ok"}, {"tag": "ok"}]
 
 
+@node(output_name="y")
+def sleepy(x):
+    time.sleep(30 if x == 5 else 0.01)
+    return x
+
+
+def test_timeout_fails_only_the_overdue_item_and_replaces_its_worker():
+    with ProcessEngine(workers=2, timeout=0.5, on_error="collect") as engine:
+        Pipeline([whoami]).map({"x": [0, 1]}, map_over="x", engine=engine)
+        before = set(engine.pids)
+        t0 = time.perf_counter()
+        out = Pipeline([sleepy]).map({"x": list(range(20))}, map_over="x", engine=engine)
+        assert time.perf_counter() - t0 < 10  # not the 30 s call
+        assert isinstance(out[5], TimeoutError)
+        assert "map item 5" in str(out[5]) and "'sleepy'" in str(out[5])
+        # The items that shared item 5's batch ran again elsewhere: every other one is here.
+        assert [out[i] for i in range(20) if i != 5] == [{"y": i} for i in range(20) if i != 5]
+        assert set(engine.pids) != before  # the killed worker was replaced
+        again = Pipeline([sleepy]).map({"x": [1, 2, 3]}, map_over="x", engine=engine)
+    assert again == [{"y": 1}, {"y": 2}, {"y": 3}]
+
+
+def test_timeout_hint_raises_with_the_item_and_quick_items_are_not_touched():
+    @node(output_name="y", timeout=0.5)
+    def quick(x):
+        time.sleep(0.005)
+        return x
+
+    with ProcessEngine(workers=2) as engine:
+        out = Pipeline([quick]).map({"x": list(range(100))}, map_over="x", engine=engine)
+        assert out == [{"y": i} for i in range(100)]  # 100 x 5 ms: no item is overdue
+        engine.configure("sleepy", timeout=0.5)  # the hint, given per engine
+        with pytest.raises(TimeoutError, match="map item 5"):
+            Pipeline([sleepy]).map({"x": list(range(8))}, map_over="x", engine=engine)
+        assert Pipeline([quick]).map({"x": [7]}, map_over="x", engine=engine) == [{"y": 7}]
+
+
+def test_timeout_says_once_that_run_is_not_bounded():
+    with ProcessEngine(workers=1, timeout=5) as engine:
+        with pytest.warns(RuntimeWarning, match="run\\(\\) executes in this process"):
+            assert Pipeline([sleepy]).run({"x": 1}, engine=engine) == {"y": 1}
+
+
 def test_max_tasks_per_worker_replaces_workers(tmp_path):
     with ProcessEngine(workers=1, max_tasks_per_worker=5) as engine:
         out = Pipeline([whoami]).map({"x": list(range(20))}, map_over="x", engine=engine)
