@@ -28,7 +28,10 @@ def _thread_loop() -> asyncio.AbstractEventLoop:
 
     loop = getattr(_local, "loop", None)
     if loop is None or loop.is_closed():
+        import atexit
+
         loop = _local.loop = asyncio.new_event_loop()
+        atexit.register(loop.close)  # closed at exit, not collected unclosed (a warning)
     return loop
 
 
