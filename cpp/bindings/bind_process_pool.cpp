@@ -282,6 +282,23 @@ private:
                 overdue = t->second;
                 timed_out_.erase(t);
             }
+            if (overdue) {
+                // The overdue item may have finished just before the kill landed (its
+                // result came back, the worker had moved on): then nobody is overdue, and
+                // what the worker held runs again instead of failing.
+                bool held = false;
+                for (std::uint64_t id : lost) {
+                    const InFlight& f = inflight[id];
+                    held = held || (f.start <= *overdue && *overdue < f.stop);
+                }
+                if (!held) {
+                    for (std::uint64_t id : lost) {
+                        retry.push_back(inflight[id]);
+                        inflight.erase(id);
+                    }
+                    return keep_going;
+                }
+            }
             for (std::uint64_t id : lost) {
                 InFlight f = inflight[id];
                 inflight.erase(id);
