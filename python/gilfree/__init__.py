@@ -8,8 +8,9 @@ nearly free, and a worker process loads only what its pipeline needs.  Measured 
 ProcessEngine's first map waits for.
 """
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ._lazy import lazy_names
 
 # Eager on purpose: these functions share their names with their modules, and once the
 # submodule ``gilfree.node`` is imported the package attribute ``node`` would be the
@@ -41,15 +42,4 @@ if TYPE_CHECKING:
     from .pipeline import Pipeline
     from .progress import ProgressCallback
 
-
-def __getattr__(name: str) -> Any:
-    module = _PUBLIC.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(module, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_names(__name__, globals(), _PUBLIC, __all__)

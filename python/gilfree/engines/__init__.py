@@ -5,9 +5,9 @@ ThreadEngine`` imports threads.py only): ``import gilfree`` stays cheap, which e
 worker process and notebook start pays.
 """
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from .._lazy import lazy_names
 from .base import Engine
 from .seq import SeqEngine
 
@@ -22,15 +22,4 @@ _LAZY = {"AsyncEngine": ".aio", "DaskEngine": ".dask_engine", "ProcessEngine": "
 
 __all__ = ["AsyncEngine", "DaskEngine", "Engine", "ProcessEngine", "SeqEngine", "ThreadEngine"]
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(module, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_names(__name__, globals(), _LAZY, __all__)
