@@ -25,6 +25,9 @@ class Engine:
     supported_hints: frozenset[str] = frozenset({"batch_size", "max_concurrency", "retries"})
     #: ``executor=`` values that describe where this engine already runs nodes.
     native_executors: frozenset[str] = frozenset({"inline"})
+    #: Appended to the warning that ``timeout`` does not bound ``run()`` (engines that
+    #: honour it bound the items of a map only).
+    unbounded_run_note: str = ""
 
     def __init__(self, cache: Any = None, callbacks: list | None = None, *,
                  on_error: str = "raise", return_exceptions: bool | None = None,
@@ -110,6 +113,13 @@ class Engine:
         rt = self._runtime(plan, options)
         if rt.ctx is not None:
             rt.ctx.push_pipeline(plan.pipeline_id)
+        if ("timeout" in self.supported_hints and self._item_timeout(plan) is not None
+                and ("run", "timeout") not in self._warned):
+            # Said, not ignored silently: the deadline is for the items of a map.
+            self._warned.add(("run", "timeout"))
+            warnings.warn(f"{type(self).__name__}: timeout bounds each item of a map; run() "
+                          f"is not bounded by it{self.unbounded_run_note}", RuntimeWarning,
+                          stacklevel=3)
         return self._execute_run(plan, values, rt)
 
     def map(self, pipeline: Any, inputs: dict[str, Any] | None = None, map_over: Any = None,
@@ -125,6 +135,14 @@ class Engine:
         if rt.ctx is not None:
             rt.ctx.push_pipeline(plan.pipeline_id)
         return self._execute_map(plan, base, rows, rt)
+
+    def _item_timeout(self, plan: Plan) -> float | None:
+        """The per-item deadline of a map: the engine's ``timeout`` or the smallest node
+        hint, whichever is smaller (None: none)."""
+        hinted = [s.hints["timeout"] for s in plan.steps if s.hints.get("timeout")]
+        if self.timeout:
+            hinted.append(self.timeout)
+        return min(hinted) if hinted else None
 
     # -- where items run (engines override these two) ---------------------------------
     def _execute_run(self, plan: Plan, values: dict, rt: Runtime) -> dict:

@@ -31,7 +31,6 @@ import signal
 import sys
 import threading
 import time
-import warnings
 import weakref
 from typing import Any
 
@@ -97,6 +96,7 @@ class ProcessEngine(Engine):
     """
 
     supported_hints = frozenset({"batch_size", "retries", "timeout"})
+    unbounded_run_note = " (run() executes in this process)"
     native_executors = frozenset({"process"})
 
     def __init__(self, workers: int | None = None, batch_size: int | None = None, *,
@@ -175,15 +175,6 @@ class ProcessEngine(Engine):
         super().shutdown()
 
     # -- where items run --------------------------------------------------------------
-    def _execute_run(self, plan: Plan, values: dict, rt: Runtime) -> dict:
-        timed = self.timeout or any(s.hints.get("timeout") for s in plan.steps)
-        if timed and ("run", "timeout") not in self._warned:
-            self._warned.add(("run", "timeout"))
-            warnings.warn("ProcessEngine: timeout bounds each item of a map; run() executes "
-                          "in this process and is not bounded by it", RuntimeWarning,
-                          stacklevel=4)
-        return super()._execute_run(plan, values, rt)
-
     def _execute_map(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime) -> list:
         if not rows:
             return execute_map(plan, base, rows, rt)
@@ -225,11 +216,7 @@ class _MapCall:
         self.out: list[Any] = [None] * self.n
         self.errors: dict[int, BaseException] = {}  # batch start -> error (raise policy)
         self.path = list(rt.ctx.hierarchy_path) if rt.ctx is not None else []
-        # Per-item deadline: the engine's timeout or the smallest node hint.
-        hinted = [s.hints["timeout"] for s in plan.steps if s.hints.get("timeout")]
-        if engine.timeout:
-            hinted.append(engine.timeout)
-        self.timeout = min(hinted) if hinted else None
+        self.timeout = engine._item_timeout(plan)
         opts = {"cache": rt.cache, "retries": rt.retries, "batch_size": rt.batch_size,
                 "collect": rt.collect, "events": bool(rt.callbacks), "path": self.path,
                 "timeout": self.timeout}
@@ -329,7 +316,6 @@ class _MapCall:
         return True
 
     def on_lost(self, a: int, b: int, info: dict) -> bool:
-        rt = self.rt
         if info.get("timeout"):
             return self._timed_out(a, info)
         how = (f"was killed by {_signal_name(info['signal'])}" if info["signal"] is not None
@@ -337,9 +323,7 @@ class _MapCall:
                else "exited (status unknown)")
         if info["signal"] == signal.SIGKILL:
             how += " (the OOM killer, or someone, sent it)"
-        steps = self.plan.steps
-        step = info["step"]
-        node = steps[step].name if 0 <= step < len(steps) else None
+        node = self._node_of(info)
         item = info["item"] if a <= info["item"] < b else None
         where = ""
         if node is not None:
@@ -353,27 +337,32 @@ class _MapCall:
                 "ran out of memory, use fewer workers or smaller batches (batch_size=)")
             if node is not None:
                 err.add_note(f"gilfree: raised in node {node!r} (map item {i})")
-            self.out[i] = err
-            if not rt.collect:
-                self.errors[i] = err
+            if not self._fail_item(i, err):
                 return False
         return True
+
+    def _node_of(self, info: dict) -> str | None:
+        """The node a dead worker's status page says it was running, if any."""
+        steps, step = self.plan.steps, info["step"]
+        return steps[step].name if 0 <= step < len(steps) else None
 
     def _timed_out(self, i: int, info: dict) -> bool:
         """Item ``i`` ran past the deadline; its worker was killed (the pool starts a
         replacement and runs the rest of that batch again)."""
-        steps = self.plan.steps
-        step = info["step"]
-        node = steps[step].name if 0 <= step < len(steps) else None
+        node = self._node_of(info)
         err = TimeoutError(f"map item {i} did not finish within {info['timeout']} s"
                            + (f" (node {node!r})" if node else "") + f"; its worker process "
                            f"{info['pid']} was stopped and is replaced")
         err.add_note(f"gilfree: timeout={info['timeout']} s (map item {i})")
+        return self._fail_item(i, err)
+
+    def _fail_item(self, i: int, err: BaseException) -> bool:
+        """Item ``i`` ends as ``err``; False (stop dispatching) under the raise policy."""
         self.out[i] = err
-        if not self.rt.collect:
-            self.errors[i] = err
-            return False
-        return True
+        if self.rt.collect:
+            return True
+        self.errors[i] = err
+        return False
 
     def _replay(self, events: list) -> None:
         rt = self.rt

@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 import os
 import threading
-import warnings
 from typing import Any, Callable
 
 from .._async_bridge import run_coroutine
@@ -172,13 +171,6 @@ class ThreadEngine(Engine):
         """Items in flight at once on the loop path: each may hold a pool thread."""
         return self.max_workers
 
-    def _item_timeout(self, plan: Plan) -> float | None:
-        """The per-item deadline: the engine's ``timeout`` or the smallest node hint."""
-        hinted = [s.hints["timeout"] for s in plan.steps if s.hints.get("timeout")]
-        if self.timeout:
-            hinted.append(self.timeout)
-        return min(hinted) if hinted else None
-
     def _items(self, rt: Runtime, plan: Plan, timeout: float | None) -> Any:
         from ..execute_async import AsyncItems
 
@@ -235,11 +227,6 @@ class ThreadEngine(Engine):
 
     # -- where items run --------------------------------------------------------------
     def _execute_run(self, plan: Plan, values: dict, rt: Runtime) -> dict:
-        if self._item_timeout(plan) is not None and ("run", "timeout") not in self._warned:
-            # Said, not ignored silently: the deadline is for the items of a map.
-            self._warned.add(("run", "timeout"))
-            warnings.warn(f"{type(self).__name__}: timeout bounds each item of a map; "
-                          "run() is not bounded by it", RuntimeWarning, stacklevel=4)
         return execute_run(plan, self._scoped(values), rt, pfor=self._pfor(rt))
 
     def _execute_map(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime) -> list:
