@@ -59,9 +59,8 @@ class EventLoopThread:
             self.loop.close()
 
 
-
-
 def _settle(fut: asyncio.Future, result: Any, ok: bool) -> None:
+    """On the loop: the pool's answer to an offloaded call becomes the future's."""
     if fut.cancelled():
         return
     if ok:
