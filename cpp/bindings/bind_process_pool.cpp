@@ -168,10 +168,16 @@ public:
                         f.key = key;
                         f.body = std::string(py::bytes(made[0]));
                         f.fds = adopt_fds(made[1].cast<std::vector<int>>());
-                        inflight[f.id] = InFlight{w, a, b};
+                        const std::uint64_t id = f.id;
                         // Only queues the frames for the worker's writer thread: cheap,
-                        // never blocks on the worker.
-                        pool_.send_batch(w, key, payload, std::move(f), b - a);
+                        // never blocks on the worker. The worker may have died since
+                        // accepts() (make_batch ran Python): then the range goes back to
+                        // the front of the queue, not counted as a retry (it never ran).
+                        if (!pool_.send_batch(w, key, payload, std::move(f), b - a)) {
+                            retry.push_front(InFlight{w, a, b});
+                            continue;
+                        }
+                        inflight[id] = InFlight{w, a, b};
                     }
                 }
             }

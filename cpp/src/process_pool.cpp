@@ -366,14 +366,14 @@ bool ProcessPool::accepts(std::uint64_t worker) const {
     return cap == 0 || w->items < cap;
 }
 
-void ProcessPool::send_batch(std::uint64_t worker, const std::string& key, const Frame& payload,
+bool ProcessPool::send_batch(std::uint64_t worker, const std::string& key, const Frame& payload,
                              Frame batch, std::size_t items) {
     std::shared_ptr<WorkerProc> w;
     std::vector<Frame> frames;
     {
         std::lock_guard<std::mutex> lk(s_->mu);
         w = s_->find(worker);
-        if (!w) throw std::runtime_error("ProcessPool: no such worker");
+        if (!w) return false;
         auto it = std::find(w->payloads.begin(), w->payloads.end(), key);
         if (it != w->payloads.end()) {
             w->payloads.splice(w->payloads.begin(), w->payloads, it);
@@ -393,6 +393,7 @@ void ProcessPool::send_batch(std::uint64_t worker, const std::string& key, const
     }
     frames.push_back(std::move(batch));
     for (auto& f : frames) w->enqueue(std::move(f));
+    return true;
 }
 
 void ProcessPool::batch_done(std::uint64_t worker) {

@@ -57,6 +57,47 @@ def test_worker_death_fails_its_items_and_the_pool_recovers(run_case, die, expec
     assert res["raised"] == "WorkerDied" and expect in res["message"]
 
 
+def test_worker_that_dies_while_its_next_batch_is_being_made_loses_nothing(run_case):
+    # The driver picks a live worker, then builds the batch for it (Python code): a
+    # worker that dies in between used to fail the whole map ("no such worker"). Here
+    # every worker is killed inside the first batch-building call: that batch never ran,
+    # so it goes to a replacement and every item completes.
+    rc, res, err = run_case("""
+        from gilfree.engines import processes
+
+        @node(output_name="y")
+        def double(x):
+            return 2 * x
+
+        engine = ProcessEngine(workers=2, batch_size=3)
+        p = Pipeline([double])
+        before = engine.start().pids
+        p.map({"x": [0]}, map_over="x", engine=engine)  # workers up and ready
+        before = engine.pids
+        original = processes._MapCall.make_batch
+        killed = []
+
+        def make_batch(self, a, b):
+            if not killed:
+                for pid in engine.pids:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                deadline = time.monotonic() + 10
+                while set(engine.pids) & set(killed) and time.monotonic() < deadline:
+                    time.sleep(0.01)
+            return original(self, a, b)
+
+        processes._MapCall.make_batch = make_batch
+        out = p.map({"x": list(range(20))}, map_over="x", engine=engine)
+        report(out=[r["y"] for r in out], killed=killed, before=before, after=engine.pids)
+        engine.shutdown()
+    """)
+    assert rc == 0, err
+    assert res["out"] == [2 * x for x in range(20)]
+    assert sorted(res["killed"]) == sorted(res["before"]) and len(res["before"]) == 2
+    assert not set(res["after"]) & set(res["before"])
+
+
 def test_worker_killed_from_outside_like_the_oom_killer(run_case, tmp_path):
     # The OOM killer sends SIGKILL from outside; so does this case, to a busy worker.
     rc, res, err = run_case(f"""

@@ -98,7 +98,9 @@ public:
     bool accepts(std::uint64_t worker) const;
     // Queues (DROP of an evicted key, PAYLOAD if the worker lacks `key`) and the batch.
     // `payload` is duplicated per worker (descriptors included); the batch is moved.
-    void send_batch(std::uint64_t worker, const std::string& key, const Frame& payload,
+    // False, and nothing queued, if the worker left the live set since the caller chose
+    // it (it died: its reader thread forgot it); the caller sends the batch elsewhere.
+    bool send_batch(std::uint64_t worker, const std::string& key, const Frame& payload,
                     Frame batch, std::size_t items);
     // A batch of this worker completed. Retires the worker once it is idle and over its
     // item budget (the next fill() replaces it).
