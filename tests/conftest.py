@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import signal
 
 import pytest
 
@@ -13,6 +14,14 @@ _HAS_DASK = importlib.util.find_spec("distributed") is not None
 ENGINE_NAMES = [n for n in ("SeqEngine", "ThreadEngine", "AsyncEngine", "ProcessEngine",
                             "DaskEngine")
                 if hasattr(_engines, n) and (n != "DaskEngine" or _HAS_DASK)]
+
+
+# A shell that starts the tests in the background leaves SIGINT ignored, and every child
+# process inherits that: the Ctrl-C tests' children would never see KeyboardInterrupt.
+# Restore Python's handler, as in a terminal: children started from here then get the
+# default disposition back.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")

@@ -16,9 +16,6 @@ from crash_helpers import results
 #: What every case script starts with: the engine under test and a JSON reporter.
 PRELUDE = """
 import functools, json, os, signal, sys, time
-# Ctrl-C raises KeyboardInterrupt here even if the shell that ran the tests started
-# them in the background, which leaves SIGINT ignored in every child it starts.
-signal.signal(signal.SIGINT, signal.default_int_handler)
 from gilfree import Pipeline, node, stateful
 from gilfree.engines import ProcessEngine
 ProcessEngine = functools.partial(ProcessEngine, start_method=START_METHOD)

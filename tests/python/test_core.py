@@ -301,10 +301,7 @@ def test_items_are_snapshotted(pool):
 
 CHILD = textwrap.dedent(
     """
-    import signal, sys, time
-    # Ctrl-C raises KeyboardInterrupt here even if the shell that ran the tests started
-    # them in the background, which leaves SIGINT ignored in every child it starts.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    import sys, time
     from gilfree._native import core
 
     pool = core().ThreadPool(64)
