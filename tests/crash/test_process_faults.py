@@ -71,7 +71,6 @@ def test_worker_that_dies_while_its_next_batch_is_being_made_loses_nothing(run_c
 
         engine = ProcessEngine(workers=2, batch_size=3)
         p = Pipeline([double])
-        before = engine.start().pids
         p.map({"x": [0]}, map_over="x", engine=engine)  # workers up and ready
         before = engine.pids
         original = processes._MapCall.make_batch
