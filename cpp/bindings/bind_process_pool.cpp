@@ -10,7 +10,8 @@
 //     [no GIL] wait_event(<= 50 ms) ◀──────────────────────────────────────────── reader
 //     [GIL]    PyErr_CheckSignals (Ctrl-C: kill the busy workers, raise)
 //     [GIL]    RESULT  -> on_result(start, stop, body, fds) -> keep going?   (callbacks,
-//                         progress and result decoding happen in Python, in this thread)
+//                         progress and result decoding happen in Python, in this thread);
+//                         the batch's time per item sizes the tail chunks (ChunkPlanner)
 //              exited  -> on_lost(start, stop, info) for each batch the worker held
 //     [no GIL] item_timeout: a worker whose status page shows its current item running
 //              for longer is killed; its exit fails that item alone (info["timeout"]) and
@@ -89,9 +90,12 @@ py::dict exit_info(const ProcessPool::Event& ev) {
     return info;
 }
 
+using Clock = std::chrono::steady_clock;
+
 struct InFlight {
     std::uint64_t worker;
     std::size_t start, stop;
+    Clock::time_point sent{};
 };
 
 class PyProcessPool {
@@ -177,7 +181,7 @@ public:
                             retry.push_front(InFlight{w, a, b});
                             continue;
                         }
-                        inflight[id] = InFlight{w, a, b};
+                        inflight[id] = InFlight{w, a, b, Clock::now()};
                     }
                 }
             }
@@ -196,7 +200,8 @@ public:
                 throw py::error_already_set();
             }
             while (got) {
-                if (!handle(ev, inflight, retry, retried, on_result, on_lost, item_timeout))
+                if (!handle(ev, inflight, retry, retried, planner, on_result, on_lost,
+                            item_timeout))
                     stopping = true;
                 if (!broken_.empty()) {
                     abandon(inflight);
@@ -264,12 +269,13 @@ private:
     // GIL held. False: stop dispatching.
     bool handle(ProcessPool::Event& ev, std::map<std::uint64_t, InFlight>& inflight,
                 std::deque<InFlight>& retry, std::set<std::size_t>& retried,
-                const py::object& on_result, const py::object& on_lost,
-                double item_timeout) {
+                ChunkPlanner& planner, const py::object& on_result,
+                const py::object& on_lost, double item_timeout) {
         using Type = ProcessPool::Event::Type;
         if (ev.type == Type::exited) {
             const bool was_ready = ready_.erase(ev.worker) > 0;
             pool_.forget(ev.worker);
+            last_result_.erase(ev.worker);
             bool keep_going = true;
             py::dict info = exit_info(ev);
             std::vector<std::uint64_t> lost;
@@ -347,10 +353,22 @@ private:
         if (it == inflight.end()) return true;  // stale: its map was abandoned
         const InFlight f = it->second;
         inflight.erase(it);
+        time_items(f, planner);
         py::bytes body(ev.frame.body);
         ev.frame.body.clear();
         py::list fds = release_fds(ev.frame.fds);
         return on_result(f.start, f.stop, body, fds).cast<bool>();
+    }
+
+    // What an item of this map takes, from a finished batch: it ran from when it was
+    // sent, or from when the batch queued before it on the same worker came back.
+    void time_items(const InFlight& f, ChunkPlanner& planner) {
+        const auto now = Clock::now();
+        auto& previous = last_result_[f.worker];
+        const auto began = std::max(f.sent, previous);
+        previous = now;
+        planner.observe_item_seconds(std::chrono::duration<double>(now - began).count() /
+                                     static_cast<double>(f.stop - f.start));
     }
 
     static std::string describe_early_exit(const ProcessPool::Event& ev) {
@@ -371,6 +389,7 @@ private:
     std::map<std::uint64_t, std::size_t> timed_out_;  // worker -> item it was killed for
     std::size_t max_items_;
     std::set<std::uint64_t> ready_;
+    std::map<std::uint64_t, Clock::time_point> last_result_;  // worker -> its last RESULT
     std::string broken_;
     // Consecutive workers that exited before READY (one killed from outside while it
     // started is no reason to give up; three in a row are).
@@ -440,6 +459,20 @@ See gilfree/engines/processes.py for the Python side of the protocol.)doc")
         .def(py::init<int>(), "fd"_a)
         .def("recv", &PyChannel::recv)
         .def("send", &PyChannel::send, "kind"_a, "id"_a, "key"_a, "body"_a, "fds"_a);
+
+    py::class_<ChunkPlanner>(m, "ChunkPlanner", R"doc(
+How ProcessPool.map cuts `items` into batches: guided self-scheduling, with tail chunks
+sized by the time an item takes once a batch has been timed.)doc")
+        .def(py::init<std::size_t, std::size_t, std::size_t, std::size_t>(), "items"_a,
+             "workers"_a, "fixed"_a = 0, "cap"_a = 0)
+        .def("next",
+             [](ChunkPlanner& p) -> py::object {
+                 std::size_t a = 0, b = 0;
+                 if (!p.next(a, b)) return py::none();
+                 return py::make_tuple(a, b);
+             })
+        .def("observe_item_seconds", &ChunkPlanner::observe_item_seconds, "seconds"_a)
+        .def_property_readonly("min_chunk", &ChunkPlanner::min_chunk);
 
     m.def("set_parent_death_signal", &set_parent_death_signal, "sig"_a,
           "Linux: get `sig` when the parent thread exits. False where unsupported.");

@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
@@ -492,9 +493,18 @@ bool ProcessPool::is_shut_down() const {
 ChunkPlanner::ChunkPlanner(std::size_t items, std::size_t workers, std::size_t fixed,
                            std::size_t cap)
     : items_(items), workers_(std::max<std::size_t>(1, workers)), fixed_(fixed), cap_(cap) {
-    // The tail: about 1/64 of a worker's share, so the last chunks cost little waiting
-    // (W3: 400 items on 2 workers -> chunks of >= 4 items, ~16 ms of tail at 4 ms/item).
-    min_ = std::max<std::size_t>(1, (items_ + 64 * workers_ - 1) / (64 * workers_));
+    // The tail, until an item's time is known: about 1/64 of a worker's share, so the
+    // last chunks cost little waiting (W3: 400 items on 2 workers -> chunks of >= 4
+    // items). observe_item_seconds() then lowers it for slow items (W3's 4 ms: one item).
+    min_ = first_min_ = std::max<std::size_t>(1, (items_ + 64 * workers_ - 1) / (64 * workers_));
+}
+
+void ChunkPlanner::observe_item_seconds(double seconds) {
+    if (!(seconds > 0)) return;  // also NaN
+    const double items = std::ceil(kTailChunkSeconds / seconds);
+    min_ = items >= static_cast<double>(first_min_)
+               ? first_min_
+               : std::max<std::size_t>(1, static_cast<std::size_t>(items));
 }
 
 bool ChunkPlanner::next(std::size_t& start, std::size_t& stop) {

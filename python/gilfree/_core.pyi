@@ -114,6 +114,20 @@ class ProcessPool:
     @property
     def is_shut_down(self) -> bool: ...
 
+class ChunkPlanner:
+    """How ProcessPool.map cuts `items` into batches: each chunk half of a fair share of
+    what is left (`fixed` > 0: that size; `cap` > 0: at most that many), down to a tail
+    chunk of about 1/64 of a worker's share, or, once an item's time is known, of about
+    1 ms of work (never coarser than at the start)."""
+
+    def __init__(self, items: int, workers: int, fixed: int = 0, cap: int = 0) -> None: ...
+    def next(self) -> tuple[int, int] | None:
+        """The next chunk [start, stop), or None when every item has been handed out."""
+    def observe_item_seconds(self, seconds: float) -> None:
+        """What an item took, measured on a finished batch (ignored if not > 0)."""
+    @property
+    def min_chunk(self) -> int: ...
+
 class Channel:
     """A worker's end of its driver connection."""
 

@@ -131,12 +131,21 @@ private:
 // big tail). A fixed chunk size overrides it.
 class ChunkPlanner {
 public:
+    // The smallest chunk worth a round trip to a worker, in seconds of work: the tail
+    // chunks shrink towards this once the time an item takes is known.
+    static constexpr double kTailChunkSeconds = 0.001;
+
     ChunkPlanner(std::size_t items, std::size_t workers, std::size_t fixed, std::size_t cap);
     bool next(std::size_t& start, std::size_t& stop);
     bool exhausted() const noexcept { return next_ >= items_; }
+    // What an item took (seconds, measured on a finished chunk): slow items get smaller
+    // tail chunks, down to one item, so that the last worker to finish holds at most
+    // about kTailChunkSeconds of work beyond its share. Never coarser than the start.
+    void observe_item_seconds(double seconds);
+    std::size_t min_chunk() const noexcept { return min_; }
 
 private:
-    std::size_t items_, workers_, fixed_, cap_, min_, next_ = 0;
+    std::size_t items_, workers_, fixed_, cap_, min_, first_min_, next_ = 0;
 };
 
 // Linux: the calling process gets `sig` when its parent thread exits (0: never).

@@ -302,3 +302,31 @@ def test_workers_see_the_driver_environment_and_directory(tmp_path, monkeypatch)
     with ProcessEngine(workers=1) as engine:
         out = Pipeline([look]).map({"x": [1]}, map_over="x", engine=engine)
     assert out[0]["seen"] == ("set-after-the-forkserver-started", str(tmp_path))
+
+
+@node(output_name="y")
+def nap(x):
+    time.sleep(0.005)
+    return x
+
+
+def test_a_map_of_slow_items_ends_with_single_item_batches(monkeypatch):
+    """The driver times finished batches: at >= 5 ms an item, the tail batches hold one
+    item each (before an item is timed the smallest batch is 260 / 128 -> 3 items), so
+    no worker idles long while another finishes a batch of several."""
+    from gilfree.engines import processes
+
+    ranges = []
+    on_result = processes._MapCall.on_result
+
+    def record(self, a, b, body, fds):
+        ranges.append((a, b))
+        return on_result(self, a, b, body, fds)
+
+    monkeypatch.setattr(processes._MapCall, "on_result", record)
+    with ProcessEngine(workers=2) as engine:
+        out = Pipeline([nap]).map({"x": list(range(260))}, map_over="x", engine=engine)
+    assert [r["y"] for r in out] == list(range(260))
+    ranges.sort()
+    assert ranges[0][0] == 0 and ranges[-1][1] == 260
+    assert [b - a for a, b in ranges[-4:]] == [1, 1, 1, 1]
