@@ -50,8 +50,8 @@ class Candidate:
     rounds: int | None = None                    # fewer rounds for very slow peers
     unavailable: str | None = None               # why it cannot run here
     skip_quick: str | None = None                # why --quick leaves it out (very slow)
-    key: bool = False                            # a row the bar compares: --quick keeps
-                                                 # all its rounds, however slow
+    key: bool = False                            # a row the bar compares (or divides
+                                                 # by): all its rounds, however slow
     warmup: Any = None                           # one untimed call first: None = auto
                                                  # (warm rows; "-" rows unless quick),
                                                  # or a callable(state) that warms instead
@@ -236,9 +236,11 @@ def measure(candidates: list[Candidate], rounds: int, *, quick: bool = False,
     stops after one; a cold row whose warm twin's first call (start-up + first run,
     made while warming up) took over ``slow_s`` takes that call as its one sample
     instead of starting the pool again; rows marked ``skip_quick`` are listed with the
-    reason.  ``key`` rows (those a workload's bar compares) are exempt from these two
-    cuts.  ``Candidate.rounds`` caps a candidate further.  ``quiet=False`` skips the
-    wait for an idle machine (smoke runs, where time means nothing).
+    reason.  ``key`` rows (those a workload's bar compares, and the loops it divides
+    by) are exempt from all these cuts: one slow first call (a noisy moment) must not
+    leave a bar's figure with three samples.  ``Candidate.rounds`` caps a candidate
+    further.  ``quiet=False`` skips the wait for an idle machine (smoke runs, where time
+    means nothing).
     """
     sampler = Sampler(enabled=sample)
     if quick:
@@ -277,9 +279,10 @@ def _measure_group(live: list[Candidate], rounds: int, quick: bool, slow_s: floa
         for c in order:
             if c.error or (c.rounds is not None and r >= c.rounds):
                 continue
-            if c.samples and ((quick and not c.key and c.samples[0] > slow_s)
-                              or c.samples[0] > 10 * slow_s
-                              or (len(c.samples) >= 3 and c.samples[0] > 2 * slow_s)):
+            if c.samples and not c.key and ((quick and c.samples[0] > slow_s)
+                                            or c.samples[0] > 10 * slow_s
+                                            or (len(c.samples) >= 3
+                                                and c.samples[0] > 2 * slow_s)):
                 continue
             t0 = time.perf_counter()
             try:

@@ -129,7 +129,10 @@ def candidates(quick: bool) -> list[Candidate]:
         Candidate("SeqEngine", "gilfree", run_pipeline, make=SeqEngine, rounds=3, check=check),
     ]
     if hasattr(engines, "ProcessEngine"):
-        out += engine_pair("ProcessEngine()", engines.ProcessEngine, run_pipeline, check)
+        bar_rows = engine_pair("ProcessEngine()", engines.ProcessEngine, run_pipeline, check)
+        for c in bar_rows:
+            c.key = True
+        out += bar_rows
         # The rows above share one forkserver (started by the first engine of this
         # process); this one pays for starting it, as the first map of a notebook does.
         out.append(Candidate("ProcessEngine(), first engine in a fresh interpreter",

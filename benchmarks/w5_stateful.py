@@ -110,7 +110,10 @@ def candidates(quick: bool) -> list[Candidate]:
         Candidate("SeqEngine", "gilfree", run_pipeline, make=SeqEngine, rounds=3, check=check),
     ]
     if hasattr(engines, "ProcessEngine"):
-        out += engine_pair("ProcessEngine()", engines.ProcessEngine, run_pipeline, check)
+        bar_rows = engine_pair("ProcessEngine()", engines.ProcessEngine, run_pipeline, check)
+        for c in bar_rows:
+            c.key = True
+        out += bar_rows
     for c in engine_pair("DaskEngine() LocalCluster", _dask_engine, run_pipeline, check):
         c.close, c.unavailable = _close_dask, optional("distributed")
         out.append(c)
