@@ -139,8 +139,9 @@ public:
     bool next(std::size_t& start, std::size_t& stop);
     bool exhausted() const noexcept { return next_ >= items_; }
     // What an item took (seconds, measured on a finished chunk): slow items get smaller
-    // tail chunks, down to one item, so that the last worker to finish holds at most
-    // about kTailChunkSeconds of work beyond its share. Never coarser than the start.
+    // tail chunks, down to one item, so that when one worker runs out of items the
+    // others hold a tail chunk or two of about kTailChunkSeconds (or one item) each.
+    // Never coarser than at the start.
     void observe_item_seconds(double seconds);
     std::size_t min_chunk() const noexcept { return min_; }
 
