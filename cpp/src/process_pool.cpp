@@ -501,7 +501,11 @@ ChunkPlanner::ChunkPlanner(std::size_t items, std::size_t workers, std::size_t f
 
 void ChunkPlanner::observe_item_seconds(double seconds) {
     if (!(seconds > 0)) return;  // also NaN
-    const double items = std::ceil(kTailChunkSeconds / seconds);
+    // The slowest item time seen counts: a batch timed short (its start is when the
+    // driver saw the previous result, which may have been late) must not make the tail
+    // coarser, and a tail finer than needed costs only a few more round trips.
+    slowest_ = std::max(slowest_, seconds);
+    const double items = std::ceil(kTailChunkSeconds / slowest_);
     min_ = items >= static_cast<double>(first_min_)
                ? first_min_
                : std::max<std::size_t>(1, static_cast<std::size_t>(items));

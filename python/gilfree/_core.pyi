@@ -124,7 +124,8 @@ class ChunkPlanner:
     def next(self) -> tuple[int, int] | None:
         """The next chunk [start, stop), or None when every item has been handed out."""
     def observe_item_seconds(self, seconds: float) -> None:
-        """What an item took, measured on a finished batch (ignored if not > 0)."""
+        """What an item took, measured on a finished batch (ignored if not > 0); the
+        slowest time seen sizes the tail."""
     @property
     def min_chunk(self) -> int: ...
 

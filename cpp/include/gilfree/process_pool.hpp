@@ -141,12 +141,13 @@ public:
     // What an item took (seconds, measured on a finished chunk): slow items get smaller
     // tail chunks, down to one item, so that when one worker runs out of items the
     // others hold a tail chunk or two of about kTailChunkSeconds (or one item) each.
-    // Never coarser than at the start.
+    // The slowest time seen counts; never coarser than at the start.
     void observe_item_seconds(double seconds);
     std::size_t min_chunk() const noexcept { return min_; }
 
 private:
     std::size_t items_, workers_, fixed_, cap_, min_, first_min_, next_ = 0;
+    double slowest_ = 0;
 };
 
 // Linux: the calling process gets `sig` when its parent thread exits (0: never).
