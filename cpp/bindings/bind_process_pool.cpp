@@ -218,7 +218,7 @@ public:
     // then fails that one item and sends the rest of its batch round again (handle()).
     void kill_overdue(const std::map<std::uint64_t, InFlight>& inflight, std::int64_t limit_ns) {
         const std::int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(
-            std::chrono::steady_clock::now().time_since_epoch()).count();  // CLOCK_MONOTONIC
+            Clock::now().time_since_epoch()).count();  // CLOCK_MONOTONIC
         for (const auto& [id, f] : inflight) {
             if (timed_out_.count(f.worker)) continue;
             const WorkerProgress p = pool_.progress(f.worker);

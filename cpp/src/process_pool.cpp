@@ -505,10 +505,10 @@ void ChunkPlanner::observe_item_seconds(double seconds) {
     // driver saw the previous result, which may have been late) must not make the tail
     // coarser, and a tail finer than needed costs only a few more round trips.
     slowest_ = std::max(slowest_, seconds);
-    const double items = std::ceil(kTailChunkSeconds / slowest_);
-    min_ = items >= static_cast<double>(first_min_)
-               ? first_min_
-               : std::max<std::size_t>(1, static_cast<std::size_t>(items));
+    // Clamped in double: for very fast items the quotient does not fit a size_t.
+    const double items = std::min(std::ceil(kTailChunkSeconds / slowest_),
+                                  static_cast<double>(first_min_));
+    min_ = std::max<std::size_t>(1, static_cast<std::size_t>(items));
 }
 
 bool ChunkPlanner::next(std::size_t& start, std::size_t& stop) {

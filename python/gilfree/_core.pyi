@@ -95,8 +95,9 @@ class ProcessPool:
         """Run items [0, n) in chunks (guided sizes unless `chunk`), at most `depth`
         batches per worker. With `item_timeout` > 0, a worker whose current item (as its
         status page says) runs longer is killed: on_lost gets that one item with
-        info["timeout"], and the rest of its batch runs again. The payload goes to a worker once per key. Callbacks run in
-        the calling thread; returning False stops dispatching (running batches finish).
+        info["timeout"], and the rest of its batch runs again. The payload goes to a
+        worker once per key. Callbacks run in the calling thread; returning False stops
+        dispatching (running batches finish).
         make_batch's descriptors are closed after sending; on_result owns the ones it
         gets. A dead worker's running batch goes to on_lost (pid, exitcode, signal, item,
         step); batches queued behind it run again. Ctrl-C kills the busy workers and
