@@ -61,9 +61,11 @@ How to read the tables:
   cell); **[cold]** builds it inside the timed call. **start-up** = cold median minus
   warm median of the same candidate.
 - **CPU avg / peak**: cores busy (CPU seconds of the driver and all its child processes
-  per wall second), over the call and over its busiest 50 ms. **RSS driver / worker**:
-  peak resident memory of the driver and of the largest worker process (`xN`: workers
-  seen), sampled every 10 ms.
+  per wall second, from the kernel's 10 ms ticks), over the call and over its busiest
+  window of at least 50 ms. **RSS driver / worker**: peak resident memory of the driver
+  and of the largest worker process (`xN`: workers seen). Sampled every 10 ms, less
+  often as a call goes on (every 10 % of the time so far, at most 100 ms), so that the
+  sampling takes little CPU from the workers of a multi-core candidate.
 - Rows measured in a separate Python (HyperNodes, in its own 3.12 venv) are timed inside
   that process; its CPU and memory are then the "driver".
 """
