@@ -406,8 +406,18 @@ def zygote_main(argv: list[str]) -> None:
         os._exit(0)
     # The point: imported once, here. A payload (a pickled plan) needs pipeline and its
     # graph, and batch for a DualNode: imported in each new worker instead, they took
-    # ~1.7 ms of its start (payload loaded in 2.2 ms, now 0.5 ms).
-    from . import batch, callbacks, execute, pipeline, transport  # noqa: F401
+    # ~1.7 ms of its start (payload loaded in 2.2 ms, now 0.5 ms). Encoding results
+    # imports engines (transport leaves engines behind), and so does a module of nodes
+    # that names one: 0.4-0.6 ms of a worker's first batch.
+    from . import batch, callbacks, engines, execute, pipeline, transport  # noqa: F401
+    # A worker imports the user's module of nodes, and each @node hashes its function's
+    # source (inspect.getsource -> tokenize), whose first use compiles tokenize's regular
+    # expressions on CPython 3.11 (3.12 tokenizes in C): 2-3 ms of every new worker's
+    # start (W3's module: 2.2-3.8 ms to import, 0.5-0.8 ms once warmed). Warmed once
+    # here, forked workers inherit them compiled.
+    from .node import code_hash_of
+
+    code_hash_of(zygote_main)
     kinds = dict(c.FRAME_KINDS)
     ch = c.Channel(ctl_fd)
     wake_r, wake_w = os.pipe()

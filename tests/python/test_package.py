@@ -60,9 +60,11 @@ def test_import_gilfree_loads_no_engine_and_no_asyncio():
 def test_a_worker_process_loads_only_what_it_runs():
     # What the forkserver imports before forking workers (see _worker.zygote_main).
     loaded = _modules_after("import gilfree._worker\n"
-                            "from gilfree import callbacks, execute, transport")
-    assert not loaded & {"asyncio", "gilfree.engines.aio", "gilfree.cache",
-                         "importlib.metadata", "gilfree.progress"}
+                            "from gilfree import batch, callbacks, engines, execute, pipeline,"
+                            " transport")
+    assert not loaded & {"asyncio", "gilfree.engines.aio", "gilfree.engines.processes",
+                         "gilfree.engines.threads", "gilfree.engines.dask_engine",
+                         "gilfree.cache", "importlib.metadata", "gilfree.progress"}
 
 
 def test_engines_load_on_first_use():

@@ -292,6 +292,24 @@ def test_spawn_start_method_runs_fresh_interpreters():
     assert pids <= workers and len(workers) == 2 and os.getpid() not in pids
 
 
+@node(output_name="state")
+def startup_state(x):
+    import tokenize
+
+    compiled = (tokenize._compile.cache_info().currsize > 0 if sys.version_info < (3, 12)
+                else True)  # from 3.12 tokenize is in C: nothing to compile
+    return "gilfree.engines" in sys.modules, compiled
+
+
+def test_a_new_worker_starts_with_what_its_first_batch_needs():
+    # The forkserver imports what encoding results needs (engines) and compiles
+    # tokenize's patterns (which decorating a node in an imported module uses) once, so
+    # that each new worker does not (zygote_main). This is the first batch of a worker.
+    with ProcessEngine(workers=1) as engine:
+        out = Pipeline([startup_state]).map({"x": [0]}, map_over="x", engine=engine)
+    assert out == [{"state": (True, True)}]
+
+
 def test_workers_see_the_driver_environment_and_directory(tmp_path, monkeypatch):
     @node(output_name="seen")
     def look(x):
