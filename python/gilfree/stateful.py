@@ -65,6 +65,31 @@ class _LazyMethod:
         return f"<lazy method {type(self._owner).__name__}.{self._name}>"
 
 
+class _Forward:
+    """A public method of the wrapped class, declared on the wrapper class.
+
+    Without it, ``model.predict(x)`` on a built wrapper first fails the ordinary lookup
+    (an AttributeError raised and caught) and then calls ``__getattr__``: 0.63 us per
+    call against 0.05 us on the plain instance, 0.18 us with it (best of 5 x 1M calls);
+    about 1 % of W5's 60 us model call. It still looks the name up on every access, so
+    the instance's own attribute of that name, or a method replaced on the class later,
+    is what a call gets, as before.
+    """
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __get__(self, obj: Any, owner: Any = None) -> Any:
+        if obj is None:  # Model.predict: the wrapped class's function
+            return getattr(owner.__wrapped__, self.name)
+        inst = obj._instance
+        if inst is not None:
+            return getattr(inst, self.name)
+        return obj.__getattr__(self.name)  # not built: a lazy method, no build
+
+
 class _StatefulMeta(type):
     """Class-level attribute access on the wrapper reaches the wrapped class.
 
@@ -85,7 +110,10 @@ class _StatefulMeta(type):
 
     def __setattr__(cls, name: str, value: Any) -> None:
         wrapped = cls.__dict__.get("__wrapped__")
-        if wrapped is not None and not name.startswith("__") and hasattr(wrapped, name):
+        # A _Forward is the wrapper's own (cloudpickle sets them back when it rebuilds a
+        # class by value): on the wrapped class it would forward the instance to itself.
+        if (wrapped is not None and not name.startswith("__") and hasattr(wrapped, name)
+                and not isinstance(value, _Forward)):
             setattr(wrapped, name, value)
         else:
             type.__setattr__(cls, name, value)
@@ -185,14 +213,17 @@ def stateful(cls: type) -> type:
     """Wrap ``cls`` so that constructing it is free and building happens on first use."""
     if not isinstance(cls, type):
         raise TypeError(f"@stateful decorates a class, not {type(cls).__name__}")
-    wrapper = _StatefulMeta(
-        cls.__name__,
-        (StatefulBase,),
-        {
-            "__wrapped__": cls,
-            "__module__": cls.__module__,
-            "__qualname__": cls.__qualname__,
-            "__doc__": cls.__doc__,
-        },
-    )
-    return wrapper
+    namespace: dict[str, Any] = {
+        "__wrapped__": cls,
+        "__module__": cls.__module__,
+        "__qualname__": cls.__qualname__,
+        "__doc__": cls.__doc__,
+    }
+    for name in dir(cls):
+        # Public plain methods only (what __getattr__ would forward); names that type or
+        # the wrapper itself answer stay theirs.
+        if name.startswith("_") or hasattr(StatefulBase, name) or hasattr(type, name):
+            continue
+        if inspect.isfunction(inspect.getattr_static(cls, name, None)):
+            namespace[name] = _Forward(name)
+    return _StatefulMeta(cls.__name__, (StatefulBase,), namespace)

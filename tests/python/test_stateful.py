@@ -74,6 +74,36 @@ def test_method_access_does_not_build_until_called():
     assert builds() == 1
 
 
+def test_a_built_wrapper_forwards_methods_as_they_are_now():
+    # Public methods are declared on the wrapper class (a cheap call path), yet every
+    # access still asks the built instance: its own attribute of that name wins, and a
+    # method replaced on the class later is the one called.
+    @stateful
+    class Model:
+        def __init__(self):
+            self.calls = 0
+
+        def predict(self, x):
+            self.calls += 1
+            return x + 1
+
+        def swap(self):
+            self.predict = lambda x: x * 100  # an instance attribute shadows the method
+
+    m = Model()
+    assert Model.predict.__name__ == "predict" and not m._is_built  # class access: the function
+    assert m.predict(1) == 2 and m.calls == 1
+    m.swap()
+    assert m.predict(2) == 200
+    original = Model.__wrapped__.predict
+    Model.predict = lambda self, x: -x  # goes to the wrapped class
+    try:
+        assert Model().predict(3) == -3
+        assert m.predict(2) == 200  # m's own attribute still wins
+    finally:
+        Model.predict = original
+
+
 def test_private_attribute_access_does_not_build():
     m = Encoder(1)
     with pytest.raises(AttributeError):
