@@ -7,7 +7,8 @@
                   memfd (not through a pipe)        arrays, bytes)                 of it: no copy
 
 - cloudpickle, so that functions, lambdas and classes defined in ``__main__`` or a notebook
-  travel by value; everything importable still goes by reference.
+  travel by value; everything importable still goes by reference. Code sent by value
+  keeps its file name (``Pickler``), so a worker's traceback names the file and line.
 - Protocol 5 out-of-band buffers: a large numpy array or bytes object is copied once,
   into an anonymous ``memfd`` segment, whose descriptor rides with the frame (SCM_RIGHTS,
   see cpp/include/gilfree/frame.hpp). The receiver maps it and unpickles views of it.
@@ -31,8 +32,10 @@ import pickle
 import struct
 import threading
 import traceback
+import types
 import uuid
 import weakref
+from collections import ChainMap
 from typing import Any, Callable, Iterable
 
 import cloudpickle
@@ -72,11 +75,44 @@ def stateful_key(obj: Any) -> str:
     a notebook is new code) and its constructor arguments, not the object's identity:
     re-running the cell that creates ``Model("x")`` must not build it again."""
     cid = _CLASS_IDS.setdefault(type(obj), uuid.uuid4().hex)
-    args = cloudpickle.dumps((obj._init_args, obj._init_kwargs))
+    args = pickle_by_value((obj._init_args, obj._init_kwargs))
     return hashlib.blake2b(cid.encode() + args, digest_size=16).hexdigest()
 
 
-class _Pickler(cloudpickle.Pickler):
+#: cloudpickle's reduction of a code object (a function's body sent by value).
+_cloudpickle_code = cloudpickle.Pickler.dispatch_table[types.CodeType]
+
+
+def _reduce_code(code: types.CodeType) -> tuple:
+    """cloudpickle's reduction, plus the code's file name: cloudpickle 3.1.3 writes
+    ``<dynamic-code>`` instead (for payloads that do not depend on where a function was
+    defined), and a worker's traceback then lost the file and source line of every frame
+    of a function defined in ``__main__`` or a notebook."""
+    rebuild, args = _cloudpickle_code(code)
+    return _code_in_file, (rebuild, args, code.co_filename)
+
+
+def _code_in_file(rebuild: Callable, args: tuple, filename: str) -> types.CodeType:
+    code = rebuild(*args)
+    return code if code.co_filename == filename else code.replace(co_filename=filename)
+
+
+class Pickler(cloudpickle.Pickler):
+    """cloudpickle, with code sent by value keeping its file name. What every engine
+    that sends work to other processes pickles with."""
+
+    dispatch_table = ChainMap({types.CodeType: _reduce_code},
+                              cloudpickle.Pickler.dispatch_table)
+
+
+def pickle_by_value(obj: Any) -> bytes:
+    """``obj`` pickled with ``Pickler`` (protocol 5, buffers in band)."""
+    out = io.BytesIO()
+    Pickler(out, protocol=5).dump(obj)
+    return out.getvalue()
+
+
+class _Pickler(Pickler):
     def __init__(self, file: Any, buffers: list | None):
         super().__init__(file, protocol=5,
                          buffer_callback=None if buffers is None else self._take_buffer)
@@ -95,7 +131,7 @@ class _Pickler(cloudpickle.Pickler):
     def reducer_override(self, obj: Any) -> Any:
         # Called for non-builtin objects only: lists of ints and dicts cost nothing here.
         if is_stateful(obj):
-            return _worker_stateful, (stateful_key(obj), cloudpickle.dumps(obj))
+            return _worker_stateful, (stateful_key(obj), pickle_by_value(obj))
         if _is_engine(obj):
             return _no_engine, ()
         return super().reducer_override(obj)
@@ -293,7 +329,7 @@ class BoxedException:
         tb = "".join(traceback.format_exception(exc))
         notes = list(getattr(exc, "__notes__", ()))
         try:
-            blob = cloudpickle.dumps(exc, protocol=5)
+            blob = pickle_by_value(exc)
         except Exception:
             blob = None
         return (_rebuild_exception, (blob, type(exc).__qualname__, str(exc), notes, tb))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import pickle
 import threading
+import traceback
 
 import pytest
 
@@ -41,6 +42,34 @@ def test_closures_and_lambdas_travel_by_value():
     offset = 5
     fn, _ = roundtrip(lambda x: x + offset)
     assert fn(1) == 6
+
+
+CELL = """
+def outer(x):
+    inner = lambda y: 1 / y
+    return inner(x)
+"""
+
+
+@pytest.mark.parametrize("pickled", ["frame", "by value"])
+def test_code_sent_by_value_keeps_its_file_name(tmp_path, pickled):
+    # A notebook cell or a script's __main__: not importable, so sent by value. The
+    # worker's traceback must name the file and show the line (cloudpickle 3.1.3 alone
+    # writes "<dynamic-code>" for the file, and no source line is found).
+    path = tmp_path / "cell.py"
+    path.write_text(CELL)
+    namespace = {"__name__": "not_importable"}
+    exec(compile(CELL, str(path), "exec"), namespace)
+    if pickled == "frame":  # ProcessEngine's frames
+        fn, _ = roundtrip(namespace["outer"])
+    else:  # @stateful objects, exceptions, DaskEngine
+        fn = pickle.loads(transport.pickle_by_value(namespace["outer"]))
+    assert fn is not namespace["outer"] and fn.__code__.co_filename == str(path)
+    with pytest.raises(ZeroDivisionError) as info:
+        fn(0)
+    text = "".join(traceback.format_exception(info.value))
+    assert text.count(f'File "{path}"') == 2  # outer and the lambda nested in it
+    assert "return inner(x)" in text and "inner = lambda y: 1 / y" in text
 
 
 @stateful

@@ -18,7 +18,6 @@ nothing from a cluster, and breakpoints and tracebacks stay local.
 from __future__ import annotations
 
 import atexit
-import hashlib
 import io
 import math
 import pickle
@@ -30,13 +29,12 @@ import weakref
 from concurrent.futures import CancelledError
 from typing import Any, Callable
 
-import cloudpickle
-
 from ..callbacks import CallbackContext
 from ..errors import ExecutionError, SerializationError
 from ..execute import Runtime, execute_map
 from ..plan import DUAL, Plan
 from ..stateful import is_stateful
+from ..transport import Pickler, pickle_by_value, stateful_key
 from .base import Engine
 from .threads import usable_cores
 
@@ -56,15 +54,10 @@ def _distributed() -> Any:
 
 
 # -- transport (driver side) --------------------------------------------------------------
-#: One id per @stateful class object: a class redefined in a notebook is new code, so its
-#: objects get new keys and are built anew on the workers.
-_CLASS_IDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-class _Pickler(cloudpickle.Pickler):
-    """cloudpickle (``__main__``/notebook code goes by value), except that a ``@stateful``
-    object goes as (key, its pickle), which a worker resolves to its one instance for that
-    key, and engines (``pipeline.engine``) stay behind."""
+class _Pickler(Pickler):
+    """gilfree's pickler (``__main__``/notebook code by value), except that a
+    ``@stateful`` object goes as (key, its pickle), which a worker resolves to its one
+    instance for that key, and engines (``pipeline.engine``) stay behind."""
 
     def __init__(self, file: Any, keys: set[str]):
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
@@ -73,13 +66,9 @@ class _Pickler(cloudpickle.Pickler):
     def reducer_override(self, obj: Any) -> Any:
         # Called for non-builtin objects only: rows of ints and dicts cost nothing here.
         if is_stateful(obj):
-            # Key: the class and the constructor arguments, not the object's own pickle
-            # (a class pickled by value carries class attributes, e.g. counters).
-            cid = _CLASS_IDS.setdefault(type(obj), uuid.uuid4().hex)
-            args = cloudpickle.dumps((obj._init_args, obj._init_kwargs))
-            key = hashlib.sha256(cid.encode() + args).hexdigest()
+            key = stateful_key(obj)
             self.keys.add(key)
-            return _worker_stateful, (key, cloudpickle.dumps(obj))
+            return _worker_stateful, (key, pickle_by_value(obj))
         if isinstance(obj, Engine):
             return _no_engine, ()
         return super().reducer_override(obj)
@@ -155,7 +144,7 @@ class _Recorder:
 
 def _fits(value: Any) -> bool:
     try:
-        cloudpickle.dumps(value)
+        pickle_by_value(value)
         return True
     except Exception:
         return False
@@ -171,7 +160,7 @@ def _portable(exc: BaseException) -> BaseException:
     except Exception:
         pass
     try:
-        pickle.loads(cloudpickle.dumps(exc))
+        pickle.loads(pickle_by_value(exc))
         return exc
     except Exception:
         text = ExecutionError(f"{type(exc).__name__}: {exc} (the exception itself could "
@@ -218,7 +207,7 @@ def _run_batch(token: str, blob: bytes, rows_blob: bytes, first: int) -> bytes:
         error = _portable(exc)
     events = recorder.events if recorder else []
     try:  # we pickle the answer ourselves, to say what failed if something does not fit
-        return cloudpickle.dumps((results, events, error))
+        return pickle_by_value((results, events, error))
     except Exception:
         pass
     # Callbacks are told what cannot travel as its repr; an output that cannot is that
@@ -233,7 +222,7 @@ def _run_batch(token: str, blob: bytes, rows_blob: bytes, first: int) -> bytes:
                 results, error = None, error or bad
                 break
             results[i] = bad
-    return cloudpickle.dumps((results, events, error))
+    return pickle_by_value((results, events, error))
 
 
 # -- the engine (driver side) ---------------------------------------------------------
