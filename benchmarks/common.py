@@ -142,17 +142,20 @@ def mp_pool(fn: Callable, xs: list, check: Callable | None = None, *,
 
 
 def joblib_loky(fn: Callable, xs: list, check: Callable | None = None, *,
-                modes: tuple[str, ...] = ("warm", "cold"),
-                rounds: int | None = None) -> list[Candidate]:
+                modes: tuple[str, ...] = ("warm", "cold"), rounds: int | None = None,
+                per_call: Callable[[], Callable] | None = None) -> list[Candidate]:
     """``joblib.Parallel(n_jobs=-1)`` on loky, batch size auto.  loky keeps one global
     reusable pool: the cold row shuts it down after its call, so the warm row restarts
-    it (untimed) before each of its calls."""
+    it (untimed) before each of its calls.  ``per_call`` makes the function inside each
+    timed call instead (a model's method: the model is built in the call, as a loop
+    builds it, and loky pickles it with every batch)."""
     reason = optional("joblib")
 
     def call(_):
         from joblib import Parallel, delayed
 
-        return Parallel(n_jobs=-1)(delayed(fn)(x) for x in xs)
+        f = per_call() if per_call is not None else fn
+        return Parallel(n_jobs=-1)(delayed(f)(x) for x in xs)
 
     def kill(_):
         from joblib.externals.loky import get_reusable_executor
@@ -174,6 +177,14 @@ def joblib_loky(fn: Callable, xs: list, check: Callable | None = None, *,
 
 
 # -- dask --------------------------------------------------------------------------------
+def dask_bag(fn: Callable, xs: list, scheduler: Any) -> list:
+    """``fn`` over ``xs`` as a dask bag of 8 partitions, computed by ``scheduler``
+    ("threads", "processes", or a cluster client's ``get``)."""
+    import dask.bag as db
+
+    return db.from_sequence(xs, npartitions=8).map(fn).compute(scheduler=scheduler)
+
+
 def dask_threads(call: Callable[[], Any], rounds: int | None = None,
                  check: Callable[[Any], bool] | None = None,
                  label: str = "dask (threaded scheduler)") -> Candidate:

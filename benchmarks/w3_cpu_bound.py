@@ -98,7 +98,7 @@ def candidates(quick: bool) -> list[Candidate]:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    from common import engine_pair
+    from common import dask_bag, dask_processes, engine_pair, joblib_loky, process_pool
     from harness import Candidate, optional
     from hypernodes_peer import hypernodes_rows
 
@@ -146,9 +146,16 @@ def candidates(quick: bool) -> list[Candidate]:
                              lambda ex: list(ex.map(burn, xs, chunksize=chunk)),
                              make=lambda: ProcessPoolExecutor(_cores()),
                              close=lambda ex: ex.shutdown(), mode=mode, check=check_plain))
-    out.append(Candidate("multiprocessing Pool.map", "peer", lambda pool: pool.map(burn, xs),
-                         make=lambda: multiprocessing.get_context("spawn").Pool(_cores()),
-                         close=lambda pool: pool.terminate(), check=check_plain))
+    for mode in ("warm", "cold"):
+        out.append(Candidate("multiprocessing Pool.map", "peer", lambda pool: pool.map(burn, xs),
+                             make=lambda: multiprocessing.get_context("spawn").Pool(_cores()),
+                             close=lambda pool: pool.terminate(), mode=mode,
+                             check=check_plain))
+    # The other peers the issue and workloads.md name: one task per item, loky (joblib's
+    # default), and dask's process scheduler (a new pool in every compute).
+    out += process_pool(burn, xs, check_plain)
+    out += joblib_loky(burn, xs, check_plain)
+    out.append(dask_processes(lambda: dask_bag(burn, xs, "processes"), check=check_plain))
     out.append(Candidate("dask.distributed client.map, LocalCluster", "peer",
                          lambda c: c.gather(c.map(burn, xs, pure=False)),
                          make=_local_dask_client, close=_close_client, check=check_plain,

@@ -6,8 +6,8 @@ Bars: SeqEngine <= 2 us/item, ThreadEngine <= 3 us/item, ProcessEngine <= 2 us/i
 
 from __future__ import annotations
 
-from common import (auto_chunksize, dask_cluster, dask_processes, dask_threads, engine_pair,
-                    every_engine, joblib_loky, mp_pool, process_pool, size)
+from common import (auto_chunksize, dask_bag, dask_cluster, dask_processes, dask_threads,
+                    engine_pair, every_engine, joblib_loky, mp_pool, process_pool, size)
 from concurrent.futures import ThreadPoolExecutor
 from harness import Candidate
 from hypernodes_peer import hypernodes_rows
@@ -60,11 +60,6 @@ def candidates(quick: bool, items: int = ITEMS) -> list[Candidate]:
             out.append({"y": y, "z": z, "w": z + 1})
         return out
 
-    def dask_call(scheduler="threads"):
-        import dask.bag as db
-
-        return db.from_sequence(xs, npartitions=8).map(inc_one).compute(scheduler=scheduler)
-
     plain = [x + 1 for x in xs]
     check_plain = lambda out: list(out) == plain  # noqa: E731
 
@@ -98,7 +93,7 @@ def candidates(quick: bool, items: int = ITEMS) -> list[Candidate]:
         Candidate("ThreadPoolExecutor(32).map", "peer",
                   lambda ex: list(ex.map(inc_one, xs)), make=lambda: ThreadPoolExecutor(32),
                   close=lambda ex: ex.shutdown(), rounds=3),
-        dask_threads(dask_call, rounds=3),
+        dask_threads(lambda: dask_bag(inc_one, xs, "threads"), rounds=3),
         # Process peers: the workloads.md figures (best first: Pool.map default chunks,
         # ProcessPoolExecutor chunked, loky) plus per-task submission for contrast.
         *mp_pool(inc_one, xs, check_plain),
@@ -106,8 +101,9 @@ def candidates(quick: bool, items: int = ITEMS) -> list[Candidate]:
         *process_pool(inc_one, xs, check_plain, modes=("warm",), rounds=1,
                       light_warmup=True),
         *joblib_loky(inc_one, xs, check_plain),
-        dask_processes(lambda: dask_call("processes"), rounds=3, check=check_plain),
-        *dask_cluster(lambda c: dask_call(c.get), check_plain, rounds=3),
+        dask_processes(lambda: dask_bag(inc_one, xs, "processes"), rounds=3,
+                       check=check_plain),
+        *dask_cluster(lambda c: dask_bag(inc_one, xs, c.get), check_plain, rounds=3),
         *hypernodes_rows("W4", len(xs)),
         *hypernodes_rows("W4-chain", len(xs)),
     ]

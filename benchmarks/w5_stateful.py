@@ -13,7 +13,8 @@ import multiprocessing
 import os
 import time
 
-from common import daft_stateful, engine_pair
+from common import (dask_bag, dask_processes, daft_stateful, engine_pair, joblib_loky,
+                    process_pool)
 from harness import Candidate, optional
 from hypernodes_peer import hypernodes_rows
 
@@ -124,6 +125,18 @@ def candidates(quick: bool) -> list[Candidate]:
             make=lambda: multiprocessing.get_context("spawn").Pool(
                 _cores(), initializer=_init_pool, initargs=(7,)),
             close=lambda pool: pool.terminate(), mode=mode, check=check_plain))
+    # ProcessPoolExecutor with the same initializer (one model per worker), chunked and
+    # one task per item.
+    out += process_pool(_pool_predict, xs, check_plain, chunksize=chunk,
+                        initializer=_init_pool, initargs=(7,))
+    out += process_pool(_pool_predict, xs, check_plain, initializer=_init_pool,
+                        initargs=(7,), modes=("warm",), rounds=3)
+    # loky and dask's process scheduler have no initializer: as their users write it, the
+    # model is built in the driver (in the call, as the loop builds it) and pickled with
+    # every batch (cheap here: its state is one int).
+    out += joblib_loky(None, xs, check_plain, per_call=lambda: Model(7).predict)
+    out.append(dask_processes(lambda: dask_bag(Model(7).predict, xs, "processes"),
+                              rounds=3, check=check_plain))
     out += daft_stateful(Model, (7,), xs, check_plain)
     out += hypernodes_rows("W5", len(xs), slow=("DaskEngine(processes)",))
     return out

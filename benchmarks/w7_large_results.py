@@ -11,7 +11,8 @@ the driver maps it and the arrays are views of it: no pickle copy, no pipe copy.
 
 from __future__ import annotations
 
-from common import dask_processes, engine_pair, joblib_loky, mp_pool, process_pool, size
+from common import (dask_bag, dask_processes, engine_pair, joblib_loky, mp_pool, process_pool,
+                    size)
 from harness import Candidate, optional
 from hypernodes_peer import hypernodes_rows
 
@@ -50,12 +51,6 @@ def candidates(quick: bool) -> list[Candidate]:
     def run_engine(engine):
         return pipeline.map({"x": xs}, map_over="x", engine=engine)
 
-    def dask_call():
-        import dask.bag as db
-
-        return db.from_sequence(xs, npartitions=8).map(make_array).compute(
-            scheduler="processes")
-
     out = [Candidate("in-process loop (floor)", "baseline",
                      lambda _: [make_array(x) for x in xs], mode="-", check=check_plain)]
     if hasattr(engines, "ProcessEngine"):
@@ -64,7 +59,8 @@ def candidates(quick: bool) -> list[Candidate]:
     out += process_pool(make_array, xs, check_plain, chunksize=max(1, len(xs) // 8))
     out += mp_pool(make_array, xs, check_plain)
     out += joblib_loky(make_array, xs, check_plain)
-    out.append(dask_processes(dask_call, check=check_plain))
+    out.append(dask_processes(lambda: dask_bag(make_array, xs, "processes"),
+                               check=check_plain))
     out[-1].skip_quick = "one call takes 30-50 s on 2 cores: 1,000 MiB through pipes"
     out += hypernodes_rows("W7", len(xs), slow=("DaskEngine(processes)",), skip_quick={
         "DaskEngine(processes)": "one call takes ~30 s on 2 cores"})
