@@ -141,7 +141,7 @@ def mp_pool(fn: Callable, xs: list, check: Callable | None = None, *,
             for m in modes]
 
 
-def joblib_loky(fn: Callable, xs: list, check: Callable | None = None, *,
+def joblib_loky(fn: Callable | None, xs: list, check: Callable | None = None, *,
                 modes: tuple[str, ...] = ("warm", "cold"), rounds: int | None = None,
                 per_call: Callable[[], Callable] | None = None) -> list[Candidate]:
     """``joblib.Parallel(n_jobs=-1)`` on loky, batch size auto.  loky keeps one global
