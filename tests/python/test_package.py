@@ -58,8 +58,8 @@ def test_import_gilfree_loads_no_engine_and_no_asyncio():
 
 
 def test_a_worker_process_loads_only_what_it_runs():
-    # What the forkserver imports before forking workers (see _worker.zygote_main).
-    loaded = _modules_after("import gilfree._worker\n"
+    # What the forkserver imports before forking workers (see _zygote.zygote_main).
+    loaded = _modules_after("import gilfree._zygote\n"
                             "from gilfree import batch, callbacks, engines, execute, pipeline,"
                             " transport")
     assert not loaded & {"asyncio", "gilfree.engines.aio", "gilfree.engines.processes",

@@ -57,12 +57,12 @@ def _signal_name(sig: int) -> str:
         return f"signal {sig}"
 
 
-def _command(entry: str) -> list[str]:
+def _command(module: str, entry: str) -> list[str]:
     # -c rather than -m: the package is found where the driver found it, whatever sys.path
     # the new interpreter starts with. The pool appends the descriptors and parent pid.
     root = os.path.dirname(os.path.dirname(os.path.abspath(transport.__file__)))
     code = (f"import sys; sys.path.insert(0, {root!r}); "
-            f"from gilfree._worker import {entry}; {entry}(sys.argv[1:])")
+            f"from gilfree.{module} import {entry}; {entry}(sys.argv[1:])")
     return [sys.executable, "-c", code]
 
 
@@ -133,8 +133,9 @@ class ProcessEngine(Engine):
             if self._pool is None:
                 from .._native import core
 
-                zygote = _command("zygote_main") if self.start_method == "forkserver" else []
-                pool = core().ProcessPool(_command("main"), self.workers, 8,
+                zygote = (_command("_zygote", "zygote_main")
+                          if self.start_method == "forkserver" else [])
+                pool = core().ProcessPool(_command("_worker", "main"), self.workers, 8,
                                           self.max_tasks_per_worker or 0, zygote)
                 try:
                     # The initializer travels as bytes of its own: the worker unpickles it

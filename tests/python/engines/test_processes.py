@@ -304,7 +304,7 @@ def startup_state(x):
 def test_a_new_worker_starts_with_what_its_first_batch_needs():
     # The forkserver imports what encoding results needs (engines) and compiles
     # tokenize's patterns (which decorating a node in an imported module uses) once, so
-    # that each new worker does not (zygote_main). This is the first batch of a worker.
+    # that each new worker does not (_zygote.zygote_main). This is the first batch of a worker.
     with ProcessEngine(workers=1) as engine:
         out = Pipeline([startup_state]).map({"x": [0]}, map_over="x", engine=engine)
     assert out == [{"state": (True, True)}]
