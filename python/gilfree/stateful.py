@@ -11,13 +11,29 @@ to worker processes.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import inspect
+import itertools
 import threading
 from typing import Any
 
 #: Marker attribute engines look for (HyperNodes' name kept so existing checks work).
 STATEFUL_MARKER = "__hypernode_stateful__"
+
+
+#: Bumped by every engine call (``run``/``map``) and by a worker starting a new map: a
+#: constructor failure is remembered for the current map only, so a model whose load
+#: failed is not loaded again for every item, but the next map tries once more.
+_map_counter = itertools.count(1)
+_current_map = 0
+
+
+def new_map() -> int:
+    """Start a new map in this process: remembered constructor failures are forgotten."""
+    global _current_map
+    _current_map = next(_map_counter)
+    return _current_map
 
 
 def is_stateful(obj: Any) -> bool:
@@ -131,6 +147,8 @@ class StatefulBase(metaclass=_StatefulMeta):
         object.__setattr__(self, "_init_kwargs", kwargs)
         object.__setattr__(self, "_instance", None)
         object.__setattr__(self, "_lock", threading.Lock())
+        # (map number, exception) of the last failed build; see _gilfree_instance.
+        object.__setattr__(self, "_failure", None)
 
     # -- building ---------------------------------------------------------------------
     def _gilfree_instance(self) -> Any:
@@ -140,9 +158,29 @@ class StatefulBase(metaclass=_StatefulMeta):
             with self._lock:
                 inst = self._instance
                 if inst is None:
-                    inst = self.__wrapped__(*self._init_args, **self._init_kwargs)
-                    object.__setattr__(self, "_instance", inst)
+                    inst = self._build()
         return inst
+
+    def _build(self) -> Any:
+        # A constructor that failed is not run again in the same map: a model load that
+        # fails after 30 s must not be retried once per item. Every later use in this
+        # map fails with a copy of the same error (its cause: the original, with the
+        # constructor's traceback); the next map (new_map) tries once more.
+        failure = self._failure
+        if failure is not None and failure[0] == _current_map:
+            raise _repeat_failure(type(self).__name__, failure[1])
+        try:
+            inst = self.__wrapped__(*self._init_args, **self._init_kwargs)
+        except Exception as exc:
+            object.__setattr__(self, "_failure", (_current_map, exc))
+            raise
+        object.__setattr__(self, "_failure", None)
+        object.__setattr__(self, "_instance", inst)
+        return inst
+
+    def _gilfree_new_map(self) -> None:
+        """Forget a remembered constructor failure: the next use builds again."""
+        object.__setattr__(self, "_failure", None)
 
     @property
     def _is_built(self) -> bool:
@@ -207,6 +245,24 @@ class StatefulBase(metaclass=_StatefulMeta):
         if self._instance is None:
             return f"<{type(self).__name__} (not initialized)>"
         return repr(self._instance)
+
+
+def _repeat_failure(name: str, exc: Exception) -> Exception:
+    """A fresh exception equal to ``exc`` (same type and arguments), for the next item
+    that needs an object whose constructor already failed; the same object raised
+    again would grow its traceback and notes with every item."""
+    try:
+        again = copy.copy(exc)
+    except Exception:  # an exception type that cannot be rebuilt from its args
+        return exc
+    if type(again) is not type(exc):
+        return exc
+    again.__traceback__ = None
+    again.__cause__ = exc
+    # Not "gilfree: ...": errors.annotate adds the node and item note after this one.
+    again.__notes__ = [f"@stateful {name}: its constructor already failed in this "
+                       "process during this map (the cause above); not run again"]
+    return again
 
 
 def stateful(cls: type) -> type:

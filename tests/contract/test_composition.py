@@ -243,3 +243,52 @@ def test_unsupported_engine_is_refused_before_running(engine_factory):
     with pytest.raises(ValueError, match="does not support"):
         Pipeline([f], engine=engine).run({"x": 1})
     assert ran == []
+
+
+# A model whose load fails: tried at most once per worker per map, never once per item.
+@stateful
+class BrokenModel:
+    def __init__(self, log):
+        with open(log, "a") as f:
+            f.write("built\n")
+        raise OSError("weights file is corrupt")
+
+    def predict(self, x):
+        return x
+
+
+def _attempts(log) -> int:
+    try:
+        with open(log) as f:
+            return len(f.read().split())
+    except FileNotFoundError:
+        return 0
+
+
+def _workers(engine) -> int:
+    """How many separate builders an engine has: its worker processes, else 1."""
+    if type(engine).__name__ == "DaskEngine":
+        return sum(engine.client.nthreads().values())
+    return getattr(engine, "workers", 1) if type(engine).__name__ == "ProcessEngine" else 1
+
+
+@pytest.mark.parametrize("on_error", ["collect", "raise"])
+def test_failing_stateful_constructor_is_tried_once_per_worker_per_map(engine_factory,
+                                                                        tmp_path, on_error):
+    log = str(tmp_path / "builds.txt")
+    engine = engine_factory(on_error=on_error)
+    p = Pipeline([predict], engine=engine)
+    model = BrokenModel(log)
+    for attempt in (1, 2):  # the second map tries again: the file may have been fixed
+        before = _attempts(log)
+        if on_error == "collect":
+            out = p.map({"x": list(range(20)), "model": model}, map_over="x")
+            assert len(out) == 20
+            for i, r in enumerate(out):
+                assert isinstance(r, OSError) and "weights file is corrupt" in str(r), r
+                assert any(f"map item {i}" in n for n in r.__notes__), r.__notes__
+        else:
+            with pytest.raises(OSError, match="weights file is corrupt"):
+                p.map({"x": list(range(20)), "model": model}, map_over="x")
+        built = _attempts(log) - before
+        assert 1 <= built <= _workers(engine), f"map {attempt}: constructor ran {built} times"

@@ -15,7 +15,7 @@ from ..execute import Runtime, execute_map, execute_run
 from ..mapping import expand_rows, normalize_map_over
 from ..node import validate_hints
 from ..plan import Plan, compile_plan
-from ..stateful import is_stateful
+from ..stateful import is_stateful, new_map
 
 
 class Engine:
@@ -153,6 +153,9 @@ class Engine:
 
     # -- lifecycle --------------------------------------------------------------------
     def _track_stateful(self, values: dict) -> None:
+        # A new engine call: a @stateful constructor that failed in an earlier one is
+        # tried again (once per map, see StatefulBase._build).
+        new_map()
         for v in values.values():
             if is_stateful(v):
                 self._stateful_seen.add(v)
