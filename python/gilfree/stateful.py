@@ -22,18 +22,29 @@ from typing import Any
 STATEFUL_MARKER = "__hypernode_stateful__"
 
 
-#: Bumped by every engine call (``run``/``map``) and by a worker starting a new map: a
-#: constructor failure is remembered for the current map only, so a model whose load
-#: failed is not loaded again for every item, but the next map tries once more.
+#: The engine calls (``run``/``map``) in progress in this process, by number. Inside
+#: one, a constructor failure is remembered for that call only, so a model whose load
+#: failed is not loaded again for every item, while the next map tries once more.
+#: Outside any (0), nothing is remembered: direct use retries on the next access.
 _map_counter = itertools.count(1)
+_active_maps: set[int] = set()
 _current_map = 0
 
 
 def new_map() -> int:
-    """Start a new map in this process: remembered constructor failures are forgotten."""
+    """An engine call starts in this process (a worker: a new map reaches it)."""
     global _current_map
     _current_map = next(_map_counter)
+    _active_maps.add(_current_map)
     return _current_map
+
+
+def end_map(number: int) -> None:
+    """The engine call ``number`` (from ``new_map``) is over."""
+    global _current_map
+    _active_maps.discard(number)
+    if number == _current_map:
+        _current_map = max(_active_maps, default=0)
 
 
 def is_stateful(obj: Any) -> bool:
@@ -166,13 +177,14 @@ class StatefulBase(metaclass=_StatefulMeta):
         # fails after 30 s must not be retried once per item. Every later use in this
         # map fails with a copy of the same error (its cause: the original, with the
         # constructor's traceback); the next map (new_map) tries once more.
-        failure = self._failure
-        if failure is not None and failure[0] == _current_map:
+        failure, current = self._failure, _current_map
+        if failure is not None and current and failure[0] == current:
             raise _repeat_failure(type(self).__name__, failure[1])
         try:
             inst = self.__wrapped__(*self._init_args, **self._init_kwargs)
         except Exception as exc:
-            object.__setattr__(self, "_failure", (_current_map, exc))
+            if current:
+                object.__setattr__(self, "_failure", (current, exc))
             raise
         object.__setattr__(self, "_failure", None)
         object.__setattr__(self, "_instance", inst)

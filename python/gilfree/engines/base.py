@@ -15,7 +15,7 @@ from ..execute import Runtime, execute_map, execute_run
 from ..mapping import expand_rows, normalize_map_over
 from ..node import validate_hints
 from ..plan import Plan, compile_plan
-from ..stateful import is_stateful, new_map
+from ..stateful import end_map, is_stateful, new_map
 
 
 class Engine:
@@ -120,7 +120,11 @@ class Engine:
             warnings.warn(f"{type(self).__name__}: timeout bounds each item of a map; run() "
                           f"is not bounded by it{self.unbounded_run_note}", RuntimeWarning,
                           stacklevel=3)
-        return self._execute_run(plan, values, rt)
+        number = new_map()  # a failing @stateful constructor runs once per call
+        try:
+            return self._execute_run(plan, values, rt)
+        finally:
+            end_map(number)
 
     def map(self, pipeline: Any, inputs: dict[str, Any] | None = None, map_over: Any = None,
             map_mode: str = "zip", output_name: Any = None, **options: Any) -> list[Any]:
@@ -134,7 +138,11 @@ class Engine:
         rt = self._runtime(plan, options)
         if rt.ctx is not None:
             rt.ctx.push_pipeline(plan.pipeline_id)
-        return self._execute_map(plan, base, rows, rt)
+        number = new_map()
+        try:
+            return self._execute_map(plan, base, rows, rt)
+        finally:
+            end_map(number)
 
     def _item_timeout(self, plan: Plan) -> float | None:
         """The per-item deadline of a map: the engine's ``timeout`` or the smallest node
@@ -153,9 +161,6 @@ class Engine:
 
     # -- lifecycle --------------------------------------------------------------------
     def _track_stateful(self, values: dict) -> None:
-        # A new engine call: a @stateful constructor that failed in an earlier one is
-        # tried again (once per map, see StatefulBase._build).
-        new_map()
         for v in values.values():
             if is_stateful(v):
                 self._stateful_seen.add(v)
