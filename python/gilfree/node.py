@@ -37,10 +37,36 @@ def validate_hints(owner: str, hints: Mapping[str, Any]) -> dict[str, Any]:
     return dict(hints)
 
 
+def callable_name(func: Callable) -> str:
+    """A node's default name: the function's, a partial's wrapped function's, or the
+    class name of a callable instance."""
+    name = getattr(func, "__name__", None)
+    if isinstance(name, str):
+        return name
+    if isinstance(func, functools.partial):
+        return callable_name(func.func)
+    return type(func).__name__
+
+
+def _is_plain_function(func: Any) -> bool:
+    return inspect.isfunction(func) or inspect.ismethod(func) or inspect.isbuiltin(func)
+
+
 def code_hash_of(*funcs: Callable) -> str:
     """SHA-256 of the functions' source and closure values (stable across processes)."""
     h = hashlib.sha256()
     for func in funcs:
+        if isinstance(func, functools.partial):
+            # The wrapped function's code plus the arguments bound to it.
+            h.update(code_hash_of(func.func).encode())
+            h.update(_value_hash((func.args, sorted(func.keywords.items()))).encode())
+            continue
+        if not _is_plain_function(func) and not isinstance(func, type) and callable(func):
+            # A callable instance: its class's code and its attributes.
+            h.update(code_hash_of(type(func).__call__).encode())
+            h.update(type(func).__qualname__.encode())
+            h.update(_value_hash(getattr(func, "__dict__", None)).encode())
+            continue
         func = getattr(func, "__func__", func)  # bound methods hash their function
         try:
             h.update(inspect.getsource(func).encode())
@@ -59,6 +85,13 @@ def code_hash_of(*funcs: Callable) -> str:
     return h.hexdigest()
 
 
+def _value_hash(value: Any) -> str:
+    try:
+        return hash_value(value)
+    except Exception:  # unhashable: the code alone identifies the node
+        return type(value).__qualname__
+
+
 def _code_fingerprint(code: Any) -> bytes:
     """Bytecode and constants, descending into nested code objects (whose repr holds a
     memory address)."""
@@ -70,11 +103,15 @@ def _code_fingerprint(code: Any) -> bytes:
 
 def signature_info(func: Callable) -> tuple[tuple[str, ...], dict[str, Any]]:
     """Parameter names in order and the defaults of the optional ones."""
-    params = inspect.signature(func).parameters
+    try:
+        params = inspect.signature(func).parameters
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{callable_name(func)!r}: its parameters cannot be read "
+                        f"({exc}), so they cannot be wired into a pipeline") from None
     for p in params.values():
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             raise TypeError(
-                f"{getattr(func, '__name__', func)!r}: *args/**kwargs cannot be wired "
+                f"{callable_name(func)!r}: *args/**kwargs cannot be wired "
                 "into a pipeline; name every input"
             )
     defaults = {n: p.default for n, p in params.items() if p.default is not p.empty}
@@ -93,11 +130,16 @@ class Node:
     ):
         if isinstance(func, Node):  # re-wrapping a node: wrap its function
             func = func.func
+        if not callable(func):
+            raise TypeError(f"a node wraps a function or another callable; "
+                            f"{type(func).__name__} {func!r:.60} is not callable")
         # First: update_wrapper merges func.__dict__ into ours, it must not override
-        # the fields set below.
-        functools.update_wrapper(self, func)
+        # the fields set below. A callable instance's attributes are its own state,
+        # not the function's metadata: they stay on it.
+        functools.update_wrapper(self, func, updated=() if not _is_plain_function(func)
+                                 else functools.WRAPPER_UPDATES)
         self.func = func
-        self.name = func.__name__
+        self.name = callable_name(func)
         if output_name is None:
             output_name = self.name
         elif isinstance(output_name, list):
@@ -113,7 +155,9 @@ class Node:
         params = inspect.signature(func).parameters.values()
         self.keyword_only = frozenset(p.name for p in params if p.kind is p.KEYWORD_ONLY)
         self.positional_only = tuple(p.name for p in params if p.kind is p.POSITIONAL_ONLY)
-        self.is_async = inspect.iscoroutinefunction(func)
+        self.is_async = inspect.iscoroutinefunction(func) or (
+            not _is_plain_function(func) and not isinstance(func, functools.partial)
+            and inspect.iscoroutinefunction(getattr(type(func), "__call__", None)))
         self._code_hash = code_hash_of(func)
 
     @property
@@ -152,6 +196,10 @@ def node(
     """Make a function a pipeline node: ``@node``, ``@node()``, ``@node("out")``."""
     if callable(output_name) and not isinstance(output_name, (str, tuple)):
         return Node(output_name, None, cache=cache, **hints)
+    if output_name is not None and not isinstance(output_name, (str, tuple, list)):
+        raise TypeError(f"@node(output_name={output_name!r}): output_name must be a str or "
+                        f"a tuple of str; {type(output_name).__name__} is not callable "
+                        "either, so it is not a function to decorate")
     validate_hints(f"@node({output_name!r})", hints)
 
     def decorate(func: Callable) -> Node:

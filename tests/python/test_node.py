@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
 import pytest
@@ -418,3 +419,54 @@ def test_function_attributes_are_kept_on_the_node():
 
     h.custom_tag = "kept"
     assert node(h).custom_tag == "kept"
+
+
+# -- ordinary callables -----------------------------------------------------------------
+def _add(a, b):
+    return a + b
+
+
+class _Adder:
+    def __init__(self, n):
+        self.n = n
+
+    def __call__(self, y):
+        return y + self.n
+
+
+class _AsyncAdder:
+    async def __call__(self, y):
+        return y + 1
+
+
+def test_partial_is_a_node_named_after_its_function():
+    n = node("y")(functools.partial(_add, b=1))
+    assert n.name == "_add" and n.root_args == ("a", "b") and n.defaults == {"b": 1}
+    assert Pipeline([n]).run({"a": 2}) == {"y": 3}
+    # Same function and arguments: same code hash (cache keys survive a restart).
+    assert n.code_hash == node("y")(functools.partial(_add, b=1)).code_hash
+    assert n.code_hash != node("y")(functools.partial(_add, b=2)).code_hash
+
+
+def test_callable_instance_is_a_node_named_after_its_class():
+    n = node("z")(_Adder(10))
+    assert n.name == "_Adder" and n.root_args == ("y",)
+    assert not hasattr(n, "n")  # the instance's state stays on the instance
+    assert Pipeline([n]).map({"y": [1, 2]}, map_over="y") == [{"z": 11}, {"z": 12}]
+    assert n.code_hash == node("z")(_Adder(10)).code_hash
+    assert n.code_hash != node("z")(_Adder(11)).code_hash
+    a = node("w")(_AsyncAdder())
+    assert a.is_async and Pipeline([a]).run({"y": 1}) == {"w": 2}
+
+
+@pytest.mark.parametrize("bad", [42, "text", None])
+def test_not_callable_is_a_type_error_that_says_so(bad):
+    with pytest.raises(TypeError, match="not callable"):
+        node("y")(bad)
+    with pytest.raises(TypeError, match="not callable"):
+        Node(bad, "y")
+
+
+def test_node_with_a_non_name_output_says_what_is_wrong():
+    with pytest.raises(TypeError, match="output_name must be a str"):
+        node(42)
