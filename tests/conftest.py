@@ -9,7 +9,7 @@ import pytest
 
 from gilfree import engines as _engines
 
-#: DaskEngine runs when dask.distributed is installed (``pip install gilfree[dask]``).
+#: DaskEngine runs when dask.distributed is installed (``pip install "dask[distributed]"``).
 _HAS_DASK = importlib.util.find_spec("distributed") is not None
 ENGINE_NAMES = [n for n in ("SeqEngine", "ThreadEngine", "AsyncEngine", "ProcessEngine",
                             "DaskEngine")
@@ -29,7 +29,7 @@ def dask_client():
     """One LocalCluster (2 worker processes x 1 thread) for the whole session: starting
     one costs ~1 s, so DaskEngines in tests share it through ``client=``."""
     if not _HAS_DASK:
-        pytest.skip("dask.distributed is not installed (pip install gilfree[dask])")
+        pytest.skip("dask.distributed is not installed (pip install 'dask[distributed]')")
     from distributed import Client, LocalCluster
 
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,

@@ -26,7 +26,10 @@ _PUBLIC = {
     "CycleError": ".errors", "DependencyError": ".errors", "ExecutionError": ".errors",
     "GilfreeError": ".errors", "HyperNodesError": ".errors", "SerializationError": ".errors",
     "DiskCache": ".cache", "DualNode": ".batch", "Pipeline": ".pipeline",
-    "PipelineNode": ".nested", "ProgressCallback": ".progress", "SeqEngine": ".engines",
+    "PipelineNode": ".nested", "ProgressCallback": ".progress",
+    # Every engine, as in gilfree.engines (each module still loads on first use).
+    "AsyncEngine": ".engines", "DaskEngine": ".engines", "Engine": ".engines",
+    "ProcessEngine": ".engines", "SeqEngine": ".engines", "ThreadEngine": ".engines",
 }
 
 __all__ = sorted([*_PUBLIC, "Node", "node", "stateful"], key=str.lower)
@@ -35,7 +38,8 @@ if TYPE_CHECKING:
     from .batch import DualNode
     from .cache import DiskCache
     from .callbacks import CallbackContext, PipelineCallback
-    from .engines import SeqEngine
+    from .engines import (AsyncEngine, DaskEngine, Engine, ProcessEngine, SeqEngine,
+                          ThreadEngine)
     from .errors import (CycleError, DependencyError, ExecutionError, GilfreeError,
                          HyperNodesError, SerializationError)
     from .nested import PipelineNode

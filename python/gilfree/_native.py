@@ -55,8 +55,8 @@ def _load() -> ModuleType:
         hint = (
             "the oneTBB runtime was not found: run `pip install tbb`"
             if missing_tbb
-            else "reinstall with `pip install --force-reinstall gilfree` (building from "
-            "source needs a C++17 compiler and CMake)"
+            else "reinstall it from its checkout with `pip install --force-reinstall .` "
+            "(building from source needs a C++17 compiler and CMake)"
         )
         raise ImportError(
             f"gilfree's native core (gilfree._core) could not be loaded: {first}; {hint}"

@@ -96,7 +96,7 @@ class Pipeline:
                             map_over=map_over, map_mode=map_mode, name=name, cache=cache)
 
     def visualize(self, filename: str | None = None, depth: int | None = 1, **options: Any):
-        """Draw the graph with Graphviz (``pip install gilfree[viz]``)."""
+        """Draw the graph with Graphviz (``pip install graphviz``, gilfree's ``viz`` extra)."""
         from .visualization import visualize
 
         return visualize(self, filename=filename, depth=depth, **options)

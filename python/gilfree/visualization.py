@@ -20,7 +20,7 @@ from .errors import GilfreeError
 
 ORIENTS = ("TB", "LR", "BT", "RL")
 _INSTALL_HINT = (
-    "drawing a pipeline needs Graphviz: `pip install gilfree[viz]` and install the "
+    "drawing a pipeline needs Graphviz: `pip install graphviz` (the `viz` extra of gilfree) and install the "
     "Graphviz programs (`apt-get install graphviz` or `brew install graphviz`). "
     "The DOT source is available without it: gilfree.visualization.to_dot(pipeline)"
 )

@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 import gilfree
 import gilfree.engines
 
@@ -71,3 +73,21 @@ def test_engines_load_on_first_use():
     loaded = _modules_after("from gilfree.engines import ThreadEngine")
     assert "gilfree.engines.threads" in loaded
     assert not loaded & {"gilfree.engines.processes", "gilfree.engines.dask_engine"}
+
+
+def test_every_engine_is_exported_at_the_top_level():
+    # The quickstart imports SeqEngine from gilfree; every other engine works the same.
+    for name in gilfree.engines.__all__:
+        assert getattr(gilfree, name) is getattr(gilfree.engines, name)
+        assert name in gilfree.__all__
+
+
+@pytest.mark.parametrize("name", ["SeqEngine", "ThreadEngine", "AsyncEngine",
+                                  "ProcessEngine", "DaskEngine"])
+def test_a_misspelt_engine_option_names_the_engine_and_the_fix(name):
+    cls = getattr(gilfree, name)
+    with pytest.raises(TypeError) as info:
+        cls(on_eror="collect")
+    msg = str(info.value)
+    assert msg.startswith(f"{name}: unknown option 'on_eror' (did you mean 'on_error'?)")
+    assert "Engine.__init__" not in msg

@@ -31,7 +31,10 @@ class Engine:
 
     def __init__(self, cache: Any = None, callbacks: list | None = None, *,
                  on_error: str = "raise", return_exceptions: bool | None = None,
-                 retries: int = 0, timeout: float | None = None, batch_size: int | None = None):
+                 retries: int = 0, timeout: float | None = None, batch_size: int | None = None,
+                 **unknown: Any):
+        if unknown:
+            raise TypeError(_unknown_options(type(self), unknown))
         if return_exceptions is not None:
             on_error = "collect" if return_exceptions else "raise"
         if on_error not in ("raise", "collect"):
@@ -179,6 +182,29 @@ class Engine:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+def _unknown_options(cls: type, unknown: dict[str, Any]) -> str:
+    """``ThreadEngine: unknown option 'on_eror' (did you mean 'on_error'?); ...``"""
+    import difflib
+    import inspect
+
+    known: list[str] = []
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        for p in inspect.signature(init).parameters.values():
+            if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) \
+                    and p.name not in known:
+                known.append(p.name)
+    parts = []
+    for name in sorted(unknown):
+        close = difflib.get_close_matches(name, known, n=1)
+        parts.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    s = "s" if len(parts) > 1 else ""
+    return (f"{cls.__name__}: unknown option{s} {', '.join(parts)}; "
+            f"its options are {', '.join(sorted(known))}")
 
 
 def _plans(plan: Plan):
