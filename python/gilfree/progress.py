@@ -1,4 +1,18 @@
-"""``ProgressCallback``: tqdm bars (notebook widgets in Jupyter), named, not numbered."""
+"""``ProgressCallback``: tqdm bars (notebook widgets in Jupyter), named, not numbered.
+
+One bar per pipeline *level*: the top-level pipeline, each nested pipeline under it, and
+so on (a level is the path of pipeline ids from the top, ``ctx.hierarchy_path``). A map
+gets a bar counting items plus one per node; a plain run gets a bar counting nodes.
+
+Why levels and not calls: the items of an outer map run a nested pipeline once each,
+and on a concurrent engine several of those nested calls are under way at once. They
+share one bar whose total grows with every call that starts (50 items each, 3 calls:
+150), and it closes when the last of them ends; a bar per call would be dozens of bars,
+and one bar keyed by the pipeline alone mixed their counts (``inner 100/50``).
+
+A bar that closes full is green in Jupyter; one that closes short (an error that
+stopped the map or run) is red, which is what it should say.
+"""
 
 from __future__ import annotations
 
@@ -6,78 +20,130 @@ from typing import Any
 
 from .callbacks import CallbackContext, PipelineCallback
 
+Level = tuple[str, ...]
+
+
+class _Bars:
+    """The bars of one level: the main bar, node bars (maps), how many calls are open."""
+
+    __slots__ = ("main", "nodes", "open", "is_map")
+
+    def __init__(self, main: Any, is_map: bool):
+        self.main = main
+        self.nodes: dict[str, Any] = {}
+        self.open = 1
+        self.is_map = is_map
+
+    def grow(self, total: int) -> None:
+        self.open += 1
+        for bar in (self.main, *self.nodes.values()):
+            bar.total = (bar.total or 0) + total
+            bar.refresh()
+
+    def close(self) -> None:
+        for bar in (*self.nodes.values(), self.main):
+            bar.close()
+
 
 class ProgressCallback(PipelineCallback):
-    """One bar per pipeline run or map (with the pipeline's name), one per node."""
+    """One bar per pipeline level (its name), counting items in a map or nodes in a
+    run; in a map, one bar per node too."""
 
     def __init__(self, enable: bool = True, **tqdm_options: Any):
         self.enable = enable
         self.tqdm_options = tqdm_options
-        self._bars: dict[tuple[str, str], Any] = {}
-        self._map_total: dict[str, int] = {}
+        self._levels: dict[Level, _Bars] = {}
 
-    def _bar(self, key: tuple[str, str], desc: str, total: int, ctx: CallbackContext) -> Any:
-        bar = self._bars.get(key)
-        if bar is None:
-            from tqdm.auto import tqdm
+    # -- bars ---------------------------------------------------------------------------
+    def _new_bar(self, desc: str, total: int, depth: int) -> Any:
+        from tqdm.auto import tqdm
 
-            bar = tqdm(total=total, desc=desc, leave=ctx.depth == 0, disable=not self.enable,
-                       **self.tqdm_options)
-            self._bars[key] = bar
-        return bar
+        return tqdm(total=total, desc=desc, leave=depth == 0, disable=not self.enable,
+                    **self.tqdm_options)
 
-    def _name(self, pipeline_id: str, ctx: CallbackContext) -> str:
+    def _name(self, pipeline_id: str | None, ctx: CallbackContext) -> str:
+        if pipeline_id is None:
+            return "pipeline"
         return ctx.get_pipeline_metadata(pipeline_id).get("pipeline_name", pipeline_id)
 
-    def _close(self, pipeline_id: str) -> None:
-        for key in [k for k in self._bars if k[0] == pipeline_id]:
-            self._bars.pop(key).close()
+    def _open(self, ctx: CallbackContext, total: int, is_map: bool) -> None:
+        level = tuple(ctx.hierarchy_path)
+        bars = self._levels.get(level)
+        if bars is not None:
+            bars.grow(total)
+            return
+        indent = "  " * ctx.depth
+        main = self._new_bar(indent + self._name(ctx.current_pipeline_id, ctx), total,
+                             ctx.depth)
+        self._levels[level] = _Bars(main, is_map)
 
-    # -- a plain run: one bar counting nodes ------------------------------------------
+    def _end(self, level: Level) -> None:
+        """One call at ``level`` ended (or failed): close its bars after the last one,
+        and any nested level still open under it (a nested call that failed early)."""
+        bars = self._levels.get(level)
+        if bars is None:
+            return
+        bars.open -= 1
+        if bars.open > 0:
+            return
+        n = len(level)
+        for key in [k for k in self._levels if len(k) >= n and k[:n] == level]:
+            self._levels.pop(key).close()
+
+    def _count_node(self, ctx: CallbackContext, label: str) -> None:
+        bars = self._levels.get(tuple(ctx.hierarchy_path))
+        if bars is None:
+            return
+        if bars.is_map:
+            bar = bars.nodes.get(label)
+            if bar is None:
+                bar = bars.nodes[label] = self._new_bar(f"{'  ' * ctx.depth}  {label}",
+                                                        bars.main.total, ctx.depth)
+            bar.update(1)
+        else:
+            bars.main.set_postfix_str(label)
+            bars.main.update(1)
+
+    def _in_map(self, ctx: CallbackContext) -> bool:
+        bars = self._levels.get(tuple(ctx.hierarchy_path))
+        return bars is not None and bars.is_map
+
+    # -- a run: one bar counting nodes ------------------------------------------------
     def on_pipeline_start(self, pipeline_id: str, inputs: dict, ctx: CallbackContext) -> None:
-        if pipeline_id not in self._map_total:
+        if not self._in_map(ctx):  # an item of this level's map is not a run of its own
             total = ctx.get_pipeline_metadata(pipeline_id).get("total_nodes", 0)
-            self._bar((pipeline_id, ""), self._name(pipeline_id, ctx), total, ctx)
+            self._open(ctx, total, is_map=False)
 
     def on_pipeline_end(self, pipeline_id: str, outputs: dict, duration: float,
                         ctx: CallbackContext) -> None:
-        if pipeline_id not in self._map_total:
-            self._close(pipeline_id)
-
-    def _node_done(self, node_id: str, ctx: CallbackContext) -> None:
-        pid = ctx.current_pipeline_id
-        if pid in self._map_total:
-            self._bar((pid, node_id), f"  {node_id}", self._map_total[pid], ctx).update(1)
-        elif (pid, "") in self._bars:
-            bar = self._bars[(pid, "")]
-            bar.set_postfix_str(node_id)
-            bar.update(1)
+        if not self._in_map(ctx):
+            self._end(tuple(ctx.hierarchy_path))
 
     def on_node_end(self, node_id: str, outputs: dict, duration: float, ctx: CallbackContext) -> None:
-        self._node_done(node_id, ctx)
+        self._count_node(ctx, node_id)
 
     def on_node_cached(self, node_id: str, signature: str, ctx: CallbackContext) -> None:
-        self._node_done(node_id, ctx)
+        self._count_node(ctx, node_id)
+
+    def on_nested_pipeline_end(self, parent_id: str, child_id: str, duration: float,
+                               ctx: CallbackContext) -> None:
+        # The nested pipeline is one node of its parent: it counts there, like any node.
+        self._count_node(ctx, self._name(child_id, ctx))
 
     def on_error(self, node_id: str, error: BaseException, ctx: CallbackContext) -> None:
-        pid = ctx.current_pipeline_id
-        if pid in self._map_total:
-            return  # under the "collect" policy the map goes on
-        if pid is not None:
-            self._close(pid)
+        if not self._in_map(ctx):  # a failed run ends here: no on_pipeline_end follows
+            self._end(tuple(ctx.hierarchy_path))
+        # In a map the item failed, not the map: "collect" goes on, and "raise" ends it
+        # with on_map_end.
 
     # -- a map: one bar counting items, one per node ----------------------------------
     def on_map_start(self, total_items: int, ctx: CallbackContext) -> None:
-        pid = ctx.current_pipeline_id
-        self._map_total[pid] = total_items
-        self._bar((pid, ""), self._name(pid, ctx), total_items, ctx)
+        self._open(ctx, total_items, is_map=True)
 
     def on_map_item_end(self, item_index: int, duration: float, ctx: CallbackContext) -> None:
-        bar = self._bars.get((ctx.current_pipeline_id, ""))
-        if bar is not None:
-            bar.update(1)
+        bars = self._levels.get(tuple(ctx.hierarchy_path))
+        if bars is not None:
+            bars.main.update(1)
 
     def on_map_end(self, total_duration: float, ctx: CallbackContext) -> None:
-        pid = ctx.current_pipeline_id
-        self._map_total.pop(pid, None)
-        self._close(pid)
+        self._end(tuple(ctx.hierarchy_path))

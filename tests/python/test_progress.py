@@ -7,6 +7,7 @@ not installed, a fake ``tqdm.auto`` module is put in ``sys.modules`` instead).
 from __future__ import annotations
 
 import sys
+import time
 import types
 
 import pytest
@@ -263,3 +264,50 @@ def test_nested_mapped_pipeline_has_named_bars(bars):
     assert items_bar.total == 3 and items_bar.n == 3
     assert any((b.desc or "").strip() == "sq" and b.n == 3 for b in shown)
     assert all(b.closed for b in shown)
+
+
+# -- nested pipelines on every engine: one bar per level, every bar ends full ----------
+@node(output_name="y")
+def _work(x):
+    return x + 1
+
+
+def _summary(bars):
+    return sorted((b.desc.strip(), b.n, b.total) for b in bars)
+
+
+def _assert_all_full_and_closed(bars):
+    assert bars, "no bar was drawn"
+    for b in bars:
+        assert b.closed, f"bar {b.desc!r} left open"
+        assert b.n == b.total, f"bar {b.desc!r} ended at {b.n}/{b.total}"
+
+
+def test_a_nested_mapped_pipeline_node_counts_in_its_parents_run_bar(bars, engine_factory):
+    inner = Pipeline([_work], name="inner")
+    outer = Pipeline([inner.as_node(map_over="x")], name="outer")
+    engine = engine_factory(callbacks=[ProgressCallback()])
+    assert outer.run({"x": [1, 2, 3]}, engine=engine) == {"y": [2, 3, 4]}
+    _assert_all_full_and_closed(bars)
+    assert ("outer", 1, 1) in _summary(bars)  # it used to end at 0/1 (red in Jupyter)
+
+
+@node(output_name="y")
+def _slow_work(x):
+    time.sleep(0.01)  # long enough for the outer items to overlap on a concurrent engine
+    return x + 1
+
+
+def test_concurrent_items_share_one_bar_per_nested_level(bars, engine_factory):
+    inner = Pipeline([_slow_work], name="inner")
+    outer = Pipeline([inner.as_node(map_over="x")], name="outer")
+    engine = engine_factory(callbacks=[ProgressCallback()])
+    xs = [list(range(k, k + 5)) for k in range(8)]  # 8 outer items of 5 inner items
+    out = outer.map({"x": xs}, map_over="x", engine=engine)
+    assert out == [{"y": [v + 1 for v in x]} for x in xs]
+    _assert_all_full_and_closed(bars)
+    # The outer level: 8 items. The inner level: 40 items in total, and no bar ever
+    # counted past its total (concurrent items used to merge: inner 100/50).
+    assert ("outer", 8, 8) in _summary(bars)
+    inner_items = [b for b in bars if b.desc.strip() == "inner" and not b.leave]
+    assert sum(b.total for b in inner_items) == 40
