@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable
 
-from .node import code_hash_of, signature_info, validate_hints
+from .node import callable_name, code_hash_of, signature_info, validate_hints
 
 _SUFFIXES = ("_singular", "_one", "_single")
 
@@ -35,7 +35,7 @@ class DualNode:
         self.singular = singular
         self.batch = batch
         self.cache = cache
-        raw = getattr(singular, "__name__", None) or type(singular).__name__
+        raw = callable_name(singular)  # a partial: its function's name
         for suffix in _SUFFIXES:
             if raw.endswith(suffix) and len(raw) > len(suffix):
                 raw = raw[: -len(suffix)]

@@ -388,3 +388,17 @@ def test_keyword_only_parameters_of_dual_node():
     d = DualNode("kk", singular=k_one, batch=k_many)
     assert Pipeline([d]).run({"x": 1, "k": 2}) == {"kk": 2}
     assert Pipeline([d]).map({"x": [1, 2], "k": 3}, map_over="x") == [{"kk": 3}, {"kk": 6}]
+
+
+def test_dual_node_from_partials_is_named_after_the_function():
+    import functools
+
+    def enc_one(x, k):
+        return x * k
+
+    def enc_batch(x, k):
+        return [v * k for v in x]
+
+    d = DualNode("y", functools.partial(enc_one, k=2), functools.partial(enc_batch, k=2))
+    assert d.name == "enc"
+    assert Pipeline([d]).map({"x": [1, 2, 3]}, map_over="x") == [{"y": 2}, {"y": 4}, {"y": 6}]
