@@ -187,7 +187,7 @@ class Worker:
                 before = spill.size
                 encoded = run(a, b)
                 st[4] = -1  # items done: pickling them is not an item overrunning
-                parts.append(_part(spill, b - a, encoded, outputs))
+                parts.append(_part(spill, b - a, encoded, plan, first + a))
                 if a == 0:
                     per_item = (spill.size - before) / (b - a)
                     size = n if per_item < SPILL_ITEM else max(1, int(SPILL_CHUNK // per_item))
@@ -345,37 +345,59 @@ def _encode_results(results: list, outputs: list[str]) -> tuple:
     return ("rows", [box_exception(r) if isinstance(r, BaseException) else r for r in results])
 
 
-def _sendable(value: Any) -> bool:
+def _unsendable(value: Any) -> Exception | None:
+    """Why ``value`` cannot be sent to the driver, or None if it can."""
     from .transport import dumps
 
     try:
         dumps(value, shm=False)
-        return True
-    except Exception:
-        return False
+        return None
+    except Exception as why:
+        return why
 
 
-def _part(spill: Any, count: int, encoded: tuple, outputs: list[str]) -> Any:
-    """One sub-batch's results, pickled into the spill now; items whose outputs do not
-    pickle are replaced by a SerializationError naming them."""
-    from .errors import SerializationError
+def _sendable(value: Any) -> bool:
+    return _unsendable(value) is None
+
+
+def _part(spill: Any, count: int, encoded: tuple, plan: Any, first: int) -> Any:
+    """One sub-batch's results (map items ``first``, ...), pickled into the spill now;
+    an item whose outputs do not pickle fails alone, with a SerializationError naming
+    the output, the node that produced it and the item."""
+    from .errors import SerializationError, annotate
     from .transport import box_exception
 
     try:
         return spill.part((count, encoded))
-    except Exception as why:
-        mode, data = encoded
-        rows = data if mode == "rows" else [dict(zip(outputs, vals)) for vals in zip(*data)]
-        fixed = []
-        for r in rows:
-            if _sendable(r):
-                fixed.append(r)
-                continue
-            bad = [o for o, v in r.items() if not _sendable(v)] if isinstance(r, dict) else []
-            fixed.append(box_exception(SerializationError(
-                f"cannot send output(s) {bad} back to the driver (worker -> driver): "
-                f"{type(why).__name__}: {why}")))
-        return spill.part((count, ("rows", fixed)))
+    except Exception:
+        pass
+    outputs = plan.outputs
+    mode, data = encoded
+    rows = data if mode == "rows" else [dict(zip(outputs, vals)) for vals in zip(*data)]
+    producer = {o: s.name for s in plan.steps for o in s.out_names}
+    fixed = []
+    for k, r in enumerate(rows):
+        bad = ({o: _unsendable(v) for o, v in r.items()} if isinstance(r, dict)
+               else {None: _unsendable(r)})
+        bad = {o: why for o, why in bad.items() if why is not None}
+        if not bad:
+            fixed.append(r)
+            continue
+        item = first + k
+        what = " and ".join(
+            "the result" if o is None else
+            f"output {o!r} of node {producer[o]!r}" if o in producer else f"output {o!r}"
+            for o in bad)
+        why = next(iter(bad.values()))
+        err = SerializationError(
+            f"cannot send {what} (map item {item}) back to the driver (worker -> driver): "
+            f"{type(why).__name__}: {why}. Return picklable values, or keep such objects "
+            "inside a node or a @stateful class")
+        first_bad = next(iter(bad))
+        if first_bad in producer:
+            annotate(err, producer[first_bad], item)
+        fixed.append(box_exception(err))
+    return spill.part((count, ("rows", fixed)))
 
 
 def _core_module() -> Any:

@@ -387,3 +387,32 @@ def test_repeated_large_maps_keep_the_driver_memory_flat(tmp_path):
     assert proc.returncode == 0, proc.stderr
     rss = [float(v) for v in proc.stdout.split()]
     assert len(rss) == 8 and rss[-1] - rss[1] < 20, f"driver RSS per map (MiB): {rss}"
+
+
+@node(output_name="handle")
+def open_handle(x):
+    return threading.Lock() if x == 7 else x
+
+
+@node(output_name="label")
+def label(handle):
+    return str(handle)
+
+
+def test_an_output_that_does_not_pickle_fails_its_item_naming_node_and_item():
+    """Issue 14, defect 6: the error named neither the node nor the item."""
+    from gilfree.errors import SerializationError
+
+    p = Pipeline([open_handle, label])
+    with ProcessEngine(workers=2, batch_size=4, on_error="collect") as engine:
+        out = p.map({"x": list(range(10))}, map_over="x", engine=engine)
+        assert [out[i] for i in range(10) if i != 7] == [
+            {"handle": i, "label": str(i)} for i in range(10) if i != 7]
+        err = out[7]
+        assert isinstance(err, SerializationError)
+        assert "output 'handle' of node 'open_handle' (map item 7)" in str(err)
+        assert "worker -> driver" in str(err) and "lock" in str(err)
+        assert "gilfree: raised in node 'open_handle' (map item 7)" in err.__notes__
+        # The raise policy: the same error for the same item.
+        with pytest.raises(SerializationError, match=r"'open_handle' \(map item 7\)"):
+            p.map({"x": list(range(10))}, map_over="x", engine=engine, on_error="raise")
