@@ -4,7 +4,8 @@ Engine-specific because they are about Dask itself: one instance of a @stateful 
 per worker *process*, worker deaths and Dask's retry rule, a real cluster reached by
 address, the caller's client left open, notebook code on workers, interpreter exit.
 Most tests share the session's LocalCluster (``dask_client`` in conftest.py: 2 worker
-processes x 1 thread); three start their own processes because that is what they test.
+processes x 1 thread); the others start their own processes because that is what they
+test (an engine's own cluster, Ctrl-C, interpreter exit, a real cluster).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("distributed", reason="pip install gilfree[dask]")
+pytest.importorskip("distributed", reason='pip install "dask[distributed]"')
 
 import gilfree  # noqa: E402
 from gilfree import (DualNode, ExecutionError, Pipeline, PipelineCallback,  # noqa: E402
@@ -92,6 +93,44 @@ def test_stateful_built_once_per_worker_process_across_batches_and_calls(dask_cl
     assert {w: t for w, (_, t) in after.items()} == {w: b for w, (b, _) in counts.items()}
 
 
+@stateful
+class BrokenModel:
+    """A model whose load fails: each attempt is a line in ``log`` (worker pid)."""
+
+    def __init__(self, log):
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        raise OSError("weights file is corrupt")
+
+    def predict(self, x):
+        return {"y": x}
+
+
+def test_failing_stateful_constructor_runs_once_per_worker_per_map(dask_client, tmp_path):
+    """Many batches per worker: each worker process tries the build once per map (not
+    once per batch or item), every item fails with its error, the next map tries again."""
+    log = tmp_path / "attempts"
+    log.touch()
+    p = Pipeline([predict], engine=DaskEngine(client=dask_client, batch_size=1))
+    model = BrokenModel(str(log))
+    seen = 0
+    for on_error in ("collect", "raise", "collect"):
+        if on_error == "collect":
+            out = p.map({"x": list(range(12)), "model": model}, map_over="x",
+                        on_error=on_error)
+            assert all(isinstance(r, OSError) and "weights file is corrupt" in str(r)
+                       for r in out), out
+        else:
+            with pytest.raises(OSError, match="weights file is corrupt"):
+                p.map({"x": list(range(12)), "model": model}, map_over="x",
+                      on_error=on_error)
+        attempts = log.read_text().split()[seen:]
+        seen += len(attempts)
+        per_worker = collections.Counter(attempts)
+        assert per_worker and max(per_worker.values()) == 1, (on_error, per_worker)
+        assert str(os.getpid()) not in per_worker  # never built in the driver
+
+
 def test_items_travel_in_batches(dask_client):
     """Auto: a few batches per worker thread; batch_size= sets the items per task (seen
     here through a DualNode, whose batch function gets a task's items in one call)."""
@@ -142,6 +181,29 @@ def test_unpicklable_input_names_the_input(dask_client):
     with pytest.raises(SerializationError, match="input 'lock'"):
         p.map({"x": [1, 2], "lock": threading.Lock()}, map_over="x",
               engine=DaskEngine(client=dask_client))
+
+
+def _generator():
+    yield 1
+
+
+def test_unpicklable_input_item_fails_that_item_only(dask_client):
+    """As on ProcessEngine (same error, same words): the item whose input cannot be
+    pickled fails, naming item, input and node; the others run, in its batch too."""
+    @node(output_name="y")
+    def double(x):
+        return 2 * x
+
+    p = Pipeline([double], engine=DaskEngine(client=dask_client, batch_size=2))
+    expected = ("cannot send input 'x' (generator: TypeError: cannot pickle 'generator' "
+                "object) of map item 1 (used by node(s) ['double']) to a worker process "
+                "(driver -> worker)")
+    out = p.map({"x": [1, _generator(), 3, 4]}, map_over="x", on_error="collect")
+    assert out[0] == {"y": 2} and out[2:] == [{"y": 6}, {"y": 8}]
+    assert isinstance(out[1], SerializationError) and str(out[1]) == expected
+    with pytest.raises(SerializationError) as info:
+        p.map({"x": [1, _generator(), 3, 4]}, map_over="x")
+    assert str(info.value) == expected
 
 
 def test_module_missing_on_workers_is_explained(dask_client, tmp_path, monkeypatch):
@@ -199,8 +261,12 @@ def test_importing_engines_does_not_import_dask():
 
 def test_missing_dask_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "distributed", None)
-    with pytest.raises(ModuleNotFoundError, match=r"pip install 'gilfree\[dask\]'"):
+    # gilfree is not on a package index: the hint must be one that works.
+    with pytest.raises(ModuleNotFoundError) as info:
         DaskEngine()
+    assert 'pip install "dask[distributed]"' in str(info.value)
+    assert 'pip install ".[dask]"' in str(info.value)
+    assert "gilfree[dask]" not in str(info.value)
 
 
 def test_notebook_code_and_exit_with_engine_left_open(tmp_path):
@@ -222,7 +288,7 @@ def test_notebook_code_and_exit_with_engine_left_open(tmp_path):
         def add(x, offset):
             return (x + offset.k, offset.pid)
 
-        engine = DaskEngine(n_workers=1, cluster_options={"dashboard_address": ":0"})
+        engine = DaskEngine(n_workers=1)
         p = Pipeline([add], engine=engine)
         first = p.map({"x": [1, 2, 3], "offset": Offset(10)}, map_over="x")
         client = engine.client
@@ -263,8 +329,7 @@ def test_dead_worker_follows_dask_retries_then_names_node_and_item(tmp_path):
 
     with dask.config.set({"distributed.scheduler.allowed-failures": 1,
                           "distributed.scheduler.worker-saturation": 1.0}):
-        engine = DaskEngine(n_workers=1, batch_size=1,
-                            cluster_options={"dashboard_address": ":0"})
+        engine = DaskEngine(n_workers=1, batch_size=1)
         client = engine.client  # the scheduler reads the config as it starts
     try:
         p = Pipeline([crash], engine=engine)

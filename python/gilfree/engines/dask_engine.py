@@ -8,9 +8,12 @@
       as_completed: each finished batch ◀───────────── (results, recorded events, error)
         its events replayed (Runtime.flush): callbacks fire here, in the driver
         its results put in their slots: input order
+      Ctrl-C / an error ends the map early ───────────▶ its batches cancelled; running
+                                                       ones interrupted (_dask_worker.py)
 
 Dask's client runs its event loop on its own thread; the driver thread blocks only in
-``as_completed``, which wakes every 100 ms (Ctrl-C cancels the outstanding batches).
+``as_completed``, which wakes every 100 ms.  What runs on the workers is in
+``_dask_worker.py``.
 ``run`` executes in the calling process, as in HyperNodes' DaskEngine: one item gains
 nothing from a cluster, and breakpoints and tracebacks stay local.
 """
@@ -20,7 +23,9 @@ from __future__ import annotations
 import atexit
 import io
 import math
+import os
 import pickle
+import signal
 import threading
 import time
 import uuid
@@ -29,12 +34,12 @@ import weakref
 from concurrent.futures import CancelledError
 from typing import Any, Callable
 
-from ..callbacks import CallbackContext
 from ..errors import ExecutionError, SerializationError
 from ..execute import Runtime, execute_map
 from ..plan import DUAL, Plan
 from ..stateful import is_stateful
 from ..transport import Pickler, pickle_by_value, stateful_key
+from . import _dask_worker as _w
 from .base import Engine
 from .threads import usable_cores
 
@@ -48,8 +53,12 @@ def _distributed() -> Any:
     try:
         import distributed
     except ImportError as exc:
-        raise ModuleNotFoundError("DaskEngine needs dask.distributed, which is not installed:"
-                                  " pip install 'gilfree[dask]'", name="distributed") from exc
+        # gilfree is not on a package index (yet): say what installs dask, and the
+        # extra that works from a checkout of gilfree.
+        raise ModuleNotFoundError(
+            "DaskEngine needs dask.distributed, which is not installed: "
+            'pip install "dask[distributed]" (or, in a gilfree checkout, pip install ".[dask]")',
+            name="distributed") from exc
     return distributed
 
 
@@ -68,7 +77,7 @@ class _Pickler(Pickler):
         if is_stateful(obj):
             key = stateful_key(obj)
             self.keys.add(key)
-            return _worker_stateful, (key, pickle_by_value(obj))
+            return _w.worker_stateful, (key, pickle_by_value(obj))
         if isinstance(obj, Engine):
             return _no_engine, ()
         return super().reducer_override(obj)
@@ -102,127 +111,45 @@ def _identity(blob: bytes) -> bytes:
     return blob
 
 
-# -- on the workers (module globals: one of each per worker process) ------------------
-_REGISTRY: dict[str, Any] = {}  # stateful key -> this process's instance
-_PAYLOADS: dict[str, tuple] = {}  # map token -> (plan, base, options), while the map runs
-_LOCK = threading.RLock()  # worker threads share both; re-entered while unpickling
-
-
-def _worker_stateful(key: str, blob: bytes) -> Any:
-    with _LOCK:
-        obj = _REGISTRY.get(key)
-        if obj is None:
-            obj = _REGISTRY[key] = pickle.loads(blob)  # built lazily, on first use
-        return obj
-
-
-def _release_stateful(keys: list[str]) -> None:
-    """Engine shutdown: tear down (``__teardown__``) and forget these instances."""
-    with _LOCK:
-        objs = [_REGISTRY.pop(k) for k in keys if k in _REGISTRY]
-    for o in objs:
-        o._gilfree_release()
-
-
-async def _forget_payload(token: str) -> None:  # async: Client.run(wait=False) needs it
-    with _LOCK:
-        _PAYLOADS.pop(token, None)
-
-
-class _Recorder:
-    """A worker runtime's only callback: records each event for the driver to replay."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple] = []
-
-    def __getattr__(self, event: str) -> Any:
-        if not event.startswith("on_"):
-            raise AttributeError(event)
-        return lambda *args: self.events.append(
-            (event, args[:-1], list(args[-1].hierarchy_path)))
-
-
-def _fits(value: Any) -> bool:
+def _dump_rows(rows: list[dict], first: int, keys: set[str],
+               consumers: dict[str, list[str]]) -> bytes:
+    """A batch's rows, pickled as (rows, failed): a row that does not pickle fails its
+    item only (failed: batch offset -> SerializationError naming item, input and nodes,
+    worded as on ProcessEngine); the other items travel and run."""
+    buf = io.BytesIO()
     try:
-        pickle_by_value(value)
-        return True
-    except Exception:
-        return False
-
-
-def _portable(exc: BaseException) -> BaseException:
-    """An exception fit to travel: its traceback as a dict (tblib); as text if it does
-    not survive pickling (an unpicklable one would lose the whole batch)."""
-    try:
-        from tblib import Traceback  # a dependency of distributed
-
-        exc.__dict__["_gilfree_tb"] = Traceback(exc.__traceback__).to_dict()
+        _Pickler(buf, keys).dump((rows, {}))
+        return buf.getvalue()
     except Exception:
         pass
-    try:
-        pickle.loads(pickle_by_value(exc))
-        return exc
-    except Exception:
-        text = ExecutionError(f"{type(exc).__name__}: {exc} (the exception itself could "
-                              "not be pickled on the worker)")
-        for note in getattr(exc, "__notes__", ()):
-            text.add_note(note)
-        return text
-
-
-def _run_batch(token: str, blob: bytes, rows_blob: bytes, first: int) -> bytes:
-    """One Dask task: ``execute_map`` over a batch of rows.
-
-    Returns, pickled: (results or None, recorded callback events, the exception that
-    stopped it).  A node's exception is the task's answer, not a Dask failure: no worker
-    log noise, and the events recorded before it still reach the driver.
-    """
-    with _LOCK:  # the first batch of a map on this worker unpickles; the others reuse
-        if token not in _PAYLOADS:
+    failed: dict[int, SerializationError] = {}
+    for k, row in enumerate(rows):
+        for name, value in row.items():
             try:
-                _PAYLOADS[token] = pickle.loads(blob)
-                while len(_PAYLOADS) > 8:  # maps whose driver vanished before forgetting
-                    del _PAYLOADS[next(iter(_PAYLOADS))]
-            except Exception as exc:
-                raise SerializationError(
-                    f"a Dask worker could not unpickle the pipeline or its inputs "
-                    f"({type(exc).__name__}: {exc}). Modules that nodes and inputs use "
-                    "must be importable on every worker; code defined in __main__ or a "
-                    "notebook travels by value") from exc
-        plan, base, opts = _PAYLOADS[token]
-    rows = pickle.loads(rows_blob)
-    recorder = ctx = None
-    if opts["events"]:
-        recorder, ctx = _Recorder(), CallbackContext()
-        ctx.hierarchy_path = list(opts["path"])
-    rt = Runtime(cache=opts["cache"], callbacks=[recorder] if recorder else None, ctx=ctx,
-                 retries=opts["retries"], batch_size=opts["batch_size"],
-                 collect=opts["collect"])
-    results = error = None
-    try:
-        results = execute_map(plan, base, rows, rt, first_index=first)
-        if opts["collect"]:
-            results = [_portable(r) if isinstance(r, BaseException) else r for r in results]
-    except Exception as exc:
-        error = _portable(exc)
-    events = recorder.events if recorder else []
-    try:  # we pickle the answer ourselves, to say what failed if something does not fit
-        return pickle_by_value((results, events, error))
-    except Exception:
-        pass
-    # Callbacks are told what cannot travel as its repr; an output that cannot is that
-    # item's failure, like an exception in the node (worker -> driver).
-    events = [(e, tuple(a if _fits(a) else repr(a) for a in args), path)
-              for e, args, path in events]
-    for i, r in enumerate(results or ()):
-        if not _fits(r):
-            bad = SerializationError(f"map item {first + i}: its outputs cannot be sent "
-                                     f"back to the driver (worker -> driver): {r!r:.200}")
-            if not opts["collect"]:
-                results, error = None, error or bad
+                _Pickler(io.BytesIO(), set()).dump(value)
+            except Exception as why:
+                failed[k] = SerializationError(
+                    f"cannot send input {name!r} ({type(value).__name__}: "
+                    f"{type(why).__name__}: {why}) of map item {first + k} (used by node(s) "
+                    f"{consumers.get(name, [])}) to a worker process (driver -> worker)")
                 break
-            results[i] = bad
-    return pickle_by_value((results, events, error))
+    good = [None if k in failed else row for k, row in enumerate(rows)]
+    return _dumps((good, failed), keys, lambda: {
+        f"map item {first + k} input {n!r}": v for k, row in enumerate(good) if row
+        for n, v in row.items()})
+
+
+def _dashboard_address(dashboard: bool | str | None) -> str | None:
+    if not dashboard:
+        return None  # none by default: nothing gilfree starts listens beyond loopback
+    return "127.0.0.1:8787" if dashboard is True else dashboard
+
+
+#: After a map that ended early (Ctrl-C, an error), how long the next map gives that
+#: map's running batches to stop (each is interrupted at its next bytecode) before the
+#: workers still busy with one are killed and restarted by their nanny: only on a
+#: LocalCluster the engine started, never on a caller's cluster.
+INTERRUPT_GRACE = 1.0
 
 
 # -- the engine (driver side) ---------------------------------------------------------
@@ -240,18 +167,22 @@ class DaskEngine(Engine):
 
     With neither ``client`` nor ``address`` a ``LocalCluster`` of processes starts on first
     use (``n_workers`` defaults to the usable cores, ``threads_per_worker`` to 1: pure
-    Python needs processes) and is reused until ``shutdown()``.  ``address="tcp://...:8786"``
-    connects to a running scheduler; ``client=`` uses the caller's
-    ``distributed.Client`` and never closes it.  ``batch_size=None`` sends ~4 batches per
-    worker thread; an int sets the items per task.  A ``@stateful`` object is built at
-    most once per worker process and reused across batches, maps and engines.
+    Python needs processes) and is reused until ``shutdown()``.  It listens on 127.0.0.1
+    only and serves no dashboard unless asked: ``dashboard=True`` serves it on
+    127.0.0.1:8787 (``engine.client.dashboard_link``), a string is the address to serve
+    it on.  ``address="tcp://...:8786"`` connects to a running scheduler; ``client=`` uses
+    the caller's ``distributed.Client`` and never closes it.  ``batch_size=None`` sends
+    ~4 batches per worker thread; an int sets the items per task.  A ``@stateful``
+    object is built at most once per worker process and reused across batches, maps and
+    engines.
     """
 
     supported_hints = frozenset({"batch_size", "retries"})
 
     def __init__(self, client: Any = None, address: str | None = None,
                  batch_size: int | None = None, *, n_workers: int | None = None,
-                 threads_per_worker: int = 1, cluster_options: dict[str, Any] | None = None,
+                 threads_per_worker: int = 1, dashboard: bool | str = False,
+                 cluster_options: dict[str, Any] | None = None,
                  connect_timeout: float = 30.0, **options: Any):
         super().__init__(batch_size=batch_size, **options)
         if client is not None and address is not None:
@@ -259,12 +190,16 @@ class DaskEngine(Engine):
         _distributed()  # fail now, with the install hint, when dask is missing
         self.address = address
         self.n_workers, self.threads_per_worker = n_workers, threads_per_worker
+        self.dashboard = dashboard
         self.cluster_options = dict(cluster_options or {})
         self.connect_timeout = connect_timeout
         self._client, self._cluster, self._owns_client = client, None, False
         self._lock = threading.Lock()
         self._shipped: set[str] = set()  # stateful keys this engine sent to workers
         self._at_exit: Any = None
+        self._generation = 0  # bumped by shutdown(): a map sees it was shut down
+        self._inflight: dict[str, list] = {}  # map token -> its futures, while it runs
+        self._ended_early: set[str] = set()  # maps whose batches may still be running
 
     @property
     def client(self) -> Any:
@@ -273,9 +208,12 @@ class DaskEngine(Engine):
             if self._client is None:
                 d = _distributed()
                 if self.address is None:
-                    self._cluster = d.LocalCluster(**{
-                        "n_workers": self.n_workers or usable_cores(), "processes": True,
-                        "threads_per_worker": self.threads_per_worker, **self.cluster_options})
+                    options = {"n_workers": self.n_workers or usable_cores(),
+                               "processes": True, "threads_per_worker": self.threads_per_worker,
+                               "dashboard_address": _dashboard_address(self.dashboard)}
+                    if not {"host", "ip", "interface"} & set(self.cluster_options):
+                        options["host"] = "127.0.0.1"  # scheduler, nannies and workers
+                    self._cluster = d.LocalCluster(**{**options, **self.cluster_options})
                 target = self._cluster if self._cluster is not None else self.address
                 self._client = d.Client(target, timeout=self.connect_timeout,
                                         set_as_default=False)
@@ -288,19 +226,26 @@ class DaskEngine(Engine):
 
     def shutdown(self) -> None:
         """Tear down the @stateful objects built for us on the workers; close the client
-        and cluster if this engine started them (a caller's client stays open)."""
+        and cluster if this engine started them (a caller's client stays open).  A map
+        running meanwhile in another thread fails its unfinished items with an
+        ExecutionError that says so."""
         with self._lock:
             client, cluster, owns = self._client, self._cluster, self._owns_client
             if owns:
                 self._client = self._cluster = None
                 self._owns_client = False
+                self._generation += 1
+                self._ended_early = set()
             keys, self._shipped = sorted(self._shipped), set()
+            inflight = list(self._inflight) if owns else []
             if self._at_exit is not None:
                 atexit.unregister(self._at_exit)
                 self._at_exit = None
         try:
+            for token in inflight:  # so that the workers can close at once
+                client.run(_w.interrupt, token, wait=False)
             if client is not None and keys and client.status == "running":
-                client.run(_release_stateful, keys)
+                client.run(_w.release_stateful, keys)
         except Exception:
             pass  # workers gone or unreachable: nothing left to tear down there
         finally:
@@ -315,6 +260,9 @@ class DaskEngine(Engine):
         if not rows:
             return execute_map(plan, base, rows, rt)
         client, n = self.client, len(rows)
+        generation = self._generation
+        if self._ended_early:
+            self._settle_ended_early(client)
         size = self.batch_size
         if size is None:
             threads = sum(client.nthreads().values())
@@ -333,42 +281,91 @@ class DaskEngine(Engine):
         blob = _dumps((plan, base, opts), keys, lambda: {
             **{f"input {k!r}": v for k, v in base.items()},
             **{f"node {s.name!r}": s.node for s in plan.iter_steps()}})
-        batches = [_dumps(rows[a:b], keys, lambda a=a, b=b: {
-            f"map item {a + i} input {k!r}": v for i, row in enumerate(rows[a:b])
-            for k, v in row.items()}) for a, b in spans]
+        consumers = {name: [s.name for s in plan.steps if name in s.args] for name in rows[0]}
+        batches = [_dump_rows(rows[a:b], a, keys, consumers) for a, b in spans]
         with self._lock:
             self._shipped |= keys
         token = uuid.uuid4().hex
-        # Once per map, as a task (not scatter): a worker that dies takes its copy with
-        # it, and Dask can recompute a task's result for the re-run batches, never
-        # scattered data.  Workers fetch it from each other, once each.
-        with warnings.catch_warnings():  # big inputs are the point; Dask's hint misleads
-            warnings.filterwarnings("ignore", "Sending large graph", UserWarning)
-            payload = client.submit(_identity, blob, pure=False,
-                                    key=f"gilfree-payload-{token}")
-        futures = [client.submit(_run_batch, token, payload, rows_blob, a, pure=False,
-                                 key=f"gilfree-batch-{k}-{token}")
-                   for k, (rows_blob, (a, _)) in enumerate(zip(batches, spans))]
+        futures: list = []
+        try:
+            # Once per map, as a task (not scatter): a worker that dies takes its copy
+            # with it, and Dask can recompute a task's result for the re-run batches,
+            # never scattered data.  Workers fetch it from each other, once each.
+            with warnings.catch_warnings():  # big inputs are the point; Dask's hint misleads
+                warnings.filterwarnings("ignore", "Sending large graph", UserWarning)
+                payload = client.submit(_identity, blob, pure=False,
+                                        key=f"gilfree-payload-{token}")
+            futures = [client.submit(_w.run_batch, token, payload, rows_blob, a, pure=False,
+                                     key=f"gilfree-batch-{k}-{token}")
+                       for k, (rows_blob, (a, _)) in enumerate(zip(batches, spans))]
+        except Exception:
+            if self._generation != generation:
+                raise self._shut_down_error(plan, 0, n) from None
+            raise
         del blob, batches
+        with self._lock:
+            self._inflight[token] = futures
         if rt.callbacks:
             rt.emit("on_map_start", n)
         t0 = time.perf_counter()
         try:
-            return self._gather(client, futures, spans, plan, rt, len(path))
+            return self._gather(client, futures, spans, plan, rt, len(path), generation)
         finally:
-            left = [f for f in futures if not f.done()]
-            if left:  # an error or Ctrl-C stopped the map: free the workers
-                client.cancel(left)
-            del payload, futures, left
-            try:
-                client.run(_forget_payload, token, wait=False)
-            except Exception:
-                pass  # the cluster is gone; so is the payload
+            with self._lock:
+                del self._inflight[token]
+            self._end(client, token, futures)
+            del payload, futures
             if rt.callbacks:
                 rt.emit("on_map_end", time.perf_counter() - t0)
 
+    def _end(self, client: Any, token: str, futures: list) -> None:
+        """The map is over (done, failed or Ctrl-C): free the workers of its batches."""
+        left = [f for f in futures if not f.done()]
+        early = bool(left) or any(f.cancelled() for f in futures)
+        try:
+            if left:
+                client.cancel(left, force=True)
+            if early:
+                # Cancelling stops queued batches only; the running ones are told to
+                # stop too, and the next map makes sure none is left (_settle_ended_early).
+                client.run(_w.interrupt, token, wait=False)
+                with self._lock:
+                    self._ended_early.add(token)
+            client.run(_w.forget_payload, token, wait=False)
+        except Exception:
+            pass  # the cluster is gone (shutdown): so are its batches and the payload
+
+    def _settle_ended_early(self, client: Any) -> None:
+        """Before a map: batches of maps that ended early must not hold the worker
+        threads it needs.  Interrupted batches stop at their next bytecode; a worker of
+        our own LocalCluster still busy after INTERRUPT_GRACE (a node blocked in C, or
+        one that swallowed the interrupt) is killed, and its nanny starts a fresh one.
+        A caller's cluster is theirs: its busy threads finish their batches first."""
+        with self._lock:
+            tokens, self._ended_early = sorted(self._ended_early), set()
+            local = self._cluster is not None and client is self._client
+        if not local or not tokens:
+            return
+        deadline = time.monotonic() + INTERRUPT_GRACE
+        while True:
+            busy = [w for w, k in client.run(_w.running, tokens).items() if k]
+            if not busy or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)  # polled: the interrupts land within a bytecode or a C call
+        if not busy:
+            return
+        # processes=False (cluster_options) puts the workers in this process: not those.
+        pids = [p for p in client.run(os.getpid, workers=busy).values() if p != os.getpid()]
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        # Until the scheduler has seen them go, it could send new batches to them (and
+        # count their deaths against those batches: distributed.scheduler.allowed-failures).
+        deadline = time.monotonic() + 30
+        while pids and set(busy) & set(client.nthreads()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+
     def _gather(self, client: Any, futures: list, spans: list, plan: Plan, rt: Runtime,
-                depth: int) -> list:
+                depth: int, generation: int) -> list:
         index = {f.key: k for k, f in enumerate(futures)}
         out: list[Any] = [None] * spans[-1][1]
         failures: dict[int, BaseException] = {}
@@ -383,7 +380,12 @@ class DaskEngine(Engine):
             try:
                 answer = fut.result()
             except Exception as exc:  # the batch itself failed or was lost
-                results, events, error = None, (), self._batch_error(exc, plan, a, b)
+                if self._generation != generation:
+                    error = self._shut_down_error(plan, a, b)
+                    error.__cause__ = exc
+                else:
+                    error = self._batch_error(exc, plan, a, b)
+                results, events = None, ()
                 if rt.collect and isinstance(error, ExecutionError):
                     results = [error] * (b - a)
             else:
@@ -410,7 +412,10 @@ class DaskEngine(Engine):
             failures[k], stop = error, k
             later = [f for f in futures[k + 1:] if not f.done()]
             if later:
-                client.cancel(later)
+                try:
+                    client.cancel(later, force=True)
+                except Exception:
+                    pass  # closed meanwhile (shutdown): they are cancelled anyway
             if not any(j < stop for j in pending):
                 break
         if failures:
@@ -418,23 +423,30 @@ class DaskEngine(Engine):
         return out
 
     @staticmethod
-    def _batch_error(exc: BaseException, plan: Plan, a: int, b: int) -> BaseException:
+    def _items(plan: Plan, a: int, b: int) -> str:
+        names = [s.name for s in plan.steps]
+        nodes = f"node {names[0]!r}" if len(names) == 1 else f"one of the nodes {names}"
+        items = f"map item {a}" if b - a == 1 else f"map items {a} to {b - 1}"
+        return f"{items} of pipeline {plan.pipeline.label!r} ({nodes})"
+
+    def _shut_down_error(self, plan: Plan, a: int, b: int) -> ExecutionError:
+        return ExecutionError(f"{self._items(plan, a, b)} did not complete: the DaskEngine "
+                              "was shut down during the map (engine.shutdown(), e.g. from "
+                              "another thread, or the interpreter exiting)")
+
+    def _batch_error(self, exc: BaseException, plan: Plan, a: int, b: int) -> BaseException:
         """A lost batch as an ExecutionError naming its items; other errors as they are."""
         from distributed.comm import CommClosedError
         from distributed.scheduler import KilledWorker
 
         if not isinstance(exc, (KilledWorker, CancelledError, CommClosedError)):
             return exc
-        names = [s.name for s in plan.steps]
-        nodes = f"node {names[0]!r}" if len(names) == 1 else f"one of the nodes {names}"
-        items = f"map item {a}" if b - a == 1 else f"map items {a} to {b - 1}"
         what = (f"Dask lost it ({type(exc).__name__}: {exc})"
                 if not isinstance(exc, KilledWorker) else
                 "a Dask worker process died while running it (crash, out of memory, "
                 "os._exit, killed) and Dask gave up after its retries "
                 "(distributed.scheduler.allowed-failures); the worker logs say why")
-        err = ExecutionError(f"{items} of pipeline {plan.pipeline.label!r} ({nodes}) did "
-                             f"not complete: {what}."
+        err = ExecutionError(f"{self._items(plan, a, b)} did not complete: {what}."
                              + (" Use batch_size=1 to find the item." if b - a > 1 else ""))
         err.__cause__ = exc
         return err
