@@ -19,7 +19,16 @@
 //     release GIL when nothing is left to claim              [no GIL]
 //
 // Ctrl-C: the driver abandons the batch (no new claims) and raises at once; running items
-// finish later and the last worker drops the batch's references with the GIL held.
+// finish later and the last worker drops the batch's references with the GIL held. The
+// pool is told (ThreadPool::abandon), so their threads do not count against max_workers.
+//
+// shutdown() during a map: the batch claims no new item; items that never ran raise
+// PoolShutDown (a RuntimeError), or with stop_on_error=False each holds one.
+//
+// submit(fn, done) returns a PoolCall: abandon() on it (the caller stopped waiting, e.g.
+// a timeout) drops the call if it has not started, else tells the pool that its thread
+// no longer counts against max_workers. begin_wait()/end_wait() do the same for a worker
+// that blocks on other work of this pool (a nested map on the same engine).
 //
 // Re-entrancy: map() called on a worker thread of the same pool (a callable that maps
 // again) runs its items inline, sequentially, in that thread. Waiting instead could
@@ -28,11 +37,14 @@
 #include <pybind11/pybind11.h>
 #include <pthread.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "bindings.hpp"
@@ -50,6 +62,13 @@ namespace {
 constexpr std::chrono::milliseconds kDriverTick{25};
 
 enum class ItemState : unsigned char { pending, ok, failed };
+
+// Raised as _core.PoolShutDown (a RuntimeError subclass): work given to a pool that is,
+// or was meanwhile, shut down.
+struct PoolShutDownError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+PyObject* g_pool_shut_down = nullptr;  // the Python type; the module keeps it alive
 
 class PyMapBatch final : public IndexBatch {
 public:
@@ -111,8 +130,11 @@ private:
 // running items nor leak or double-drop the batch's references.
 struct AbandonOnUnwind {
     std::shared_ptr<PyMapBatch> batch;
+    ThreadPool& pool;
     ~AbandonOnUnwind() {
-        if (batch && batch->abandon()) batch->release();
+        if (!batch) return;
+        if (batch->abandon()) batch->release();
+        else pool.abandon(*batch);  // its running items no longer hold slots
     }
 };
 
@@ -150,7 +172,8 @@ py::list map_inline(PyObject* fn, PyObject* items, PyObject* on_complete, bool s
 // submit(fn, done): one call of fn() on a worker, then done(result_or_exception, ok) on
 // that same worker with the GIL held (for event-loop bridges: done typically calls
 // loop.call_soon_threadsafe). A call dropped by shutdown() before it started is answered
-// by shutdown() itself, in its caller's thread, with a RuntimeError.
+// by shutdown() itself, in its caller's thread, with a PoolShutDown error; a call
+// withdrawn through its PoolCall handle is not answered (its caller stopped waiting).
 class PyCallJob final : public Job {
 public:
     struct Dropped {  // jobs cancelled by the pool, answered later under the GIL
@@ -164,7 +187,7 @@ public:
     ~PyCallJob() override = default;  // plain C++, see PyMapBatch
 
     void run_ticket() override {
-        if (claimed_.exchange(true)) return;
+        if (!claim(kRunning)) return;
         self_.reset();  // our ticket keeps us alive until we return
         if (!pycall::WorkerGil::acquire()) return;  // interpreter exiting: leak, never touch
         pycall::Outcome o = pycall::call(fn_, nullptr, 0);
@@ -174,7 +197,7 @@ public:
     }
 
     void cancel() noexcept override {
-        if (claimed_.exchange(true)) return;
+        if (!claim(kDropped)) return;
         try {
             std::lock_guard<std::mutex> lk(dropped_->mu);
             dropped_->jobs.push_back(self_);
@@ -183,9 +206,21 @@ public:
         self_.reset();
     }
 
+    // GIL held: the caller no longer wants the call. Returns true if it had started
+    // (it runs on; its done() is still called); otherwise it never will run.
+    bool withdraw() {
+        if (!claim(kDropped)) return true;
+        pycall::drop(fn_);
+        pycall::drop(done_);
+        self_.reset();
+        return false;
+    }
+
+    bool started() const noexcept { return state_.load() == kRunning; }
+
     // GIL held: tells done() that the call never ran.
     void answer_dropped() {
-        PyObject* exc = PyObject_CallFunction(PyExc_RuntimeError, "s",
+        PyObject* exc = PyObject_CallFunction(g_pool_shut_down, "s",
                                               "ThreadPool was shut down before the call ran");
         if (exc == nullptr) exc = pycall::take_exception();
         answer(exc, false);
@@ -195,6 +230,14 @@ public:
     std::shared_ptr<PyCallJob> self_;  // set by submit; lets cancel() hand itself over
 
 private:
+    static constexpr int kQueued = 0, kRunning = 1, kDropped = 2;
+
+    // Run, cancel and withdraw race for a queued job; exactly one wins.
+    bool claim(int to) noexcept {
+        int expected = kQueued;
+        return state_.compare_exchange_strong(expected, to);
+    }
+
     // GIL held. Calls done(value, ok) once and drops the job's references.
     void answer(PyObject* value, bool ok) {
         PyObject* args[2] = {value, ok ? Py_True : Py_False};
@@ -211,13 +254,34 @@ private:
     PyObject* fn_;
     PyObject* done_;
     std::shared_ptr<Dropped> dropped_;
-    std::atomic<bool> claimed_{false};  // run and cancel race for the job; one wins
+    std::atomic<int> state_{kQueued};
+};
+
+// What submit() returns: lets the caller give up on the call.
+class PyCall {
+public:
+    PyCall(std::shared_ptr<PyCallJob> job, ThreadPool& pool, py::object owner)
+        : job_(std::move(job)), pool_(pool), owner_(std::move(owner)) {}
+
+    // GIL held. Returns whether the call had started (then it runs on, unobserved).
+    bool abandon() {
+        const bool started = job_->withdraw();
+        pool_.abandon(*job_);  // short, never blocks on the GIL
+        return started;
+    }
+    bool started() const noexcept { return job_->started(); }
+
+private:
+    std::shared_ptr<PyCallJob> job_;
+    ThreadPool& pool_;  // lives as long as owner_, the Python pool object
+    py::object owner_;
 };
 
 class PyThreadPool {
 public:
-    PyThreadPool(std::size_t max_workers, double idle_timeout)
-        : pool_(max_workers, to_duration(idle_timeout), [] { pycall::WorkerGil::forget_thread(); }) {}
+    PyThreadPool(std::size_t max_workers, double idle_timeout, std::size_t max_abandoned)
+        : pool_(max_workers, to_duration(idle_timeout), [] { pycall::WorkerGil::forget_thread(); },
+                max_abandoned) {}
 
     // Python's dealloc, GIL held. Workers keep the pool's shared state and exit when idle.
     ~PyThreadPool() {
@@ -225,17 +289,27 @@ public:
         answer_dropped_calls();
     }
 
-    void submit(const py::object& fn, const py::object& done) {
+    PyCall submit(const py::object& self, const py::object& fn, const py::object& done) {
+        if (pool_.is_shut_down()) throw PoolShutDownError("ThreadPool is shut down");
         auto job = std::make_shared<PyCallJob>(fn.ptr(), done.ptr(), dropped_);
         job->self_ = job;
         try {
             pycall::GilRelease nogil;
             pool_.submit(job, 1);
+        } catch (const std::runtime_error&) {
+            job->self_.reset();
+            // the job's references leak only if it was cancelled meanwhile
+            if (pool_.is_shut_down()) throw PoolShutDownError("ThreadPool is shut down");
+            throw;
         } catch (...) {
             job->self_.reset();
-            throw;  // the job's references leak only if it was cancelled meanwhile
+            throw;
         }
+        return PyCall(std::move(job), pool_, self);
     }
+
+    bool begin_wait() { return pool_.begin_wait(); }
+    void end_wait() { pool_.end_wait(); }
 
     py::list map(const py::object& fn, const py::object& items, const py::object& on_complete,
                   bool stop_on_error) {
@@ -245,12 +319,12 @@ public:
         PyObject* callback = on_complete.is_none() ? nullptr : on_complete.ptr();
         if (pool_.is_current_thread_worker())
             return map_inline(fn.ptr(), snapshot.ptr(), callback, stop_on_error);
-        if (pool_.is_shut_down()) throw std::runtime_error("ThreadPool is shut down");
+        if (pool_.is_shut_down()) throw PoolShutDownError("ThreadPool is shut down");
         if (snapshot.empty()) return py::list();
 
         auto batch = std::make_shared<PyMapBatch>(fn.ptr(), snapshot.ptr(), stop_on_error,
                                                   callback != nullptr);
-        AbandonOnUnwind guard{batch};
+        AbandonOnUnwind guard{batch, pool_};
         std::optional<py::error_already_set> callback_error;
         bool submitted = false;
         for (;;) {
@@ -260,7 +334,13 @@ public:
             const bool done = pycall::wait_without_gil(
                 [&] {
                     if (!submitted) {
-                        pool_.submit(batch, batch->size());
+                        try {
+                            pool_.submit(batch, batch->size());
+                        } catch (const std::runtime_error&) {
+                            if (pool_.is_shut_down())  // by another thread, just now
+                                throw PoolShutDownError("ThreadPool is shut down");
+                            throw;
+                        }
                         submitted = true;
                     }
                     return batch->wait_for(kDriverTick);
@@ -302,6 +382,20 @@ public:
     std::size_t max_workers() const { return pool_.max_workers(); }
     double idle_timeout() const { return std::chrono::duration<double>(pool_.idle_timeout()).count(); }
     std::size_t num_threads() const { return pool_.num_threads(); }
+    py::dict stats() const {
+        const ThreadPool::Stats st = pool_.stats();
+        const std::string err = pool_.spawn_error();
+        py::dict d;
+        d["threads"] = st.threads;
+        d["busy"] = st.busy;
+        d["abandoned"] = st.abandoned;
+        d["waiting"] = st.waiting;
+        d["max_workers"] = pool_.max_workers();
+        d["max_abandoned"] = pool_.max_abandoned();
+        d["spawn_error"] = err.empty() ? py::object(py::none()) : py::object(py::str(err));
+        return d;
+    }
+    bool is_shut_down() const { return pool_.is_shut_down(); }
 
 private:
     static std::chrono::nanoseconds to_duration(double seconds) {
@@ -310,22 +404,33 @@ private:
             std::chrono::duration<double>(seconds));
     }
 
-    // GIL held, batch finished.
+    // GIL held, batch finished. Items still pending were never claimed: the pool was
+    // shut down during the map (or the interpreter is exiting).
     static py::list collect(PyMapBatch& batch, bool stop_on_error) {
         const std::size_t n = batch.size();
-        bool incomplete = false;
+        std::size_t pending = 0;
         for (std::size_t i = 0; i < n; ++i) {
             if (batch.state(i) == ItemState::failed && stop_on_error) {
                 pycall::restore_exception(batch.result(i));
                 throw py::error_already_set();
             }
-            incomplete = incomplete || batch.state(i) == ItemState::pending;
+            pending += batch.state(i) == ItemState::pending ? 1 : 0;
         }
-        if (incomplete)
-            throw std::runtime_error("ThreadPool was shut down before all items of map() ran");
+        if (pending && stop_on_error)
+            throw PoolShutDownError("ThreadPool was shut down during map(): " +
+                                    std::to_string(pending) + " of " + std::to_string(n) +
+                                    " items did not run");
         py::list out(static_cast<Py_ssize_t>(n));
-        for (std::size_t i = 0; i < n; ++i)
-            PyList_SET_ITEM(out.ptr(), static_cast<Py_ssize_t>(i), batch.steal_result(i));
+        for (std::size_t i = 0; i < n; ++i) {
+            PyObject* r = batch.steal_result(i);
+            if (batch.state(i) == ItemState::pending) {
+                const std::string msg =
+                    "ThreadPool was shut down during map(): item " + std::to_string(i) + " did not run";
+                r = PyObject_CallFunction(g_pool_shut_down, "s", msg.c_str());
+                if (r == nullptr) throw py::error_already_set();
+            }
+            PyList_SET_ITEM(out.ptr(), static_cast<Py_ssize_t>(i), r);
+        }
         return out;
     }
 
@@ -348,10 +453,20 @@ private:
 
 void bind_thread_pool(py::module_& m) {
     using namespace pybind11::literals;
+    g_pool_shut_down =
+        py::register_exception<PoolShutDownError>(m, "PoolShutDown", PyExc_RuntimeError).ptr();
+    py::class_<PyCall>(m, "PoolCall", R"doc(
+A call handed to ThreadPool.submit(). abandon() says the caller stopped waiting for it.)doc")
+        .def("abandon", &PyCall::abandon, R"doc(
+Drop the call if it has not started (it then never runs and done is never called) and
+return False; else return True: it runs on, its done still called, and its thread stops
+counting against max_workers until it returns (see max_abandoned).)doc")
+        .def_property_readonly("started", &PyCall::started);
     py::class_<PyThreadPool>(m, "ThreadPool", R"doc(
 Native thread pool for Python callables. Threads start on demand (up to max_workers)
 and retire after idle_timeout seconds without work. See map().)doc")
-        .def(py::init<std::size_t, double>(), "max_workers"_a, "idle_timeout"_a = 10.0)
+        .def(py::init<std::size_t, double, std::size_t>(), "max_workers"_a,
+             "idle_timeout"_a = 10.0, "max_abandoned"_a = ThreadPool::kDefaultMaxAbandoned)
         .def("map", &PyThreadPool::map, "fn"_a, "items"_a, py::kw_only(),
              "on_complete"_a = py::none(), "stop_on_error"_a = true, R"doc(
 Call fn(item) for every item on the pool's threads; return the results in input order.
@@ -360,11 +475,23 @@ on_complete(index, result_or_exception, ok) runs in the calling thread, in compl
 order. With stop_on_error, the first failure (lowest index) is re-raised after running
 items finish; otherwise the exception object takes the item's place in the result list.
 Called from one of this pool's own workers, the items run inline in that thread.)doc")
-        .def("submit", &PyThreadPool::submit, "fn"_a, "done"_a, R"doc(
+        .def("submit",
+             [](py::object self, const py::object& fn, const py::object& done) {
+                 return self.cast<PyThreadPool&>().submit(self, fn, done);
+             },
+             "fn"_a, "done"_a, R"doc(
 Call fn() on a worker thread, then done(result_or_exception, ok) on that same thread
-with the GIL held. Returns at once. An exception raised by done goes to
+with the GIL held. Returns a PoolCall at once. An exception raised by done goes to
 sys.unraisablehook. If shutdown() drops the call before it starts, shutdown() calls
-done(RuntimeError(...), False) itself.)doc")
+done(PoolShutDown(...), False) itself.)doc")
+        .def("begin_wait", &PyThreadPool::begin_wait, R"doc(
+On a worker of this pool about to block on other work of this pool (a nested map): it
+stops counting against max_workers until end_wait(). False (a no-op) on other threads.)doc")
+        .def("end_wait", &PyThreadPool::end_wait)
+        .def("stats", &PyThreadPool::stats, R"doc(
+A dict: threads, busy, abandoned (busy in calls given up on), waiting (in begin_wait),
+max_workers, max_abandoned, spawn_error (why the last thread start failed, or None).)doc")
+        .def_property_readonly("is_shut_down", &PyThreadPool::is_shut_down)
         .def("shutdown", &PyThreadPool::shutdown, "wait"_a = true)
         .def("__enter__", [](py::object self) { return self; })
         .def("__exit__",
@@ -375,6 +502,12 @@ done(RuntimeError(...), False) itself.)doc")
         .def_property_readonly("max_workers", &PyThreadPool::max_workers)
         .def_property_readonly("idle_timeout", &PyThreadPool::idle_timeout)
         .def_property_readonly("num_threads", &PyThreadPool::num_threads);
+
+    m.def("begin_pool_wait", &ThreadPool::begin_wait_current, R"doc(
+On a worker thread of any ThreadPool, about to block for a while: the thread stops
+counting against its pool's max_workers until end_pool_wait(). False (a no-op) on any
+other thread.)doc");
+    m.def("end_pool_wait", &ThreadPool::end_wait_current);
 
     // Interpreter exit: stop every pool before finalization so that no worker touches
     // Python afterwards, without waiting on workers stuck in long calls.

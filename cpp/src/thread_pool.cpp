@@ -18,13 +18,23 @@
 namespace gilfree {
 namespace detail {
 
+// What a worker thread is doing, for abandon() and begin_wait(). Guarded by PoolState::mu.
+struct WorkerSlot {
+    std::shared_ptr<Job> job;   // the job whose ticket it runs, or null
+    bool abandoned = false;     // the job's caller gave up on it (ThreadPool::abandon)
+    std::size_t waiting = 0;    // open begin_wait() scopes
+};
+
 struct PoolState {
-    PoolState(std::size_t cap, std::chrono::nanoseconds idle, ThreadPool::WorkerExitHook hook)
-        : max_workers(cap), idle_timeout(idle), on_worker_exit(std::move(hook)) {}
+    PoolState(std::size_t cap, std::chrono::nanoseconds idle, ThreadPool::WorkerExitHook hook,
+              std::size_t abandon_cap)
+        : max_workers(cap), idle_timeout(idle), on_worker_exit(std::move(hook)),
+          max_abandoned(abandon_cap) {}
 
     const std::size_t max_workers;
     const std::chrono::nanoseconds idle_timeout;
     const ThreadPool::WorkerExitHook on_worker_exit;
+    const std::size_t max_abandoned;
 
     mutable std::mutex mu;
     std::condition_variable work_cv;  // tickets arrived or stopping
@@ -38,6 +48,12 @@ struct PoolState {
     std::size_t threads = 0;
     std::size_t idle = 0;
     std::size_t busy = 0;
+    // Workers excused from max_workers: a slot counts as waiting if it has an open
+    // begin_wait scope, else as abandoned if its job was abandoned (see count()).
+    std::vector<WorkerSlot*> slots;
+    std::size_t waiting = 0;
+    std::size_t abandoned = 0;
+    std::string spawn_error;  // why the last thread start failed
     // Lock-free view for the spinning worker (see spin_while_burst).
     std::atomic<std::size_t> queued{0};     // == tickets.size()
     std::atomic<std::size_t> runs_done{0};  // tickets finished, ever
@@ -47,6 +63,57 @@ struct PoolState {
 namespace {
 
 thread_local const PoolState* tls_pool = nullptr;
+thread_local WorkerSlot* tls_slot = nullptr;
+thread_local const std::shared_ptr<PoolState>* tls_state = nullptr;  // worker_main's own
+
+// Under mu: a slot's share of the excused counters. Change a slot between uncount and count.
+void uncount(PoolState& s, const WorkerSlot& w) {
+    if (w.waiting) --s.waiting;
+    else if (w.abandoned) --s.abandoned;
+}
+void count(PoolState& s, const WorkerSlot& w) {
+    if (w.waiting) ++s.waiting;
+    else if (w.abandoned) ++s.abandoned;
+}
+
+// Under mu: how many threads to start for the queued tickets; reserves them in alive and
+// threads (so racing callers agree). Every queued ticket may block (I/O), so each
+// deserves its own thread, up to the cap less the excused workers.
+std::size_t reserve_spawn(PoolState& s) {
+    const std::size_t queued = s.tickets.size();
+    if (queued <= s.idle) return 0;
+    const std::size_t cap =
+        s.max_workers + s.waiting + std::min(s.abandoned, s.max_abandoned);
+    if (cap <= s.alive) return 0;
+    const std::size_t spawn = std::min(queued - s.idle, cap - s.alive);
+    s.alive += spawn;
+    s.threads += spawn;
+    return spawn;
+}
+
+void worker_main(std::shared_ptr<PoolState> s);
+
+// Starts `spawn` reserved threads; returns how many started. The rest are unreserved,
+// and why they failed is kept in spawn_error. Never throws.
+std::size_t start_threads(const std::shared_ptr<PoolState>& s, std::size_t spawn) {
+    std::size_t started = 0;
+    std::string failure;
+    for (; started < spawn; ++started) {
+        try {
+            std::thread(worker_main, s).detach();
+        } catch (const std::system_error& e) {
+            failure = e.what();
+            break;
+        }
+    }
+    if (started < spawn) {
+        std::lock_guard<std::mutex> lk(s->mu);
+        s->alive -= spawn - started;
+        s->threads -= spawn - started;
+        s->spawn_error = failure.empty() ? "unknown error" : failure;
+    }
+    return started;
+}
 
 constexpr std::chrono::microseconds kSpinWindow{100};
 
@@ -87,7 +154,11 @@ void run_one(Job& job) {
 
 void worker_main(std::shared_ptr<PoolState> s) {
     tls_pool = s.get();
+    WorkerSlot slot;
+    tls_slot = &slot;
+    tls_state = &s;
     std::unique_lock<std::mutex> lk(s->mu);
+    s->slots.push_back(&slot);
     for (;;) {
         if (s->tickets.empty()) {
             if (s->stopping) break;
@@ -98,19 +169,28 @@ void worker_main(std::shared_ptr<PoolState> s) {
             if (!woke) break;  // idle timeout: retire
             continue;
         }
-        std::shared_ptr<Job> job = std::move(s->tickets.front());
+        slot.job = std::move(s->tickets.front());
         s->tickets.pop_front();
         s->queued.store(s->tickets.size(), std::memory_order_relaxed);
         ++s->busy;
         lk.unlock();
-        run_one(*job);
-        job.reset();  // Job destructors are plain C++ (no interpreter needed)
+        // slot.job is only written by this thread, under mu: reading it here is safe.
+        run_one(*slot.job);
         s->runs_done.fetch_add(1, std::memory_order_relaxed);
-        spin_while_burst(*s);
         lk.lock();
         --s->busy;
+        uncount(*s, slot);
+        std::shared_ptr<Job> finished = std::move(slot.job);
+        slot = WorkerSlot{};
+        lk.unlock();
+        finished.reset();  // Job destructors are plain C++ (no interpreter needed)
+        spin_while_burst(*s);
+        lk.lock();
     }
     --s->alive;
+    s->slots.erase(std::find(s->slots.begin(), s->slots.end(), &slot));
+    tls_slot = nullptr;
+    tls_state = nullptr;
     lk.unlock();
     if (s->on_worker_exit) s->on_worker_exit();
     lk.lock();
@@ -138,7 +218,7 @@ struct ForkHandler {
             auto& old = pool->state_;
             new std::shared_ptr<PoolState>(old);  // deliberate leak, see above
             pool->state_ = std::make_shared<PoolState>(old->max_workers, old->idle_timeout,
-                                                       old->on_worker_exit);
+                                                       old->on_worker_exit, old->max_abandoned);
         }
         registry_mu.unlock();
     }
@@ -150,11 +230,12 @@ struct ForkHandler {
 using detail::PoolState;
 
 ThreadPool::ThreadPool(std::size_t max_workers, std::chrono::nanoseconds idle_timeout,
-                       WorkerExitHook on_worker_exit) {
+                       WorkerExitHook on_worker_exit, std::size_t max_abandoned) {
     if (max_workers == 0) throw std::invalid_argument("max_workers must be at least 1");
     if (idle_timeout.count() <= 0) throw std::invalid_argument("idle_timeout must be > 0");
     static detail::ForkHandler fork_handler;
-    state_ = std::make_shared<PoolState>(max_workers, idle_timeout, std::move(on_worker_exit));
+    state_ = std::make_shared<PoolState>(max_workers, idle_timeout, std::move(on_worker_exit),
+                                         max_abandoned);
     std::lock_guard<std::mutex> lk(detail::registry_mu);
     detail::registry().push_back(this);
 }
@@ -178,54 +259,125 @@ void ThreadPool::submit(std::shared_ptr<Job> job, std::size_t parallelism) {
         const std::size_t tickets = std::max<std::size_t>(1, std::min(parallelism, s->max_workers));
         for (std::size_t i = 0; i < tickets; ++i) s->tickets.push_back(job);
         s->queued.store(s->tickets.size(), std::memory_order_relaxed);
-        // Every item may block (I/O), so each queued ticket deserves its own thread.
-        const std::size_t queued = s->tickets.size();
-        if (queued > s->idle) spawn = std::min(queued - s->idle, s->max_workers - s->alive);
+        spawn = detail::reserve_spawn(*s);
         wake = std::min(tickets, s->idle);
-        s->alive += spawn;  // reserved before the threads exist, so racing submits agree
-        s->threads += spawn;
     }
     for (std::size_t i = 0; i < wake; ++i) s->work_cv.notify_one();
-    std::size_t started = 0;
-    std::string failure;
-    for (; started < spawn; ++started) {
-        try {
-            std::thread(detail::worker_main, s).detach();
-        } catch (const std::system_error& e) {
-            failure = e.what();
-            break;
-        }
-    }
-    if (started == spawn) return;
+    if (detail::start_threads(s, spawn) == spawn) return;
     std::deque<std::shared_ptr<Job>> orphaned;
+    std::string failure;
     {
         std::lock_guard<std::mutex> lk(s->mu);
-        s->alive -= spawn - started;
-        s->threads -= spawn - started;
         if (s->alive == 0) {
             orphaned.swap(s->tickets);
             s->queued.store(0, std::memory_order_relaxed);
         }
+        failure = s->spawn_error;
     }
     if (orphaned.empty()) return;  // the threads we have will work through the tickets
     for (auto& j : orphaned) j->cancel();
     throw std::runtime_error("ThreadPool could not start a worker thread: " + failure);
 }
 
-bool ThreadPool::shutdown(bool wait, std::optional<std::chrono::nanoseconds> timeout) {
+void ThreadPool::abandon(const Job& job) {
     const std::shared_ptr<PoolState> s = state_;
-    std::deque<std::shared_ptr<Job>> dropped;
+    std::deque<std::shared_ptr<Job>> dropped;  // destroyed outside the lock
+    std::size_t spawn = 0;
     {
         std::lock_guard<std::mutex> lk(s->mu);
-        if (!s->stopping) {
-            s->stopping = true;
-            dropped.swap(s->tickets);
-            s->queued.store(0, std::memory_order_relaxed);
+        auto& t = s->tickets;
+        for (auto it = t.begin(); it != t.end();) {
+            if (it->get() == &job) {
+                dropped.push_back(std::move(*it));
+                it = t.erase(it);
+            } else {
+                ++it;
+            }
         }
+        s->queued.store(t.size(), std::memory_order_relaxed);
+        for (detail::WorkerSlot* w : s->slots) {
+            if (w->job.get() != &job || w->abandoned) continue;
+            detail::uncount(*s, *w);
+            w->abandoned = true;
+            detail::count(*s, *w);
+        }
+        if (!s->stopping) spawn = detail::reserve_spawn(*s);
     }
-    s->work_cv.notify_all();
-    for (auto& j : dropped) j->cancel();
-    dropped.clear();
+    detail::start_threads(s, spawn);
+}
+
+bool ThreadPool::begin_wait() {
+    return detail::tls_pool == state_.get() && begin_wait_current();
+}
+
+void ThreadPool::end_wait() {
+    if (detail::tls_pool == state_.get()) end_wait_current();
+}
+
+bool ThreadPool::begin_wait_current() {
+    if (detail::tls_state == nullptr || detail::tls_slot == nullptr) return false;
+    const std::shared_ptr<PoolState> s = *detail::tls_state;
+    std::size_t spawn = 0;
+    {
+        std::lock_guard<std::mutex> lk(s->mu);
+        detail::WorkerSlot& w = *detail::tls_slot;
+        detail::uncount(*s, w);
+        ++w.waiting;
+        detail::count(*s, w);
+        if (!s->stopping) spawn = detail::reserve_spawn(*s);
+    }
+    detail::start_threads(s, spawn);
+    return true;
+}
+
+void ThreadPool::end_wait_current() {
+    if (detail::tls_state == nullptr || detail::tls_slot == nullptr) return;
+    PoolState& s = **detail::tls_state;
+    std::lock_guard<std::mutex> lk(s.mu);
+    detail::WorkerSlot& w = *detail::tls_slot;
+    if (w.waiting == 0) return;
+    detail::uncount(s, w);
+    --w.waiting;
+    detail::count(s, w);
+}
+
+ThreadPool::Stats ThreadPool::stats() const {
+    std::lock_guard<std::mutex> lk(state_->mu);
+    return Stats{state_->threads, state_->busy, state_->abandoned, state_->waiting};
+}
+
+std::size_t ThreadPool::max_abandoned() const noexcept { return state_->max_abandoned; }
+
+std::string ThreadPool::spawn_error() const {
+    std::lock_guard<std::mutex> lk(state_->mu);
+    return state_->spawn_error;
+}
+
+namespace detail {
+namespace {
+// Stops a pool (idempotent): queued tickets are dropped and their jobs cancelled, and the
+// jobs workers are running are cancelled too, so that a batch claims no new item; the
+// items already running finish.
+void stop(PoolState& s) {
+    std::deque<std::shared_ptr<Job>> cancel;
+    {
+        std::lock_guard<std::mutex> lk(s.mu);
+        if (s.stopping) return;
+        s.stopping = true;
+        cancel.swap(s.tickets);
+        s.queued.store(0, std::memory_order_relaxed);
+        for (WorkerSlot* w : s.slots)
+            if (w->job) cancel.push_back(w->job);
+    }
+    s.work_cv.notify_all();
+    for (auto& j : cancel) j->cancel();  // idempotent, so a job met twice is fine
+}
+}  // namespace
+}  // namespace detail
+
+bool ThreadPool::shutdown(bool wait, std::optional<std::chrono::nanoseconds> timeout) {
+    const std::shared_ptr<PoolState> s = state_;
+    detail::stop(*s);
     if (!wait) return true;
     const std::size_t self = detail::tls_pool == s.get() ? 1 : 0;
     std::unique_lock<std::mutex> lk(s->mu);
@@ -244,17 +396,7 @@ void ThreadPool::shutdown_all(std::chrono::nanoseconds timeout) {
         for (ThreadPool* p : detail::registry()) states.push_back(p->state_);
     }
     const auto deadline = std::chrono::steady_clock::now() + timeout;
-    for (auto& s : states) {
-        std::deque<std::shared_ptr<Job>> dropped;
-        {
-            std::lock_guard<std::mutex> lk(s->mu);
-            s->stopping = true;
-            dropped.swap(s->tickets);
-            s->queued.store(0, std::memory_order_relaxed);
-        }
-        s->work_cv.notify_all();
-        for (auto& j : dropped) j->cancel();
-    }
+    for (auto& s : states) detail::stop(*s);
     for (auto& s : states) {
         std::unique_lock<std::mutex> lk(s->mu);
         s->exit_cv.wait_until(lk, deadline, [&] { return s->threads <= s->busy; });

@@ -5,6 +5,11 @@ Instead the coroutine goes to one background loop thread and we wait for its res
 The main thread, when no loop runs there, reuses one private loop (creating a loop per
 call costs ~50 us).  Other threads (engine pool workers come and go) also use the
 background loop: a loop owned by a thread that retires is collected unclosed.
+
+A pool worker whose coroutine has not finished after a short while stops counting
+against its pool's max_workers until it does (``begin_pool_wait``): the coroutine may be
+waiting for work of that very pool (an async node that maps on the engine running it,
+from the shared loop), and the waiting worker must not hold the slot that work needs.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ if TYPE_CHECKING:
 # and plain synchronous user would pay it for nothing.
 
 _local = threading.local()
+_QUICK_SECONDS = 0.05  # a wait longer than this on a pool thread gives its slot up
 _background_lock = threading.Lock()
 _background_loop: asyncio.AbstractEventLoop | None = None
 
@@ -57,4 +63,17 @@ def run_coroutine(coro: Coroutine[Any, Any, Any]) -> Any:
     except RuntimeError:
         if threading.current_thread() is threading.main_thread():
             return _thread_loop().run_until_complete(coro)
-    return asyncio.run_coroutine_threadsafe(coro, _background()).result()
+    import concurrent.futures
+
+    fut = asyncio.run_coroutine_threadsafe(coro, _background())
+    concurrent.futures.wait([fut], timeout=_QUICK_SECONDS)
+    if fut.done():
+        return fut.result()
+    from ._native import core
+
+    waiting = core().begin_pool_wait()
+    try:
+        return fut.result()
+    finally:
+        if waiting:
+            core().end_pool_wait()

@@ -65,29 +65,62 @@ class AsyncItems:
 
     ``run_on_loop(coro_factory)`` is supplied by the engine: it runs the coroutine on
     the engine's loop and returns when it is done (flushing callback events meanwhile).
+    ``closing()`` says the engine is shutting down: its items' cancellation then fails
+    each unfinished item with ``shut_down_error(item)`` instead of propagating.
+    ``busy_note()`` explains an item that timed out before its offloaded call started
+    (every thread was busy).
     """
 
     def __init__(self, rt: Runtime, run_on_loop: Callable[[Callable[[], Awaitable[None]]], None],
-                 concurrency: int, offload: Offload | None, timeout: float | None):
+                 concurrency: int, offload: Offload | None, timeout: float | None, *,
+                 closing: Callable[[], bool] | None = None,
+                 shut_down_error: Callable[[int], BaseException] | None = None,
+                 busy_note: Callable[[], str] | None = None):
         self.rt = rt
         self.run_on_loop = run_on_loop
         self.concurrency = max(1, concurrency)
         self.offload = offload
         self.timeout = timeout
+        self.closing = closing
+        self.shut_down_error = shut_down_error
+        self.busy_note = busy_note
 
     def run(self, steps: list[Step], n: int, values: list, sigs: list, failed: list,
             cached: list, first: int, start: Callable | None, finish: Callable | None,
             collect: bool) -> None:
         rt, offload, timeout = self.rt, self.offload, self.timeout
         errors: dict[int, BaseException] = {}
+        halted = False  # the engine shut down during the map: start no more items
+        # With a deadline: per item, whether its latest offloaded call has started, so
+        # that an item that never got a thread says so (not "did not finish").
+        calls: dict[int, list[bool]] = {}
+
+        def tracked(i: int) -> Offload:
+            def item_offload(fn: Callable[[], Any]) -> Awaitable[Any]:
+                started = calls[i] = [False]
+
+                def call() -> Any:
+                    started[0] = True
+                    return fn()
+                return offload(call)
+            return item_offload
 
         async def one(i: int) -> None:
             r = rt.worker_view()
             if start is not None:
                 start(i, r)
+            off = tracked(i) if timeout is not None and offload is not None else offload
             for step in steps:
-                if not await arun_step(step, values[i], r, first + i, sigs[i], offload):
+                if not await arun_step(step, values[i], r, first + i, sigs[i], off):
                     cached[i] = False
+
+        def shut_down(i: int) -> bool:
+            nonlocal halted
+            if self.closing is None or not self.closing():
+                return False
+            halted = True
+            self._fail(i, self.shut_down_error(first + i), failed, errors, collect)
+            return True
 
         async def guarded(i: int) -> None:
             try:
@@ -95,12 +128,15 @@ class AsyncItems:
                     await one(i)
                 else:
                     await asyncio.wait_for(one(i), timeout)
+            except asyncio.CancelledError:
+                if not shut_down(i):
+                    raise
             except asyncio.TimeoutError:
-                exc = TimeoutError(f"map item {first + i} did not finish within {timeout} s")
-                exc.add_note(f"gilfree: timeout={timeout} s (map item {first + i})")
-                self._fail(i, exc, failed, errors, collect)
+                self._fail(i, self._timeout_error(first + i, calls.pop(i, None)), failed,
+                           errors, collect)
             except Exception as exc:
                 self._fail(i, exc, failed, errors, collect)
+            calls.pop(i, None)
             if finish is not None and (collect or not errors):
                 finish(i, rt.worker_view())
 
@@ -114,7 +150,7 @@ class AsyncItems:
 
         async def worker() -> None:
             nonlocal position
-            while position < len(live) and (collect or not errors):
+            while position < len(live) and (collect or not errors) and not halted:
                 i = live[position]
                 position += 1
                 await guarded(i)
@@ -123,7 +159,7 @@ class AsyncItems:
             # The same as worker() for plain async nodes without cache, callbacks,
             # retries or timeout, minus four coroutine layers per item.
             nonlocal position
-            while position < len(live) and (collect or not errors):
+            while position < len(live) and (collect or not errors) and not halted:
                 i = live[position]
                 position += 1
                 v = values[i]
@@ -131,6 +167,9 @@ class AsyncItems:
                 try:
                     for step in steps:
                         _store(step, await _acall(step, v, 0), v)
+                except asyncio.CancelledError:
+                    if not shut_down(i):
+                        raise
                 except Exception as exc:
                     annotate(exc, step.name, first + i)
                     self._fail(i, exc, failed, errors, collect)
@@ -139,11 +178,31 @@ class AsyncItems:
 
         async def main() -> None:
             work = lean_worker if lean else worker
-            await asyncio.gather(*(work() for _ in range(min(self.concurrency, len(live)))))
+            try:
+                await asyncio.gather(*(work() for _ in range(min(self.concurrency, len(live)))))
+            except asyncio.CancelledError:
+                # Shutdown cancels every task: the workers have failed their items (the
+                # gather returns once they all did), the map itself ends normally.
+                if not halted:
+                    raise
 
         self.run_on_loop(main)
+        if halted:
+            for i in live[position:]:  # never started
+                self._fail(i, self.shut_down_error(first + i), failed, errors, collect)
         if errors and not collect:
             raise errors[min(errors)]
+
+    def _timeout_error(self, item: int, call: list[bool] | None) -> TimeoutError:
+        timeout = self.timeout
+        if call is not None and not call[0] and self.busy_note is not None:
+            # Its call waited in the pool's queue the whole time: say why, not "slow".
+            exc = TimeoutError(f"map item {item} timed out after {timeout} s waiting for a "
+                               f"thread, without starting its call: {self.busy_note()}")
+        else:
+            exc = TimeoutError(f"map item {item} did not finish within {timeout} s")
+        exc.add_note(f"gilfree: timeout={timeout} s (map item {item})")
+        return exc
 
     @staticmethod
     def _fail(i: int, exc: BaseException, failed: list, errors: dict, collect: bool) -> None:

@@ -23,11 +23,21 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
+class LoopStopped(RuntimeError):
+    """The loop was stopped (the engine shut down) before the coroutine could finish."""
+
+
 class EventLoopThread:
-    """One event loop running forever on a daemon thread; ``run`` waits for a coroutine."""
+    """One event loop running forever on a daemon thread; ``run`` waits for a coroutine.
+
+    ``stop()`` (engine shutdown) first cancels every task on the loop and gives them a
+    moment to finish, so that a map waiting in ``run`` on another thread ends (its items
+    see the cancellation, with ``closing`` set) instead of waiting forever.
+    """
 
     def __init__(self, name: str = "gilfree-async-engine"):
         self.loop = _new_loop()
+        self.closing = False
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._thread.start()
 
@@ -35,24 +45,55 @@ class EventLoopThread:
         asyncio.set_event_loop(self.loop)
         self.loop.run_forever()
 
+    def on_loop_thread(self) -> bool:
+        return threading.current_thread() is self._thread
+
     def run(self, factory: Callable[[], Awaitable[Any]], on_tick: Callable[[], None]) -> Any:
-        if threading.current_thread() is self._thread:
+        if self.on_loop_thread():
             raise RuntimeError("a node cannot run a map on the engine that is running it "
                                "(its event loop); use another engine for the inner map")
-        fut = asyncio.run_coroutine_threadsafe(factory(), self.loop)
+        if self.closing:
+            raise LoopStopped("the event loop is stopped")
+        coro = factory()
+        try:
+            fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        except RuntimeError:  # closed between the check and now
+            coro.close()
+            raise LoopStopped("the event loop is stopped") from None
         try:
             while True:
                 try:
                     # A timed wait releases the GIL and returns for Ctrl-C and callbacks.
                     return fut.result(timeout=_POLL_SECONDS)
                 except concurrent.futures.TimeoutError:
+                    if self.closing and not self._thread.is_alive():
+                        raise LoopStopped("the event loop stopped before the map ended") from None
                     on_tick()
+                except concurrent.futures.CancelledError:
+                    if self.closing:
+                        raise LoopStopped("the event loop stopped before the map ended") from None
+                    raise
         except BaseException:
             fut.cancel()
             raise
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 5.0) -> None:
+        self.closing = True
+        if self.on_loop_thread():  # a node shutting its own engine down: cannot wait here
+            self.loop.stop()
+            return
         if self.loop.is_running():
+            async def cancel_all() -> None:
+                tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+                for t in tasks:
+                    t.cancel()
+                if tasks:
+                    await asyncio.wait(tasks, timeout=grace)
+
+            try:
+                asyncio.run_coroutine_threadsafe(cancel_all(), self.loop).result(grace + 1)
+            except Exception:  # a task that will not end: stop the loop regardless
+                pass
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(timeout=5)
         if not self.loop.is_running():

@@ -7,6 +7,16 @@
       on_complete(...) in the driver ◀── completions ──────────────────  the task, release
       replays queued callback events (Runtime.flush)
 
+    with a per-item timeout (and always on AsyncEngine) items run as coroutines on the
+    engine's event loop thread (_loop.py); each sync call is pool.submit(...) -> a PoolCall.
+    An item that times out abandons its call: dropped if it never started, else its
+    thread stops counting against max_workers (the pool starts others, up to
+    max_abandoned of them), so calls that hang forever cannot starve later maps.
+
+    a map inside a node, on the same engine: from a pool thread, pool.map runs its items
+    inline; a map through the loop releases the waiting thread's slot (begin_wait); from
+    the loop thread itself (an async node), the inner items get an event loop of their own.
+
 Right for blocking I/O and for nodes that release the GIL (numpy, torch, C extensions).
 Pure-Python CPU work does not get faster on threads: use ProcessEngine for that.
 """
@@ -19,6 +29,7 @@ import threading
 from typing import Any, Callable
 
 from .._async_bridge import run_coroutine
+from ..errors import ExecutionError
 from ..execute import Runtime, execute_map, execute_run, fast_row_function
 from ..plan import DUAL, FUNC, Plan
 from ..stateful import is_stateful
@@ -27,6 +38,10 @@ from .base import Engine
 #: Blocking I/O needs threads, not cores: 200 requests of 10 ms finish in one round
 #: only with ~200 threads.  Threads start on demand, so a small map starts few.
 DEFAULT_MAX_WORKERS = 256
+#: Threads stuck in calls a timeout gave up on that the pool starts others in place of.
+#: Past that, stuck threads count against max_workers again, and items that cannot get
+#: a thread time out saying so.
+DEFAULT_MAX_ABANDONED = 1024
 
 
 def usable_cores() -> int:
@@ -44,18 +59,41 @@ def auto_batch_size(n_items: int) -> int:
 
 
 class _PerThread:
-    """Gives each thread its own copy of a ``@stateful`` object (built lazily there)."""
+    """Gives each thread its own copy of a ``@stateful`` object (built lazily there).
+
+    Every copy is also kept in ``_copies``, so that ``teardown`` (engine shutdown, on the
+    shutting-down thread) reaches the copies of every thread, not only the caller's
+    ``threading.local`` view; pool threads may have retired by then.
+    """
 
     def __init__(self, original: Any):
         self._original = original
         self._local = threading.local()
+        self._copies: list[Any] = []
+        self._copies_lock = threading.Lock()
 
     def _mine(self) -> Any:
         obj = getattr(self._local, "obj", None)
         if obj is None:
             o = self._original
             obj = self._local.obj = type(o)(*o._init_args, **o._init_kwargs)
+            with self._copies_lock:
+                self._copies.append(obj)
         return obj
+
+    def teardown(self) -> list[Exception]:
+        """Tear down every copy built; return the errors (one failing does not stop the
+        others). A thread that uses this proxy later builds a fresh copy."""
+        with self._copies_lock:
+            copies, self._copies = self._copies, []
+            self._local = threading.local()
+        errors = []
+        for obj in copies:
+            try:
+                obj._gilfree_release()
+            except Exception as exc:
+                errors.append(exc)
+        return errors
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._mine(), name)
@@ -88,24 +126,34 @@ class ThreadEngine(Engine):
 
     ``timeout=`` (engine) or the ``timeout`` hint bounds each map item: an item that takes
     longer fails with ``TimeoutError`` while the others go on. A thread cannot be
-    stopped from outside, so the call itself runs on to its end in the background (its
-    pool thread stays busy meanwhile, ``shutdown()`` does not wait for it) and its
-    result is dropped.
+    stopped from outside, so the call itself runs on to its end in the background
+    (``shutdown()`` does not wait for it) and its result is dropped; its thread does not
+    count against ``max_workers`` meanwhile, for up to ``max_abandoned`` such threads.
+
+    A node may map on the engine that runs it (a nested map): the waiting call's thread
+    does not hold a slot that the inner items need. ``shutdown()`` during a map (from
+    another thread): items already running finish, the others fail with an
+    ``ExecutionError`` saying the engine was shut down during the map.
     """
 
     supported_hints = frozenset({"batch_size", "max_concurrency", "retries", "timeout"})
     native_executors = frozenset({"thread"})
 
     def __init__(self, max_workers: int | None = None, batch_size: int | None = None, *,
-                 stateful: str = "shared", idle_timeout: float = 10.0, **options: Any):
+                 stateful: str = "shared", idle_timeout: float = 10.0,
+                 max_abandoned: int = DEFAULT_MAX_ABANDONED, **options: Any):
         super().__init__(batch_size=batch_size, **options)
         if max_workers is not None and (not isinstance(max_workers, int) or max_workers < 1):
             raise ValueError(f"ThreadEngine: max_workers={max_workers!r} must be a positive integer")
+        if not isinstance(max_abandoned, int) or max_abandoned < 0:
+            raise ValueError(f"ThreadEngine: max_abandoned={max_abandoned!r} must be an "
+                             "integer >= 0")
         if stateful not in ("shared", "per_thread"):
             raise ValueError("ThreadEngine: stateful must be 'shared' or 'per_thread'")
         self.max_workers = max_workers or DEFAULT_MAX_WORKERS
         self.stateful = stateful
         self.idle_timeout = idle_timeout
+        self.max_abandoned = max_abandoned
         self._pool = None
         self._pool_lock = threading.Lock()
         self._per_thread: dict[int, tuple[Any, _PerThread]] = {}
@@ -119,7 +167,8 @@ class ThreadEngine(Engine):
             if self._pool is None:
                 from .._native import core
 
-                self._pool = core().ThreadPool(self.max_workers, self.idle_timeout)
+                self._pool = core().ThreadPool(self.max_workers, self.idle_timeout,
+                                               self.max_abandoned)
             return self._pool
 
     def _pfor(self, rt: Runtime) -> Callable[[Callable[[int], None], int], None]:
@@ -130,8 +179,36 @@ class ThreadEngine(Engine):
                 task(0)
             elif n:
                 on_complete = (lambda *_: rt.flush()) if rt.callbacks else None
-                pool.map(task, list(range(n)), on_complete=on_complete, stop_on_error=True)
+                try:
+                    pool.map(task, list(range(n)), on_complete=on_complete, stop_on_error=True)
+                except _pool_shut_down() as exc:
+                    if not pool.is_shut_down:
+                        raise
+                    raise self._shut_down_error() from exc
         return pfor
+
+    def _shut_down_error(self, item: int | None = None) -> ExecutionError:
+        what = "items that had not started did not run" if item is None else (
+            f"map item {item} did not run to its end")
+        return ExecutionError(f"{self!r} was shut down during the map: {what}")
+
+    def _busy_note(self) -> str:
+        """Why a call waited for a thread: for the TimeoutError of an item that never
+        started."""
+        pool = self._pool
+        if pool is None:
+            return f"{self!r} was shut down"
+        st = pool.stats()
+        note = f"all {st['busy'] - st['waiting']} threads of {self!r} were busy"
+        if st["abandoned"]:
+            note += (f", {st['abandoned']} of them stuck in calls that timed out earlier "
+                     "and have not returned")
+            if st["abandoned"] >= st["max_abandoned"]:
+                note += (f" (max_abandoned={st['max_abandoned']} reached: no more threads "
+                         "are started in their place)")
+        if st["spawn_error"]:
+            note += f"; starting another thread failed: {st['spawn_error']}"
+        return note
 
     @property
     def loop_thread(self) -> Any:
@@ -143,19 +220,24 @@ class ThreadEngine(Engine):
                 self._loop_thread = EventLoopThread()
             return self._loop_thread
 
-    def _offload(self) -> Callable[[Callable[[], Any]], Any]:
-        """``await offload(fn)`` on the loop: fn() runs on the pool, the loop stays free."""
+    def _offload(self, pool: Any) -> Callable[[Callable[[], Any]], Any]:
+        """``await offload(fn)`` on the loop: fn() runs on the pool, the loop stays free.
+        If the awaiting coroutine is cancelled (timeout, Ctrl-C, shutdown), the call is
+        abandoned: dropped if it has not started, else its thread stops counting
+        against max_workers until it returns."""
         import asyncio
 
         from ._loop import _settle
 
-        pool = self.pool
+        shut_down = _pool_shut_down()
 
         def offload(fn: Callable[[], Any]) -> Any:
             loop = asyncio.get_running_loop()
             fut = loop.create_future()
 
             def done(result: Any, ok: bool) -> None:  # on a pool thread, GIL held
+                if not ok and isinstance(result, shut_down):
+                    result = self._shut_down_error()
                 try:
                     loop.call_soon_threadsafe(_settle, fut, result, ok)
                 except RuntimeError:
@@ -163,7 +245,11 @@ class ThreadEngine(Engine):
                     # by a timeout or a Ctrl-C, ran on. Nobody waits for its result.
                     pass
 
-            pool.submit(fn, done)
+            try:
+                call = pool.submit(fn, done)
+            except shut_down:
+                raise self._shut_down_error() from None
+            fut.add_done_callback(lambda f: call.abandon() if f.cancelled() else None)
             return fut
         return offload
 
@@ -178,8 +264,33 @@ class ThreadEngine(Engine):
                   if s.hints.get("max_concurrency") and s.is_async]
         concurrency = min([self._concurrency(), *limits])
         loop_thread = self.loop_thread
-        return AsyncItems(rt, lambda main: loop_thread.run(main, rt.flush), concurrency,
-                          self._offload(), timeout)
+        pool = self.pool
+
+        def run_on_loop(main: Callable[[], Any]) -> Any:
+            from ._loop import EventLoopThread, LoopStopped
+
+            if loop_thread.on_loop_thread():
+                # A node running on this loop (an async node) maps on the same engine: the
+                # loop cannot wait for itself, so these items get a loop of their own.
+                nested = EventLoopThread(name="gilfree-nested-map")
+                try:
+                    return nested.run(main, rt.flush)
+                finally:
+                    nested.stop()
+            # On a pool thread (a sync node mapping on its own engine) the wait must not
+            # hold a slot that the inner items need: the pool does not count us meanwhile.
+            waiting = pool.begin_wait()
+            try:
+                return loop_thread.run(main, rt.flush)
+            except LoopStopped:
+                raise self._shut_down_error() from None
+            finally:
+                if waiting:
+                    pool.end_wait()
+
+        return AsyncItems(rt, run_on_loop, concurrency, self._offload(pool), timeout,
+                          closing=lambda: loop_thread.closing,
+                          shut_down_error=self._shut_down_error, busy_note=self._busy_note)
 
     def shutdown(self) -> None:
         with self._loop_lock:
@@ -193,12 +304,19 @@ class ThreadEngine(Engine):
             # after a map with a deadline, do not wait for them; they end in the
             # background and their results are dropped.
             pool.shutdown(loop_thread is None)
-        super().shutdown()
-        for _, proxy in self._per_thread.values():
-            obj = getattr(proxy._local, "obj", None)
-            if obj is not None:
-                obj.__teardown__()
-        self._per_thread.clear()
+        try:
+            super().shutdown()
+        finally:
+            # Every thread's copy (stateful="per_thread"), torn down here, with the GIL,
+            # on this thread; one failing __teardown__ does not stop the others.
+            proxies = [proxy for _, proxy in self._per_thread.values()]
+            self._per_thread.clear()
+            errors = [e for proxy in proxies for e in proxy.teardown()]
+        if errors:
+            if len(errors) > 1:
+                errors[0].add_note(f"gilfree: {len(errors) - 1} more per-thread "
+                                   "__teardown__ call(s) failed too")
+            raise errors[0]
 
     # -- preparing a call -------------------------------------------------------------
     def _prepare(self, plan: Plan) -> None:
@@ -242,9 +360,27 @@ class ThreadEngine(Engine):
             return execute_map(plan, base, rows, rt, pfor=self._pfor(rt),
                                async_items=self._items(rt, plan, timeout))
         if not rt.tracing and plan.simple and not rt.retries:
-            return self.pool.map(fast_row_function(plan, base), list(enumerate(rows)),
-                                 stop_on_error=not rt.collect)
+            pool = self.pool
+            try:
+                out = pool.map(fast_row_function(plan, base), list(enumerate(rows)),
+                               stop_on_error=not rt.collect)
+            except _pool_shut_down() as exc:
+                if not pool.is_shut_down:
+                    raise
+                raise self._shut_down_error() from exc
+            if rt.collect and pool.is_shut_down:
+                # Items that never ran hold the pool's PoolShutDown: say which engine.
+                shut_down = _pool_shut_down()
+                out = [self._shut_down_error(i) if isinstance(r, shut_down) else r
+                       for i, r in enumerate(out)]
+            return out
         return execute_map(plan, base, rows, rt, pfor=self._pfor(rt))
 
     def __repr__(self) -> str:
         return f"ThreadEngine(max_workers={self.max_workers})"
+
+
+def _pool_shut_down() -> type:
+    from .._native import core
+
+    return core().PoolShutDown
