@@ -213,7 +213,13 @@ class DaskEngine(Engine):
                                "dashboard_address": _dashboard_address(self.dashboard)}
                     if not {"host", "ip", "interface"} & set(self.cluster_options):
                         options["host"] = "127.0.0.1"  # scheduler, nannies and workers
-                    self._cluster = d.LocalCluster(**{**options, **self.cluster_options})
+                    extra = dict(self.cluster_options)
+                    if not self.dashboard and "dashboard_address" not in extra:
+                        # Without a dashboard the scheduler still serves /health and
+                        # /metrics, by default on 8787 (a warning when taken): any port.
+                        extra["scheduler_kwargs"] = {"dashboard_address": "127.0.0.1:0",
+                                                     **extra.get("scheduler_kwargs", {})}
+                    self._cluster = d.LocalCluster(**{**options, **extra})
                 target = self._cluster if self._cluster is not None else self.address
                 self._client = d.Client(target, timeout=self.connect_timeout,
                                         set_as_default=False)
