@@ -63,12 +63,12 @@ def run_coroutine(coro: Coroutine[Any, Any, Any]) -> Any:
     except RuntimeError:
         if threading.current_thread() is threading.main_thread():
             return _thread_loop().run_until_complete(coro)
-    import concurrent.futures
-
     fut = asyncio.run_coroutine_threadsafe(coro, _background())
-    concurrent.futures.wait([fut], timeout=_QUICK_SECONDS)
-    if fut.done():
-        return fut.result()
+    try:
+        return fut.result(timeout=_QUICK_SECONDS)
+    except TimeoutError:  # concurrent.futures' is the builtin since 3.11
+        if fut.done():  # the coroutine's own TimeoutError
+            raise
     from ._native import core
 
     waiting = core().begin_pool_wait()

@@ -16,11 +16,32 @@ def hardware_concurrency() -> int:
 def _shutdown_all_pools() -> None:
     """atexit hook: stop every ThreadPool without waiting for workers in long calls."""
 
+class PoolShutDown(RuntimeError):
+    """Work given to a ThreadPool that is, or was meanwhile, shut down."""
+
+class PoolCall:
+    """A call handed to ThreadPool.submit()."""
+
+    def abandon(self) -> bool:
+        """The caller stopped waiting. Not started yet: dropped (never runs, done is never
+        called), returns False. Started: runs on, returns True, and its thread stops
+        counting against max_workers until it returns (up to max_abandoned threads)."""
+    @property
+    def started(self) -> bool: ...
+
+def begin_pool_wait() -> bool:
+    """On a worker of any ThreadPool, about to block for a while: it stops counting
+    against its pool's max_workers until end_pool_wait(). False (no-op) elsewhere."""
+
+def end_pool_wait() -> None: ...
+
 class ThreadPool:
     """Native threads for Python callables; grow on demand up to max_workers, retire
-    after idle_timeout seconds without work."""
+    after idle_timeout seconds without work. Workers in abandoned calls (up to
+    max_abandoned of them) or in begin_wait() do not count against max_workers."""
 
-    def __init__(self, max_workers: int, idle_timeout: float = 10.0) -> None: ...
+    def __init__(self, max_workers: int, idle_timeout: float = 10.0,
+                 max_abandoned: int = 1024) -> None: ...
     def map(
         self,
         fn: Callable[[_T], _R],
@@ -36,16 +57,26 @@ class ThreadPool:
         raised once running items finish; otherwise exception objects stand in the list.
         Ctrl-C raises KeyboardInterrupt at once; items already running finish unobserved.
         Called from one of this pool's workers, the items run inline in that thread.
+        shutdown() meanwhile: no new item starts; PoolShutDown is raised (with
+        stop_on_error=False, each item that did not run holds one).
         """
-    def submit(self, fn: Callable[[], Any], done: Callable[[Any, bool], object]) -> None:
+    def submit(self, fn: Callable[[], Any], done: Callable[[Any, bool], object]) -> PoolCall:
         """Call fn() on a worker, then done(result_or_exception, ok) on that same worker
         with the GIL held. Returns at once. Errors raised by done go to
         sys.unraisablehook. A call dropped by shutdown() before it ran is answered by
-        shutdown() with done(RuntimeError(...), False)."""
+        shutdown() with done(PoolShutDown(...), False)."""
+    def begin_wait(self) -> bool:
+        """On a worker of this pool about to block on other work of this pool (a nested
+        map): it stops counting against max_workers until end_wait(). False elsewhere."""
+    def end_wait(self) -> None: ...
+    def stats(self) -> dict[str, Any]:
+        """threads, busy, abandoned, waiting, max_workers, max_abandoned, spawn_error."""
+    @property
+    def is_shut_down(self) -> bool: ...
     def shutdown(self, wait: bool = True) -> bool:
         """Idempotent. Queued work is dropped (pending submits are answered with a
-        RuntimeError); running calls finish. With wait, returns once the worker threads
-        have exited."""
+        PoolShutDown error) and running maps claim no new item; running calls finish.
+        With wait, returns once the worker threads have exited."""
     def __enter__(self) -> ThreadPool: ...
     def __exit__(
         self,

@@ -109,7 +109,7 @@ void abandoned_batch_is_released_by_last_worker() {
     CHECK(!b->abandon());  // two workers are inside: they release
     go = true;
     CHECK(wait_done(*b));
-    CHECK(b->released == 1);
+    CHECK(eventually([&] { return b->released == 1; }));  // after finished_, see run_ticket
     CHECK(b->ran_[2] == 0 && b->ran_[3] == 0);
 }
 
@@ -150,6 +150,90 @@ void exit_hook_runs_and_shutdown_cancels_queued_work() {
     CHECK(threw);
 }
 
+// A job with one ticket that blocks until `go`, for abandon()/begin_wait() tests.
+class BlockingJob final : public gilfree::Job {
+public:
+    explicit BlockingJob(std::atomic<bool>& go) : go_(go) {}
+    std::atomic<int> started{0};
+    std::atomic<int> cancelled{0};
+    void run_ticket() override {
+        started++;
+        while (!go_) std::this_thread::sleep_for(1ms);
+    }
+    void cancel() noexcept override { cancelled++; }
+
+private:
+    std::atomic<bool>& go_;
+};
+
+void abandoned_jobs_do_not_hold_slots_up_to_the_ceiling() {
+    std::atomic<bool> go{false};
+    gilfree::ThreadPool pool(1, 10s, {}, /*max_abandoned=*/1);
+    auto stuck1 = std::make_shared<BlockingJob>(go);
+    pool.submit(stuck1, 1);
+    CHECK(eventually([&] { return stuck1->started == 1; }));
+    // Queued behind the stuck job: abandoning the stuck one lets it start.
+    auto quick = std::make_shared<FnBatch>(1, [](std::size_t) { return true; });
+    pool.submit(quick, 1);
+    pool.abandon(*stuck1);
+    CHECK(wait_done(*quick) && quick->ran_[0] == 1);
+    CHECK(pool.stats().abandoned == 1 && pool.num_threads() == 2);
+    // A second stuck job, abandoned: past max_abandoned, no thread replaces it.
+    auto stuck2 = std::make_shared<BlockingJob>(go);
+    pool.submit(stuck2, 1);
+    CHECK(eventually([&] { return stuck2->started == 1; }));
+    pool.abandon(*stuck2);
+    CHECK(pool.stats().abandoned == 2);
+    auto starved = std::make_shared<FnBatch>(1, [](std::size_t) { return true; });
+    pool.submit(starved, 1);
+    CHECK(starved->ran_[0] == 0 && pool.num_threads() == 2);  // submit decides spawning
+    // Abandoning a queued job drops its ticket: it never runs (and is not cancelled).
+    auto dropped = std::make_shared<BlockingJob>(go);
+    pool.submit(dropped, 1);
+    pool.abandon(*dropped);
+    go = true;  // the stuck calls return: they count again, and run what is queued
+    CHECK(wait_done(*starved) && starved->ran_[0] == 1);
+    CHECK(eventually([&] { return pool.stats().abandoned == 0 && pool.stats().busy == 0; }));
+    CHECK(dropped->started == 0 && dropped->cancelled == 0);
+    pool.shutdown(true);
+}
+
+void a_waiting_worker_gives_its_slot_to_the_work_it_waits_for() {
+    gilfree::ThreadPool pool(1, 10s);
+    std::shared_ptr<FnBatch> inner;
+    std::atomic<bool> outer_saw_inner{false};
+    auto outer = std::make_shared<FnBatch>(1, [&](std::size_t) {
+        // A nested "map": the only worker waits for work that needs a worker.
+        inner = std::make_shared<FnBatch>(4, [](std::size_t) { return true; });
+        CHECK(pool.begin_wait());
+        pool.submit(inner, inner->size());
+        outer_saw_inner = wait_done(*inner);
+        pool.end_wait();
+        return true;
+    });
+    pool.submit(outer, 1);
+    CHECK(wait_done(*outer) && outer_saw_inner);
+    CHECK(pool.stats().waiting == 0);
+    CHECK(!pool.begin_wait());  // not a worker: a no-op
+    pool.shutdown(true);
+}
+
+void shutdown_stops_a_running_batch_from_claiming() {
+    gilfree::ThreadPool pool(1, 10s);
+    std::atomic<bool> go{false};
+    auto b = std::make_shared<FnBatch>(5, [&](std::size_t) {
+        while (!go) std::this_thread::sleep_for(1ms);
+        return true;
+    });
+    pool.submit(b, b->size());
+    CHECK(eventually([&] { return b->ran_[0] == 1; }));
+    CHECK(!pool.shutdown(true, 20ms));
+    go = true;
+    CHECK(wait_done(*b));
+    CHECK(b->ran_[0] == 1 && b->ran_[1] == 0);  // the running item finished, no new one
+    CHECK(pool.shutdown(true));
+}
+
 }  // namespace
 
 int main() {
@@ -159,6 +243,9 @@ int main() {
     abandoned_batch_is_released_by_last_worker();
     idle_workers_retire();
     exit_hook_runs_and_shutdown_cancels_queued_work();
+    abandoned_jobs_do_not_hold_slots_up_to_the_ceiling();
+    a_waiting_worker_gives_its_slot_to_the_work_it_waits_for();
+    shutdown_stops_a_running_batch_from_claiming();
     std::puts("test_thread_pool: all passed");
     return 0;
 }

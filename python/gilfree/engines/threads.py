@@ -201,8 +201,8 @@ class ThreadEngine(Engine):
         st = pool.stats()
         note = f"all {st['busy'] - st['waiting']} threads of {self!r} were busy"
         if st["abandoned"]:
-            note += (f", {st['abandoned']} of them stuck in calls that timed out earlier "
-                     "and have not returned")
+            note += (f", {st['abandoned']} of them stuck in calls that timed out and have "
+                     "not returned")
             if st["abandoned"] >= st["max_abandoned"]:
                 note += (f" (max_abandoned={st['max_abandoned']} reached: no more threads "
                          "are started in their place)")
