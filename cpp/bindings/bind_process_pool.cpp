@@ -17,6 +17,8 @@
 //              for longer is killed; its exit fails that item alone (info["timeout"]) and
 //              the rest of its batch runs again elsewhere
 //              INIT_FAILED / exit before READY -> the pool is broken: stop, report
+//              shutdown() from another thread -> return at once, the items that did
+//              not finish are the caller's to report (is_shut_down)
 //
 //   worker process: Channel.recv() / Channel.send() release the GIL around the frame I/O
 //   (the worker is single-threaded; releasing lets its own Python threads run).
@@ -126,7 +128,10 @@ public:
              const std::vector<int>& payload_fds, const py::object& make_batch,
              const py::object& on_result, const py::object& on_lost, std::size_t chunk,
              std::size_t depth, double item_timeout) {
-        check_usable();
+        // Shut down (by another thread) before this map began, or while it runs: it
+        // returns early, and the caller sees is_shut_down and says which items did not
+        // finish (processes.py). Nothing here raises a bare "shut down".
+        if (pool_.is_shut_down()) return;
         timed_out_.clear();
         const auto deadline_ns = static_cast<std::int64_t>(item_timeout * 1e9);
         Frame payload;
@@ -145,9 +150,18 @@ public:
         depth = std::max<std::size_t>(1, depth);
 
         for (;;) {
-            if (!stopping && !planner.exhausted()) {
+            if (pool_.is_shut_down()) return;  // batches in flight died with the workers
+            // Work left (new chunks, or batches of a dead worker to run again): replace
+            // dead workers first. Retries count too: when every worker was killed (all
+            // held overdue items), nothing else would start a worker to run them.
+            if (!stopping && (!planner.exhausted() || !retry.empty())) {
                 pycall::GilRelease nogil;
-                pool_.fill();
+                try {
+                    pool_.fill();
+                } catch (const std::runtime_error&) {
+                    if (pool_.is_shut_down()) return;  // between the check and fill()
+                    throw;
+                }
             }
             if (!stopping) {
                 const auto workers = pool_.live();
@@ -272,6 +286,11 @@ private:
                 ChunkPlanner& planner, const py::object& on_result,
                 const py::object& on_lost, double item_timeout) {
         using Type = ProcessPool::Event::Type;
+        if (ev.type == Type::exited && pool_.is_shut_down()) {
+            // Killed or stopped by shutdown(): its items are not lost to a crash; the
+            // map returns at the top of its loop and the caller reports the shutdown.
+            return true;
+        }
         if (ev.type == Type::exited) {
             const bool was_ready = ready_.erase(ev.worker) > 0;
             pool_.forget(ev.worker);

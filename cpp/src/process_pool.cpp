@@ -452,7 +452,7 @@ void ProcessPool::kill(std::uint64_t worker) {
 }
 
 void ProcessPool::shutdown(std::chrono::nanoseconds grace) {
-    std::vector<std::shared_ptr<WorkerProc>> workers;
+    std::vector<std::shared_ptr<WorkerProc>> workers, busy;
     {
         std::lock_guard<std::mutex> lk(s_->mu);
         if (!s_->shut) {
@@ -460,12 +460,18 @@ void ProcessPool::shutdown(std::chrono::nanoseconds grace) {
             s_->live.clear();
         }
         workers = s_->all;
-    }
-    for (auto& w : workers) {
-        {
-            std::lock_guard<std::mutex> lk(s_->mu);
+        for (auto& w : workers) {
             w->expected_exit = true;
+            if (w->in_flight > 0) busy.push_back(w);
         }
+    }
+    // A worker holding batches works for a map that this shutdown ends (another thread
+    // is mapping, or a map was abandoned), and a batch may take arbitrarily long: it is
+    // killed now, not waited for (a QUIT would wait behind its batches, then the grace
+    // ran out: shutdown took `grace` and killed it anyway). Idle workers get QUIT and
+    // up to `grace` to run their teardown (@stateful release hooks).
+    for (auto& w : busy) w->signal(SIGKILL);
+    for (auto& w : workers) {
         Frame quit;
         quit.kind = static_cast<std::uint32_t>(FrameKind::quit);
         w->enqueue(std::move(quit));

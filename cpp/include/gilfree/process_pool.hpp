@@ -11,7 +11,8 @@
 //   wait_event(timeout) ◀── events ── reader thread (per worker) ◀───── RESULT / READY / INIT_FAILED
 //                                       EOF ─▶ waitpid ─▶ `exited` event   (status page: batch, item,
 //                                       with wait status + status page      step it was running)
-//   kill(w) ─ SIGKILL (Ctrl-C, shutdown grace over), guarded against pid reuse
+//   kill(w) ─ SIGKILL (Ctrl-C, shutdown: busy workers at once, idle ones after the grace),
+//             guarded against pid reuse
 //
 // Nothing here knows Python. The binding (cpp/bindings/bind_process_pool.cpp) runs the
 // map loop: it asks Python for batch frames, releases the GIL, and waits here.
@@ -117,8 +118,10 @@ public:
 
     // SIGKILL; the `exited` event that follows has expected = true.
     void kill(std::uint64_t worker);
-    // Asks every worker to quit, waits up to `grace` for them to exit, kills the rest,
-    // reaps everything and stops the pool's threads. Idempotent.
+    // Kills the workers holding batches (their map ends with the pool), asks the idle
+    // ones to quit, waits up to `grace` for them to exit (their teardown), kills the
+    // rest, reaps everything and stops the pool's threads. Idempotent. A map running in
+    // another thread sees is_shut_down() and returns (bind_process_pool.cpp).
     void shutdown(std::chrono::nanoseconds grace);
     bool is_shut_down() const;
 

@@ -168,6 +168,10 @@ class ProcessEngine(Engine):
         return list(self._pool.pids) if self._pool is not None else []
 
     def shutdown(self) -> None:
+        """Stop the workers. Idle ones run their teardown (@stateful release hooks; up to
+        2 s); ones busy for a map running in another thread are killed at once, and that
+        map ends with an error saying the engine was shut down (items that finished keep
+        their results under ``on_error="collect"``). The engine starts afresh if used again."""
         with self._pool_lock:
             pool, self._pool = self._pool, None
         if pool is not None:
@@ -261,7 +265,23 @@ class _MapCall:
             raise ExecutionError(f"ProcessEngine is broken: {broken}")
         if self.errors:
             raise self.errors[min(self.errors)]
+        if self.pool.is_shut_down:
+            self._shut_down()
         return self.out
+
+    def _shut_down(self) -> None:
+        """The engine was shut down (another thread, a callback) while this map ran: its
+        workers are gone. Items that finished keep their results; the others fail."""
+        left = [i for i, r in enumerate(self.out) if r is None]  # a result is never None
+        if not left:
+            return
+        what = ("ProcessEngine was shut down (engine.shutdown() from another thread or a "
+                "callback) during this map")
+        if not self.rt.collect:
+            raise ExecutionError(f"{what}: {len(left)} of {self.n} map items did not finish "
+                                 f"(the first is map item {left[0]})")
+        for i in left:
+            self.out[i] = ExecutionError(f"{what}, before map item {i} finished")
 
     # -- callbacks from C++ (driver thread, GIL held) -----------------------------------
     def make_batch(self, a: int, b: int) -> tuple[bytes, list[int]]:

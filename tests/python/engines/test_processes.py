@@ -416,3 +416,93 @@ def test_an_output_that_does_not_pickle_fails_its_item_naming_node_and_item():
         # The raise policy: the same error for the same item.
         with pytest.raises(SerializationError, match=r"'open_handle' \(map item 7\)"):
             p.map({"x": list(range(10))}, map_over="x", engine=engine, on_error="raise")
+
+
+@node(output_name="y")
+def stalls_after_ten(x):
+    time.sleep(0.001 if x < 10 else 3600)
+    return x
+
+
+@pytest.mark.parametrize("policy", ["collect", "raise"])
+def test_shutdown_while_another_thread_maps_ends_that_map_with_a_clear_error(policy):
+    """Issue 14, defect 10: the mapping thread got a bare RuntimeError('ProcessPool is
+    shut down'), and shutdown waited 2 s for workers busy on the map. Now the busy
+    workers are killed at once, items that finished keep their results, every other
+    item fails saying the engine was shut down, and the engine maps again afterwards."""
+    from gilfree.errors import ExecutionError
+
+    ten_done = threading.Event()
+
+    class Progress(PipelineCallback):
+        def __init__(self):
+            self.ended = 0
+
+        def on_map_item_end(self, item_index, duration, ctx):
+            self.ended += 1
+            if self.ended == 10:
+                ten_done.set()
+
+    engine = ProcessEngine(workers=2, batch_size=5, on_error=policy, callbacks=[Progress()])
+    p = Pipeline([stalls_after_ten])
+    outcome: dict = {}
+
+    def mapping():
+        try:
+            outcome["out"] = p.map({"x": list(range(40))}, map_over="x", engine=engine)
+        except BaseException as exc:  # noqa: BLE001 - the test inspects it
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=mapping)
+    thread.start()
+    try:
+        assert ten_done.wait(60), "the first ten items never finished"
+        engine.shutdown()
+        thread.join(60)
+        assert not thread.is_alive(), "the mapping thread hangs after shutdown"
+        if policy == "raise":
+            err = outcome["error"]
+            assert isinstance(err, ExecutionError), repr(err)
+            assert "ProcessEngine was shut down" in str(err) and "during this map" in str(err)
+            assert "30 of 40 map items did not finish (the first is map item 10)" in str(err)
+        else:
+            out = outcome["out"]
+            assert out[:10] == [{"y": i} for i in range(10)]
+            for i in range(10, 40):
+                assert isinstance(out[i], ExecutionError), (i, out[i])
+                assert f"was shut down" in str(out[i]) and f"map item {i} " in str(out[i])
+        # The engine starts afresh when used again.
+        assert p.map({"x": [1, 2]}, map_over="x", engine=engine) == [{"y": 1}, {"y": 2}]
+    finally:
+        engine.shutdown()
+        thread.join(10)
+
+
+ALL_HUNG = """
+import threading
+from gilfree import Pipeline, node
+from gilfree.engines import ProcessEngine
+
+@node(output_name="y")
+def hang(x):
+    threading.Event().wait()
+    return x
+
+with ProcessEngine(workers=2, timeout=0.5, on_error="collect") as engine:
+    out = Pipeline([hang]).map({"x": list(range(4))}, map_over="x", engine=engine)
+    print([type(r).__name__ for r in out])
+    print(Pipeline([node(output_name="y")(lambda x: x + 1)]).map(
+        {"x": [1, 2]}, map_over="x", engine=engine))
+"""
+
+
+def test_every_worker_killed_for_a_timeout_still_ends_the_map(tmp_path):
+    """Every worker held an overdue item and was killed: the batches queued behind them
+    had to run again, but with no chunk left to plan the driver started no replacement
+    worker, and the map hung for ever (found by the crash matrix, issue 14)."""
+    script = tmp_path / "hung.py"
+    script.write_text(ALL_HUNG)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=90)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[:2] == [str(["TimeoutError"] * 4), "[{'y': 2}, {'y': 3}]"]
