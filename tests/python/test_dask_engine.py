@@ -30,6 +30,7 @@ import gilfree  # noqa: E402
 from gilfree import (DualNode, ExecutionError, Pipeline, PipelineCallback,  # noqa: E402
                      SerializationError, node, stateful)
 from gilfree.engines import DaskEngine  # noqa: E402
+from gilfree.transport import RemoteError  # noqa: E402
 
 PYTHON_DIR = str(Path(gilfree.__file__).resolve().parent.parent)
 
@@ -434,8 +435,9 @@ def test_exception_that_cannot_travel_comes_back_as_text(dask_client):
         return x
 
     p = Pipeline([picky], engine=DaskEngine(client=dask_client))
-    with pytest.raises(ExecutionError, match="NeedsTwoArguments: 7: bad input") as info:
-        p.map({"x": [0, 1, 2]}, map_over="x")
+    with pytest.raises(RemoteError, match="NeedsTwoArguments: 7: bad input") as info:
+        p.map({"x": [0, 1, 2]}, map_over="x")  # ProcessEngine's type, and the traceback:
+    assert "raise NeedsTwoArguments" in str(info.value.__cause__)
     assert "map item 1" in "\n".join(info.value.__notes__)
     out = p.map({"x": [0, 1, 2]}, map_over="x", on_error="collect")
     assert out[0] == {"y": 0} and out[2] == {"y": 2} and isinstance(out[1], ExecutionError)
@@ -453,7 +455,9 @@ def test_outputs_and_events_that_cannot_travel(dask_client):
         return str(type(handle).__name__)
 
     engine = DaskEngine(client=dask_client, batch_size=2)
-    with pytest.raises(SerializationError, match="map item 1.*worker -> driver"):
+    # ProcessEngine's words: the output, the node that made it, the item, which way.
+    with pytest.raises(SerializationError, match=r"output 'handle' of node 'open_handle' "
+                       r"\(map item 1\) back to the driver \(worker -> driver\)"):
         Pipeline([open_handle], engine=engine).map({"x": [0, 1, 2]}, map_over="x")
     out = Pipeline([open_handle], engine=engine).map({"x": [0, 1, 2]}, map_over="x",
                                                       on_error="collect")

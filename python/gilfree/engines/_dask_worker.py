@@ -20,13 +20,14 @@ from __future__ import annotations
 import ctypes
 import pickle
 import threading
+import traceback
 from typing import Any
 
 from ..callbacks import CallbackContext
-from ..errors import ExecutionError, SerializationError
+from ..errors import ExecutionError, SerializationError, annotate
 from ..execute import Runtime, execute_map
 from ..stateful import end_map, new_map
-from ..transport import pickle_by_value
+from ..transport import RemoteError, pickle_by_value
 
 _REGISTRY: dict[str, Any] = {}  # stateful key -> this process's instance
 _PAYLOADS: dict[str, tuple] = {}  # map token -> (plan, base, options, map number)
@@ -110,8 +111,9 @@ def _fits(value: Any) -> bool:
 
 
 def _portable(exc: BaseException) -> BaseException:
-    """An exception fit to travel: its traceback as a dict (tblib); as text if it does
-    not survive pickling (an unpicklable one would lose the whole batch)."""
+    """An exception fit to travel: its traceback as a dict (tblib).  One that does not
+    survive pickling (it would lose the whole batch) travels as ProcessEngine's
+    RemoteError: type and message as text, the worker's traceback its ``__cause__``."""
     try:
         from tblib import Traceback  # a dependency of distributed
 
@@ -122,11 +124,44 @@ def _portable(exc: BaseException) -> BaseException:
         pickle.loads(pickle_by_value(exc))
         return exc
     except Exception:
-        text = ExecutionError(f"{type(exc).__name__}: {exc} (the exception itself could "
-                              "not be pickled on the worker)")
+        text = RemoteError(f"{type(exc).__qualname__}: {exc} (the exception could not be "
+                           "rebuilt in the driver; the remote traceback follows)")
         for note in getattr(exc, "__notes__", ()):
             text.add_note(note)
+        text.__dict__["_gilfree_remote_tb"] = "".join(traceback.format_exception(exc))
         return text
+
+
+def _unsendable(results: list, plan: Any, first: int, collect: bool) -> tuple:
+    """(results, error) once the outputs that do not pickle are their items' failures,
+    worded as on ProcessEngine: output, node that produced it, map item."""
+    producer = {o: s.name for s in plan.steps for o in s.out_names}
+    for k, r in enumerate(results):
+        if isinstance(r, BaseException):
+            continue  # made portable already
+        bad = {}
+        for o, v in (r.items() if isinstance(r, dict) else [(None, r)]):
+            try:
+                pickle_by_value(v)
+            except Exception as why:
+                bad[o] = why
+        if not bad:
+            continue
+        what = " and ".join(
+            "the result" if o is None else
+            f"output {o!r} of node {producer[o]!r}" if o in producer else f"output {o!r}"
+            for o in bad)
+        why = next(iter(bad.values()))
+        err = SerializationError(
+            f"cannot send {what} (map item {first + k}) back to the driver (worker -> "
+            f"driver): {type(why).__name__}: {why}. Return picklable values, or keep such "
+            "objects inside a node or a @stateful class")
+        if next(iter(bad)) in producer:
+            annotate(err, producer[next(iter(bad))], first + k)
+        if not collect:
+            return None, err
+        results[k] = err
+    return results, None
 
 
 def run_batch(token: str, blob: bytes, rows_blob: bytes, first: int) -> bytes:
@@ -203,14 +238,8 @@ def _run(token: str, blob: bytes, rows_blob: bytes, first: int) -> bytes:
     # item's failure, like an exception in the node (worker -> driver).
     events = [(e, tuple(a if _fits(a) else repr(a) for a in args), path)
               for e, args, path in events]
-    for i, r in enumerate(results or ()):
-        if not _fits(r):
-            bad = SerializationError(f"map item {first + i}: its outputs cannot be sent "
-                                     f"back to the driver (worker -> driver): {r!r:.200}")
-            if not opts["collect"]:
-                results, error = None, error or bad
-                break
-            results[i] = bad
+    if results is not None:
+        results, error = _unsendable(results, plan, first, opts["collect"])
     return pickle_by_value((results, events, error))
 
 

@@ -38,7 +38,7 @@ from ..errors import ExecutionError, SerializationError
 from ..execute import Runtime, execute_map
 from ..plan import DUAL, Plan
 from ..stateful import is_stateful
-from ..transport import Pickler, pickle_by_value, stateful_key
+from ..transport import Pickler, RemoteTraceback, pickle_by_value, stateful_key
 from . import _dask_worker as _w
 from .base import Engine
 from .threads import usable_cores
@@ -154,11 +154,16 @@ INTERRUPT_GRACE = 1.0
 
 # -- the engine (driver side) ---------------------------------------------------------
 def _restore(result: Any) -> Any:
+    """A worker's exception with its traceback (tblib), or for a RemoteError the
+    worker's traceback as text in its ``__cause__`` (as ProcessEngine gives it)."""
     if isinstance(result, BaseException) and "_gilfree_tb" in result.__dict__:
         from tblib import Traceback
 
         tb = result.__dict__.pop("_gilfree_tb")
         result.__traceback__ = Traceback.from_dict(tb).as_traceback()
+    if isinstance(result, BaseException) and "_gilfree_remote_tb" in result.__dict__:
+        text = result.__dict__.pop("_gilfree_remote_tb")
+        result.__cause__ = RemoteTraceback(f'\n"""\n{text}"""')
     return result
 
 
@@ -265,10 +270,13 @@ class DaskEngine(Engine):
     def _execute_map(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime) -> list:
         if not rows:
             return execute_map(plan, base, rows, rt)
+        generation = self._generation  # before self.client: a shutdown after it shows
         client, n = self.client, len(rows)
-        generation = self._generation
         if self._ended_early:
-            self._settle_ended_early(client)
+            try:
+                self._settle_ended_early(client)
+            except Exception:
+                pass  # a worker died or restarted meanwhile: it is not busy any more
         size = self.batch_size
         if size is None:
             threads = sum(client.nthreads().values())
@@ -292,7 +300,6 @@ class DaskEngine(Engine):
         with self._lock:
             self._shipped |= keys
         token = uuid.uuid4().hex
-        futures: list = []
         try:
             # Once per map, as a task (not scatter): a worker that dies takes its copy
             # with it, and Dask can recompute a task's result for the re-run batches,
