@@ -1,9 +1,27 @@
-"""Helpers of the crash cases: reading their reports, watching processes."""
+"""Helpers of the crash cases: the engines a case runs on, reading their reports,
+watching processes."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import time
+
+import pytest
+
+_HAS_DASK = importlib.util.find_spec("distributed") is not None
+
+#: Engine names a case can be parametrized with.  "process" starts workers from the
+#: forkserver (the default), "process-spawn" with spawn; "dask" starts its own small
+#: LocalCluster (2 worker processes x 1 thread) inside the case's interpreter.
+SEQ, THREAD, ASYNC, PROCESS, SPAWN = "seq", "thread", "async", "process", "process-spawn"
+DASK = pytest.param("dask", marks=pytest.mark.skipif(
+    not _HAS_DASK, reason="dask.distributed is not installed (pip install '.[dask]')"))
+ALL = [SEQ, THREAD, ASYNC, PROCESS, DASK]
+IN_PROCESS = [SEQ, THREAD, ASYNC]
+WITH_WORKERS = [PROCESS, DASK]  # items run in other processes
+BOTH_STARTS = [PROCESS, SPAWN]
 
 
 def results(stdout: str) -> dict:
@@ -33,3 +51,11 @@ def children(pid: int) -> set[int]:
     except (FileNotFoundError, ProcessLookupError):
         pass
     return out
+
+
+def wait_gone(pids, timeout: float = 10) -> list[int]:
+    """Wait until none of ``pids`` is alive (bounded); return those still alive."""
+    deadline = time.monotonic() + timeout
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return [p for p in pids if alive(p)]

@@ -1,0 +1,56 @@
+"""Crash matrix: one thread shuts the engine down while another maps on it.  Every
+engine: nothing hangs; the map either finishes all its items or raises an error that says
+the engine was shut down during the map (not a bare pool error, not a hint to look for a
+bad item)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from crash_helpers import ALL
+
+
+@pytest.mark.parametrize("engine_name", ALL)
+def test_shutdown_during_a_map(run_case, engine_name, tmp_path):
+    rc, res, err = run_case(f"""
+        STARTED = {str(tmp_path / "started")!r}
+
+        @node(output_name="y")
+        def slow(x):
+            with open(STARTED, "a") as f:
+                f.write("1\\n")
+            time.sleep(0.1)
+            return x
+
+        engine = make_engine()
+        p = Pipeline([slow])
+        p.map({{"x": [0]}}, map_over="x", engine=engine)  # started, code shipped
+        os.unlink(STARTED)
+        result = {{}}
+
+        def mapper():
+            try:
+                result["out"] = [r["y"] for r in p.map({{"x": list(range(20))}}, map_over="x",
+                                                       engine=engine)]
+            except BaseException as exc:
+                result["error"] = f"{{type(exc).__name__}}: {{exc}}"
+
+        t = threading.Thread(target=mapper)
+        t.start()
+        deadline = time.monotonic() + 30
+        while not os.path.exists(STARTED) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        engine.shutdown()
+        t.join(60)
+        report(hung=t.is_alive(), **result)
+    """, timeout=90)
+    assert rc == 0, err
+    assert not res["hung"], res
+    if "out" in res:
+        assert res["out"] == list(range(20)), res
+    else:
+        msg = res["error"]
+        assert re.search(r"shut ?down", msg, re.I) and "during" in msg, msg
+        assert "batch_size=1" not in msg, msg
