@@ -5,7 +5,7 @@
                                                 (or INIT_FAILED + traceback, exit 1)
     PAYLOAD key: plan, broadcast inputs ─────▶ unpickled once, kept by key (LRU owned
     DROP    key ─────────────────────────────▶ by the driver: it says what to forget)
-    BATCH   key, first index, rows ──────────▶ execute_map(plan, base, rows) ─ RESULT ─▶
+    BATCH   key, map id, first index, rows ──▶ execute_map(plan, base, rows) ─ RESULT ─▶
                                                 in sub-batches, each pickled when done
                                                 (large buffers appended to one memfd);
                                                 plus recorded callback events, or the
@@ -105,6 +105,11 @@ class Worker:
         self.status = status
         self.k = kinds
         self.payloads: dict[bytes, tuple] = {}
+        # The driver's map whose batches this worker runs now, and stateful.new_map()'s
+        # number for it: a @stateful constructor that fails is run once per map here
+        # (later items of the map get a copy of its error), and again in the next map.
+        self.map_id = 0
+        self.map_number = 0
 
     def send(self, kind: str, ident: int, body: bytes, fds: list[int]) -> None:
         self.ch.send(self.k[kind], ident, b"", body, fds)
@@ -160,7 +165,9 @@ class Worker:
             if error is not None:
                 raise error
             outputs = plan.outputs
-            first, names, cols, failed = loads(body, fds)
+            map_id, first, names, cols, failed = loads(body, fds)
+            if map_id != self.map_id:
+                self._new_map(map_id)
             n = len(cols[0]) if cols else len(failed)
             st[1] = first - 1
             step = plan.column_step
@@ -210,6 +217,15 @@ class Worker:
             out, out_fds = dumps(reply, spill=Spill())
         self.send("result", ident, out, out_fds)
         st[0], st[1], st[2], st[3], st[4] = -1, -1, -1, PHASE_IDLE, -1
+
+    def _new_map(self, map_id: int) -> None:
+        """The first batch of another map: batches of one map reach a worker together
+        (a pool runs one map at a time), so the previous map is over here."""
+        from .stateful import end_map, new_map
+
+        if self.map_number:
+            end_map(self.map_number)
+        self.map_id, self.map_number = map_id, new_map()
 
     def _runtime(self, plan: Any, opts: dict, events: list) -> Any:
         from .callbacks import CallbackContext

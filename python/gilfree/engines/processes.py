@@ -4,8 +4,10 @@
       plan + broadcast inputs pickled once per map (transport) ──▶ PAYLOAD, once per worker
         key = content hash: a re-run cell re-ships nothing           per distinct payload
       pool.map(n, ...) ── C++ plans chunks (guided), asks us ────▶ BATCH rows [a, b)
-        make_batch(a, b): rows pickled as columns                    execute_map(...) with
-      waits in C++ without the GIL, wakes <= 50 ms for Ctrl-C        first_index = a
+        make_batch(a, b): map id + rows pickled as columns           execute_map(...) with
+      waits in C++ without the GIL, wakes <= 50 ms for Ctrl-C        first_index = a; a new
+                                                                     map id: new_map() for
+                                                                     @stateful failures
       on_result(a, b, ...) ◀──────────── results + recorded events ── RESULT (large
         results into their slots (input order), events replayed:     arrays in a memfd:
         callbacks and progress fire here, as batches complete       mapped, not copied)
@@ -25,6 +27,7 @@ pure-Python CPU-bound nodes; for I/O or GIL-releasing nodes use ThreadEngine.
 from __future__ import annotations
 
 import atexit
+import itertools
 import math
 import os
 import signal
@@ -211,6 +214,9 @@ def _dual_batch_size(plan: Plan, rt: Runtime) -> int:
     return math.lcm(*sizes) if sizes else 0
 
 
+_map_ids = itertools.count(1)
+
+
 class _MapCall:
     """One ``map`` on the pool: payload, batches, results, events, failures."""
 
@@ -235,6 +241,10 @@ class _MapCall:
             raise transport.serialization_error(culprit, "to the worker processes (driver -> "
                                                 "worker)", exc) from exc
         self.key = transport.content_key(self.payload, self.payload_fds)
+        # Which map a batch belongs to (the payload's key may be an earlier map's: equal
+        # payloads are shipped once): a worker starts a new map for @stateful objects
+        # when it changes, so a failing constructor runs once per worker per map.
+        self.map_id = next(_map_ids)
         self.names = list(rows[0])
         self.consumers = {a: [s.name for s in plan.steps if a in s.args] for a in self.names}
 
@@ -288,7 +298,7 @@ class _MapCall:
         rows = self.rows[a:b]
         cols = [[r[k] for r in rows] for k in self.names]
         try:
-            return transport.dumps((a, self.names, cols, {}))
+            return transport.dumps((self.map_id, a, self.names, cols, {}))
         except Exception:
             pass
         # Some rows do not pickle: those items fail (SerializationError naming the input
@@ -303,7 +313,7 @@ class _MapCall:
                         f"{self.consumers.get(name, [])}) to a worker process (driver -> worker)")
                     break
         cols = [[None if i in failed else r[k] for i, r in enumerate(rows)] for k in self.names]
-        return transport.dumps((a, self.names, cols, failed))
+        return transport.dumps((self.map_id, a, self.names, cols, failed))
 
     def on_result(self, a: int, b: int, body: bytes, fds: list[int]) -> bool:
         status, payload, events = transport.loads(body, fds)

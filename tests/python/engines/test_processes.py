@@ -506,3 +506,44 @@ def test_every_worker_killed_for_a_timeout_still_ends_the_map(tmp_path):
                           timeout=90)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split("\n")[:2] == [str(["TimeoutError"] * 4), "[{'y': 2}, {'y': 3}]"]
+
+
+@stateful
+class BrokenModel:
+    """Appends its process id to a file at each attempt to build it, then fails."""
+
+    def __init__(self, log: str):
+        with open(log, "a") as f:  # O_APPEND: one line per attempt, whichever process
+            f.write(f"{os.getpid()}\n")
+        raise RuntimeError("no weights file")
+
+    def predict(self, x):
+        return x
+
+
+def test_a_failing_stateful_constructor_runs_once_per_worker_per_map(tmp_path):
+    """Issue 14, defect 3 (in worker processes): the constructor ran again for every
+    item (collect) or batch (raise). Now once per worker per map, every item that needed
+    it fails with its error and traceback, and the next map tries once more."""
+    log = tmp_path / "builds"
+    p = Pipeline([predict])
+    with ProcessEngine(workers=2, batch_size=2) as engine:  # 10 batches a map
+        out = p.map({"x": list(range(20)), "model": BrokenModel(str(log))}, map_over="x",
+                    engine=engine, on_error="collect")
+        workers = set(map(str, engine.pids))
+        builds = lines(log)
+        assert 1 <= len(builds) <= 2 and len(set(builds)) == len(builds), builds
+        assert set(builds) <= workers
+        for i, r in enumerate(out):
+            assert isinstance(r, RuntimeError) and str(r) == "no weights file", (i, r)
+            assert f"gilfree: raised in node 'predict' (map item {i})" in r.__notes__
+            # The remote traceback shows the constructor's own failure, also for the
+            # items that got a copy of its error.
+            assert 'raise RuntimeError("no weights file")' in str(r.__cause__), (i, r)
+        for attempt in range(2):  # each map tries again (the file may be fixed by now)
+            log.unlink()
+            with pytest.raises(RuntimeError, match="no weights file"):
+                p.map({"x": list(range(20)), "model": BrokenModel(str(log))}, map_over="x",
+                      engine=engine)
+            builds = lines(log)
+            assert 1 <= len(builds) <= 2 and len(set(builds)) == len(builds), builds
