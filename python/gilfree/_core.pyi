@@ -132,9 +132,12 @@ class ProcessPool:
         make_batch's descriptors are closed after sending; on_result owns the ones it
         gets. A dead worker's running batch goes to on_lost (pid, exitcode, signal, item,
         step); batches queued behind it run again. Ctrl-C kills the busy workers and
-        raises KeyboardInterrupt. Returns early if the pool breaks (see `broken`)."""
+        raises KeyboardInterrupt. Returns early if the pool breaks (see `broken`) or is
+        shut down, before or during the map (see `is_shut_down`; the items without a
+        result are the caller's to report)."""
     def shutdown(self, grace: float = 2.0) -> None:
-        """Ask workers to quit, kill those still alive after `grace` seconds, reap all."""
+        """Kill the workers holding batches (a map in another thread ends) at once, ask
+        the idle ones to quit, kill those still alive after `grace` seconds, reap all."""
     def kill_all(self) -> None: ...
     @property
     def pids(self) -> list[int]: ...
