@@ -63,3 +63,30 @@ def test_run_py_only_w4_one_round(tmp_path):
         assert (tmp_path / "W4.png").stat().st_size > 0
     else:
         assert "no plot" in md
+
+
+SOAK = ROOT / "benchmarks" / "soak.py"
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(not SOAK.exists(), reason="no benchmarks/soak.py in this checkout")
+def test_soak_py_runs_small(tmp_path):
+    """``benchmarks/soak.py`` at a tiny size: every engine asked for runs its maps and the
+    table and JSON say so.  Not a memory check: at this size the bar is trivially met."""
+    env = dict(os.environ)
+    import gilfree
+
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(Path(gilfree.__file__).parent.parent), env.get("PYTHONPATH")) if p)
+    out = tmp_path / "soak.json"
+    done = subprocess.run(
+        [sys.executable, str(SOAK), "--items", "2000", "--repeats", "3",
+         "--engines", "seq,thread,process", "--json", str(out)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=280)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert [r["engine"] for r in data["runs"]] == ["SeqEngine", "ThreadEngine", "ProcessEngine"]
+    for r in data["runs"]:
+        assert [m["map"] for m in r["maps"]] == [1, 2, 3] and all(m["ok"] for m in r["maps"])
+        assert r["passed"] and r["growth_mib"] is not None
+    assert "| ProcessEngine | 3 |" in done.stdout
