@@ -10,7 +10,7 @@ applies to (``@pytest.mark.parametrize("engine_name", ...)``).
     Ctrl-C mid-map                        test_ctrl_c                   all
     exit with an open engine              test_exit_open_engine         all
     shutdown during a map                 test_shutdown_during_map      all
-    a map inside a node, same engine      test_nested_map               Seq Thread Async
+    a map inside a node, same engine      test_nested_map               all (+ timeout: Thread Async)
     two threads map on one engine         test_concurrent_maps          all
     ProcessEngine's own (initializer...)  test_process_faults           Process
 

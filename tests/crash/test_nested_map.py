@@ -1,21 +1,24 @@
 """Crash matrix: a node maps an inner pipeline on the same engine.  The outer map's
 waiting items must not hold the slots the inner items need: it completes, also with a
 per-item timeout (Thread, Async), with as many outer items as the engine has workers.
-In-process engines only: a node that runs in a worker process gets a copy of the engine,
-not the engine."""
+On Process and Dask the node runs in a worker, where the engine it names does not
+travel (it arrives as None: the inner map runs on the default engine there); the map
+must still complete with the right results."""
 
 from __future__ import annotations
 
 import pytest
 
-from crash_helpers import ASYNC, IN_PROCESS, THREAD
+from crash_helpers import ASYNC, DASK, IN_PROCESS, PROCESS, THREAD
 
 
 @pytest.mark.parametrize("engine_name, options", [
     *[(e, {}) for e in IN_PROCESS],
+    (PROCESS, {}),
+    pytest.param(DASK.values[0], {}, marks=DASK.marks),
     (THREAD, {"max_workers": 8, "timeout": 30}),
     (ASYNC, {"max_workers": 8, "timeout": 30}),
-], ids=[*IN_PROCESS, "thread-timeout", "async-timeout"])
+], ids=[*IN_PROCESS, "process", "dask", "thread-timeout", "async-timeout"])
 def test_map_inside_a_node_on_the_same_engine(run_case, engine_name, options):
     rc, res, err = run_case(f"""
         @node(output_name="z")
