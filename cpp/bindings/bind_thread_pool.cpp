@@ -263,6 +263,9 @@ public:
     PyCall(std::shared_ptr<PyCallJob> job, ThreadPool& pool, py::object owner)
         : job_(std::move(job)), pool_(pool), owner_(std::move(owner)) {}
 
+    // GIL held. Drops the call if it has not started; returns whether it had.
+    bool withdraw() { return job_->withdraw(); }
+
     // GIL held. Returns whether the call had started (then it runs on, unobserved).
     bool abandon() {
         const bool started = job_->withdraw();
@@ -461,6 +464,11 @@ A call handed to ThreadPool.submit(). abandon() says the caller stopped waiting 
 Drop the call if it has not started (it then never runs and done is never called) and
 return False; else return True: it runs on, its done still called, and its thread stops
 counting against max_workers until it returns (see max_abandoned).)doc")
+        .def("withdraw", &PyCall::withdraw, R"doc(
+Drop the call if it has not started and return False; else return True (nothing else
+changes). Withdraw every call first, then abandon() the started ones, when giving up on
+many at once: a thread that abandon() starts could otherwise pick a call about to be
+withdrawn.)doc")
         .def_property_readonly("started", &PyCall::started);
     py::class_<PyThreadPool>(m, "ThreadPool", R"doc(
 Native thread pool for Python callables. Threads start on demand (up to max_workers)

@@ -26,6 +26,9 @@ class PoolCall:
         """The caller stopped waiting. Not started yet: dropped (never runs, done is never
         called), returns False. Started: runs on, returns True, and its thread stops
         counting against max_workers until it returns (up to max_abandoned threads)."""
+    def withdraw(self) -> bool:
+        """Drop the call if it has not started (False); else True, nothing changes.
+        Giving up on many calls: withdraw all first, then abandon() the started ones."""
     @property
     def started(self) -> bool: ...
 

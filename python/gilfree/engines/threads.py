@@ -230,6 +230,22 @@ class ThreadEngine(Engine):
         from ._loop import _settle
 
         shut_down = _pool_shut_down()
+        given_up: list = []  # calls whose awaiting coroutine was cancelled, this tick
+
+        def give_up(call: Any, loop: Any) -> None:
+            if not given_up:
+                loop.call_soon(abandon_given_up)
+            given_up.append(call)
+
+        def abandon_given_up() -> None:
+            # One pass per loop tick, after every cancellation of that tick (a Ctrl-C or a
+            # shutdown cancels all items at once): first drop every call not started yet,
+            # then excuse the stuck ones. The other order would let a thread started in
+            # place of a stuck call run a queued call that is about to be dropped.
+            calls = given_up[:]
+            given_up.clear()
+            for call in [c for c in calls if c.withdraw()]:
+                call.abandon()
 
         def offload(fn: Callable[[], Any]) -> Any:
             loop = asyncio.get_running_loop()
@@ -249,7 +265,7 @@ class ThreadEngine(Engine):
                 call = pool.submit(fn, done)
             except shut_down:
                 raise self._shut_down_error() from None
-            fut.add_done_callback(lambda f: call.abandon() if f.cancelled() else None)
+            fut.add_done_callback(lambda f: give_up(call, loop) if f.cancelled() else None)
             return fut
         return offload
 
