@@ -239,12 +239,13 @@ class ThreadEngine(Engine):
 
         def abandon_given_up() -> None:
             # One pass per loop tick, after every cancellation of that tick (a Ctrl-C or a
-            # shutdown cancels all items at once): first drop every call not started yet,
-            # then excuse the stuck ones. The other order would let a thread started in
-            # place of a stuck call run a queued call that is about to be dropped.
+            # shutdown cancels all items at once): first drop every call not started yet
+            # (and its queued ticket), then excuse the stuck ones. The other order would
+            # let a thread started in place of a stuck call run a call about to be dropped.
             calls = given_up[:]
             given_up.clear()
-            for call in [c for c in calls if c.withdraw()]:
+            started = [c.withdraw() for c in calls]
+            for call, _ in sorted(zip(calls, started), key=lambda pair: pair[1]):
                 call.abandon()
 
         def offload(fn: Callable[[], Any]) -> Any:

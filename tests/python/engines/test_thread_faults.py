@@ -73,19 +73,40 @@ def test_stuck_and_quick_items_of_one_map(engine_cls):
 
 
 @pytest.mark.parametrize("engine_cls", ENGINES)
-def test_exhausted_capacity_is_named_in_the_timeout(engine_cls, hang):
+def test_exhausted_capacity_is_named_in_the_timeout(engine_cls):
     # max_workers=1 and at most one stuck thread replaced: after two stuck calls, an item
     # cannot get a thread, and its TimeoutError says why instead of "did not finish".
-    with engine_cls(max_workers=1, max_abandoned=1, timeout=0.3, on_error="collect") as engine:
-        for _ in range(2):
-            [r] = Pipeline([hang]).map({"x": [0]}, map_over="x", engine=engine)
-            assert isinstance(r, TimeoutError) and "did not finish" in str(r)
-        [r] = Pipeline([plus_one]).map({"x": [1]}, map_over="x", engine=engine)
-        assert isinstance(r, TimeoutError)
-        message = str(r)
-        assert "map item 0" in message and "without starting" in message, message
-        assert "all 2 threads" in message and "2 of them stuck" in message, message
-        assert "max_abandoned=1 reached" in message, message
+    release, ran = threading.Event(), []
+
+    @node(output_name="y")
+    def stuck(x):
+        release.wait(30)
+        return x
+
+    @node(output_name="y")
+    def record(x):
+        ran.append(x)
+        return x
+
+    try:
+        with engine_cls(max_workers=1, max_abandoned=1, timeout=0.3,
+                        on_error="collect") as engine:
+            for _ in range(2):
+                [r] = Pipeline([stuck]).map({"x": [0]}, map_over="x", engine=engine)
+                assert isinstance(r, TimeoutError) and "did not finish" in str(r)
+            [r] = Pipeline([record]).map({"x": [1]}, map_over="x", engine=engine)
+            assert isinstance(r, TimeoutError)
+            message = str(r)
+            assert "map item 0" in message and "without starting" in message, message
+            assert "all 2 threads" in message and "2 of them stuck" in message, message
+            assert "max_abandoned=1 reached" in message, message
+            release.set()  # the stuck calls return: the engine has its threads back
+            assert Pipeline([record]).map({"x": [2]}, map_over="x", engine=engine) == [{"y": 2}]
+        assert ran == [2]  # the call given up before it started never ran
+    finally:
+        release.set()
+    with pytest.raises(ValueError, match="max_abandoned"):
+        engine_cls(max_abandoned=-1)
 
 
 def _bounded(fn, limit=60):
