@@ -32,7 +32,10 @@ class AsyncEngine(ThreadEngine):
     nodes and batch functions run on the C++ thread pool (ThreadEngine's).
 
     ``timeout=`` (engine) or the ``timeout`` hint bounds each item: an item that takes
-    longer fails with ``TimeoutError`` (and is cancelled) while the others go on.
+    longer fails with ``TimeoutError`` (and is cancelled) while the others go on; a sync
+    call it waited on is given up as on ThreadEngine. Nested maps on the same engine and
+    ``shutdown()`` during a map behave as on ThreadEngine (a sync ``map`` called inside
+    an ``async def`` node gets an event loop of its own; prefer ``await amap(...)``).
     """
 
     supported_hints = frozenset({"batch_size", "max_concurrency", "retries", "timeout"})
