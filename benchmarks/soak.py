@@ -126,12 +126,16 @@ def markdown(runs: list[dict], args: argparse.Namespace, argv: list[str]) -> str
     """The run as a page: command, machine, the table, every map's numbers."""
     import platform
 
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, cwd=os.path.dirname(os.path.abspath(__file__)),
-                                timeout=10).stdout.strip() or "?"
-    except OSError:
-        commit = "?"
+    def git(*cmd: str) -> str:
+        try:
+            return subprocess.run(["git", *cmd], capture_output=True, text=True, timeout=10,
+                                  cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+        except OSError:
+            return ""
+
+    commit = git("rev-parse", "--short", "HEAD") or "?"
+    if git("status", "--porcelain", "--", "../python", "../cpp"):
+        commit += " with uncommitted changes to python/ or cpp/"
     shown = [a for i, a in enumerate(argv) if a not in ("--md", "--json")
              and (i == 0 or argv[i - 1] not in ("--md", "--json"))]
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
