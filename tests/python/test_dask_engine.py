@@ -11,6 +11,7 @@ test (an engine's own cluster, Ctrl-C, interpreter exit, a real cluster).
 from __future__ import annotations
 
 import collections
+import gc
 import json
 import os
 import signal
@@ -341,6 +342,10 @@ def test_dead_worker_follows_dask_retries_then_names_node_and_item(tmp_path):
         assert type(info.value.__cause__).__name__ == "KilledWorker"
         out = p.map({"x": [6, 8, 7]}, map_over="x", on_error="collect")
         assert out[:2] == [{"y": 6}, {"y": 8}] and isinstance(out[2], ExecutionError)
+        # The error kept in the results does not keep the map's futures (and so their
+        # results, in the workers' memory) alive.
+        gc.collect()
+        assert not client.futures, sorted(client.futures)
     finally:
         engine.shutdown()
     assert client.status == "closed"  # the engine started it, the engine closed it

@@ -57,7 +57,8 @@ def _distributed() -> Any:
         # extra that works from a checkout of gilfree.
         raise ModuleNotFoundError(
             "DaskEngine needs dask.distributed, which is not installed: "
-            'pip install "dask[distributed]" (or, in a gilfree checkout, pip install ".[dask]")',
+            'pip install "dask[distributed]" (or, in a gilfree checkout, '
+            'pip install ".[dask]")',
             name="distributed") from exc
     return distributed
 
@@ -153,6 +154,15 @@ INTERRUPT_GRACE = 1.0
 
 
 # -- the engine (driver side) ---------------------------------------------------------
+def _bare(exc: BaseException) -> BaseException:
+    """Dask's verdict on a batch (KilledWorker, cancelled, connection lost) without its
+    traceback, which is the client's internals: its frames (through f_back) hold the
+    map's futures, and under "collect" the error outlives the map in the results, so
+    the workers would keep every batch's results in memory meanwhile."""
+    exc.__context__ = None
+    return exc.with_traceback(None)
+
+
 def _restore(result: Any) -> Any:
     """A worker's exception with its traceback (tblib), or for a RemoteError the
     worker's traceback as text in its ``__cause__`` (as ProcessEngine gives it)."""
@@ -214,7 +224,8 @@ class DaskEngine(Engine):
                 d = _distributed()
                 if self.address is None:
                     options = {"n_workers": self.n_workers or usable_cores(),
-                               "processes": True, "threads_per_worker": self.threads_per_worker,
+                               "processes": True,
+                               "threads_per_worker": self.threads_per_worker,
                                "dashboard_address": _dashboard_address(self.dashboard)}
                     if not {"host", "ip", "interface"} & set(self.cluster_options):
                         options["host"] = "127.0.0.1"  # scheduler, nannies and workers
@@ -327,7 +338,11 @@ class DaskEngine(Engine):
             with self._lock:
                 del self._inflight[token]
             self._end(client, token, futures)
-            del payload, futures
+            # Emptied, not only dropped: a raised error's traceback keeps this frame and
+            # _gather's alive, and a future kept alive keeps its batch's results in the
+            # workers' memory.
+            futures.clear()
+            del payload
             if rt.callbacks:
                 rt.emit("on_map_end", time.perf_counter() - t0)
 
@@ -384,53 +399,57 @@ class DaskEngine(Engine):
         failures: dict[int, BaseException] = {}
         pending = set(range(len(futures)))
         stop = len(futures)  # on_error="raise": batches from here on are not needed
-        for fut in _distributed().as_completed(futures, loop=client.loop):
-            k = index[fut.key]
-            pending.discard(k)
-            if k >= stop:
-                continue
-            a, b = spans[k]
-            try:
-                answer = fut.result()
-            except Exception as exc:  # the batch itself failed or was lost
-                if self._generation != generation:
-                    error = self._shut_down_error(plan, a, b)
-                    error.__cause__ = exc
+        try:
+            for fut in _distributed().as_completed(futures, loop=client.loop):
+                k = index[fut.key]
+                pending.discard(k)
+                if k >= stop:
+                    continue
+                a, b = spans[k]
+                try:
+                    answer = fut.result()
+                except Exception as exc:  # the batch itself failed or was lost
+                    if self._generation != generation:
+                        error = self._shut_down_error(plan, a, b)
+                        error.__cause__ = _bare(exc)
+                    else:
+                        error = self._batch_error(exc, plan, a, b)
+                    results, events = None, ()
+                    if rt.collect and isinstance(error, ExecutionError):
+                        results = [error] * (b - a)
                 else:
-                    error = self._batch_error(exc, plan, a, b)
-                results, events = None, ()
-                if rt.collect and isinstance(error, ExecutionError):
-                    results = [error] * (b - a)
-            else:
-                try:
-                    results, events, error = pickle.loads(answer)
-                except Exception as exc:
-                    raise SerializationError(
-                        f"the results of map items {a} to {b - 1} cannot be unpickled in "
-                        f"the driver (worker -> driver): {type(exc).__name__}: {exc}") from exc
-            if results is not None:
-                results = [_restore(r) for r in results]
-            error = _restore(error)
-            if events:
-                # Each worker's execute_map opened and closed a map of its own; the
-                # driver's (with the total) stands for them.  Nested maps' are kept.
-                rt.pending.extend(e for e in events if len(e[2]) != depth
-                                  or e[0] not in ("on_map_start", "on_map_end"))
-                rt.flush()
-            if results is not None:
-                out[a:b] = results
-                continue
-            # The first failure in input order wins, as on the other engines: later
-            # batches are cancelled, earlier ones still finish (they may fail first).
-            failures[k], stop = error, k
-            later = [f for f in futures[k + 1:] if not f.done()]
-            if later:
-                try:
-                    client.cancel(later, force=True)
-                except Exception:
-                    pass  # closed meanwhile (shutdown): they are cancelled anyway
-            if not any(j < stop for j in pending):
-                break
+                    try:
+                        results, events, error = pickle.loads(answer)
+                    except Exception as exc:
+                        raise SerializationError(
+                            f"the results of map items {a} to {b - 1} cannot be unpickled "
+                            f"in the driver (worker -> driver): {type(exc).__name__}: "
+                            f"{exc}") from exc
+                if results is not None:
+                    results = [_restore(r) for r in results]
+                error = _restore(error)
+                if events:
+                    # Each worker's execute_map opened and closed a map of its own; the
+                    # driver's (with the total) stands for them.  Nested maps' are kept.
+                    rt.pending.extend(e for e in events if len(e[2]) != depth
+                                      or e[0] not in ("on_map_start", "on_map_end"))
+                    rt.flush()
+                if results is not None:
+                    out[a:b] = results
+                    continue
+                # The first failure in input order wins, as on the other engines: later
+                # batches are cancelled, earlier ones still finish (they may fail first).
+                failures[k], stop = error, k
+                later = [f for f in futures[k + 1:] if not f.done()]
+                if later:
+                    try:
+                        client.cancel(later, force=True)
+                    except Exception:
+                        pass  # closed meanwhile (shutdown): they are cancelled anyway
+                if not any(j < stop for j in pending):
+                    break
+        finally:  # an error's traceback keeps this frame: no future may stay in it
+            fut = later = None
         if failures:
             raise failures[min(failures)]
         return out
@@ -461,7 +480,7 @@ class DaskEngine(Engine):
                 "(distributed.scheduler.allowed-failures); the worker logs say why")
         err = ExecutionError(f"{self._items(plan, a, b)} did not complete: {what}."
                              + (" Use batch_size=1 to find the item." if b - a > 1 else ""))
-        err.__cause__ = exc
+        err.__cause__ = _bare(exc)
         return err
 
     def __repr__(self) -> str:
