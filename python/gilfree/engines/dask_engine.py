@@ -311,39 +311,44 @@ class DaskEngine(Engine):
         with self._lock:
             self._shipped |= keys
         token = uuid.uuid4().hex
+        # Filled as they are submitted, so that Ctrl-C or a shutdown while submitting
+        # still cancels those sent; sent = [payload, *futures].
+        sent: list = []
+        futures: list = []
+        with self._lock:
+            self._inflight[token] = sent
+        t0 = None
         try:
             # Once per map, as a task (not scatter): a worker that dies takes its copy
             # with it, and Dask can recompute a task's result for the re-run batches,
             # never scattered data.  Workers fetch it from each other, once each.
             with warnings.catch_warnings():  # big inputs are the point; Dask's hint misleads
                 warnings.filterwarnings("ignore", "Sending large graph", UserWarning)
-                payload = client.submit(_identity, blob, pure=False,
-                                        key=f"gilfree-payload-{token}")
-            futures = [client.submit(_w.run_batch, token, payload, rows_blob, a, pure=False,
-                                     key=f"gilfree-batch-{k}-{token}")
-                       for k, (rows_blob, (a, _)) in enumerate(zip(batches, spans))]
+                sent.append(client.submit(_identity, blob, pure=False,
+                                          key=f"gilfree-payload-{token}"))
+            for k, (rows_blob, (a, _)) in enumerate(zip(batches, spans)):
+                futures.append(client.submit(_w.run_batch, token, sent[0], rows_blob, a,
+                                             pure=False, key=f"gilfree-batch-{k}-{token}"))
+                sent.append(futures[-1])
+            del blob, batches
+            if rt.callbacks:
+                rt.emit("on_map_start", n)
+            t0 = time.perf_counter()
+            return self._gather(client, futures, spans, plan, rt, len(path), generation)
         except Exception:
-            if self._generation != generation:
+            if t0 is None and self._generation != generation:  # closed while submitting
                 raise self._shut_down_error(plan, 0, n) from None
             raise
-        del blob, batches
-        with self._lock:
-            self._inflight[token] = futures
-        if rt.callbacks:
-            rt.emit("on_map_start", n)
-        t0 = time.perf_counter()
-        try:
-            return self._gather(client, futures, spans, plan, rt, len(path), generation)
         finally:
             with self._lock:
                 del self._inflight[token]
-            self._end(client, token, futures)
+            self._end(client, token, sent)
             # Emptied, not only dropped: a raised error's traceback keeps this frame and
             # _gather's alive, and a future kept alive keeps its batch's results in the
             # workers' memory.
+            sent.clear()
             futures.clear()
-            del payload
-            if rt.callbacks:
+            if rt.callbacks and t0 is not None:
                 rt.emit("on_map_end", time.perf_counter() - t0)
 
     def _end(self, client: Any, token: str, futures: list) -> None:
