@@ -13,9 +13,9 @@
 
 Dask's client runs its event loop on its own thread; the driver thread blocks only in
 ``as_completed``, which wakes every 100 ms.  What runs on the workers is in
-``_dask_worker.py``.
-``run`` executes in the calling process, as in HyperNodes' DaskEngine: one item gains
-nothing from a cluster, and breakpoints and tracebacks stay local.
+``_dask_worker.py``.  ``run`` executes in the calling process, as in HyperNodes'
+DaskEngine: one item gains nothing from a cluster, and breakpoints and tracebacks stay
+local.
 """
 
 from __future__ import annotations
