@@ -216,6 +216,32 @@ def _dual_batch_size(plan: Plan, rt: Runtime) -> int:
 
 _map_ids = itertools.count(1)
 
+#: Maps of at least this many items give the C heap's free memory back at their end.
+TRIM_ITEMS = 100_000
+_malloc_trim: Any = None
+
+
+def _trim_heap() -> None:
+    """Give free C-heap memory back to the system (glibc's ``malloc_trim``).
+
+    Why: a large map's transient buffers (result frames, lists of a batch's columns;
+    megabytes each) are freed in the middle of glibc's heap, below blocks that live on,
+    so the heap does not shrink and its free pages stay resident: a driver repeating a
+    1M-item map ten times (benchmarks/soak.py) grew 30 and 56 MiB in steps from the 2nd
+    map to the last; with this, 0.1-7 MiB (five runs; issue 14, defect 9). A trim took
+    0.2-9 ms after such a map (~600 ms): noise at >= TRIM_ITEMS items. Without glibc,
+    nothing happens."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            import ctypes
+
+            _malloc_trim = ctypes.CDLL(None).malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
 
 class _MapCall:
     """One ``map`` on the pool: payload, batches, results, events, failures."""
@@ -267,6 +293,8 @@ class _MapCall:
         finally:
             transport.close_fds(self.payload_fds)
             self.payload_fds = []
+            if self.n >= TRIM_ITEMS:
+                _trim_heap()
             rt.flush()
             if rt.callbacks:
                 rt.emit("on_map_end", time.perf_counter() - t0)
