@@ -33,7 +33,7 @@ def dask_client():
     from distributed import Client, LocalCluster
 
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                           dashboard_address=":0")
+                           dashboard_address=None)  # no dashboard: nothing beyond loopback
     client = Client(cluster, set_as_default=False)
     yield client
     client.close(timeout=10)
