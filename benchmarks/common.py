@@ -57,9 +57,8 @@ def engine_makers() -> dict[str, Any]:
         if cls is None:
             out[name] = f"gilfree.engines.{name} does not exist yet (work in progress)"
         elif name == "DaskEngine":
-            # The dashboard port only: no effect on speed, avoids clashes between clusters.
-            out[name] = optional("distributed") or (
-                lambda cls=cls: cls(cluster_options={"dashboard_address": ":0"}))
+            # Its own loopback cluster without a dashboard, as a user gets by default.
+            out[name] = optional("distributed") or cls
         else:
             out[name] = cls
     return out
@@ -204,10 +203,11 @@ def dask_processes(call: Callable[[], Any], rounds: int | None = None,
 
 
 def local_client() -> Any:
-    """A ``distributed.LocalCluster`` with its defaults (the dashboard on a free port)."""
+    """A ``distributed.LocalCluster`` with its defaults, less the dashboard (which would
+    listen on every interface)."""
     from distributed import Client, LocalCluster
 
-    return Client(LocalCluster(dashboard_address=":0"), set_as_default=False)
+    return Client(LocalCluster(dashboard_address=None), set_as_default=False)
 
 
 def close_client(client: Any) -> None:

@@ -47,14 +47,14 @@ def _cores() -> int:
 def _local_dask_engine():
     from gilfree.engines import DaskEngine
 
-    return DaskEngine(cluster_options={"dashboard_address": ":0"})
+    return DaskEngine()
 
 
 def _local_dask_client():
     from distributed import Client, LocalCluster
 
     cluster = LocalCluster(n_workers=_cores(), threads_per_worker=1, processes=True,
-                           dashboard_address=":0")
+                           dashboard_address=None)
     return Client(cluster, set_as_default=False)
 
 

@@ -77,7 +77,7 @@ def _cores() -> int:
 def _dask_engine():
     from gilfree.engines import DaskEngine
 
-    return DaskEngine(cluster_options={"dashboard_address": ":0"})
+    return DaskEngine()
 
 
 def _close_dask(engine) -> None:
