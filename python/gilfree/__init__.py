@@ -24,6 +24,7 @@ __version__ = "0.1.0"
 _PUBLIC = {
     "CallbackContext": ".callbacks", "PipelineCallback": ".callbacks",
     "CycleError": ".errors", "DependencyError": ".errors", "ExecutionError": ".errors",
+    "EngineShutDown": ".errors",
     "GilfreeError": ".errors", "HyperNodesError": ".errors", "SerializationError": ".errors",
     "DiskCache": ".cache", "DualNode": ".batch", "Pipeline": ".pipeline",
     "PipelineNode": ".nested", "ProgressCallback": ".progress",
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
     from .callbacks import CallbackContext, PipelineCallback
     from .engines import (AsyncEngine, DaskEngine, Engine, ProcessEngine, SeqEngine,
                           ThreadEngine)
-    from .errors import (CycleError, DependencyError, ExecutionError, GilfreeError,
+    from .errors import (CycleError, DependencyError, EngineShutDown, ExecutionError, GilfreeError,
                          HyperNodesError, SerializationError)
     from .nested import PipelineNode
     from .pipeline import Pipeline

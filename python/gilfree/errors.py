@@ -28,6 +28,11 @@ class ExecutionError(GilfreeError):
     """A failure that had to be wrapped, e.g. a worker process died."""
 
 
+class EngineShutDown(ExecutionError):
+    """The engine was shut down (``engine.shutdown()``, e.g. from another thread) while
+    a map ran on it: the items that had not finished did not run to their end."""
+
+
 class SerializationError(GilfreeError):
     """Something could not be pickled; the message says what, where and which way."""
 

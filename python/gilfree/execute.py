@@ -12,6 +12,7 @@ import copy
 import time
 from typing import Any, Callable
 
+from .errors import EngineShutDown
 from .execute_batch import _run_batch
 from .execute_fast import _fast_map, fast_row_function
 from .hashing import hash_strings
@@ -148,6 +149,18 @@ def execute_run(plan: Plan, values: dict, rt: Runtime, item: int | None = None,
     return out
 
 
+def _fail_unfinished(exc: EngineShutDown, failed: list, passed: list[int], segments: int,
+                     first_index: int) -> None:
+    """Under "collect", the engine shut down mid-map: every item that had not run to its
+    end holds the error (one of its own, naming the item); finished items keep theirs."""
+    for i, done in enumerate(passed):
+        if failed[i] is None and done < segments:
+            err = EngineShutDown(str(exc))
+            err.__cause__ = exc.__cause__
+            err.add_note(f"gilfree: map item {first_index + i} did not run to its end")
+            failed[i] = err
+
+
 # -- many items -------------------------------------------------------------------------
 def execute_map(plan: Plan, base: dict, rows: list[dict], rt: Runtime, *,
                 collect: bool | None = None, first_index: int = 0,
@@ -206,6 +219,10 @@ def execute_map(plan: Plan, base: dict, rows: list[dict], rt: Runtime, *,
                        hash_strings(*(sigs[i].get(o, "") for o in plan.outputs)))
             r.emit("on_map_item_end", first_index + i, now - started[i])
 
+    # Segments each item got through: when the engine shuts down mid-map, the items
+    # that did not get through all of them fail with that error under "collect".
+    passed = [0] * n
+
     def items_task(payload: list[Step]) -> Callable[[int], None]:
         def task(i: int) -> None:
             if failed[i] is not None:
@@ -221,6 +238,7 @@ def execute_map(plan: Plan, base: dict, rows: list[dict], rt: Runtime, *,
                 if not collect:
                     raise
                 failed[i] = exc
+            passed[i] += 1
             if interleave:
                 finish(i, r)
         return task
@@ -239,7 +257,13 @@ def execute_map(plan: Plan, base: dict, rows: list[dict], rt: Runtime, *,
                                 finish if interleave else None, collect)
                 rt.flush()
             else:
-                run_tasks(items_task(payload), n)
+                try:
+                    run_tasks(items_task(payload), n)
+                except EngineShutDown as exc:
+                    if not collect:
+                        raise
+                    _fail_unfinished(exc, failed, passed, len(segments), first_index)
+                    break
                 rt.flush()
         if not interleave:
             for i in range(n):

@@ -54,3 +54,54 @@ def test_shutdown_during_a_map(run_case, engine_name, tmp_path):
         msg = res["error"]
         assert re.search(r"shut ?down", msg, re.I) and "during" in msg, msg
         assert "batch_size=1" not in msg, msg
+
+
+@pytest.mark.parametrize("engine_name", ALL)
+def test_shutdown_during_a_collect_map_with_callbacks_ends_every_item(run_case, engine_name,
+                                                                      tmp_path):
+    # Callbacks take the traced path (not the fast one); under "collect" nothing is
+    # lost: every item ends as its result or as an EngineShutDown naming the engine.
+    rc, res, err = run_case(f"""
+        from gilfree import PipelineCallback
+        STARTED = {str(tmp_path / "started")!r}
+
+        @node(output_name="y")
+        def slow(x):
+            with open(STARTED, "a") as f:
+                f.write("1\\n")
+            time.sleep(0.1)
+            return x
+
+        # Few threads: items wait for one when the shutdown comes.
+        few = {{"max_workers": 2}} if ENGINE in ("thread", "async") else {{}}
+        engine = make_engine(on_error="collect", callbacks=[PipelineCallback()], **few)
+        p = Pipeline([slow])
+        p.map({{"x": [0]}}, map_over="x", engine=engine)  # started, code shipped
+        os.unlink(STARTED)
+        result = {{}}
+
+        def mapper():
+            try:
+                out = p.map({{"x": list(range(20))}}, map_over="x", engine=engine)
+                result["out"] = [r["y"] if isinstance(r, dict) else
+                                 f"{{type(r).__name__}}: {{r}}" for r in out]
+            except BaseException as exc:
+                result["error"] = f"{{type(exc).__name__}}: {{exc}}"
+
+        t = threading.Thread(target=mapper)
+        t.start()
+        deadline = time.monotonic() + 30
+        while not os.path.exists(STARTED) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        engine.shutdown()
+        t.join(60)
+        report(hung=t.is_alive(), **result)
+    """, timeout=90)
+    assert rc == 0, err
+    assert not res["hung"], res
+    assert "error" not in res, res  # "collect": the map itself does not raise
+    out = res["out"]
+    assert len(out) == 20
+    for i, r in enumerate(out):
+        if r != i:
+            assert r.startswith("EngineShutDown: ") and "during" in r, (i, r)

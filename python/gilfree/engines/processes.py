@@ -37,7 +37,7 @@ import time
 import weakref
 from typing import Any
 
-from ..errors import ExecutionError, SerializationError
+from ..errors import EngineShutDown, ExecutionError, SerializationError
 from ..execute import Runtime, execute_map
 from .. import transport
 from ..plan import DUAL, Plan
@@ -316,10 +316,10 @@ class _MapCall:
         what = ("ProcessEngine was shut down (engine.shutdown() from another thread or a "
                 "callback) during this map")
         if not self.rt.collect:
-            raise ExecutionError(f"{what}: {len(left)} of {self.n} map items did not finish "
+            raise EngineShutDown(f"{what}: {len(left)} of {self.n} map items did not finish "
                                  f"(the first is map item {left[0]})")
         for i in left:
-            self.out[i] = ExecutionError(f"{what}, before map item {i} finished")
+            self.out[i] = EngineShutDown(f"{what}, before map item {i} finished")
 
     # -- callbacks from C++ (driver thread, GIL held) -----------------------------------
     def make_batch(self, a: int, b: int) -> tuple[bytes, list[int]]:

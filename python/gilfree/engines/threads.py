@@ -29,7 +29,7 @@ import threading
 from typing import Any, Callable
 
 from .._async_bridge import run_coroutine
-from ..errors import ExecutionError
+from ..errors import EngineShutDown, ExecutionError
 from ..execute import Runtime, execute_map, execute_run, fast_row_function
 from ..plan import DUAL, FUNC, Plan
 from ..stateful import is_stateful
@@ -190,7 +190,7 @@ class ThreadEngine(Engine):
     def _shut_down_error(self, item: int | None = None) -> ExecutionError:
         what = "items that had not started did not run" if item is None else (
             f"map item {item} did not run to its end")
-        return ExecutionError(f"{self!r} was shut down during the map: {what}")
+        return EngineShutDown(f"{self!r} was shut down during the map: {what}")
 
     def _busy_note(self) -> str:
         """Why a call waited for a thread: for the TimeoutError of an item that never
