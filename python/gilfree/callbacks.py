@@ -75,7 +75,9 @@ def check_supported(callbacks: Iterable[PipelineCallback], engine: Any) -> None:
             continue
         names = {a if isinstance(a, str) else a.__name__ for a in allowed}
         if not any(c.__name__ in names for c in type(engine).__mro__):
+            # Worded as HyperNodes words it (code may match on it), plus the list.
             raise ValueError(
-                f"{type(cb).__name__} does not support {type(engine).__name__}; "
-                f"it supports {sorted(names)}"
+                f"Callback {type(cb).__name__} is not compatible with engine "
+                f"{type(engine).__name__}: {type(cb).__name__} does not support "
+                f"{type(engine).__name__}; it supports {sorted(names)}"
             )

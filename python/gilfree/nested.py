@@ -81,8 +81,10 @@ class PipelineNode:
         return tuple(self.output_mapping.get(o, o) for o in self.inner_outputs)
 
     @property
-    def output_name(self) -> tuple[str, ...]:
-        return self.output_names
+    def output_name(self) -> str | tuple[str, ...]:
+        # As a Node's: the name itself for one output, a tuple for several (HyperNodes).
+        names = self.output_names
+        return names[0] if len(names) == 1 else names
 
     @property
     def root_args(self) -> tuple[str, ...]:
@@ -92,6 +94,19 @@ class PipelineNode:
         args += [o for o in self.input_mapping if o not in args]
         args += [m for m in self.map_over if m not in args]
         return tuple(args)
+
+    @property
+    def bound_inputs(self) -> dict[str, Any]:
+        """The inner pipeline's bound inputs (a copy), under their inner names."""
+        return self.pipeline.bound_inputs
+
+    @property
+    def unfulfilled_args(self) -> tuple[str, ...]:
+        """Outer names the outer pipeline must provide: inner inputs not bound, plus
+        ``map_over``. (``root_args`` also lists mapped names of bound inputs, which may
+        be given to override the bound value.)"""
+        args = [self.outer_name(a) for a in self.pipeline.unfulfilled_args]
+        return tuple(args + [m for m in self.map_over if m not in args])
 
     @property
     def defaults(self) -> dict[str, Any]:
@@ -112,6 +127,28 @@ class PipelineNode:
     @property
     def func(self) -> Any:
         return None
+
+    def __call__(self, required_outputs: Any = None, **inputs: Any) -> dict[str, Any]:
+        """Run the inner pipeline on outer-named ``inputs``; outer-named outputs.
+
+        As HyperNodes' ``PipelineNode(...)(x=1)``: mapped nodes return one list per
+        output; ``required_outputs`` (outer names) restricts what runs. The inner
+        pipeline's own engine runs it.
+        """
+        inner_of = {outer: inner for inner, outer in self.output_mapping.items()}
+        if required_outputs is None:
+            wanted = self.inner_outputs
+        else:
+            outer = [required_outputs] if isinstance(required_outputs, str) else required_outputs
+            wanted = [inner_of.get(o, o) for o in outer]
+        inner_inputs = {self.inner_name(k): v for k, v in inputs.items()}
+        if self.map_over:
+            results = self.pipeline.map(inputs=inner_inputs,
+                                        map_over=[self.inner_name(m) for m in self.map_over],
+                                        map_mode=self.map_mode, output_name=wanted)
+            return {self.output_mapping.get(o, o): [r[o] for r in results] for o in wanted}
+        result = self.pipeline.run(inputs=inner_inputs, output_name=wanted)
+        return {self.output_mapping.get(o, o): result[o] for o in wanted}
 
     def __repr__(self) -> str:
         extra = f", map_over={self.map_over}" if self.map_over else ""

@@ -51,8 +51,7 @@ class Runtime:
             # driver replays the event later, when this worker may be elsewhere.
             q.append((event, args, list(self.ctx.hierarchy_path) if self.ctx else None))
             return
-        for cb in self.callbacks:
-            getattr(cb, event)(*args, self.ctx)
+        _deliver(self.callbacks, event, args, self.ctx)
 
     def worker_view(self) -> "Runtime":
         """A copy for code running on another thread: its events queue for the driver,
@@ -77,10 +76,28 @@ class Runtime:
             while q:
                 event, args, path = q.popleft()
                 ctx.hierarchy_path = path
-                for cb in self.callbacks:
-                    getattr(cb, event)(*args, ctx)
+                _deliver(self.callbacks, event, args, ctx)
         finally:
             ctx.hierarchy_path = saved
+
+
+def _deliver(callbacks: list, event: str, args: tuple, ctx: Any) -> None:
+    """Call every callback's ``event`` hook; keep ``ctx.get("_in_map")`` up to date.
+
+    HyperNodes' callbacks tell map items from plain runs with ``ctx.get("_in_map")``:
+    True between a map's ``on_map_start`` and ``on_map_end`` (not during those two, as
+    there), still True in a nested map's items and after it ends inside an outer map.
+    """
+    if event == "on_map_end" and ctx is not None:
+        depth = ctx.data.get("_map_depth", 1) - 1
+        ctx.data["_map_depth"] = depth
+        ctx.data["_in_map"] = depth > 0
+    for cb in callbacks:
+        getattr(cb, event)(*args, ctx)
+    if event == "on_map_start" and ctx is not None:
+        depth = ctx.data.get("_map_depth", 0) + 1
+        ctx.data["_map_depth"] = depth
+        ctx.data["_in_map"] = True
 
 
 # -- one step ---------------------------------------------------------------------------
