@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
+from .batch_formats import batch_kwargs, plain_results
 from .errors import annotate
 from .plan import Step
 from .runtime import _MISS, Runtime, _safe_signature, _set_output_sigs, _store
@@ -50,7 +51,7 @@ def _run_batch(step: Step, values: list[dict], sigs: list, failed: list, cached:
                   for a in step.args}
         t0 = time.perf_counter()
         try:
-            outs[k] = _call_batch(step, kwargs, retries, len(chunk))
+            outs[k] = _call_batch(step, kwargs, varying, retries, len(chunk))
         except Exception as exc:
             annotate(exc, step.name)
             exc.add_note(f"gilfree: batch of map items {[first + i for i in chunk]}")
@@ -91,7 +92,11 @@ def _run_batch(step: Step, values: list[dict], sigs: list, failed: list, cached:
                 rt.emit("on_node_end", step.name, outputs, share)
 
 
-def _call_batch(step: Step, kwargs: dict, retries: int, n: int) -> Any:
+def _call_batch(step: Step, kwargs: dict, varying: set, retries: int, n: int) -> list:
+    """The one place every engine calls a batch function (workers run ``execute_map``
+    too): arguments in the formats it asks for, its results as plain Python values."""
+    # getattr: a duck-typed dual node (is_dual_node = True) may come without a spec.
+    kwargs = batch_kwargs(getattr(step.node, "batch_spec", None), kwargs, varying, step.name)
     attempt = 0
     while True:
         try:
@@ -101,15 +106,4 @@ def _call_batch(step: Step, kwargs: dict, retries: int, n: int) -> Any:
             attempt += 1
             if attempt > retries:
                 raise
-    try:
-        got = len(out)
-    except TypeError:
-        raise TypeError(
-            f"DualNode {step.name!r}: batch function returned {type(out).__name__}, "
-            f"expected a sequence of {n} results"
-        ) from None
-    if got != n:
-        raise ValueError(
-            f"DualNode {step.name!r}: batch function returned {got} results for {n} items"
-        )
-    return out
+    return plain_results(out, n, step.name)
