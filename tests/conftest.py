@@ -12,7 +12,7 @@ from gilfree import engines as _engines
 #: DaskEngine runs when dask.distributed is installed (``pip install "dask[distributed]"``).
 _HAS_DASK = importlib.util.find_spec("distributed") is not None
 ENGINE_NAMES = [n for n in ("SeqEngine", "ThreadEngine", "AsyncEngine", "ProcessEngine",
-                            "DaskEngine")
+                            "DaftEngine", "DaskEngine")
                 if hasattr(_engines, n) and (n != "DaskEngine" or _HAS_DASK)]
 
 

@@ -29,7 +29,8 @@ _PUBLIC = {
     "DiskCache": ".cache", "DualNode": ".batch", "Pipeline": ".pipeline",
     "PipelineNode": ".nested", "ProgressCallback": ".progress",
     # Every engine, as in gilfree.engines (each module still loads on first use).
-    "AsyncEngine": ".engines", "DaskEngine": ".engines", "Engine": ".engines",
+    "AsyncEngine": ".engines", "DaftEngine": ".engines", "DaskEngine": ".engines",
+    "Engine": ".engines",
     "ProcessEngine": ".engines", "SeqEngine": ".engines", "ThreadEngine": ".engines",
 }
 
@@ -39,8 +40,8 @@ if TYPE_CHECKING:
     from .batch import DualNode
     from .cache import DiskCache
     from .callbacks import CallbackContext, PipelineCallback
-    from .engines import (AsyncEngine, DaskEngine, Engine, ProcessEngine, SeqEngine,
-                          ThreadEngine)
+    from .engines import (AsyncEngine, DaftEngine, DaskEngine, Engine, ProcessEngine,
+                          SeqEngine, ThreadEngine)
     from .errors import (CycleError, DependencyError, EngineShutDown, ExecutionError, GilfreeError,
                          HyperNodesError, SerializationError)
     from .nested import PipelineNode

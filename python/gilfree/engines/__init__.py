@@ -13,13 +13,15 @@ from .seq import SeqEngine
 
 if TYPE_CHECKING:
     from .aio import AsyncEngine
+    from .daft_engine import DaftEngine
     from .dask_engine import DaskEngine
     from .processes import ProcessEngine
     from .threads import ThreadEngine
 
-_LAZY = {"AsyncEngine": ".aio", "DaskEngine": ".dask_engine", "ProcessEngine": ".processes",
-         "ThreadEngine": ".threads"}
+_LAZY = {"AsyncEngine": ".aio", "DaftEngine": ".daft_engine", "DaskEngine": ".dask_engine",
+         "ProcessEngine": ".processes", "ThreadEngine": ".threads"}
 
-__all__ = ["AsyncEngine", "DaskEngine", "Engine", "ProcessEngine", "SeqEngine", "ThreadEngine"]
+__all__ = ["AsyncEngine", "DaftEngine", "DaskEngine", "Engine", "ProcessEngine", "SeqEngine",
+           "ThreadEngine"]
 
 __getattr__, __dir__ = lazy_names(__name__, globals(), _LAZY, __all__)

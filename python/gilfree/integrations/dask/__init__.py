@@ -1,0 +1,5 @@
+"""HyperNodes' import path for DaskEngine (needs dask installed)."""
+
+from ...engines.dask_engine import DaskEngine
+
+__all__ = ["DaskEngine"]
