@@ -95,11 +95,16 @@ class Pipeline:
         return PipelineNode(self, input_mapping=input_mapping, output_mapping=output_mapping,
                             map_over=map_over, map_mode=map_mode, name=name, cache=cache)
 
-    def visualize(self, filename: str | None = None, depth: int | None = 1, **options: Any):
-        """Draw the graph with Graphviz (``pip install graphviz``, gilfree's ``viz`` extra)."""
+    def visualize(self, filename: str | None = None, engine: Any = "auto",
+                  depth: int | None = 1, **options: Any):
+        """Draw the graph (HyperNodes' argument order): inline in Jupyter, or to ``filename``.
+
+        Needs nothing installed (gilfree's own SVG layout); Graphviz draws it when its
+        programs are installed or ``engine="graphviz"``.  See docs/visualization.md.
+        """
         from .visualization import visualize
 
-        return visualize(self, filename=filename, depth=depth, **options)
+        return visualize(self, filename=filename, engine=engine, depth=depth, **options)
 
     # -- inputs -----------------------------------------------------------------------
     def bind(self, **inputs: Any) -> "Pipeline":

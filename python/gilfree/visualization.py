@@ -1,8 +1,11 @@
-"""Draw a pipeline with Graphviz (``Pipeline.visualize``).
+"""Draw a pipeline (``Pipeline.visualize``): gilfree's own SVG layout, or Graphviz.
 
-The DOT source is built here in plain Python (``to_dot``), so it is always available;
-only turning it into SVG/PNG/PDF needs Graphviz: the ``graphviz`` package when it is
-importable, else the ``dot`` executable.  See docs/visualization.md.
+The drawing is built here in plain Python once, as DOT source (``to_dot``) and as a
+plain model that ``_svg_layout`` lays out as SVG (``to_svg``), so ``visualize()``
+shows a picture with nothing installed.  Graphviz (the ``graphviz`` package when it is
+importable, else the ``dot`` executable) is used when its programs are installed or
+asked for with ``engine="graphviz"``, and is needed for PNG/PDF files.  See
+docs/visualization.md.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from .errors import GilfreeError
 
 ORIENTS = ("TB", "LR", "BT", "RL")
 _INSTALL_HINT = (
-    "drawing a pipeline needs Graphviz: `pip install graphviz` (the `viz` extra of gilfree) and install the "
+    "rendering with Graphviz (PNG/PDF files, engine='graphviz') needs Graphviz: "
+    "`pip install graphviz` (the `viz` extra of gilfree) and install the "
     "Graphviz programs (`apt-get install graphviz` or `brew install graphviz`). "
     "The DOT source is available without it: gilfree.visualization.to_dot(pipeline)"
 )
@@ -108,6 +112,13 @@ class _DotBuilder:
         # cluster would pull its outer endpoint into that cluster.
         self.edges: list[str] = []
         self._used: set[str] = set()
+        # The same drawing as a plain model, for the SVG layout that needs no Graphviz
+        # (_svg_layout): boxes with text rows, clusters, edges.
+        self.nodes: dict[str, dict[str, Any]] = {}
+        self.clusters: dict[str, dict[str, Any]] = {}
+        self.model_edges: list[tuple[str, str, str | None]] = []
+        self._cluster: str | None = None
+        self.orient, self.title = "TB", None
 
     def new_id(self, hint: str) -> str:
         # Readable but unique: two nested pipelines may both contain a node "clean".
@@ -124,6 +135,7 @@ class _DotBuilder:
 
     def edge(self, src: str, dst: str, label: str | None) -> None:
         extra = f" [{_attrs(label=_esc(label))}]" if label else ""
+        self.model_edges.append((src, dst, label))
         self.edges.append(f'    "{src}" -> "{dst}"{extra};')
 
     def draw(self, pipeline: Any, depth: int | None, scope: str, indent: int,
@@ -144,12 +156,16 @@ class _DotBuilder:
             nid = self.new_id(f"{scope}input_{arg}")
             sources[arg] = (nid, None)
             if arg in bound:  # dashed: a default the caller need not pass
-                label, style = f"{_esc(arg)} = {_esc(_short_repr(bound[arg]))}", "dashed"
+                text = f"{arg} = {_short_repr(bound[arg])}"
+                label, style = _esc(text), "dashed"
             else:
                 label, style = _esc(arg), "dotted" if arg in graph.optional_args else "solid"
+                text = arg
                 typ = self._input_type(graph, arg)
                 if typ:
                     label += f' <FONT POINT-SIZE="10">: {_esc(typ)}</FONT>'
+                    text += f" : {typ}"
+            self._record(nid, "input", [(text, "normal")], style)
             self.emit(indent, f'"{nid}" [{_attrs(label=label, shape="ellipse", style=style)}];')
 
         for n in graph.execution_order:
@@ -177,6 +193,9 @@ class _DotBuilder:
             self.emit(indent, f"subgraph cluster_{cid} {{")
             self.emit(indent + 1, f"label=<<B>{_esc(n.name)}</B>{self._mapped(n)}>;")
             self.emit(indent + 1, 'style="rounded,filled"; fillcolor="#f4f6fb"; color="#7a8bb5";')
+            self.clusters[cid] = {"rows": [(n.name, "bold")] + self._mapped_rows(n),
+                                  "parent": self._cluster}
+            outer_cluster, self._cluster = self._cluster, cid
             # Across the boundary an edge is labelled "outer → inner" when renamed.
             feeds = {}
             for outer, (src, label) in inputs.items():
@@ -184,6 +203,7 @@ class _DotBuilder:
                 feeds[inner] = (src, _renamed(label, outer, inner))
             inner_out = self.draw(n.pipeline, None if depth is None else depth - 1,
                                   f"{cid}__", indent + 1, feeds)
+            self._cluster = outer_cluster
             self.emit(indent, "}")
             for inner in n.inner_outputs:
                 outer = n.output_mapping.get(inner, inner)
@@ -195,25 +215,49 @@ class _DotBuilder:
         outs = tuple(n.output_names)
         types = _output_types(getattr(n, "func", None), outs) if self.show_types else {}
         rows = [f"<B>{_esc(n.name)}</B>"]
+        plain = [(n.name, "bold")]
         if nested:  # collapsed: one box for the whole inner pipeline
             rows[0] += self._mapped(n)
+            plain += self._mapped_rows(n)
             attrs = dict(shape="box3d", style="filled", fillcolor="#dde4f7")
+            kind = "pipeline"
         elif getattr(n, "is_dual_node", False):
             tags = "batch, stateful" if getattr(n, "is_stateful", False) else "batch"
             rows.append(f'<I><FONT POINT-SIZE="10">[{tags}]</FONT></I>')
+            plain.append((f"[{tags}]", "italic"))
             attrs = dict(shape="box", style="rounded,filled", fillcolor="#fde9c9",
                          peripheries="2")
+            kind = "dual"
         else:
             attrs = dict(shape="box", style="rounded,filled", fillcolor="#e3f1e3")
+            kind = "func"
         for o in outs:
-            typ = f" : {_esc(types[o])}" if o in types else ""
-            rows.append(f'<FONT POINT-SIZE="10">→ {_esc(o)}{typ}</FONT>')
+            typ = f" : {types[o]}" if o in types else ""
+            rows.append(f'<FONT POINT-SIZE="10">→ {_esc(o)}{_esc(typ)}</FONT>')
+            plain.append((f"→ {o}{typ}", "small"))
+        self._record(nid, kind, plain)
         self.emit(indent, f'"{nid}" [{_attrs(label="<BR/>".join(rows), **attrs)}];')
         for arg, (src, label) in inputs.items():
             self.edge(src, nid, label)
         # Label edges out of a multi-output node with the output they carry.
         for o in outs:
             sources[o] = (nid, o if len(outs) > 1 else None)
+
+    def _record(self, nid: str, kind: str, rows: list, style: str = "solid") -> None:
+        self.nodes[nid] = {"kind": kind, "rows": rows, "style": style,
+                           "cluster": self._cluster}
+
+    def dot(self) -> str:
+        return "digraph pipeline {\n" + "\n".join(self.lines + self.edges) + "\n}\n"
+
+    def svg(self) -> str:
+        from ._svg_layout import layout_svg
+
+        return layout_svg(self.nodes, self.clusters, self.model_edges, self.orient, self.title)
+
+    @staticmethod
+    def _mapped_rows(n: Any) -> list:
+        return [(f"map over {', '.join(n.map_over)}", "small")] if n.map_over else []
 
     @staticmethod
     def _mapped(n: Any) -> str:
@@ -229,6 +273,16 @@ def to_dot(pipeline: Any, depth: int | None = 1, orient: str = "TB",
     ``depth=1`` draws nested pipelines as one node each; ``depth=2`` expands one level
     of nesting into clusters, and ``depth=None`` expands every level.
     """
+    return _build(pipeline, depth, orient, show_types).dot()
+
+
+def to_svg(pipeline: Any, depth: int | None = 1, orient: str = "TB",
+           show_types: bool = True) -> str:
+    """``pipeline`` drawn as SVG by gilfree's own layout (pure Python; no Graphviz)."""
+    return _build(pipeline, depth, orient, show_types).svg()
+
+
+def _build(pipeline: Any, depth: int | None, orient: str, show_types: bool) -> "_DotBuilder":
     if depth is not None and (not isinstance(depth, int) or isinstance(depth, bool) or depth < 1):
         raise ValueError(f"depth={depth!r} must be an integer >= 1, or None (expand all)")
     if orient not in ORIENTS:
@@ -239,10 +293,20 @@ def to_dot(pipeline: Any, depth: int | None = 1, orient: str = "TB",
     b.emit(1, 'graph [fontname="Helvetica"]; node [fontname="Helvetica", fontsize="12"]; '
               'edge [fontname="Helvetica", fontsize="10", color="#555555"];')
     b.draw(pipeline, depth, "", 1, {})
-    return "digraph pipeline {\n" + "\n".join(b.lines + b.edges) + "\n}\n"
+    b.orient, b.title = orient, pipeline.name
+    return b
 
 
 # -- rendering ----------------------------------------------------------------------
+# visualize(engine=...): "graphviz" asks for Graphviz; HyperNodes' interactive engines
+# ("ipywidget", interactive=True) and "svg"/"html" get gilfree's own SVG layout, which
+# shows inline in Jupyter and needs nothing installed; "auto" (the default) uses
+# Graphviz when its programs are installed and the own layout otherwise.
+BUILTIN_ENGINES = ("svg", "html", "ipywidget", "widget", "interactive", "gilfree", "builtin")
+ENGINES = ("auto", "graphviz") + BUILTIN_ENGINES
+_OWN_FORMATS = ("svg", "html", "htm", "dot", "gv")
+
+
 def graphviz_available() -> bool:
     """Whether ``render`` can work here.
 
@@ -273,57 +337,117 @@ def render(source: str, format: str = "svg") -> bytes:
     return proc.stdout
 
 
-class PipelineDrawing:
-    """A drawn pipeline: shows inline in Jupyter, ``.source`` is the DOT text."""
+def _html_page(svg: str, title: str) -> str:
+    return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
+            f"<title>{_esc(title)}</title></head>\n<body>\n{svg}\n</body></html>\n")
 
-    def __init__(self, source: str):
+
+class PipelineDrawing:
+    """A drawn pipeline: shows inline in Jupyter, ``.source`` is the DOT text.
+
+    ``engine`` is ``"graphviz"`` (SVG and every other format from the ``dot``
+    program) or ``"svg"`` (gilfree's own layout: SVG and HTML with nothing installed;
+    other formats still need Graphviz).
+    """
+
+    def __init__(self, source: str, engine: str = "graphviz",
+                 svg: str | None = None, name: str | None = None):
         self.source = source
-        self._svg: str | None = None
+        self.engine = engine
+        self.name = name or "pipeline"
+        self._svg = svg
+
+    @property
+    def svg(self) -> str:
+        """The SVG text of the drawing (computed once)."""
+        if self._svg is None:
+            data = render(self.source, "svg").decode("utf-8")
+            # Graphviz writes an XML prolog and DOCTYPE: not allowed inside HTML.
+            self._svg = data[data.index("<svg"):] if "<svg" in data else data
+        return self._svg
 
     def pipe(self, format: str = "svg") -> bytes:
+        if format == "svg":
+            return self.svg.encode("utf-8")
+        if format in ("html", "htm"):
+            return _html_page(self.svg, self.name).encode("utf-8")
         return render(self.source, format)
 
     def save(self, filename: str | os.PathLike) -> str:
-        """Write ``filename``; its extension picks the format (``.dot``: the source)."""
+        """Write ``filename``; its extension picks the format (``.dot``: the source).
+
+        ``.svg``, ``.html`` and ``.dot`` need nothing installed; other formats (``.png``,
+        ``.pdf``, ...) need Graphviz (``GraphvizNotFoundError`` says what to install).
+        """
         filename = os.fspath(filename)
         ext = os.path.splitext(filename)[1].lower().lstrip(".")
         if not ext:
-            raise ValueError(f"filename {filename!r} needs an extension: .svg, .png, .pdf, .dot")
+            raise ValueError(f"filename {filename!r} needs an extension: "
+                             ".svg, .html, .dot, or .png/.pdf (with Graphviz)")
+        if ext not in _OWN_FORMATS and not graphviz_available():
+            raise GraphvizNotFoundError(
+                f"writing {filename!r} (.{ext}) needs Graphviz; .svg, .html and .dot "
+                f"files need nothing installed. {_INSTALL_HINT}")
         data = self.source.encode() if ext in ("dot", "gv") else self.pipe(ext)
         with open(filename, "wb") as f:
             f.write(data)
         return filename
 
     def _repr_svg_(self) -> str | None:
-        if self._svg is None:
-            try:
-                self._svg = self.pipe("svg").decode("utf-8")
-            except GraphvizNotFoundError:
-                # Only reachable after visualize(filename=...) wrote a .dot without
-                # Graphviz: Jupyter then shows __repr__ instead of a traceback.
-                return None
-        return self._svg
+        try:
+            return self.svg
+        except GraphvizNotFoundError:  # Graphviz went away: Jupyter shows __repr__
+            return None
+
+    def _repr_html_(self) -> str | None:
+        svg = self._repr_svg_()
+        if svg is None:
+            return None
+        # Scroll rather than shrink a wide pipeline to unreadable text.
+        return f'<div class="gilfree-drawing" style="overflow:auto;max-width:100%">{svg}</div>'
 
     def __str__(self) -> str:
         return self.source
 
     def __repr__(self) -> str:
-        return f"<PipelineDrawing: {self.source.count(chr(10))} lines of DOT>"
+        return (f"<PipelineDrawing {self.name!r} ({self.engine}): "
+                f"{self.source.count(chr(10))} lines of DOT>")
+
+
+def _pick_engine(engine: Any, interactive: bool) -> str:
+    if interactive:  # HyperNodes' interactive=True: its widget; here the own HTML view
+        return "svg"
+    if engine is None:
+        engine = "auto"
+    if not isinstance(engine, str) or engine.lower() not in ENGINES:
+        raise ValueError(f"engine={engine!r} is not known: use one of {list(ENGINES)} "
+                         "(custom engine objects are not supported)")
+    engine = engine.lower()
+    if engine == "auto":
+        return "graphviz" if graphviz_available() else "svg"
+    if engine == "graphviz":
+        if not graphviz_available():  # asked for by name: say what is missing
+            raise GraphvizNotFoundError(
+                "engine='graphviz' needs Graphviz; without it, leave engine out (the "
+                f"default draws with gilfree's own SVG layout). {_INSTALL_HINT}")
+        return "graphviz"
+    return "svg"
 
 
 def visualize(pipeline: Any, filename: str | os.PathLike | None = None,
-              depth: int | None = 1, orient: str = "TB", show_types: bool = True,
+              engine: Any = "auto", depth: int | None = 1, orient: str = "TB",
+              show_types: bool = True, interactive: bool = False,
               **_: Any) -> PipelineDrawing:
     """Draw ``pipeline``; write ``filename`` if given (format from its extension).
 
     Returns a ``PipelineDrawing`` either way.  Options HyperNodes knows but gilfree
-    does not draw (``style``, ``show_legend``, ...) are accepted and ignored.
+    does not draw (``style``, ``show_legend``, ``group_inputs``, ``separate_outputs``,
+    ``return_type``, ...) are accepted and ignored.
     """
-    drawing = PipelineDrawing(to_dot(pipeline, depth=depth, orient=orient,
-                                     show_types=show_types))
+    kind = _pick_engine(engine, interactive)
+    b = _build(pipeline, depth, orient, show_types)
+    drawing = PipelineDrawing(b.dot(), engine=kind, svg=b.svg() if kind == "svg" else None,
+                              name=pipeline.name)
     if filename is not None:
         drawing.save(filename)
-    elif not graphviz_available():
-        # Fail here, with the install hint, rather than later inside Jupyter's display.
-        raise GraphvizNotFoundError()
     return drawing

@@ -218,7 +218,7 @@ def test_dot_file_needs_no_graphviz(tmp_path, no_graphviz):
     p = Pipeline([clean, split])
     drawing = p.visualize(filename=tmp_path / "p.dot")
     assert (tmp_path / "p.dot").read_text() == drawing.source == to_dot(p)
-    assert drawing._repr_svg_() is None  # Jupyter falls back to the text repr
+    assert "<svg" in drawing._repr_svg_()  # drawn by gilfree's own layout
 
 
 # -- rendering ----------------------------------------------------------------------
@@ -246,9 +246,10 @@ def test_inline_object_for_jupyter():
 
 
 def test_missing_graphviz_error(no_graphviz, tmp_path):
+    """Only Graphviz's own formats, or engine="graphviz" by name, need Graphviz."""
     p = Pipeline([clean])
-    for call in (lambda: p.visualize(),
-                 lambda: p.visualize(filename=tmp_path / "p.svg"),
+    for call in (lambda: p.visualize(filename=tmp_path / "p.png"),
+                 lambda: p.visualize(engine="graphviz"),
                  lambda: PipelineDrawing(to_dot(p)).pipe("png")):
         with pytest.raises(GraphvizNotFoundError) as info:
             call()
@@ -256,5 +257,7 @@ def test_missing_graphviz_error(no_graphviz, tmp_path):
         assert "pip install graphviz" in msg and "gilfree[" not in msg
         assert "apt-get install graphviz" in msg and "brew install graphviz" in msg
     assert isinstance(info.value, ImportError) and isinstance(info.value, RuntimeError)
-    assert not (tmp_path / "p.svg").exists()
+    with pytest.raises(GraphvizNotFoundError, match=r"\.svg, \.html and \.dot"):
+        p.visualize(filename=tmp_path / "p.pdf")
+    assert not (tmp_path / "p.png").exists() and not (tmp_path / "p.pdf").exists()
     assert "digraph" in to_dot(p)  # the source never needs Graphviz
