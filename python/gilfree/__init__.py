@@ -32,6 +32,9 @@ _PUBLIC = {
     "AsyncEngine": ".engines", "DaftEngine": ".engines", "DaskEngine": ".engines",
     "Engine": ".engines",
     "ProcessEngine": ".engines", "SeqEngine": ".engines", "ThreadEngine": ".engines",
+    # HyperNodes' other top-level names: its node protocol and its drawing API.
+    "HyperNode": ".hypernode", "visualize": ".visualization",
+    "DESIGN_STYLES": ".viz_themes", "GraphvizTheme": ".viz_themes",
 }
 
 __all__ = sorted([*_PUBLIC, "Node", "node", "stateful"], key=str.lower)
@@ -44,8 +47,11 @@ if TYPE_CHECKING:
                           SeqEngine, ThreadEngine)
     from .errors import (CycleError, DependencyError, EngineShutDown, ExecutionError, GilfreeError,
                          HyperNodesError, SerializationError)
+    from .hypernode import HyperNode
     from .nested import PipelineNode
     from .pipeline import Pipeline
     from .progress import ProgressCallback
+    from .visualization import visualize
+    from .viz_themes import DESIGN_STYLES, GraphvizTheme
 
 __getattr__, __dir__ = lazy_names(__name__, globals(), _PUBLIC, __all__)

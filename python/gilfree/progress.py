@@ -45,6 +45,22 @@ class _Bars:
             bar.close()
 
 
+class _NoBar:
+    """A disabled callback's bar: it counts, draws nothing, and needs no tqdm."""
+
+    __slots__ = ("total", "n")
+
+    def __init__(self, total: int):
+        self.total, self.n = total, 0
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+
+    def refresh(self) -> None: ...
+    def close(self) -> None: ...
+    def set_postfix_str(self, s: str = "") -> None: ...
+
+
 class ProgressCallback(PipelineCallback):
     """One bar per pipeline level (its name), counting items in a map or nodes in a
     run; in a map, one bar per node too."""
@@ -55,7 +71,16 @@ class ProgressCallback(PipelineCallback):
         self._levels: dict[Level, _Bars] = {}
 
     # -- bars ---------------------------------------------------------------------------
+    @property
+    def _bars(self) -> dict[str, Any]:
+        """The bars drawn now, by description (HyperNodes' tests read ``_bars``):
+        none when disabled, none after a run or map has ended."""
+        return {bar.desc: bar for bars in self._levels.values()
+                for bar in (bars.main, *bars.nodes.values()) if not isinstance(bar, _NoBar)}
+
     def _new_bar(self, desc: str, total: int, depth: int) -> Any:
+        if not self.enable:
+            return _NoBar(total)
         from tqdm.auto import tqdm
 
         return tqdm(total=total, desc=desc, leave=depth == 0, disable=not self.enable,

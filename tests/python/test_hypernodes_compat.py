@@ -159,3 +159,184 @@ def test_incompatible_callback_message_has_hypernodes_wording():
         pipeline.run(inputs={"x": 1, "y": 2})
     assert "it supports ['DaftEngine']" in str(exc.value)
     assert isinstance(CallbackContext(), CallbackContext)
+
+
+# -- top-level names ---------------------------------------------------------------------
+def test_every_name_hypernodes_exports_at_the_top_level_is_here():
+    import gilfree
+
+    hypernodes_all = ["node", "stateful", "DualNode", "HyperNode", "Node", "Pipeline",
+                      "SeqEngine", "DiskCache", "PipelineCallback", "CallbackContext",
+                      "GraphvizTheme", "DESIGN_STYLES", "visualize", "HyperNodesError",
+                      "CycleError", "DependencyError", "ExecutionError"]
+    missing = [n for n in hypernodes_all if n not in gilfree.__all__ or not hasattr(gilfree, n)]
+    assert missing == []
+    assert isinstance(gilfree.__version__, str)
+
+
+def test_hypernode_protocol_is_satisfied_by_every_kind_of_node():
+    from gilfree import DualNode, HyperNode
+
+    dual = DualNode(output_name="y", singular=lambda x: x, batch=lambda x: x)
+    nested = Pipeline([add]).as_node()
+    for n in (add, dual, nested):
+        assert isinstance(n, HyperNode), n
+        assert isinstance(n.code_hash, str) and n.root_args and n.output_name
+    assert not isinstance(object(), HyperNode)
+
+
+def test_visualize_at_the_top_level_is_pipeline_visualize():
+    from gilfree import visualize
+    from gilfree.visualization import to_dot, visualize as from_module
+
+    assert visualize is from_module
+    assert "total" in to_dot(Pipeline([add]))
+
+
+def test_design_styles_and_themes():
+    from gilfree import DESIGN_STYLES, GraphvizTheme
+    from gilfree.viz_themes import ColorPair, NodeStyle, create_custom_theme, resolve_theme
+
+    assert {"default", "hypernodes", "legacy", "dark_neon"} <= set(DESIGN_STYLES)
+    assert all(isinstance(t, GraphvizTheme) for t in DESIGN_STYLES.values())
+    assert resolve_theme(None) is DESIGN_STYLES["default"] is resolve_theme("default")
+    assert resolve_theme("legacy").colors("func").fill == "#87D3F9"
+    assert resolve_theme("legacy").colors("input") == resolve_theme("legacy").colors("data")
+    # A dual node without its own style looks like a function.
+    custom = GraphvizTheme(node_styles={"function": NodeStyle(color=ColorPair("#123456"))})
+    assert resolve_theme(custom) is custom
+    assert custom.colors("dual").fill == "#123456"
+    assert custom.colors("dual").outline == "#0c243c"  # darker: computed
+    assert custom.edge_attr["color"] == custom.edge_color
+    theme = create_custom_theme(ColorPair("#ffffff"), ColorPair("#000000"), ColorPair("#abc"))
+    assert theme.node_styles["data"].graphviz_attrs["fillcolor"] == "#abc"
+    with pytest.raises(ValueError, match="unknown style 'nope'.*legacy"):
+        resolve_theme("nope")
+
+
+# -- gilfree.telemetry -------------------------------------------------------------------
+def test_telemetry_exports_the_progress_callback():
+    import gilfree.progress
+    from gilfree.telemetry import ProgressCallback
+    from gilfree.telemetry.progress import ProgressCallback as FromSubmodule
+
+    assert ProgressCallback is FromSubmodule is gilfree.progress.ProgressCallback
+
+
+def test_disabled_progress_callback_creates_no_bars():
+    from gilfree.telemetry import ProgressCallback
+
+    progress = ProgressCallback(enable=False)
+    engine = SeqEngine(callbacks=[progress])
+    assert Pipeline([add], engine=engine).run(inputs={"x": 1, "y": 2}) == {"total": 3}
+    assert Pipeline([add], engine=engine).map(inputs={"x": [1, 2], "y": 1}, map_over="x") == [
+        {"total": 2}, {"total": 3}]
+    assert progress._bars == {}
+
+
+class FakeSpan:
+    def __init__(self, log, name, attributes):
+        self.log, self.name, self.attributes = log, name, dict(attributes)
+
+    def __enter__(self):
+        self.log.append(("enter", self.name))
+        return self
+
+    def __exit__(self, *exc):
+        self.log.append(("exit", self.name, exc[0].__name__ if exc[0] else None))
+
+    def set_attribute(self, key, value):
+        self.attributes[key] = value
+
+
+class FakeLogfire:
+    def __init__(self):
+        self.log, self.spans, self.errors = [], [], []
+
+    def span(self, name, **attributes):
+        span = FakeSpan(self.log, name, attributes)
+        self.spans.append(span)
+        return span
+
+    def error(self, message, **attributes):
+        self.errors.append(message)
+
+
+def test_telemetry_callback_opens_and_closes_a_span_per_pipeline_node_and_map(tmp_path):
+    from gilfree.telemetry import TelemetryCallback
+
+    fake = FakeLogfire()
+    telemetry = TelemetryCallback(logfire_instance=fake)
+    engine = SeqEngine(cache=DiskCache(path=str(tmp_path)), callbacks=[telemetry])
+    pipeline = Pipeline([add, scale], engine=engine, name="tele")
+    pipeline.run(inputs={"x": 1, "y": 2, "value": 3, "factor": 2})
+    names = [s.name for s in fake.spans]
+    assert names[0].startswith("pipeline:") and {"node:add", "node:scale"} <= set(names)
+    entered = [e[1] for e in fake.log if e[0] == "enter"]
+    exited = [e[1] for e in fake.log if e[0] == "exit"]
+    assert sorted(entered) == sorted(exited)  # every span is closed
+    assert fake.log[-1][:2] == ("exit", names[0])  # the pipeline's span last
+    kinds = sorted(s["type"] for s in telemetry.span_data)
+    assert kinds == ["node", "node", "pipeline"]
+    assert all(s["duration"] >= 0 and s["start_time"] > 0 for s in telemetry.span_data)
+
+    fake.log.clear(), fake.spans.clear(), telemetry.span_data.clear()
+    pipeline.map(inputs={"x": [1, 5], "y": 2, "value": 3, "factor": 2}, map_over="x")
+    names = [s.name for s in fake.spans]
+    assert "map_operation" in names and {"map_item[0]", "map_item[1]"} <= set(names)
+    cached = [s for s in fake.spans if s.attributes.get("cached")]
+    assert {s.name for s in cached} >= {"node:add", "node:scale"}  # (1, 2) and scale were cached
+    entered = [e[1] for e in fake.log if e[0] == "enter"]
+    assert sorted(entered) == sorted(e[1] for e in fake.log if e[0] == "exit")
+    assert any(s["type"] == "map" for s in telemetry.span_data)
+    assert any(s["cached"] for s in telemetry.span_data)
+
+
+def test_telemetry_callback_closes_a_failed_nodes_span_with_the_error():
+    from gilfree.telemetry import TelemetryCallback
+
+    @node(output_name="boom")
+    def explode(x: int) -> int:
+        raise ValueError("no")
+
+    fake = FakeLogfire()
+    pipeline = Pipeline([explode], engine=SeqEngine(
+        callbacks=[TelemetryCallback(logfire_instance=fake, trace_map_items=False)]))
+    with pytest.raises(ValueError):
+        pipeline.run(inputs={"x": 1})
+    assert ("exit", "node:explode", "ValueError") in fake.log
+    span = next(s for s in fake.spans if s.name == "node:explode")
+    assert span.attributes["error_type"] == "ValueError"
+
+
+def test_telemetry_callback_without_logfire_records_spans_only(monkeypatch):
+    import sys
+
+    from gilfree.telemetry import TelemetryCallback
+
+    monkeypatch.setitem(sys.modules, "logfire", None)  # as if not installed
+    with pytest.warns(UserWarning, match="logfire is not installed"):
+        telemetry = TelemetryCallback()
+    Pipeline([add], engine=SeqEngine(callbacks=[telemetry])).run(inputs={"x": 1, "y": 1})
+    assert [s["name"] for s in telemetry.span_data if s["type"] == "node"] == ["add"]
+
+
+def test_waterfall_chart_needs_plotly():
+    from gilfree.telemetry import TelemetryCallback
+
+    telemetry = TelemetryCallback(logfire_instance=FakeLogfire())
+    Pipeline([add], engine=SeqEngine(callbacks=[telemetry])).run(inputs={"x": 1, "y": 1})
+    try:
+        import plotly  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="pip install plotly"):
+            telemetry.get_waterfall_chart()
+    else:
+        fig = telemetry.get_waterfall_chart()
+        assert len(fig.data) == len(telemetry.span_data)
+
+
+def test_is_jupyter_is_false_in_a_plain_interpreter():
+    from gilfree.telemetry import is_jupyter
+
+    assert is_jupyter() is False
