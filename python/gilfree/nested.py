@@ -82,8 +82,9 @@ class PipelineNode:
 
     @property
     def output_name(self) -> str | tuple[str, ...]:
-        # As a Node's: the name itself for one output, a tuple for several (HyperNodes).
-        names = self.output_names
+        # As a Node's: the name itself for one output, a tuple for several, listed by
+        # inner name as HyperNodes lists them (``output_names`` is in execution order).
+        names = tuple(self.output_mapping.get(o, o) for o in sorted(self.inner_outputs))
         return names[0] if len(names) == 1 else names
 
     @property

@@ -87,17 +87,25 @@ def _deliver(callbacks: list, event: str, args: tuple, ctx: Any) -> None:
     HyperNodes' callbacks tell map items from plain runs with ``ctx.get("_in_map")``:
     True between a map's ``on_map_start`` and ``on_map_end`` (not during those two, as
     there), still True in a nested map's items and after it ends inside an outer map.
+    As there, ``_map_total_items`` is the latest map's size and ``_map_item_index`` the
+    latest item started.
     """
-    if event == "on_map_end" and ctx is not None:
+    if ctx is None:
+        for cb in callbacks:
+            getattr(cb, event)(*args, ctx)
+        return
+    if event == "on_map_item_start":
+        ctx.data["_map_item_index"] = args[0]
+    elif event == "on_map_end":
         depth = ctx.data.get("_map_depth", 1) - 1
         ctx.data["_map_depth"] = depth
         ctx.data["_in_map"] = depth > 0
     for cb in callbacks:
         getattr(cb, event)(*args, ctx)
-    if event == "on_map_start" and ctx is not None:
-        depth = ctx.data.get("_map_depth", 0) + 1
-        ctx.data["_map_depth"] = depth
+    if event == "on_map_start":
+        ctx.data["_map_depth"] = ctx.data.get("_map_depth", 0) + 1
         ctx.data["_in_map"] = True
+        ctx.data["_map_total_items"] = args[0]
 
 
 # -- one step ---------------------------------------------------------------------------

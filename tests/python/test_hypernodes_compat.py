@@ -38,6 +38,9 @@ def test_pipeline_node_output_name_is_the_name_for_one_output_a_tuple_for_severa
     both = Pipeline([make_a, make_b]).as_node()
     assert both.output_name == ("a", "b")
     assert both.output_names == ("a", "b")  # gilfree's name: always a tuple
+    # Listed by inner name, as HyperNodes lists them, whatever the mapping's order.
+    renamed = Pipeline([make_a, make_b]).as_node(output_mapping={"b": "second", "a": "first"})
+    assert renamed.output_name == ("first", "second")
 
 
 def test_pipeline_node_bound_inputs_and_unfulfilled_args():
@@ -146,6 +149,18 @@ def test_ctx_in_map_stays_true_inside_an_outer_map_after_a_nested_map_ends():
     assert outer.map(inputs={"vs": [[1, 2], [3]]}, map_over="vs") == [
         {"sq": [1, 4], "total": 5}, {"sq": [9], "total": 9}]
     assert ("total", True) in seen and all(flag for _, flag in seen)
+
+
+def test_ctx_has_the_map_size_and_the_item_index_as_in_hypernodes():
+    seen = []
+
+    class Probe(PipelineCallback):
+        def on_node_start(self, node_id, inputs, ctx):
+            seen.append((ctx.get("_map_item_index"), ctx.get("_map_total_items"), inputs["x"]))
+
+    Pipeline([add], engine=SeqEngine(callbacks=[Probe()])).map(
+        inputs={"x": [10, 20, 30], "y": 0}, map_over="x")
+    assert seen == [(0, 3, 10), (1, 3, 20), (2, 3, 30)]
 
 
 def test_incompatible_callback_message_has_hypernodes_wording():
