@@ -194,6 +194,16 @@ class DaskEngine(Engine):
 
     supported_hints = frozenset({"batch_size", "retries"})
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> "DaskEngine":
+        # HyperNodes' form (scheduler=, num_workers=, workload_type=, npartitions=, or a
+        # scheduler name first) runs on dask's local schedulers: _dask_local.py.
+        from . import _dask_local as local
+
+        if cls is DaskEngine and (local.LOCAL_ARGS & set(kwargs) or (
+                args and isinstance(args[0], str) and args[0] in local.SCHEDULERS)):
+            cls = local.LocalDaskEngine
+        return super().__new__(cls)
+
     def __init__(self, client: Any = None, address: str | None = None,
                  batch_size: int | None = None, *, n_workers: int | None = None,
                  threads_per_worker: int = 1, dashboard: bool | str = False,
