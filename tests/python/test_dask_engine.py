@@ -493,3 +493,43 @@ def test_cache_per_item_on_the_workers(dask_client, tmp_path):
     assert p.map({"x": [0, 1, 2, 3]}, map_over="x")[-1] == {"y": 6}
     counted = collections.Counter(f.name.split("-")[0] for f in calls.iterdir())
     assert counted == {"0": 1, "1": 1, "2": 1, "3": 1}  # None was cached too
+
+
+@node(output_name="n")
+def text_length(text):
+    return len(text)
+
+
+def _payloads_held_in_driver(marker: bytes) -> list[str]:
+    """The objects in this process that hold bytes containing marker (a batch's pickled
+    rows), as type names: the scheduler of our LocalCluster runs here too."""
+    gc.collect()
+    return [type(obj).__name__ for obj in gc.get_objects() for r in gc.get_referents(obj)
+            if isinstance(r, bytes) and len(r) > 10_000 and marker in r]
+
+
+def test_own_cluster_keeps_no_batch_payload_after_maps():
+    # Issue 14 (memory): Dask's BatchedSend logs kept the last 1000 messages under 1 MB,
+    # each batch's rows blob among them, in the driver (client and in-process
+    # scheduler): driver memory grew with every map.  Also after a worker is replaced.
+    marker = uuid.uuid4().hex  # other tests' clusters keep their own logs
+    texts = [f"{marker}{k:06d}" + "x" * 19_968 for k in range(32)]  # ~160 KB a batch
+    pipeline = Pipeline([text_length])
+    with DaskEngine(n_workers=1, batch_size=8) as engine:
+        for _ in range(3):
+            out = pipeline.map({"text": texts}, map_over="text", engine=engine)
+            assert [r["n"] for r in out] == [20_006] * 32
+        del out
+        assert _payloads_held_in_driver(marker.encode()) == []
+        client = engine.client
+        (old,) = client.nthreads()
+        (pid,) = client.run(os.getpid).values()
+        os.kill(pid, signal.SIGKILL)  # the nanny starts a fresh worker
+        deadline = time.monotonic() + 60
+        while set(client.nthreads()) in (set(), {old}) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert set(client.nthreads()) not in (set(), {old}), "no replacement worker"
+        out = pipeline.map({"text": texts}, map_over="text", engine=engine)
+        assert [r["n"] for r in out] == [20_006] * 32
+        del out
+        assert _payloads_held_in_driver(marker.encode()) == []

@@ -38,7 +38,7 @@ from ..errors import ExecutionError, SerializationError
 from ..execute import Runtime, execute_map
 from ..plan import DUAL, Plan
 from ..stateful import is_stateful
-from ..transport import Pickler, RemoteTraceback, pickle_by_value, stateful_key
+from ..transport import Pickler, RemoteTraceback, pickle_by_value, stateful_key, unpickle
 from . import _dask_worker as _w
 from .base import Engine
 from .threads import usable_cores
@@ -146,6 +146,45 @@ def _dashboard_address(dashboard: bool | str | None) -> str | None:
     return "127.0.0.1:8787" if dashboard is True else dashboard
 
 
+# -- memory: Dask's message logs (driver side) ------------------------------------------
+# Each BatchedSend (client -> scheduler, scheduler -> each worker and client) keeps its
+# last distributed.admin.low-level-log-length (1000) messages under 1 MB for debugging:
+# our batches' rows and each task with its rows blob, long after the map.  On a
+# LocalCluster the scheduler runs in the driver, so the driver held up to 1000 batches
+# per worker; their small objects also pin pymalloc's arenas.  Our own cluster and
+# client keep no such log (a caller's client keeps its settings).
+def _no_message_log() -> Any:
+    import dask
+
+    return dask.config.set({"distributed.admin.low-level-log-length": 0})
+
+
+def _no_message_log_plugin() -> Any:
+    """A scheduler plugin: the streams to workers and clients that connect later (a
+    nanny's replacement worker) keep no log either; the config is read when each
+    stream is made, long after our cluster started."""
+    import collections
+
+    from distributed.diagnostics.plugin import SchedulerPlugin
+
+    class NoMessageLog(SchedulerPlugin):
+        name = "gilfree-no-message-log"
+
+        @staticmethod
+        def _quiet(stream: Any) -> None:
+            log = getattr(stream, "recent_message_log", None)
+            if log is not None and log.maxlen != 0:
+                stream.recent_message_log = collections.deque(maxlen=0)
+
+        def add_worker(self, scheduler: Any, worker: str) -> None:
+            self._quiet(scheduler.stream_comms.get(worker))
+
+        def add_client(self, scheduler: Any, client: str) -> None:
+            self._quiet(scheduler.client_comms.get(client))
+
+    return NoMessageLog()
+
+
 #: After a map that ended early (Ctrl-C, an error), how long the next map gives that
 #: map's running batches to stop (each is interrupted at its next bytecode) before the
 #: workers still busy with one are killed and restarted by their nanny: only on a
@@ -245,10 +284,15 @@ class DaskEngine(Engine):
                         # /metrics, by default on 8787 (a warning when taken): any port.
                         extra["scheduler_kwargs"] = {"dashboard_address": "127.0.0.1:0",
                                                      **extra.get("scheduler_kwargs", {})}
-                    self._cluster = d.LocalCluster(**{**options, **extra})
-                target = self._cluster if self._cluster is not None else self.address
-                self._client = d.Client(target, timeout=self.connect_timeout,
-                                        set_as_default=False)
+                    scheduler_kwargs = extra.get("scheduler_kwargs", {})
+                    extra["scheduler_kwargs"] = {**scheduler_kwargs, "plugins": [
+                        *scheduler_kwargs.get("plugins", ()), _no_message_log_plugin()]}
+                with _no_message_log():
+                    if self.address is None:
+                        self._cluster = d.LocalCluster(**{**options, **extra})
+                    target = self._cluster if self._cluster is not None else self.address
+                    self._client = d.Client(target, timeout=self.connect_timeout,
+                                            set_as_default=False)
                 self._owns_client = True
                 # An engine left open must not keep the interpreter from exiting.
                 ref = weakref.ref(self)
@@ -434,7 +478,7 @@ class DaskEngine(Engine):
                         results = [error] * (b - a)
                 else:
                     try:
-                        results, events, error = pickle.loads(answer)
+                        results, events, error = unpickle(answer)  # pins no arena
                     except Exception as exc:
                         raise SerializationError(
                             f"the results of map items {a} to {b - 1} cannot be unpickled "
