@@ -500,12 +500,19 @@ def text_length(text):
     return len(text)
 
 
-def _payloads_held_in_driver(marker: bytes) -> list[str]:
-    """The objects in this process that hold bytes containing marker (a batch's pickled
-    rows), as type names: the scheduler of our LocalCluster runs here too."""
-    gc.collect()
-    return [type(obj).__name__ for obj in gc.get_objects() for r in gc.get_referents(obj)
-            if isinstance(r, bytes) and len(r) > 10_000 and marker in r]
+def _payloads_held_in_driver(marker: bytes, timeout: float = 10.0) -> list[str]:
+    """The objects in this process that still hold bytes containing marker (a batch's
+    pickled rows) once the scheduler has forgotten the map's tasks (its release is
+    asynchronous), as type names: the scheduler of our LocalCluster runs here too."""
+    deadline = time.monotonic() + timeout
+    while True:
+        gc.collect()
+        held = [type(obj).__name__ for obj in gc.get_objects()
+                for r in gc.get_referents(obj)
+                if isinstance(r, bytes) and len(r) > 10_000 and marker in r]
+        if not held or time.monotonic() > deadline:
+            return held
+        time.sleep(0.05)
 
 
 def test_own_cluster_keeps_no_batch_payload_after_maps():
