@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Sequence
 
-from .hashing import hash_strings
+from .hashing import hash_strings, hash_value
 
 if TYPE_CHECKING:
     from .pipeline import Pipeline
@@ -124,6 +124,11 @@ class PipelineNode:
         parts += [repr(sorted(self.input_mapping.items())), repr(sorted(self.output_mapping.items()))]
         parts += [repr(self.map_over), self.map_mode]
         return hash_strings(*parts)
+
+    def __cache_key__(self) -> str:
+        # A PipelineNode is callable, so a node may call one it closes over: key it by
+        # what it would run (code, wiring, bound inputs), not by pickling the pipeline.
+        return hash_strings(self.code_hash, hash_value(self.pipeline.bound_inputs))
 
     @property
     def func(self) -> Any:

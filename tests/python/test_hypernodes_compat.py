@@ -355,3 +355,16 @@ def test_is_jupyter_is_false_in_a_plain_interpreter():
     from gilfree.telemetry import is_jupyter
 
     assert is_jupyter() is False
+
+
+def test_a_pipeline_node_as_a_value_is_hashed_by_what_it_runs():
+    from gilfree.hashing import hash_value
+
+    @node(output_name="total")
+    def add_other(x: int, y: int) -> int:
+        return x - y
+
+    one, same = Pipeline([add]).as_node(), Pipeline([add]).as_node()
+    assert hash_value(one) == hash_value(same)
+    assert hash_value(one) != hash_value(Pipeline([add_other]).as_node())
+    assert hash_value(one) != hash_value(Pipeline([add]).bind(x=1).as_node())
