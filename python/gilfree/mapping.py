@@ -15,6 +15,28 @@ def normalize_map_over(map_over: str | Sequence[str] | None, owner: str) -> list
     return names
 
 
+def _items(value: Any, name: str, owner: str) -> list | tuple:
+    """A mapped input's items: lists and tuples as they are; ranges, numpy arrays,
+    generators and other iterables read into a list. A str, bytes or dict is iterable
+    but almost always a mistake (one text is not a list of characters)."""
+    if isinstance(value, (list, tuple)):
+        return value
+    if isinstance(value, (str, bytes, bytearray, dict)) or not _iterable(value):
+        raise ValueError(
+            f"{owner}: the input {name!r} is mapped over, so it must be a list (or another "
+            f"iterable of items); got {type(value).__name__}"
+        )
+    return list(value)
+
+
+def _iterable(value: Any) -> bool:
+    try:
+        iter(value)
+    except TypeError:
+        return False
+    return True
+
+
 def expand_rows(
     inputs: dict[str, Any], map_over: list[str], map_mode: str, owner: str
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -28,13 +50,7 @@ def expand_rows(
                 f"{owner}: map_over name {name!r} is not among the inputs "
                 f"{sorted(inputs)}"
             )
-        value = inputs[name]
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(
-                f"{owner}: the input {name!r} is mapped over, so it must be a list; "
-                f"got {type(value).__name__}"
-            )
-        columns.append(value)
+        columns.append(_items(inputs[name], name, owner))
     base = {k: v for k, v in inputs.items() if k not in map_over}
     if len(map_over) == 1:
         name = map_over[0]

@@ -87,10 +87,28 @@ def test_map_over_name_absent_single():
         Pipeline([pair]).map({"b": 2}, map_over="a")
 
 
-@pytest.mark.parametrize("value", [5, "abc", {"k": 1}, None, range(3), iter([1, 2])])
+@pytest.mark.parametrize("value", [5, "abc", b"abc", {"k": 1}, None])
 def test_mapped_value_not_a_list(value):
     with pytest.raises(ValueError, match="'a'"):
         Pipeline([pair]).map({"a": value, "b": 1}, map_over="a")
+
+
+@pytest.mark.parametrize("value", [range(1, 3), iter([1, 2]), (v for v in [1, 2])])
+def test_ranges_iterators_and_generators_are_read_into_a_list(value):
+    assert Pipeline([pair]).map({"a": value, "b": 0}, map_over="a") == [
+        {"pair": (1, 0)}, {"pair": (2, 0)}]
+
+
+def test_numpy_array_is_mapped_item_by_item():
+    np = pytest.importorskip("numpy")
+    out = Pipeline([pair]).map({"a": np.arange(3), "b": 0}, map_over="a")
+    assert [r["pair"][0] for r in out] == [0, 1, 2]
+
+
+def test_product_reads_generators_once():
+    out = Pipeline([pair]).map({"a": (v for v in [1, 2]), "b": iter([5, 6])},
+                               map_over=["a", "b"], map_mode="product")
+    assert [r["pair"] for r in out] == [(1, 5), (1, 6), (2, 5), (2, 6)]
 
 
 def test_tuple_is_accepted_as_a_list():
