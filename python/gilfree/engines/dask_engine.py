@@ -34,7 +34,7 @@ import weakref
 from concurrent.futures import CancelledError
 from typing import Any, Callable
 
-from ..errors import ExecutionError, SerializationError
+from ..errors import EngineShutDown, ExecutionError, SerializationError
 from ..execute import Runtime, execute_map
 from ..plan import DUAL, Plan
 from ..stateful import is_stateful
@@ -521,7 +521,7 @@ class DaskEngine(Engine):
         return f"{items} of pipeline {plan.pipeline.label!r} ({nodes})"
 
     def _shut_down_error(self, plan: Plan, a: int, b: int) -> ExecutionError:
-        return ExecutionError(f"{self._items(plan, a, b)} did not complete: the DaskEngine "
+        return EngineShutDown(f"{self._items(plan, a, b)} did not complete: the DaskEngine "
                               "was shut down during the map (engine.shutdown(), e.g. from "
                               "another thread, or the interpreter exiting)")
 
