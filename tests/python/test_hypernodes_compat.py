@@ -368,3 +368,53 @@ def test_a_pipeline_node_as_a_value_is_hashed_by_what_it_runs():
     assert hash_value(one) == hash_value(same)
     assert hash_value(one) != hash_value(Pipeline([add_other]).as_node())
     assert hash_value(one) != hash_value(Pipeline([add]).bind(x=1).as_node())
+
+
+# tests/compat/run_hypernodes_examples.py decides by explicit rules which doc blocks run;
+# these pin the rules so a block is never skipped silently or run when it cannot work.
+def _examples_script():
+    import importlib.util
+    import sys
+    from pathlib import Path
+    compat = Path(__file__).resolve().parents[1] / "compat"
+    sys.path.insert(0, str(compat))  # the script imports its sibling's REWRITES
+    try:
+        spec = importlib.util.spec_from_file_location(
+            "run_hypernodes_examples", compat / "run_hypernodes_examples.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(compat))
+    return module
+
+
+def test_examples_script_rules_decide_what_runs():
+    m = _examples_script()
+    page = (
+        "```bash\npip install hypernodes\n```\n"
+        "```python\nfrom hypernodes import node\n\n@node\ndef f(x):\n    return helper(x)\n```\n"
+        "```python\npipeline = Pipeline(nodes=[...])\n```\n"
+        "```python\ndef g(): ...\nresult = f\n```\n"
+        "```python\ninner.as_node()\n```\n"
+        "```python\nimport no_such_module_gf18\n```\n"
+        "```\nsignature = Hash(code)\n```\n"
+        "  ```python\n  pipeline.visualize()\n  ```\n")
+    rows, runnable = m.plan_page(m.extract_blocks(page))
+    reasons = [r[2].split(":")[0] if r[1] != "run" else "run" for r in rows]
+    # The last block reads only `pipeline`: the README pipeline is prepended for it.
+    assert reasons == ["run", "rule 1", "run", "rule 3", "run", "rule 5", "rule 4", "rule 1",
+                       "run"]
+    assert [lbl.split()[0] for lbl, *_ in runnable] == ["prelude", "#2", "#4", "#8"]
+    assert m.rewrite("from hypernodes.telemetry import ProgressCallback") == \
+        "from gilfree.telemetry import ProgressCallback"
+
+
+def test_examples_script_runs_blocks_in_one_namespace_and_reports_each(tmp_path):
+    import os
+    m = _examples_script()
+    blocks = [("#1", "x = 41\nprint('hi')", ["x"]), ("#2", "x += 1\nraise KeyError('k')", ["x"]),
+              ("#3", "y = [x]", ["y"])]
+    results = m.run_page(blocks, dict(os.environ), tmp_path, "t")
+    assert results["#1"] == ("pass", "", repr("hi\n"), {"x": "41"})
+    assert results["#2"][:2] == ("fail", "KeyError: 'k'")
+    assert results["#3"] == ("pass", "", repr(""), {"y": "[42]"})
