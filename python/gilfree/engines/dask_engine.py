@@ -11,6 +11,8 @@
       Ctrl-C / an error ends the map early ───────────▶ its batches cancelled; running
                                                        ones interrupted (_dask_worker.py)
 
+The LocalCluster that ``DaskEngine()`` starts runs in a process of its own
+(``_dask_host.py``): its scheduler and nannies would otherwise grow the driver's memory.
 Dask's client runs its event loop on its own thread; the driver thread blocks only in
 ``as_completed``, which wakes every 100 ms.  What runs on the workers is in
 ``_dask_worker.py``.  ``run`` executes in the calling process, as in HyperNodes'
@@ -26,6 +28,7 @@ import math
 import os
 import pickle
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -39,6 +42,7 @@ from ..execute import Runtime, execute_map
 from ..plan import DUAL, Plan
 from ..stateful import is_stateful
 from ..transport import Pickler, RemoteTraceback, pickle_by_value, stateful_key, unpickle
+from . import _dask_host
 from . import _dask_worker as _w
 from .base import Engine
 from .threads import usable_cores
@@ -146,45 +150,6 @@ def _dashboard_address(dashboard: bool | str | None) -> str | None:
     return "127.0.0.1:8787" if dashboard is True else dashboard
 
 
-# -- memory: Dask's message logs (driver side) ------------------------------------------
-# Each BatchedSend (client -> scheduler, scheduler -> each worker and client) keeps its
-# last distributed.admin.low-level-log-length (1000) messages under 1 MB for debugging:
-# our batches' rows and each task with its rows blob, long after the map.  On a
-# LocalCluster the scheduler runs in the driver, so the driver held up to 1000 batches
-# per worker; their small objects also pin pymalloc's arenas.  Our own cluster and
-# client keep no such log (a caller's client keeps its settings).
-def _no_message_log() -> Any:
-    import dask
-
-    return dask.config.set({"distributed.admin.low-level-log-length": 0})
-
-
-def _no_message_log_plugin() -> Any:
-    """A scheduler plugin: the streams to workers and clients that connect later (a
-    nanny's replacement worker) keep no log either; the config is read when each
-    stream is made, long after our cluster started."""
-    import collections
-
-    from distributed.diagnostics.plugin import SchedulerPlugin
-
-    class NoMessageLog(SchedulerPlugin):
-        name = "gilfree-no-message-log"
-
-        @staticmethod
-        def _quiet(stream: Any) -> None:
-            log = getattr(stream, "recent_message_log", None)
-            if log is not None and log.maxlen != 0:
-                stream.recent_message_log = collections.deque(maxlen=0)
-
-        def add_worker(self, scheduler: Any, worker: str) -> None:
-            self._quiet(scheduler.stream_comms.get(worker))
-
-        def add_client(self, scheduler: Any, client: str) -> None:
-            self._quiet(scheduler.client_comms.get(client))
-
-    return NoMessageLog()
-
-
 #: After a map that ended early (Ctrl-C, an error), how long the next map gives that
 #: map's running batches to stop (each is interrupted at its next bytecode) before the
 #: workers still busy with one are killed and restarted by their nanny: only on a
@@ -284,13 +249,12 @@ class DaskEngine(Engine):
                         # /metrics, by default on 8787 (a warning when taken): any port.
                         extra["scheduler_kwargs"] = {"dashboard_address": "127.0.0.1:0",
                                                      **extra.get("scheduler_kwargs", {})}
-                    scheduler_kwargs = extra.get("scheduler_kwargs", {})
-                    extra["scheduler_kwargs"] = {**scheduler_kwargs, "plugins": [
-                        *scheduler_kwargs.get("plugins", ()), _no_message_log_plugin()]}
-                with _no_message_log():
-                    if self.address is None:
-                        self._cluster = d.LocalCluster(**{**options, **extra})
-                    target = self._cluster if self._cluster is not None else self.address
+                    # In a process of its own, not in the driver: memory (_dask_host.py).
+                    self._cluster = _dask_host.HostedCluster({**options, **extra},
+                                                             timeout=self.connect_timeout)
+                target = (self._cluster.scheduler_address if self._cluster is not None
+                          else self.address)
+                with _dask_host.no_message_log():
                     self._client = d.Client(target, timeout=self.connect_timeout,
                                             set_as_default=False)
                 self._owns_client = True
@@ -402,11 +366,18 @@ class DaskEngine(Engine):
             # workers' memory.
             sent.clear()
             futures.clear()
+            # The client unpickled Dask's messages meanwhile: each fresh name string that
+            # CPython's method cache now keeps pins a 1 MiB arena the map's results
+            # filled (CPython 3.11); an empty cache refills in microseconds.
+            sys._clear_type_cache()
             if rt.callbacks and t0 is not None:
                 rt.emit("on_map_end", time.perf_counter() - t0)
 
     def _end(self, client: Any, token: str, futures: list) -> None:
         """The map is over (done, failed or Ctrl-C): free the workers of its batches."""
+        with self._lock:
+            if client is not self._client:
+                return  # our cluster shut down meanwhile: a closed client's calls never return
         left = [f for f in futures if not f.done()]
         early = bool(left) or any(f.cancelled() for f in futures)
         try:
@@ -430,7 +401,8 @@ class DaskEngine(Engine):
         A caller's cluster is theirs: its busy threads finish their batches first."""
         with self._lock:
             tokens, self._ended_early = sorted(self._ended_early), set()
-            local = self._cluster is not None and client is self._client
+            cluster = self._cluster if client is self._client else None
+            local = cluster is not None
         if not local or not tokens:
             return
         deadline = time.monotonic() + INTERRUPT_GRACE
@@ -441,8 +413,8 @@ class DaskEngine(Engine):
             time.sleep(0.02)  # polled: the interrupts land within a bytecode or a C call
         if not busy:
             return
-        # processes=False (cluster_options) puts the workers in this process: not those.
-        pids = [p for p in client.run(os.getpid, workers=busy).values() if p != os.getpid()]
+        # processes=False (cluster_options) puts the workers in the host: not those.
+        pids = [p for p in client.run(os.getpid, workers=busy).values() if p != cluster.pid]
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
         # Until the scheduler has seen them go, it could send new batches to them (and
@@ -466,6 +438,9 @@ class DaskEngine(Engine):
                     continue
                 a, b = spans[k]
                 try:
+                    if self._generation != generation:
+                        # Shut down: our closed client's calls would never return.
+                        raise CancelledError("the DaskEngine was shut down")
                     answer = fut.result()
                 except Exception as exc:  # the batch itself failed or was lost
                     if self._generation != generation:
@@ -500,7 +475,7 @@ class DaskEngine(Engine):
                 # batches are cancelled, earlier ones still finish (they may fail first).
                 failures[k], stop = error, k
                 later = [f for f in futures[k + 1:] if not f.done()]
-                if later:
+                if later and self._generation == generation:
                     try:
                         client.cancel(later, force=True)
                     except Exception:
