@@ -99,7 +99,9 @@ def test_default_cluster_listens_on_loopback_only_and_dashboard_on_request():
         workers = list(client.run(os.getpid).values())
         return {"scheduler": info["address"], "workers": sorted(client.nthreads()),
                 "workers_pids": workers,
-                "sockets": listening([os.getpid(), *workers]),
+                # the scheduler and nannies: in a process of DaskEngine's own
+                "sockets": listening(sorted({os.getpid(), client.run_on_scheduler(os.getpid),
+                                             *workers})),
                 "dashboard": client.dashboard_link, "status": status(client.dashboard_link)}
 
     with DaskEngine() as engine:  # the defaults, as a user gets them
