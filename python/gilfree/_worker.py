@@ -380,8 +380,7 @@ def _part(spill: Any, count: int, encoded: tuple, plan: Any, first: int) -> Any:
     """One sub-batch's results (map items ``first``, ...), pickled into the spill now;
     an item whose outputs do not pickle fails alone, with a SerializationError naming
     the output, the node that produced it and the item."""
-    from .errors import SerializationError, annotate
-    from .transport import box_exception
+    from .transport import box_exception, output_error
 
     try:
         return spill.part((count, encoded))
@@ -399,20 +398,7 @@ def _part(spill: Any, count: int, encoded: tuple, plan: Any, first: int) -> Any:
         if not bad:
             fixed.append(r)
             continue
-        item = first + k
-        what = " and ".join(
-            "the result" if o is None else
-            f"output {o!r} of node {producer[o]!r}" if o in producer else f"output {o!r}"
-            for o in bad)
-        why = next(iter(bad.values()))
-        err = SerializationError(
-            f"cannot send {what} (map item {item}) back to the driver (worker -> driver): "
-            f"{type(why).__name__}: {why}. Return picklable values, or keep such objects "
-            "inside a node or a @stateful class")
-        first_bad = next(iter(bad))
-        if first_bad in producer:
-            annotate(err, producer[first_bad], item)
-        fixed.append(box_exception(err))
+        fixed.append(box_exception(output_error(bad, producer, first + k)))
     return spill.part((count, ("rows", fixed)))
 
 

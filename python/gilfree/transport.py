@@ -343,6 +343,27 @@ def serialization_error(what: str, direction: str, exc: BaseException) -> Serial
     return err
 
 
+def output_error(bad: dict, producer: dict[str, str], item: int) -> SerializationError:
+    """The error of a map item whose outputs do not pickle (``bad``: output name, or None
+    for a whole result, -> the pickling error), naming each output, the node that
+    produced it and the item; every worker runtime words it so."""
+    from .errors import annotate
+
+    what = " and ".join(
+        "the result" if o is None else
+        f"output {o!r} of node {producer[o]!r}" if o in producer else f"output {o!r}"
+        for o in bad)
+    why = next(iter(bad.values()))
+    err = SerializationError(
+        f"cannot send {what} (map item {item}) back to the driver (worker -> driver): "
+        f"{type(why).__name__}: {why}. Return picklable values, or keep such objects "
+        "inside a node or a @stateful class")
+    first_bad = next(iter(bad))
+    if first_bad in producer:
+        annotate(err, producer[first_bad], item)
+    return err
+
+
 # -- exceptions -------------------------------------------------------------------------
 class BoxedException:
     """An exception on its way to the driver (see the module docstring)."""

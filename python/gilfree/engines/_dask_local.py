@@ -30,7 +30,7 @@ from ..plan import Plan
 from ..transport import unpickle
 from . import _dask_worker as _w
 from .base import Engine
-from .dask_engine import DaskEngine, _dump_rows, _dumps, _restore
+from .dask_engine import DaskEngine, _dump_rows, _payload, _restore
 from .threads import usable_cores
 
 #: dask's names for its local schedulers -> the three HyperNodes documents.
@@ -188,14 +188,7 @@ class LocalDaskEngine(DaskEngine):
     def _map_processes(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime) -> list:
         dask, n = _dask(), len(rows)
         spans = _spans(n, self._partitions(n))
-        path = list(rt.ctx.hierarchy_path) if rt.ctx is not None else []
-        opts = {"cache": rt.cache, "retries": rt.retries, "batch_size": rt.batch_size,
-                "collect": rt.collect, "events": bool(rt.callbacks), "path": path}
-        keys: set[str] = set()
-        blob = _dumps((plan, base, opts), keys, lambda: {
-            **{f"input {k!r}": v for k, v in base.items()},
-            **{f"node {s.name!r}": s.node for s in plan.iter_steps()}})
-        consumers = {name: [s.name for s in plan.steps if name in s.args] for name in rows[0]}
+        path, keys, blob, consumers = _payload(plan, base, rows, rt)
         token = uuid.uuid4().hex
         tasks = [dask.delayed(_w.run_batch, pure=False)(
             token, blob, _dump_rows(rows[a:b], a, keys, consumers), a) for a, b in spans]

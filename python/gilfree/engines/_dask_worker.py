@@ -24,10 +24,10 @@ import traceback
 from typing import Any
 
 from ..callbacks import CallbackContext
-from ..errors import ExecutionError, SerializationError, annotate
+from ..errors import ExecutionError, SerializationError
 from ..execute import Runtime, execute_map
 from ..stateful import end_map, new_map
-from ..transport import RemoteError, pickle_by_value
+from ..transport import RemoteError, output_error, pickle_by_value
 
 _REGISTRY: dict[str, Any] = {}  # stateful key -> this process's instance
 _PAYLOADS: dict[str, tuple] = {}  # map token -> (plan, base, options, map number)
@@ -147,17 +147,7 @@ def _unsendable(results: list, plan: Any, first: int, collect: bool) -> tuple:
                 bad[o] = why
         if not bad:
             continue
-        what = " and ".join(
-            "the result" if o is None else
-            f"output {o!r} of node {producer[o]!r}" if o in producer else f"output {o!r}"
-            for o in bad)
-        why = next(iter(bad.values()))
-        err = SerializationError(
-            f"cannot send {what} (map item {first + k}) back to the driver (worker -> "
-            f"driver): {type(why).__name__}: {why}. Return picklable values, or keep such "
-            "objects inside a node or a @stateful class")
-        if next(iter(bad)) in producer:
-            annotate(err, producer[next(iter(bad))], first + k)
+        err = output_error(bad, producer, first + k)
         if not collect:
             return None, err
         results[k] = err

@@ -88,6 +88,20 @@ class _Pickler(Pickler):
         return super().reducer_override(obj)
 
 
+def _payload(plan: Plan, base: dict, rows: list[dict], rt: Runtime) -> tuple:
+    """What every batch of a map shares: (callback path, stateful keys shipped, the
+    pickled plan/base/options, which nodes use each mapped input)."""
+    path = list(rt.ctx.hierarchy_path) if rt.ctx is not None else []
+    opts = {"cache": rt.cache, "retries": rt.retries, "batch_size": rt.batch_size,
+            "collect": rt.collect, "events": bool(rt.callbacks), "path": path}
+    keys: set[str] = set()
+    blob = _dumps((plan, base, opts), keys, lambda: {
+        **{f"input {k!r}": v for k, v in base.items()},
+        **{f"node {s.name!r}": s.node for s in plan.iter_steps()}})
+    consumers = {name: [s.name for s in plan.steps if name in s.args] for name in rows[0]}
+    return path, keys, blob, consumers
+
+
 def _dumps(obj: Any, keys: set[str], parts: Callable[[], dict[str, Any]]) -> bytes:
     """Pickle ``obj``; on failure, a SerializationError naming the first bad of ``parts()``."""
     buf = io.BytesIO()
@@ -317,14 +331,7 @@ class DaskEngine(Engine):
             if hint:
                 size = math.ceil(size / hint) * hint
         spans = [(a, min(a + size, n)) for a in range(0, n, size)]
-        path = list(rt.ctx.hierarchy_path) if rt.ctx is not None else []
-        opts = {"cache": rt.cache, "retries": rt.retries, "batch_size": rt.batch_size,
-                "collect": rt.collect, "events": bool(rt.callbacks), "path": path}
-        keys: set[str] = set()
-        blob = _dumps((plan, base, opts), keys, lambda: {
-            **{f"input {k!r}": v for k, v in base.items()},
-            **{f"node {s.name!r}": s.node for s in plan.iter_steps()}})
-        consumers = {name: [s.name for s in plan.steps if name in s.args] for name in rows[0]}
+        path, keys, blob, consumers = _payload(plan, base, rows, rt)
         batches = [_dump_rows(rows[a:b], a, keys, consumers) for a, b in spans]
         with self._lock:
             self._shipped |= keys
