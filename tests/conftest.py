@@ -32,8 +32,11 @@ def dask_client():
         pytest.skip("dask.distributed is not installed (pip install 'dask[distributed]')")
     from distributed import Client, LocalCluster
 
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                           dashboard_address=None)  # no dashboard: nothing beyond loopback
+    # No dashboard, and the scheduler's small HTTP server (/health) on a free loopback
+    # port: nothing beyond loopback, and no clash with 8787.
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                           dashboard_address=None,
+                           scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
     client = Client(cluster, set_as_default=False)
     yield client
     client.close(timeout=10)

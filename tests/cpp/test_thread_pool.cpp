@@ -29,7 +29,7 @@ namespace {
 class FnBatch final : public gilfree::IndexBatch {
 public:
     FnBatch(std::size_t n, std::function<bool(std::size_t)> body, bool stop_on_error = true)
-        : IndexBatch(n, stop_on_error, true), body_(std::move(body)), ran_(n) {}
+        : IndexBatch(n, stop_on_error, true), ran_(n), body_(std::move(body)) {}
     std::vector<std::atomic<int>> ran_;
     std::atomic<int> released{0};
 
