@@ -29,8 +29,6 @@ _GAP = 28          # between boxes of a layer
 _LAYER_GAP = 54    # between layers (room for edge labels and cluster titles)
 _PAD = 14          # cluster padding
 _MARGIN = 16
-_FILL = {"func": "#e3f1e3", "dual": "#fde9c9", "pipeline": "#dde4f7", "input": "#ffffff"}
-_STROKE = {"func": "#4f8a4f", "dual": "#c98a2b", "pipeline": "#5a6fa8", "input": "#666666"}
 _DASH = {"dotted": "2,3", "dashed": "6,4"}
 
 
@@ -66,8 +64,12 @@ def _common(a: tuple, b: tuple) -> tuple:
 
 
 def layout_svg(nodes: dict, clusters: dict, edges: list, orient: str = "TB",
-               title: str | None = None) -> str:
-    """The SVG text of the model recorded by ``visualization._DotBuilder``."""
+               title: str | None = None, theme: Any = None) -> str:
+    """The SVG text of the model recorded by ``visualization._DotBuilder``, in the
+    colours of ``theme`` (a ``viz_themes.GraphvizTheme``; None: gilfree's own look)."""
+    from .viz_themes import resolve_theme
+
+    theme = resolve_theme(theme)
     horizontal = orient in ("LR", "RL")
     boxes = {nid: _Box(nid, d["kind"], d["rows"], d.get("style", "solid"),
                        _cluster_path(d["cluster"], clusters)) for nid, d in nodes.items()}
@@ -245,7 +247,7 @@ def layout_svg(nodes: dict, clusters: dict, edges: list, orient: str = "TB",
            f'font-family="{_FONT}" class="gilfree-pipeline">',
            '<defs><marker id="gf-arrow" viewBox="0 0 10 10" refX="9" refY="5" '
            'markerWidth="7" markerHeight="7" orient="auto-start-reverse">'
-           '<path d="M0,0 L10,5 L0,10 z" fill="#555555"/></marker></defs>']
+           f'<path d="M0,0 L10,5 L0,10 z" fill="{theme.edge_color}"/></marker></defs>']
     if title:
         out.append(f'<text x="{width / 2:.1f}" y="{_MARGIN + 12}" text-anchor="middle" '
                    f'font-size="14" font-weight="bold">{escape(title)}</text>')
@@ -258,10 +260,10 @@ def layout_svg(nodes: dict, clusters: dict, edges: list, orient: str = "TB",
         out.append("</g>")
     for n, b in boxes.items():
         if not b.dummy:
-            out.append(_node(n, b, centre[n], size[n]))
+            out.append(_node(n, b, centre[n], size[n], theme.colors(b.kind)))
     for chain, label in chains:  # after the boxes: arrowheads stay on top
         out.append(_edge([centre[n] for n in chain], size[chain[0]], size[chain[-1]],
-                         orient, label))
+                         orient, label, theme.edge_color))
     out.append("</svg>")
     return "\n".join(out)
 
@@ -307,21 +309,25 @@ def _separate_clusters(boxes: dict, clusters: dict, horizontal: bool) -> None:
                     b.u += shift
 
 
-def _text_rows(rows: list, cx: float, top: float) -> list[str]:
+def _text_rows(rows: list, cx: float, top: float, color: str = "#000000") -> list[str]:
+    # Black is SVG's default: only another colour is written (the default look's
+    # SVG stays as it was).
+    paint = "" if color.lower() in ("#000000", "#000", "black") else f' fill="{color}"'
     lines = []
     for i, (text, style) in enumerate(rows):
         weight = ' font-weight="bold"' if style == "bold" else ""
         italic = ' font-style="italic"' if style == "italic" else ""
         y = top + (i + 1) * _ROW_H - 3
         lines.append(f'<text x="{cx:.1f}" y="{y:.1f}" text-anchor="middle" '
-                     f'font-size="{_SIZE[style]}"{weight}{italic}>{escape(text)}</text>')
+                     f'font-size="{_SIZE[style]}"{weight}{italic}{paint}>{escape(text)}</text>')
     return lines
 
 
-def _node(nid: str, b: _Box, c: tuple[float, float], s: tuple[float, float]) -> str:
+def _node(nid: str, b: _Box, c: tuple[float, float], s: tuple[float, float],
+          colors: Any) -> str:
     (cx, cy), (w, h) = c, s
     x, y = cx - w / 2, cy - h / 2
-    fill, stroke = _FILL[b.kind], _STROKE[b.kind]
+    fill, stroke = colors.fill, colors.outline
     parts = [f'<g class="node {b.kind}" data-id="{escape(nid)}"><title>{escape(nid)}</title>']
     if b.kind == "input":
         dash = f' stroke-dasharray="{_DASH[b.style]}"' if b.style in _DASH else ""
@@ -337,13 +343,14 @@ def _node(nid: str, b: _Box, c: tuple[float, float], s: tuple[float, float]) -> 
             parts.append(f'<rect x="{x + 3:.1f}" y="{y + 3:.1f}" width="{w - 6:.1f}" '
                          f'height="{h - 6:.1f}" rx="6" fill="none" stroke="{stroke}"/>')
     top = cy - len(b.rows) * _ROW_H / 2
-    parts += _text_rows(b.rows, cx, top)
+    parts += _text_rows(b.rows, cx, top, colors.text)
     parts.append("</g>")
     return "".join(parts)
 
 
 def _edge(points: list[tuple[float, float]], s0: tuple[float, float],
-          s1: tuple[float, float], orient: str, label: str | None) -> str:
+          s1: tuple[float, float], orient: str, label: str | None,
+          color: str = "#555555") -> str:
     # Leave the source by its side facing the flow, enter the target likewise.
     axis = {"TB": (0, 1), "BT": (0, -1), "LR": (1, 0), "RL": (-1, 0)}[orient]
     (x0, y0), (x1, y1) = points[0], points[-1]
@@ -358,7 +365,7 @@ def _edge(points: list[tuple[float, float]], s0: tuple[float, float],
         else:
             mid = (ay + by) / 2
             d.append(f"C{ax:.1f},{mid:.1f} {bx:.1f},{mid:.1f} {bx:.1f},{by:.1f}")
-    svg = (f'<g class="edge"><path d="{" ".join(d)}" fill="none" stroke="#555555" '
+    svg = (f'<g class="edge"><path d="{" ".join(d)}" fill="none" stroke="{color}" '
            f'stroke-width="1.2" marker-end="url(#gf-arrow)"/>')
     if label:
         a, b = pts[(len(pts) - 1) // 2], pts[(len(pts) - 1) // 2 + 1]

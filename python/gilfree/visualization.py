@@ -17,9 +17,11 @@ import reprlib
 import shutil
 import subprocess
 import typing
+import warnings
 from typing import Any
 
 from .errors import GilfreeError
+from .viz_themes import DEFAULT_THEME, DESIGN_STYLES, GraphvizTheme, resolve_theme
 
 ORIENTS = ("TB", "LR", "BT", "RL")
 _INSTALL_HINT = (
@@ -105,8 +107,9 @@ def _attrs(**attrs: str) -> str:
 class _DotBuilder:
     """Accumulates DOT lines; ``draw`` is called once per (nested) pipeline."""
 
-    def __init__(self, show_types: bool):
+    def __init__(self, show_types: bool, theme: GraphvizTheme = DEFAULT_THEME):
         self.show_types = show_types
+        self.theme = theme
         self.lines: list[str] = []
         # Edges are written after all nodes, at top level: an edge written inside a
         # cluster would pull its outer endpoint into that cluster.
@@ -166,7 +169,10 @@ class _DotBuilder:
                     label += f' <FONT POINT-SIZE="10">: {_esc(typ)}</FONT>'
                     text += f" : {typ}"
             self._record(nid, "input", [(text, "normal")], style)
-            self.emit(indent, f'"{nid}" [{_attrs(label=label, shape="ellipse", style=style)}];')
+            attrs = dict(shape="ellipse", style=style)
+            if self.theme is not DEFAULT_THEME:  # gilfree's own inputs are unfilled
+                attrs.update(style=f"filled,{style}", **self._paint("input"))
+            self.emit(indent, f'"{nid}" [{_attrs(label=label, **attrs)}];')
 
         for n in graph.execution_order:
             # Execution order: every argument's source (input or producer) is known.
@@ -219,18 +225,18 @@ class _DotBuilder:
         if nested:  # collapsed: one box for the whole inner pipeline
             rows[0] += self._mapped(n)
             plain += self._mapped_rows(n)
-            attrs = dict(shape="box3d", style="filled", fillcolor="#dde4f7")
             kind = "pipeline"
+            attrs = dict(shape="box3d", style="filled", **self._paint(kind))
         elif getattr(n, "is_dual_node", False):
             tags = "batch, stateful" if getattr(n, "is_stateful", False) else "batch"
             rows.append(f'<I><FONT POINT-SIZE="10">[{tags}]</FONT></I>')
             plain.append((f"[{tags}]", "italic"))
-            attrs = dict(shape="box", style="rounded,filled", fillcolor="#fde9c9",
-                         peripheries="2")
             kind = "dual"
+            attrs = dict(shape="box", style="rounded,filled", **self._paint(kind),
+                         peripheries="2")
         else:
-            attrs = dict(shape="box", style="rounded,filled", fillcolor="#e3f1e3")
             kind = "func"
+            attrs = dict(shape="box", style="rounded,filled", **self._paint(kind))
         for o in outs:
             typ = f" : {types[o]}" if o in types else ""
             rows.append(f'<FONT POINT-SIZE="10">→ {_esc(o)}{_esc(typ)}</FONT>')
@@ -243,6 +249,15 @@ class _DotBuilder:
         for o in outs:
             sources[o] = (nid, o if len(outs) > 1 else None)
 
+    def _paint(self, kind: str) -> dict[str, str]:
+        """DOT colour attributes of a box of ``kind`` in the theme.  gilfree's own look
+        sets only the fill (its DOT output stays as it always was); any other theme
+        also gives the outline and text colours."""
+        c = self.theme.colors(kind)
+        if self.theme is DEFAULT_THEME:
+            return {"fillcolor": c.fill}
+        return {"fillcolor": c.fill, "color": str(c.outline), "fontcolor": c.text}
+
     def _record(self, nid: str, kind: str, rows: list, style: str = "solid") -> None:
         self.nodes[nid] = {"kind": kind, "rows": rows, "style": style,
                            "cluster": self._cluster}
@@ -253,7 +268,8 @@ class _DotBuilder:
     def svg(self) -> str:
         from ._svg_layout import layout_svg
 
-        return layout_svg(self.nodes, self.clusters, self.model_edges, self.orient, self.title)
+        return layout_svg(self.nodes, self.clusters, self.model_edges, self.orient,
+                          self.title, self.theme)
 
     @staticmethod
     def _mapped_rows(n: Any) -> list:
@@ -267,31 +283,59 @@ class _DotBuilder:
 
 
 def to_dot(pipeline: Any, depth: int | None = 1, orient: str = "TB",
-           show_types: bool = True) -> str:
+           show_types: bool = True, style: Any = None) -> str:
     """The Graphviz DOT source of ``pipeline`` (pure Python; Graphviz not needed).
 
     ``depth=1`` draws nested pipelines as one node each; ``depth=2`` expands one level
-    of nesting into clusters, and ``depth=None`` expands every level.
+    of nesting into clusters, and ``depth=None`` expands every level.  ``style``: a
+    name of ``DESIGN_STYLES`` or a ``GraphvizTheme`` (None: gilfree's own colours).
     """
-    return _build(pipeline, depth, orient, show_types).dot()
+    return _build(pipeline, depth, orient, show_types, style).dot()
 
 
 def to_svg(pipeline: Any, depth: int | None = 1, orient: str = "TB",
-           show_types: bool = True) -> str:
+           show_types: bool = True, style: Any = None) -> str:
     """``pipeline`` drawn as SVG by gilfree's own layout (pure Python; no Graphviz)."""
-    return _build(pipeline, depth, orient, show_types).svg()
+    return _build(pipeline, depth, orient, show_types, style).svg()
 
 
-def _build(pipeline: Any, depth: int | None, orient: str, show_types: bool) -> "_DotBuilder":
+def _theme(style: Any) -> GraphvizTheme:
+    """The theme for ``style=``.  A name that is not a style warns and draws in the
+    default colours rather than raising: HyperNodes falls back to its default for
+    unknown names, and its tests and docs pass names it does not have ("dark",
+    "minimal", "modern"), so raising would break HyperNodes code."""
+    if isinstance(style, str) and style not in DESIGN_STYLES:
+        warnings.warn(f"unknown style {style!r}, drawn in the default colours: use a "
+                      f"GraphvizTheme or one of {sorted(DESIGN_STYLES)}", UserWarning,
+                      stacklevel=_caller_level())
+        return DEFAULT_THEME
+    return resolve_theme(style)  # anything else that is not a theme: ValueError
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` of the first frame outside gilfree (the user's call, whether
+    it went through ``Pipeline.visualize``, ``visualize`` or ``to_dot``)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    frame, level = inspect.currentframe(), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(here):
+        frame, level = frame.f_back, level + 1
+    return level - 1  # counted from warnings.warn's caller, not from this helper
+
+
+def _build(pipeline: Any, depth: int | None, orient: str, show_types: bool,
+           style: Any = None) -> "_DotBuilder":
     if depth is not None and (not isinstance(depth, int) or isinstance(depth, bool) or depth < 1):
         raise ValueError(f"depth={depth!r} must be an integer >= 1, or None (expand all)")
     if orient not in ORIENTS:
         raise ValueError(f"orient={orient!r} must be one of {list(ORIENTS)}")
-    b = _DotBuilder(show_types)
+    theme = _theme(style)
+    b = _DotBuilder(show_types, theme)
     title = f' label=<{_esc(pipeline.name)}>; labelloc="t";' if pipeline.name else ""
     b.emit(1, f"rankdir={orient};{title}")
-    b.emit(1, 'graph [fontname="Helvetica"]; node [fontname="Helvetica", fontsize="12"]; '
-              'edge [fontname="Helvetica", fontsize="10", color="#555555"];')
+    font = theme.font_name
+    b.emit(1, f'graph [fontname="{font}"]; node [fontname="{font}", '
+              f'fontsize="{theme.base_font_size}"]; edge [fontname="{font}", '
+              f'fontsize="{theme.edge_font_size}", color="{theme.edge_color}"];')
     b.draw(pipeline, depth, "", 1, {})
     b.orient, b.title = orient, pipeline.name
     return b
@@ -437,15 +481,17 @@ def _pick_engine(engine: Any, interactive: bool) -> str:
 def visualize(pipeline: Any, filename: str | os.PathLike | None = None,
               engine: Any = "auto", depth: int | None = 1, orient: str = "TB",
               show_types: bool = True, interactive: bool = False,
-              **_: Any) -> PipelineDrawing:
+              style: Any = None, **_: Any) -> PipelineDrawing:
     """Draw ``pipeline``; write ``filename`` if given (format from its extension).
 
-    Returns a ``PipelineDrawing`` either way.  Options HyperNodes knows but gilfree
-    does not draw (``style``, ``show_legend``, ``group_inputs``, ``separate_outputs``,
+    Returns a ``PipelineDrawing`` either way.  ``style``: a name of ``DESIGN_STYLES``
+    or a ``GraphvizTheme``, used by both renderers (an unknown name warns and draws in
+    the default colours, as HyperNodes does).  Options HyperNodes knows but gilfree
+    does not draw (``show_legend``, ``group_inputs``, ``separate_outputs``,
     ``return_type``, ...) are accepted and ignored.
     """
     kind = _pick_engine(engine, interactive)
-    b = _build(pipeline, depth, orient, show_types)
+    b = _build(pipeline, depth, orient, show_types, style)
     drawing = PipelineDrawing(b.dot(), engine=kind, svg=b.svg() if kind == "svg" else None,
                               name=pipeline.name)
     if filename is not None:

@@ -202,3 +202,87 @@ def test_graphviz_engine_when_installed(monkeypatch, tmp_path):
     assert drawing._repr_svg_() == '<svg id="dot">x</svg>\n'
     assert '<svg id="dot">' in drawing._repr_html_()
     assert _nested().visualize(engine="svg").engine == "svg"  # own layout when asked
+
+
+# -- style= (HyperNodes' themes) -----------------------------------------------------
+def _fills(svg: str) -> dict[str, tuple[str, str]]:
+    """node id -> (fill, stroke) of its first shape, from the SVG."""
+    out = {}
+    for g in ET.fromstring(svg).iter(f"{SVG}g"):
+        if g.get("data-id"):
+            shape = next(e for e in g if e.tag in (f"{SVG}rect", f"{SVG}ellipse"))
+            out[g.get("data-id")] = (shape.get("fill"), shape.get("stroke"))
+    return out
+
+
+def _styled() -> Pipeline:
+    def one(y):
+        return y
+
+    def batch(y):
+        return y
+
+    return Pipeline([step, DualNode("w", one, batch),
+                     Pipeline([step2], name="inner").as_node()])
+
+
+def test_named_style_colours_svg_and_dot(no_graphviz):
+    from gilfree.viz_themes import DESIGN_STYLES
+
+    p = _styled()
+    plain = p.visualize()
+    drawing = p.visualize(style="sunny")
+    sunny = DESIGN_STYLES["sunny"]
+    fills = _fills(drawing.svg)
+    assert fills != _fills(plain.svg)
+    for nid, kind in (("step", "func"), ("one", "dual"), ("inner", "pipeline"),
+                      ("input_x", "input")):
+        c = sunny.colors(kind)
+        assert fills[nid] == (c.fill, c.outline), nid
+        # The DOT text (Graphviz) is drawn in the same colours.
+        assert re.search(rf'"{nid}" \[[^\n]*fillcolor="{c.fill}", color="{c.outline}"',
+                         drawing.source), nid
+    assert "#e3f1e3" not in drawing.svg + drawing.source  # none of gilfree's own fills
+    assert f'color="{sunny.edge_color}"' in drawing.source
+    assert f'stroke="{sunny.edge_color}"' in drawing.svg
+    # None, "default" and the default theme itself all draw gilfree's own look.
+    assert viz.to_dot(p, style="default") == viz.to_dot(p) == plain.source
+    assert to_svg(p, style=DESIGN_STYLES["default"]) == plain.svg
+
+
+def test_custom_theme_colours_appear(no_graphviz):
+    from gilfree import GraphvizTheme
+    from gilfree.viz_themes import ColorPair, NodeStyle, create_custom_theme
+
+    theme = create_custom_theme(ColorPair("#112233", "#223344", "#fefefe"),
+                                ColorPair("#445566"), ColorPair("#778899", "#8899aa"),
+                                edge_color="#abcdef", dual_color=ColorPair("#123456"))
+    drawing = _styled().visualize(style=theme)
+    fills = _fills(drawing.svg)
+    assert fills["step"] == ("#112233", "#223344")
+    assert fills["one"][0] == "#123456" and fills["inner"][0] == "#445566"
+    assert fills["input_x"] == ("#778899", "#8899aa")
+    assert 'fill="#fefefe"' in drawing.svg  # the function boxes' text colour
+    assert 'stroke="#abcdef"' in drawing.svg
+    for text in ('fillcolor="#112233", color="#223344", fontcolor="#fefefe"',
+                 'fillcolor="#123456"', 'fillcolor="#445566"', 'fillcolor="#778899"',
+                 'color="#abcdef"'):
+        assert text in drawing.source, text
+    # A theme built the HyperNodes way: its font reaches the DOT text too.
+    own = GraphvizTheme(font_name="Courier", edge_color="#010203",
+                        node_styles={"function": NodeStyle(color=ColorPair("#fedcba"))})
+    dot = viz.to_dot(_styled(), style=own)
+    assert 'fontname="Courier"' in dot and 'color="#010203"' in dot
+    assert '"step" [' in dot and 'fillcolor="#fedcba"' in dot
+
+
+def test_unknown_style_warns_and_draws_default(no_graphviz):
+    p = _styled()
+    # HyperNodes draws unknown names in its default style (its own tests pass "dark"
+    # and "minimal"), so gilfree warns instead of raising, naming the known styles.
+    with pytest.warns(UserWarning, match=r"unknown style 'dark'.*'sunny'") as rec:
+        drawing = p.visualize(style="dark")
+    assert rec[0].filename == __file__  # points at the caller's line
+    assert drawing.source == viz.to_dot(p)
+    with pytest.raises(ValueError, match="unknown style 42.*GraphvizTheme"):
+        p.visualize(style=42)
