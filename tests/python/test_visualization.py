@@ -226,7 +226,8 @@ def test_dot_file_needs_no_graphviz(tmp_path, no_graphviz):
 def test_render_svg_file(tmp_path):
     p = Pipeline([clean, split, summarize], name="text")
     out = tmp_path / "pipeline.svg"
-    drawing = p.visualize(filename=str(out), depth=2, style="ignored-hypernodes-option")
+    with pytest.warns(UserWarning, match="unknown style"):
+        drawing = p.visualize(filename=str(out), depth=2, style="ignored-hypernodes-option")
     svg = out.read_text()
     assert "<svg" in svg and "summarize" in svg
     assert isinstance(drawing, PipelineDrawing)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import re
 import shutil
+import warnings
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -123,7 +124,9 @@ def test_hypernodes_engines_and_options(no_graphviz):
                    {"interactive": True}, {"engine": None},
                    {"group_inputs": True, "style": "dark", "show_legend": True,
                     "separate_outputs": True, "return_type": "html", "flatten": False}):
-        drawing = p.visualize(**kwargs)
+        with warnings.catch_warnings():  # "dark" is a HyperNodes name it does not have
+            warnings.filterwarnings("ignore", "unknown style", UserWarning)
+            drawing = p.visualize(**kwargs)
         assert drawing.engine == "svg" and "<svg" in drawing._repr_html_()
     with pytest.raises(ValueError, match="engine='nope' is not known"):
         p.visualize(engine="nope")
