@@ -244,28 +244,14 @@ class Worker:
 
     def _execute(self, plan: Any, base: dict, rt: Any, opts: dict, first: int, rows: list,
                  failed: dict) -> list:
-        from .execute import execute_map
+        from .execute import execute_map_around
 
-        if not failed:
-            return execute_map(plan, base, rows, rt, first_index=first)
-        # Rows the driver could not pickle: their slots fail, the rest run in runs.
-        out: list = []
-        k = 0
-        while k < len(rows):
-            if k in failed:
-                exc = failed[k]
-                if not opts["collect"]:
-                    raise exc
-                out.append(exc)
-                k += 1
-                continue
-            stop = k
-            while stop < len(rows) and stop not in failed:
-                stop += 1
+        def before_run(k: int) -> None:
             self.status[1] = first + k - 1
-            out.extend(execute_map(plan, base, rows[k:stop], rt, first_index=first + k))
-            k = stop
-        return out
+
+        # Rows the driver could not pickle fail in their slots; the rest run around them.
+        return execute_map_around(plan, base, rows, rt, first, failed, opts["collect"],
+                                  before_run)
 
     def teardown(self) -> None:
         from .transport import stateful_registry

@@ -277,3 +277,29 @@ def execute_map(plan: Plan, base: dict, rows: list[dict], rt: Runtime, *,
     return [failed[i] if failed[i] is not None else values[i] for i in range(n)]
 
 
+def execute_map_around(plan: Plan, base: dict, rows: list, rt: Runtime, first: int,
+                       failed: dict, collect: bool,
+                       before_run: Callable[[int], None] | None = None) -> list:
+    """``execute_map`` in a worker, except that the rows the driver could not pickle
+    (``failed``: offset in ``rows`` -> SerializationError) fail in their own slots and the
+    rest run around them (each run of good rows one ``execute_map``). ``before_run(k)``
+    is told where each run starts. Raises the first such error unless ``collect``."""
+    if not failed:
+        return execute_map(plan, base, rows, rt, first_index=first)
+    out: list = []
+    k = 0
+    while k < len(rows):
+        if k in failed:
+            if not collect:
+                raise failed[k]
+            out.append(failed[k])
+            k += 1
+            continue
+        stop = k
+        while stop < len(rows) and stop not in failed:
+            stop += 1
+        if before_run is not None:
+            before_run(k)
+        out.extend(execute_map(plan, base, rows[k:stop], rt, first_index=first + k))
+        k = stop
+    return out

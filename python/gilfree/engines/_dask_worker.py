@@ -25,7 +25,7 @@ from typing import Any
 
 from ..callbacks import CallbackContext
 from ..errors import ExecutionError, SerializationError
-from ..execute import Runtime, execute_map
+from ..execute import Runtime, execute_map_around
 from ..stateful import end_map, new_map
 from ..transport import RemoteError, output_error, pickle_by_value
 
@@ -214,7 +214,8 @@ def _run(token: str, blob: bytes, rows_blob: bytes, first: int) -> bytes:
                  collect=opts["collect"])
     results = error = None
     try:
-        results = _execute(plan, base, rows, rt, first, failed, opts["collect"])
+        # Rows the driver could not pickle fail in their slots, as on ProcessEngine.
+        results = execute_map_around(plan, base, rows, rt, first, failed, opts["collect"])
         if opts["collect"]:
             results = [_portable(r) if isinstance(r, BaseException) else r for r in results]
     except Exception as exc:
@@ -231,27 +232,3 @@ def _run(token: str, blob: bytes, rows_blob: bytes, first: int) -> bytes:
     if results is not None:
         results, error = _unsendable(results, plan, first, opts["collect"])
     return pickle_by_value((results, events, error))
-
-
-def _execute(plan: Any, base: dict, rows: list, rt: Runtime, first: int, failed: dict,
-             collect: bool) -> list:
-    """``execute_map``, except that the rows the driver could not pickle (``failed``:
-    batch offset -> SerializationError) fail in their slots and the rest run around
-    them, as on ProcessEngine."""
-    if not failed:
-        return execute_map(plan, base, rows, rt, first_index=first)
-    out: list = []
-    k = 0
-    while k < len(rows):
-        if k in failed:
-            if not collect:
-                raise failed[k]
-            out.append(failed[k])
-            k += 1
-            continue
-        stop = k
-        while stop < len(rows) and stop not in failed:
-            stop += 1
-        out.extend(execute_map(plan, base, rows[k:stop], rt, first_index=first + k))
-        k = stop
-    return out
