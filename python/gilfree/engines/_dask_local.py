@@ -30,7 +30,8 @@ from ..plan import Plan
 from ..transport import unpickle
 from . import _dask_worker as _w
 from .base import Engine
-from .dask_engine import DaskEngine, _dump_rows, _payload, _restore
+from ._dask_payload import _dump_rows, _payload
+from .dask_engine import DaskEngine, _restore
 from .threads import usable_cores
 
 #: dask's names for its local schedulers -> the three HyperNodes documents.
