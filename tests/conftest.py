@@ -43,10 +43,39 @@ def dask_client():
     cluster.close(timeout=10)
 
 
+#: Mixed-executor variants: the same engines, with the top-level nodes of every pipeline
+#: spread over executors in turn (node k gets ``executor=cycle[k % len(cycle)]`` unless it
+#: has a hint), so that every contract test also runs as a map of several stages.
+MIXED = {
+    "ThreadEngine": ("process", "inline", "thread", "async"),
+    "AsyncEngine": ("process", "inline", "async"),
+    "ProcessEngine": ("thread", "process", "async", "inline"),
+}
+ENGINE_NAMES += [f"{name}+mixed" for name in MIXED if name in ENGINE_NAMES]
+
+
+def mixed(cls, cycle):
+    """``cls`` whose maps put node k of a pipeline on ``cycle[k % len(cycle)]``."""
+    class Mixed(cls):
+        def _prepare(self, plan):
+            super()._prepare(plan)
+            for k, step in enumerate(plan.steps):
+                if not step.hints.get("executor"):
+                    step.hints = {**step.hints, "executor": cycle[k % len(cycle)]}
+
+        def __repr__(self):
+            return f"{super().__repr__()}+mixed{cycle}"
+    Mixed.__name__ = cls.__name__
+    return Mixed
+
+
 @pytest.fixture(params=ENGINE_NAMES)
 def engine_factory(request):
     """Call with engine options (cache=, callbacks=, on_error=...); shut down after."""
-    cls = getattr(_engines, request.param)
+    name, _, variant = request.param.partition("+")
+    cls = getattr(_engines, name)
+    if variant:
+        cls = mixed(cls, MIXED[name])
     if request.param == "DaskEngine":
         cls = _shared_cluster(cls, request.getfixturevalue("dask_client"))
     made = []

@@ -18,6 +18,7 @@ from .execute_fast import _fast_map, fast_row_function
 from .hashing import hash_strings
 from .mapping import expand_rows
 from .plan import PIPE, Plan, Step
+from .stages import Placement, Stage
 from .runtime import (Runtime, _call, _sig, _store, annotate, step_done, step_failed,
                       step_lookup)
 
@@ -164,7 +165,9 @@ def _fail_unfinished(exc: EngineShutDown, failed: list, passed: list[int], segme
 # -- many items -------------------------------------------------------------------------
 def execute_map(plan: Plan, base: dict, rows: list[dict], rt: Runtime, *,
                 collect: bool | None = None, first_index: int = 0,
-                pfor: PFor | None = None, async_items: Any = None) -> list:
+                pfor: PFor | None = None, async_items: Any = None,
+                stages: list[Stage] | None = None,
+                place: Callable[[Stage], Placement] | None = None) -> list:
     """Run ``plan`` once per row (row values overlay ``base``); results in row order.
 
     With ``collect`` a failed item's slot holds its exception and the others complete;
@@ -172,12 +175,19 @@ def execute_map(plan: Plan, base: dict, rows: list[dict], rt: Runtime, *,
     ``pfor`` runs the per-item (and per-batch) tasks; every callback still fires in the
     calling thread.  ``async_items`` (an ``AsyncItems``, see execute_async.py) runs
     per-item work as coroutines on an event loop instead; batch steps still use ``pfor``.
+    With ``stages`` (stages.py) each stage runs where ``place(stage)`` says, one stage
+    after another over the items still alive.
     """
     if collect is None:
         collect = rt.collect
-    if pfor is None and not rt.tracing and plan.simple and not rt.retries:
+    if (pfor is None and stages is None and not rt.tracing and plan.simple
+            and not rt.retries):
         return _fast_map(plan, base, rows, collect, first_index)
-    run_tasks = pfor or _serial_pfor
+    if stages is None:
+        shared = Placement(pfor, async_items)
+        segments = [(kind, payload, shared) for kind, payload in plan.segments]
+    else:
+        segments = [(st.kind, st.payload, place(st)) for st in stages]
     n = len(rows)
     if rt.callbacks:
         rt.emit("on_map_start", n)
@@ -193,10 +203,10 @@ def execute_map(plan: Plan, base: dict, rows: list[dict], rt: Runtime, *,
     started = [0.0] * n
     varying = set(rows[0]) if rows else set()
     varying |= plan.produced
-    segments = plan.segments
     # Without batch steps each item runs start to end in one task, so progress moves
     # item by item; batch steps make every item wait for its batch.
-    interleave = len(segments) == 1 and segments[0][0] == "items"
+    interleave = (len(segments) == 1 and segments[0][0] == "items"
+                  and segments[0][2].remote is None)
 
     def start(i: int, r: Runtime) -> None:
         started[i] = time.perf_counter()
@@ -223,11 +233,11 @@ def execute_map(plan: Plan, base: dict, rows: list[dict], rt: Runtime, *,
     # that did not get through all of them fail with that error under "collect".
     passed = [0] * n
 
-    def items_task(payload: list[Step]) -> Callable[[int], None]:
+    def items_task(payload: list[Step], threaded: bool) -> Callable[[int], None]:
         def task(i: int) -> None:
             if failed[i] is not None:
                 return
-            r = rt if pfor is None else rt.worker_view()
+            r = rt.worker_view() if threaded else rt
             if interleave:
                 start(i, r)
             try:
@@ -247,18 +257,22 @@ def execute_map(plan: Plan, base: dict, rows: list[dict], rt: Runtime, *,
         if not interleave:
             for i in range(n):
                 start(i, rt)
-        for kind, payload in segments:
-            if kind == "batch":
+        for kind, payload, (run_on, async_on, remote) in segments:
+            if remote is not None:
+                remote(values, sigs, failed, cached, collect)
+                for i in range(n):
+                    passed[i] += 1
+            elif kind == "batch":
                 _run_batch(payload, values, sigs, failed, cached, varying, base, rt,
-                           collect, first_index, run_tasks)
-            elif async_items is not None:
-                async_items.run(payload, n, values, sigs, failed, cached, first_index,
-                                start if interleave else None,
-                                finish if interleave else None, collect)
+                           collect, first_index, run_on or _serial_pfor)
+            elif async_on is not None:
+                async_on.run(payload, n, values, sigs, failed, cached, first_index,
+                             start if interleave else None,
+                             finish if interleave else None, collect)
                 rt.flush()
             else:
                 try:
-                    run_tasks(items_task(payload), n)
+                    (run_on or _serial_pfor)(items_task(payload, run_on is not None), n)
                 except EngineShutDown as exc:
                     if not collect:
                         raise

@@ -266,7 +266,11 @@ def _attempts(log) -> int:
 
 
 def _workers(engine) -> int:
-    """How many separate builders an engine has: its worker processes, else 1."""
+    """How many separate builders an engine has: its worker processes, else 1 (a mixed
+    engine's "process" nodes run in worker processes of its own)."""
+    lent = getattr(engine, "_lent", {}).get("process")
+    if lent is not None:
+        return lent.workers
     if type(engine).__name__ == "DaskEngine":
         return sum(engine.client.nthreads().values())
     return getattr(engine, "workers", 1) if type(engine).__name__ == "ProcessEngine" else 1

@@ -40,6 +40,8 @@ class AsyncEngine(ThreadEngine):
 
     supported_hints = frozenset({"batch_size", "max_concurrency", "retries", "timeout"})
     native_executors = frozenset({"async", "thread"})
+    default_executor = "async"
+    executor_aliases = {"thread": "async"}  # sync nodes: offloaded from the loop to the pool
 
     def __init__(self, max_concurrency: int | None = None, *, max_workers: int | None = None,
                  batch_size: int | None = None, **options: Any):
@@ -55,6 +57,9 @@ class AsyncEngine(ThreadEngine):
     # and an async node awaits on its worker thread's own loop.
 
     def _execute_map(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime) -> list:
+        stages = self._stages(plan, rows)
+        if stages is not None:
+            return self._staged_map(plan, self._scoped(base), rows, rt, stages, base)
         if rt.batch_size is None and plan.has_batch:
             rt.batch_size = auto_batch_size(len(rows))
         return self._map_rows(plan, self._scoped(base), rows, rt, collect=None)

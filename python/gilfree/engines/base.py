@@ -6,6 +6,7 @@ the two places they override.  Semantics live in ``gilfree.execute``.
 
 from __future__ import annotations
 
+import threading
 import warnings
 import weakref
 from typing import Any
@@ -15,6 +16,7 @@ from ..execute import Runtime, execute_map, execute_run
 from ..mapping import expand_rows, normalize_map_over
 from ..node import validate_hints
 from ..plan import Plan, compile_plan
+from ..stages import INLINE, PROCESS, THREAD, Placement, Stage, compile_stages, is_mixed
 from ..stateful import end_map, is_stateful, new_map
 
 
@@ -25,6 +27,12 @@ class Engine:
     supported_hints: frozenset[str] = frozenset({"batch_size", "max_concurrency", "retries"})
     #: ``executor=`` values that describe where this engine already runs nodes.
     native_executors: frozenset[str] = frozenset({"inline"})
+    #: Where nodes without an ``executor=`` hint run. Engines that set it honour the
+    #: hint in ``map`` (see stages.py); None: hints other than native ones are ignored.
+    default_executor: str | None = None
+    #: Executors this engine runs the same way as another (AsyncEngine: "thread" nodes
+    #: go through its loop, which hands them to its pool).
+    executor_aliases: dict[str, str] = {}
     #: Appended to the warning that ``timeout`` does not bound ``run()`` (engines that
     #: honour it bound the items of a map only).
     unbounded_run_note: str = ""
@@ -49,6 +57,11 @@ class Engine:
         self.batch_size = batch_size
         self._node_hints: dict[str, dict[str, Any]] = {}
         self._warned: set[tuple[str, str]] = set()
+        # Engines lent to nodes hinted to run elsewhere (a ThreadEngine's "process"
+        # nodes run on a ProcessEngine of its own), started on first use, kept across
+        # maps (@stateful objects stay built in its workers), shut down with this one.
+        self._lent: dict[str, Engine] = {}
+        self._lent_lock = threading.Lock()
         # @stateful objects this engine ran with: shutdown() tears the built ones down
         # (their __teardown__ hook), as a worker pool does when its workers exit.
         self._stateful_seen: weakref.WeakSet = weakref.WeakSet()
@@ -82,7 +95,64 @@ class Engine:
             p.simple = p.simple and not any(s.hints.get("retries") for s in p.steps)
 
     def _trivially_honoured(self, hint: str, value: Any) -> bool:
-        return hint == "executor" and value in self.native_executors
+        return hint == "executor" and (value in self.native_executors
+                                       or self.default_executor is not None)
+
+    # -- per-node executors (stages.py) -----------------------------------------------
+    def _stages(self, plan: Plan, rows: list[dict]) -> list[Stage] | None:
+        """The map's stages when some node runs on another executor than this engine's
+        own kind; None for a map that runs as one stage (the plain paths)."""
+        default = self.default_executor
+        if default is None or not rows or not any(s.hints.get("executor") for s in plan.steps):
+            return None
+        stages = compile_stages(plan, default, self.executor_aliases, set(rows[0]))
+        return stages if is_mixed(stages, default) else None
+
+    def _lend(self, kind: str) -> "Engine":
+        """The engine that runs this engine's ``kind`` stages: itself when that is its
+        own kind, else one of its own kept in ``_lent`` (same timeout; default sizes)."""
+        from .processes import ProcessEngine
+        from .threads import ThreadEngine
+
+        cls = ProcessEngine if kind == "process" else ThreadEngine
+        if isinstance(self, cls):
+            return self
+        with self._lent_lock:
+            lent = self._lent.get(kind)
+            if lent is None:
+                lent = self._lent[kind] = cls(timeout=self.timeout)
+            return lent
+
+    def _placement(self, stage: Stage, plan: Plan, rt: Runtime, base: dict) -> Placement:
+        """Where ``stage`` runs (stages.py): threads, the loop, processes or here."""
+        where = stage.executor
+        if where == INLINE:
+            return Placement()
+        timeout = self._item_timeout(plan)
+        if where == PROCESS:
+            return Placement(remote=self._lend(PROCESS)._remote_stage(stage, plan, rt, base,
+                                                                      timeout))
+        threads = self._lend(THREAD)
+        if where == THREAD and timeout is None:
+            return Placement(pfor=threads._pfor(rt))
+        return Placement(pfor=threads._pfor(rt),
+                         async_items=self._loop_items(threads, rt, plan, timeout))
+
+    def _loop_items(self, threads: Any, rt: Runtime, plan: Plan, timeout: float | None) -> Any:
+        return threads._items(rt, plan, timeout)
+
+    def _staged_map(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime,
+                    stages: list[Stage], remote_base: dict | None = None) -> list:
+        """A map whose stages run on different executors, one stage after another.
+        ``remote_base`` is what worker processes get of the shared inputs (default:
+        ``base``; ThreadEngine's per-thread @stateful proxies stay in this process)."""
+        if rt.batch_size is None and plan.has_batch:
+            from .threads import auto_batch_size
+
+            rt.batch_size = auto_batch_size(len(rows))
+        shipped = base if remote_base is None else remote_base
+        return execute_map(plan, base, rows, rt, stages=stages,
+                           place=lambda st: self._placement(st, plan, rt, shipped))
 
     def _runtime(self, plan: Plan, options: dict[str, Any]) -> Runtime:
         on_error = options.pop("on_error", None)
@@ -160,6 +230,9 @@ class Engine:
         return execute_run(plan, values, rt)
 
     def _execute_map(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime) -> list:
+        stages = self._stages(plan, rows)
+        if stages is not None:
+            return self._staged_map(plan, base, rows, rt, stages)
         return execute_map(plan, base, rows, rt)
 
     # -- lifecycle --------------------------------------------------------------------
@@ -170,9 +243,15 @@ class Engine:
 
     def shutdown(self) -> None:
         """Release workers and pools; tear down the @stateful objects built for us."""
-        for obj in list(self._stateful_seen):
-            obj._gilfree_release()
-        self._stateful_seen = weakref.WeakSet()
+        with self._lent_lock:
+            lent, self._lent = list(self._lent.values()), {}
+        try:
+            for engine in lent:
+                engine.shutdown()
+        finally:
+            for obj in list(self._stateful_seen):
+                obj._gilfree_release()
+            self._stateful_seen = weakref.WeakSet()
 
     def __enter__(self) -> "Engine":
         return self

@@ -27,6 +27,7 @@ pure-Python CPU-bound nodes; for I/O or GIL-releasing nodes use ThreadEngine.
 from __future__ import annotations
 
 import atexit
+from bisect import bisect_left
 import itertools
 import math
 import os
@@ -41,6 +42,7 @@ from ..errors import EngineShutDown, ExecutionError, SerializationError
 from ..execute import Runtime, execute_map
 from .. import transport
 from ..plan import DUAL, Plan
+from ..stages import Skipped, Stage, stage_plan
 from .base import Engine
 from .threads import usable_cores
 
@@ -101,6 +103,7 @@ class ProcessEngine(Engine):
     supported_hints = frozenset({"batch_size", "retries", "timeout"})
     unbounded_run_note = " (run() executes in this process)"
     native_executors = frozenset({"process"})
+    default_executor = "process"
 
     def __init__(self, workers: int | None = None, batch_size: int | None = None, *,
                  start_method: str | None = None, initializer: Any = None,
@@ -186,6 +189,41 @@ class ProcessEngine(Engine):
     def _execute_map(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime) -> list:
         if not rows:
             return execute_map(plan, base, rows, rt)
+        stages = self._stages(plan, rows)
+        if stages is not None:
+            return self._staged_map(plan, base, rows, rt, stages)
+        return self._on_pool(lambda pool: _MapCall(self, pool, plan, base, rows, rt).run())
+
+    def _remote_stage(self, stage: Stage, plan: Plan, rt: Runtime, base: dict,
+                      timeout: float | None) -> Any:
+        """Runs ``stage`` of a map with several executors in the workers (stages.py's
+        ``Placement.remote``): only the values it reads go, only what later stages or
+        the caller need comes back; items failed in earlier stages are skipped."""
+        sub = stage_plan(plan, stage)
+        shared = {k: base[k] for k in stage.base_names}
+        # A stage that reads only shared inputs still needs a column: a batch's length
+        # travels as the length of its columns.
+        names = stage.row_names or ["__gilfree_item__"]
+
+        def remote(values: list, sigs: list, failed: list, cached: list, collect: bool) -> None:
+            skip = {i for i, err in enumerate(failed) if err is not None}
+            rows = [{k: v.get(k) for k in names} for v in values]
+            r = rt if rt.collect == collect else _with_collect(rt, collect)
+            out = self._on_pool(lambda pool: _MapCall(
+                self, pool, sub, shared, rows, r, stage=True, skip=skip,
+                timeout=timeout).run())
+            for i, result in enumerate(out):
+                if i in skip:
+                    continue
+                cached[i] = False  # the workers' cache hits are not reported back
+                if isinstance(result, BaseException):
+                    failed[i] = result
+                else:
+                    values[i].update(result)
+        return remote
+
+    def _on_pool(self, work: Any) -> Any:
+        """``work(pool)`` for one map, with the pool to itself."""
         if self._mapping_thread == threading.get_ident():
             # A callback of a running map mapping again on the same engine: waiting for
             # the pool would deadlock, sharing it would mix the two maps' batches.
@@ -199,7 +237,7 @@ class ProcessEngine(Engine):
                                      "(or call shutdown() and map again) once it is fixed")
             self._mapping_thread = threading.get_ident()
             try:
-                return _MapCall(self, pool, plan, base, rows, rt).run()
+                return work(pool)
             finally:
                 self._mapping_thread = None
 
@@ -215,6 +253,19 @@ def _dual_batch_size(plan: Plan, rt: Runtime) -> int:
 
 
 _map_ids = itertools.count(1)
+
+_MAP_ANNOUNCEMENTS = frozenset({"on_map_start", "on_map_end"})
+_STAGE_ANNOUNCEMENTS = _MAP_ANNOUNCEMENTS | {
+    "on_map_item_start", "on_map_item_end", "on_map_item_cached", "on_pipeline_start",
+    "on_pipeline_end"}
+
+
+def _with_collect(rt: Runtime, collect: bool) -> Runtime:
+    import copy
+
+    r = copy.copy(rt)
+    r.collect = collect
+    return r
 
 #: Maps of at least this many items give the C heap's free memory back at their end.
 TRIM_ITEMS = 100_000
@@ -247,13 +298,19 @@ class _MapCall:
     """One ``map`` on the pool: payload, batches, results, events, failures."""
 
     def __init__(self, engine: ProcessEngine, pool: Any, plan: Plan, base: dict,
-                 rows: list[dict], rt: Runtime):
+                 rows: list[dict], rt: Runtime, *, stage: bool = False,
+                 skip: set[int] = frozenset(), timeout: Any = "engine"):
         self.engine, self.pool, self.plan, self.rows, self.rt = engine, pool, plan, rows, rt
         self.n = len(rows)
         self.out: list[Any] = [None] * self.n
         self.errors: dict[int, BaseException] = {}  # batch start -> error (raise policy)
         self.path = list(rt.ctx.hierarchy_path) if rt.ctx is not None else []
-        self.timeout = engine._item_timeout(plan)
+        # A stage of a map with several executors (stages.py): the driver's execute_map
+        # announces the map, its items and their pipeline; the workers' node events only
+        # are replayed. Items in ``skip`` failed earlier: they travel as placeholders.
+        self.stage = stage
+        self.skip = sorted(skip)
+        self.timeout = engine._item_timeout(plan) if timeout == "engine" else timeout
         opts = {"cache": rt.cache, "retries": rt.retries, "batch_size": rt.batch_size,
                 "collect": rt.collect, "events": bool(rt.callbacks), "path": self.path,
                 "timeout": self.timeout}
@@ -276,7 +333,7 @@ class _MapCall:
 
     def run(self) -> list:
         rt = self.rt
-        if rt.callbacks:
+        if rt.callbacks and not self.stage:
             rt.emit("on_map_start", self.n)
         t0 = time.perf_counter()
         chunk = self.engine.batch_size or 0
@@ -296,7 +353,7 @@ class _MapCall:
             if self.n >= TRIM_ITEMS:
                 _trim_heap()
             rt.flush()
-            if rt.callbacks:
+            if rt.callbacks and not self.stage:
                 rt.emit("on_map_end", time.perf_counter() - t0)
         broken = self.pool.broken
         if broken:
@@ -325,14 +382,19 @@ class _MapCall:
     def make_batch(self, a: int, b: int) -> tuple[bytes, list[int]]:
         rows = self.rows[a:b]
         cols = [[r[k] for r in rows] for k in self.names]
+        skipped = ({k - a: Skipped() for k in self.skip[bisect_left(self.skip, a):
+                                                    bisect_left(self.skip, b)]}
+                   if self.skip else {})
         try:
-            return transport.dumps((self.map_id, a, self.names, cols, {}))
+            return transport.dumps((self.map_id, a, self.names, cols, skipped))
         except Exception:
             pass
         # Some rows do not pickle: those items fail (SerializationError naming the input
         # and the nodes that take it); the others travel, the failed ones as placeholders.
-        failed: dict[int, BaseException] = {}
+        failed: dict[int, BaseException] = dict(skipped)
         for k, row in enumerate(rows):
+            if k in failed:
+                continue
             for name, value in row.items():
                 bad = transport.find_unpicklable(lambda: {f"input {name!r}": value})
                 if bad is not None:
@@ -429,7 +491,8 @@ class _MapCall:
             return
         depth = len(self.path)
         # The driver announces the map once (on_map_start/end); each batch's own
-        # announcements at the top level are dropped. Nested maps' are kept.
-        rt.pending.extend(e for e in events
-                          if not (e[0] in ("on_map_start", "on_map_end") and len(e[2]) == depth))
+        # announcements at the top level are dropped. Nested maps' are kept. A stage's
+        # items and their pipeline are announced by the driver's map too.
+        dropped = _STAGE_ANNOUNCEMENTS if self.stage else _MAP_ANNOUNCEMENTS
+        rt.pending.extend(e for e in events if not (e[0] in dropped and len(e[2]) == depth))
         rt.flush()

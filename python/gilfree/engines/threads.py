@@ -138,6 +138,7 @@ class ThreadEngine(Engine):
 
     supported_hints = frozenset({"batch_size", "max_concurrency", "retries", "timeout"})
     native_executors = frozenset({"thread"})
+    default_executor = "thread"
 
     def __init__(self, max_workers: int | None = None, batch_size: int | None = None, *,
                  stateful: str = "shared", idle_timeout: float = 10.0,
@@ -340,6 +341,8 @@ class ThreadEngine(Engine):
         super()._prepare(plan)
         for step in plan.iter_steps():
             limit = step.hints.get("max_concurrency")
+            if step.hints.get("executor") == "process":
+                continue  # its calls run in worker processes: no lock of ours reaches them
             if limit and step.kind in (FUNC, DUAL):
                 sem = threading.BoundedSemaphore(limit)
                 if step.kind == DUAL:
@@ -365,6 +368,9 @@ class ThreadEngine(Engine):
         return execute_run(plan, self._scoped(values), rt, pfor=self._pfor(rt))
 
     def _execute_map(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime) -> list:
+        stages = self._stages(plan, rows)
+        if stages is not None:
+            return self._staged_map(plan, self._scoped(base), rows, rt, stages, base)
         base = self._scoped(base)
         if rt.batch_size is None and plan.has_batch:
             rt.batch_size = auto_batch_size(len(rows))

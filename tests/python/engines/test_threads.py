@@ -317,25 +317,3 @@ def test_ctrl_c_interrupts_a_map_promptly(engine_name, node_kind):
         proc.wait(timeout=10)
     finally:
         proc.kill()
-
-
-@pytest.mark.parametrize("engine_cls, honoured, refused", [
-    (ThreadEngine, "thread", "process"),
-    (AsyncEngine, "async", "process"),
-])
-def test_executor_hint_is_honoured_or_reported(engine_cls, honoured, refused):
-    import warnings
-
-    @node(output_name="y", executor=honoured)
-    def fine(x):
-        return x
-
-    @node(output_name="z", executor=refused)
-    def elsewhere(y):
-        return y
-
-    with engine_cls() as engine, warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        assert Pipeline([fine, elsewhere]).run({"x": 1}, engine=engine) == {"y": 1, "z": 1}
-    messages = [str(w.message) for w in caught]
-    assert len(messages) == 1 and "'executor'" in messages[0] and "'elsewhere'" in messages[0]

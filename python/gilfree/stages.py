@@ -1,0 +1,151 @@
+"""A map's plan cut into stages: consecutive steps that run on the same executor.
+
+Every node may say where it runs (``executor=`` "inline" | "thread" | "async" |
+"process"; ``engine.configure(name, executor=...)`` overrides it); a node without a hint
+runs on the engine's own kind. Consecutive steps (in execution order) on the same
+executor fuse into one stage, so a map with no hints is one stage and runs exactly as
+before. A DualNode is a stage of its own (it needs a batch of items); a nested pipeline
+runs whole inside the stage of its own executor.
+
+The stages of a map run one after another over the items still alive (an item that
+failed under ``on_error="collect"`` skips the rest); ``execute.execute_map`` drives them
+and the engine places each stage (``Placement``): on the C++ thread pool (``pfor``), on
+the event loop (``async_items``), in the calling thread (neither), or in the engine's
+worker processes (``remote``: only the values the stage reads cross the boundary, and
+only the outputs later stages or the caller need come back).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+from .plan import DUAL, FUNC, Plan, Step, _segments
+
+INLINE, THREAD, ASYNC, PROCESS = "inline", "thread", "async", "process"
+
+
+class Stage:
+    """Consecutive steps of a plan that run on one executor."""
+
+    __slots__ = ("executor", "kind", "steps", "row_names", "base_names", "keep", "plan",
+                 "index")
+
+    def __init__(self, executor: str, kind: str, steps: list[Step], index: int):
+        self.executor = executor
+        self.kind = kind  # "items" (per-item steps) or "batch" (one DualNode step)
+        self.steps = steps
+        self.index = index
+        self.row_names: list[str] = []   # per-item values the stage reads
+        self.base_names: list[str] = []  # shared values the stage reads
+        self.keep: list[str] = []        # outputs later stages or the caller need
+        self.plan: Plan | None = None    # the stage as a plan of its own (remote stages)
+
+    @property
+    def payload(self) -> Any:
+        """What ``execute_map``'s segment loop runs: the steps, or the DualNode step."""
+        return self.steps[0] if self.kind == "batch" else self.steps
+
+    def __repr__(self) -> str:
+        return f"Stage({self.executor}:{[s.name for s in self.steps]})"
+
+
+class Placement(NamedTuple):
+    """Where one stage runs: ``pfor`` runs per-item (and per-batch) tasks (None: the
+    calling thread), ``async_items`` runs items as coroutines on a loop, ``remote`` ships
+    the stage to worker processes: ``remote(values, sigs, failed, cached, collect)``
+    runs the stage for every live item, storing outputs in ``values`` or errors in
+    ``failed`` (raising the first error unless ``collect``)."""
+    pfor: Any = None
+    async_items: Any = None
+    remote: Callable | None = None
+
+
+class Skipped(Exception):
+    """Stands in, on the way to worker processes, for an item that failed in an earlier
+    stage (under on_error="collect"): the workers run around it; it never reaches users."""
+
+
+def executor_of(step: Step, default: str, same: dict[str, str]) -> str:
+    """The executor a step runs on: its hint (after ``configure``) or the engine's kind;
+    ``same`` folds executors that the engine runs the same way (AsyncEngine runs
+    "thread" steps through its loop, which offloads them to its pool)."""
+    want = step.hints.get("executor") or default
+    return same.get(want, want)
+
+
+def compile_stages(plan: Plan, default: str, same: dict[str, str] | None = None,
+                   varying: set[str] | None = None) -> list[Stage]:
+    """Cut ``plan``'s top-level steps into stages; fill in what each reads and keeps.
+
+    ``varying`` holds the names that differ per item (mapped inputs and every output of
+    the plan); the rest come from the map's shared inputs."""
+    same = same or {}
+    stages: list[Stage] = []
+    for step in plan.steps:
+        where = executor_of(step, default, same)
+        if where == PROCESS and stages and stages[-1].executor == PROCESS:
+            # Worker processes run a plan's per-item and batch steps alike: one trip.
+            stages[-1].steps.append(step)
+            stages[-1].kind = "items"
+        elif step.kind == DUAL:
+            stages.append(Stage(where, "batch", [step], len(stages)))
+        elif stages and stages[-1].kind == "items" and stages[-1].executor == where:
+            stages[-1].steps.append(step)
+        else:
+            stages.append(Stage(where, "items", [step], len(stages)))
+    varying = (varying or set()) | plan.produced
+    needed_later: set[str] = set(plan.outputs)
+    for stage in reversed(stages):
+        made = {o for s in stage.steps for o in s.out_names}
+        stage.keep = [o for s in stage.steps for o in s.out_names if o in needed_later]
+        reads: list[str] = []
+        inside: set[str] = set()
+        for s in stage.steps:
+            reads += [a for a in s.args if a not in inside and a not in reads]
+            inside.update(s.out_names)
+        stage.row_names = [a for a in reads if a in varying]
+        stage.base_names = [a for a in reads if a not in varying]
+        needed_later = (needed_later - made) | set(reads)
+    return stages
+
+
+def is_mixed(stages: list[Stage], default: str) -> bool:
+    """True when some stage runs elsewhere than the engine's own kind."""
+    return any(st.executor != default for st in stages)
+
+
+def stage_plan(plan: Plan, stage: Stage) -> Plan:
+    """The stage as a plan of its own, to ship to worker processes: its steps, the
+    outputs it keeps, and a light stand-in for the pipeline (its id and label only:
+    events keep the map's pipeline id; the rest of the pipeline does not travel)."""
+    if stage.plan is None:
+        sub = Plan.__new__(Plan)
+        sub.pipeline = PipelineRef(plan.pipeline_id, getattr(plan.pipeline, "label", "?"))
+        sub.pipeline_id = plan.pipeline_id
+        sub.steps = list(stage.steps)
+        sub.outputs = list(stage.keep)
+        sub.required = list(stage.row_names) + list(stage.base_names)
+        sub.produced = {o for s in stage.steps for o in s.out_names}
+        sub.has_batch = any(s.kind == DUAL for s in stage.steps)
+        sub.simple = all(s.kind == FUNC and not s.is_async and not s.hints.get("retries")
+                         for s in stage.steps)
+        sub.segments = _segments(sub.steps)
+        sub.waves = [[s] for s in stage.steps]
+        stage.plan = sub
+    return stage.plan
+
+
+class PipelineRef:
+    """What a stage's plan keeps of its pipeline: id and label (for events, messages)."""
+
+    __slots__ = ("id", "label")
+
+    def __init__(self, id: str, label: str):  # noqa: A002 - a pipeline's own name for it
+        self.id = id
+        self.label = label
+
+    def __getstate__(self) -> tuple:
+        return (self.id, self.label)
+
+    def __setstate__(self, state: tuple) -> None:
+        self.id, self.label = state

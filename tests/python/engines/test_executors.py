@@ -1,0 +1,256 @@
+"""Per-node executors in one map (stages.py): hints honoured, stages fused, nothing lost."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+import warnings
+
+import pytest
+
+from gilfree import (AsyncEngine, DualNode, Pipeline, ProcessEngine, SeqEngine, ThreadEngine,
+                     node, stateful)
+from gilfree.plan import compile_plan
+from gilfree.stages import compile_stages
+
+LOCAL_ENGINES = [ThreadEngine, AsyncEngine, ProcessEngine]
+
+
+def where() -> tuple[int, str]:
+    return os.getpid(), threading.current_thread().name
+
+
+@node(output_name="a", executor="thread")
+def on_thread(x):
+    return (x, where())
+
+
+@node(output_name="b", executor="process")
+def on_process(a):
+    return (a[0], where())
+
+
+@node(output_name="c", executor="inline")
+def inline(b):
+    return (b[0], where())
+
+
+@node(output_name="d", executor="async")
+async def on_loop(c):
+    await asyncio.sleep(0)
+    return (c[0], where())
+
+
+@pytest.mark.parametrize("engine_cls", LOCAL_ENGINES)
+def test_each_node_runs_on_its_executor(engine_cls):
+    driver = os.getpid()
+    caller = threading.current_thread().name
+    with engine_cls() as engine:
+        out = Pipeline([on_thread, inline, on_process, on_loop]).map(
+            {"x": list(range(12))}, map_over="x", engine=engine)
+    assert [r["d"][0] for r in out] == list(range(12))  # input order kept
+    for r in out:
+        (_, (pid_a, thread_a)), (_, (pid_b, _)) = r["a"], r["b"]
+        (_, (pid_c, thread_c)), (_, (pid_d, thread_d)) = r["c"], r["d"]
+        assert pid_a == driver and thread_a != caller          # the C++ thread pool
+        assert pid_b != driver                                  # a worker process
+        assert pid_c == driver and thread_c == caller          # the calling thread
+        assert pid_d == driver and thread_d != caller          # the engine's loop thread
+
+
+@pytest.mark.parametrize("engine_cls", LOCAL_ENGINES)
+def test_configure_overrides_the_hint(engine_cls):
+    with engine_cls() as engine:
+        engine.configure("on_process", executor="inline")
+        out = Pipeline([on_thread, on_process]).map({"x": [1, 2]}, map_over="x",
+                                                   engine=engine)
+    assert all(r["b"][1] == (os.getpid(), threading.current_thread().name) for r in out)
+
+
+def test_hints_in_run_execute_here_without_warnings():
+    for engine_cls in LOCAL_ENGINES:
+        with engine_cls() as engine, warnings.catch_warnings():
+            warnings.simplefilter("error")
+            out = Pipeline([on_thread, on_process]).run({"x": 3}, engine=engine)
+        assert out["b"][1][0] == os.getpid()
+
+
+def test_seq_engine_reports_hints_once_and_runs_everything_inline():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        engine = SeqEngine()
+        p = Pipeline([on_thread, on_process])
+        p.map({"x": [1, 2]}, map_over="x", engine=engine)
+        p.map({"x": [1, 2]}, map_over="x", engine=engine)
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 2  # one per hinted node, not per map or item
+    assert all("'executor'" in m for m in messages)
+
+
+def test_consecutive_nodes_on_one_executor_fuse_into_one_stage():
+    @node(output_name="p", executor="process")
+    def p1(a):
+        return a
+
+    @node(output_name="q", executor="process")
+    def p2(p):
+        return p
+
+    def encode(q):
+        return q
+
+    def encode_batch(q):
+        return q
+
+    encode = DualNode("e", encode, encode_batch)
+
+    @node(output_name="t", executor="inline")
+    def tail(e):
+        return e
+
+    plan = compile_plan(Pipeline([on_thread, p1, p2, encode, tail]), {"x"})
+    stages = compile_stages(plan, "thread", {}, {"x"})
+    assert [(st.executor, [s.name for s in st.steps]) for st in stages] == [
+        ("thread", ["on_thread"]), ("process", ["p1", "p2"]), ("thread", ["encode"]),
+        ("inline", ["tail"])]
+    # what crosses into the process stage, and what comes back
+    assert stages[1].row_names == ["a"] and stages[1].keep == ["p", "q"]
+
+
+def test_plain_process_map_stays_one_stage():
+    @node(output_name="y")
+    def f(x):
+        return x
+
+    engine = ProcessEngine()
+    plan = compile_plan(Pipeline([f]), {"x"})
+    engine._prepare(plan)
+    assert engine._stages(plan, [{"x": 1}]) is None
+
+
+class Model:
+    def __init__(self, log):
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+
+    def predict(self, v):
+        return v * 2
+
+
+@pytest.mark.parametrize("engine_cls", [ThreadEngine, AsyncEngine])
+def test_stateful_of_a_process_node_is_built_once_per_worker_across_maps(engine_cls, tmp_path):
+    log = str(tmp_path / "builds.txt")
+    model = stateful(Model)(log)
+
+    @node(output_name="y", executor="process")
+    def predict(a, model):
+        return model.predict(a[0])
+
+    p = Pipeline([on_thread, predict])
+    with engine_cls() as engine:
+        for _ in range(3):
+            out = p.map({"x": list(range(40)), "model": model}, map_over="x", engine=engine)
+            assert [r["y"] for r in out] == [2 * x for x in range(40)]
+        workers = engine._lent["process"].workers
+    with open(log) as f:
+        builds = f.read().split()
+    assert 1 <= len(builds) <= workers and len(set(builds)) == len(builds)
+    assert str(os.getpid()) not in builds
+
+
+@node(output_name="checked", executor="thread")
+def check(x):
+    if x % 3 == 0:
+        raise ValueError(f"bad {x}")
+    return x
+
+
+@node(output_name="parsed", executor="process")
+def parse(checked):
+    if checked == 4:
+        raise KeyError("four")
+    return checked * 10
+
+
+@pytest.mark.parametrize("engine_cls", LOCAL_ENGINES)
+def test_collect_across_stages_every_item_ends_once(engine_cls):
+    with engine_cls() as engine:
+        out = Pipeline([check, parse]).map({"x": list(range(8))}, map_over="x",
+                                           engine=engine, on_error="collect")
+    assert len(out) == 8
+    for x, r in enumerate(out):
+        if x % 3 == 0:
+            assert isinstance(r, ValueError) and str(r) == f"bad {x}"
+        elif x == 4:
+            assert isinstance(r, KeyError)
+            assert any("'parse'" in n and "map item 4" in n for n in r.__notes__)
+        else:
+            assert r == {"checked": x, "parsed": 10 * x}
+
+
+@pytest.mark.parametrize("engine_cls", LOCAL_ENGINES)
+def test_raise_names_node_and_item_of_a_later_stage(engine_cls):
+    with engine_cls() as engine:
+        with pytest.raises(KeyError) as info:
+            Pipeline([check, parse]).map({"x": [1, 2, 4, 5]}, map_over="x", engine=engine)
+    notes = "\n".join(info.value.__notes__)
+    assert "'parse'" in notes and "map item 2" in notes
+
+
+@node(output_name="slept", executor="process")
+def sleepy(checked):
+    if checked == 2:
+        time.sleep(30)
+    return checked
+
+
+@pytest.mark.parametrize("engine_cls", [ThreadEngine, AsyncEngine])
+def test_timeout_bounds_a_process_stage(engine_cls):
+    with engine_cls(timeout=2.0) as engine:
+        t0 = time.perf_counter()
+        out = Pipeline([check, sleepy]).map({"x": [1, 2, 4]}, map_over="x", engine=engine,
+                                            on_error="collect")
+        assert time.perf_counter() - t0 < 20
+    assert out[0] == {"checked": 1, "slept": 1} and out[2] == {"checked": 4, "slept": 4}
+    assert isinstance(out[1], TimeoutError) and "map item 1" in str(out[1])
+
+
+def test_large_values_cross_into_a_process_stage():
+    np = pytest.importorskip("numpy")
+
+    @node(output_name="arr", executor="thread")
+    def make(x):
+        return np.full(2_000_000, x, dtype=np.float64)  # 16 MB per item
+
+    @node(output_name="total", executor="process")
+    def total(arr):
+        return float(arr.sum())
+
+    with ThreadEngine() as engine:
+        out = Pipeline([make, total]).map({"x": [1, 2, 3]}, map_over="x", engine=engine,
+                                          output_name="total")
+    assert out == [{"total": 2e6 * x} for x in (1, 2, 3)]
+
+
+@pytest.mark.parametrize("engine_cls", LOCAL_ENGINES)
+def test_callbacks_see_every_node_once_per_item(engine_cls):
+    from gilfree.callbacks import PipelineCallback
+
+    seen: list = []
+    threads: set = set()
+
+    class Log(PipelineCallback):
+        def on_node_end(self, node_id, outputs, duration, ctx):
+            seen.append(node_id)
+            threads.add(threading.get_ident())
+
+        def on_map_item_end(self, item_index, duration, ctx):
+            seen.append(("item", item_index))
+
+    with engine_cls(callbacks=[Log()]) as engine:
+        Pipeline([check, parse]).map({"x": [1, 2]}, map_over="x", engine=engine)
+    assert sorted(map(str, seen)) == sorted(map(str, [
+        "check", "check", "parse", "parse", ("item", 0), ("item", 1)]))
+    assert threads == {threading.get_ident()}  # fired in the calling thread
