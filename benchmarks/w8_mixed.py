@@ -12,7 +12,8 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from common import auto_chunksize, cores, every_engine, process_pool, size, thread_pool_pair
+from common import (auto_chunksize, cores, engine_makers, engine_pair, every_engine,
+                    process_pool, size, thread_pool_pair)
 from harness import Candidate, optional
 from hypernodes_peer import hypernodes_rows
 
@@ -67,6 +68,12 @@ def parse(page: str) -> str:
     return parse_page(page)
 
 
+# The same pipeline with executor hints (issue 15): fetch on the driver's threads, parse in
+# worker processes, encode (unhinted) on the engine's own kind, all in one map.
+fetch_on_threads = node(output_name="page", executor="thread")(fetch_page)
+parse_in_processes = node(output_name="text", executor="process")(parse_page)
+
+
 def _stagewise(state, urls):
     io, procs, enc = state
     pages = list(io.map(fetch_page, urls))
@@ -108,11 +115,21 @@ def candidates(quick: bool) -> list[Candidate]:
 
         return db.from_sequence(urls).map(chain).compute()
 
+    hinted = Pipeline([fetch_on_threads, parse_in_processes,
+                       DualNode("embedding", encode_text, encode_texts)])
+
+    def run_hinted(engine):
+        return hinted.map({"url": urls}, map_over="url", engine=engine)
+
     out = [
         Candidate("sequential loop", "baseline", lambda _: [chain(u) for u in urls],
                   mode="-", rounds=1, warmup=False, check=check_plain),
         *every_engine(run_pipeline, check, seq_rounds=1, seq_warmup=False),
     ]
+    for name, make in engine_makers().items():
+        if name in ("ThreadEngine", "AsyncEngine", "ProcessEngine") and not isinstance(make, str):
+            out += engine_pair(f"{name}(), hinted: fetch thread, parse process", make,
+                               run_hinted, check)
     for mode in ("warm", "cold"):
         out.append(Candidate(
             f"stage-wise: TPE(200) fetch -> Pool({cores()}) parse -> {BATCH_THREADS} "
