@@ -19,7 +19,7 @@ from .hashing import hash_strings
 from .mapping import expand_rows
 from .plan import PIPE, Plan, Step
 from .stages import Placement, Stage
-from .runtime import (Runtime, _call, _sig, _store, annotate, step_done, step_failed,
+from .runtime import (Runtime, StepCall, _call, _sig, step_done, step_failed,
                       step_lookup)
 
 __all__ = ["Runtime", "execute_map", "execute_run", "fast_row_function", "run_step",
@@ -31,25 +31,11 @@ def run_step(step: Step, values: dict, rt: Runtime, item: int | None, sigs: dict
     """Run one step for one item, storing its outputs in ``values``. True if cached."""
     if step.kind == PIPE:
         return _run_nested(step, values, rt, item, sigs)
-    retries = step.hints.get("retries", rt.retries)
-    if not rt.tracing:
-        try:
-            _store(step, _call(step, step.func, values, retries), values)
-        except Exception as exc:
-            annotate(exc, step.name, item)
-            raise
-        return False
-
-    hit, sig = step_lookup(step, values, rt, sigs)
-    if hit:
-        return True
-    t0 = time.perf_counter()
-    try:
-        _store(step, _call(step, step.func, values, retries), values)
-    except Exception as exc:
-        step_failed(step, exc, rt, item)
-        raise
-    step_done(step, values, rt, sigs, sig, t0)
+    with StepCall(step, values, rt, item, sigs) as call:
+        if call.hit:
+            return True
+        call.store(_call(step, step.func, values, step.hints.get("retries", rt.retries)))
+    call.finish()
     return False
 
 

@@ -9,12 +9,11 @@ same as the synchronous path's (``step_lookup`` / ``step_done`` in execute.py).
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any, Awaitable, Callable
 
 from .errors import annotate
 from .execute import run_step
-from .runtime import Runtime, _store, invoke, step_done, step_failed, step_lookup
+from .runtime import Runtime, StepCall, _store, invoke
 from .plan import PIPE, Step
 
 #: ``offload(fn)`` runs the no-argument function ``fn`` on a thread, returns an awaitable.
@@ -39,24 +38,11 @@ async def arun_step(step: Step, values: dict, rt: Runtime, item: int | None,
         if offload is None:
             return run_step(step, values, rt, item, sigs)
         return await offload(lambda: run_step(step, values, rt, item, sigs))
-    retries = step.hints.get("retries", rt.retries)
-    if not rt.tracing:
-        try:
-            _store(step, await _acall(step, values, retries), values)
-        except Exception as exc:
-            annotate(exc, step.name, item)
-            raise
-        return False
-    hit, sig = step_lookup(step, values, rt, sigs)
-    if hit:
-        return True
-    t0 = time.perf_counter()
-    try:
-        _store(step, await _acall(step, values, retries), values)
-    except Exception as exc:
-        step_failed(step, exc, rt, item)
-        raise
-    step_done(step, values, rt, sigs, sig, t0)
+    with StepCall(step, values, rt, item, sigs) as call:
+        if call.hit:
+            return True
+        call.store(await _acall(step, values, step.hints.get("retries", rt.retries)))
+    call.finish()
     return False
 
 

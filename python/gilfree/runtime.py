@@ -211,3 +211,47 @@ def step_done(step: Step, values: dict, rt: Runtime, sigs: dict, sig: str | None
         rt.emit("on_node_end", step.name, outputs, duration)
 
 
+
+
+class StepCall:
+    """One step for one item, with what surrounds its call: the cache look-up and the
+    start event before, the error note (and ``on_error``) on failure, storing, caching
+    and the end event after. The one place of that logic for every way of calling:
+
+        with StepCall(step, values, rt, item, sigs) as call:
+            if call.hit:
+                return True                      # served from the cache
+            call.store(f(...))                   # or: call.store(await f(...))
+        call.finish()
+    """
+
+    __slots__ = ("step", "values", "rt", "item", "sigs", "sig", "t0", "hit")
+
+    def __init__(self, step: Step, values: dict, rt: Runtime, item: int | None,
+                 sigs: dict | None):
+        self.step, self.values, self.rt, self.item, self.sigs = step, values, rt, item, sigs
+        if rt.tracing:
+            self.hit, self.sig = step_lookup(step, values, rt, sigs)
+            self.t0 = time.perf_counter()
+        else:
+            self.hit = False
+
+    def __enter__(self) -> "StepCall":
+        return self
+
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> bool:
+        if isinstance(exc, Exception):
+            if self.rt.tracing:
+                step_failed(self.step, exc, self.rt, self.item)
+            else:
+                annotate(exc, self.step.name, self.item)
+        return False
+
+    def store(self, result: Any) -> None:
+        _store(self.step, result, self.values)
+
+    def finish(self) -> None:
+        """After the call stored its outputs (outside the ``with``: a failing callback
+        is not the node's error)."""
+        if self.rt.tracing:
+            step_done(self.step, self.values, self.rt, self.sigs, self.sig, self.t0)
