@@ -7,12 +7,12 @@ import sys
 from typing import Any, Callable
 
 from .batch_formats import batch_spec
-from .node import callable_name, code_hash_of, signature_info, validate_hints
+from .node import Outputs, callable_name, code_hash_of, signature_info, validate_hints
 
 _SUFFIXES = ("_singular", "_one", "_single")
 
 
-class DualNode:
+class DualNode(Outputs):
     """A node with a per-item form (``run``) and a vectorised form (``map``).
 
     In a map, engines call ``batch`` with each varying argument in the format its
@@ -65,18 +65,6 @@ class DualNode:
     @property
     def func(self) -> Callable:
         return self.singular
-
-    @property
-    def code_hash(self) -> str:
-        return self._code_hash
-
-    @property
-    def output_names(self) -> tuple[str, ...]:
-        n = self.output_name
-        return n if isinstance(n, tuple) else (n,)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.singular(*args, **kwargs)
 
     def __repr__(self) -> str:
         return f"DualNode(name={self.name}, output={self.output_name}, stateful={self.is_stateful})"

@@ -118,7 +118,24 @@ def signature_info(func: Callable) -> tuple[tuple[str, ...], dict[str, Any]]:
     return tuple(params), defaults
 
 
-class Node:
+class Outputs:
+    """What every node kind (Node, DualNode) answers the same way."""
+
+    @property
+    def code_hash(self) -> str:
+        return self._code_hash
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        """Every output name, as a tuple (one element for a single-output node)."""
+        n = self.output_name
+        return n if isinstance(n, tuple) else (n,)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.func(*args, **kwargs)
+
+
+class Node(Outputs):
     """A function with an output name (or several) and execution hints."""
 
     def __init__(
@@ -159,19 +176,6 @@ class Node:
             not _is_plain_function(func) and not isinstance(func, functools.partial)
             and inspect.iscoroutinefunction(getattr(type(func), "__call__", None)))
         self._code_hash = code_hash_of(func)
-
-    @property
-    def code_hash(self) -> str:
-        return self._code_hash
-
-    @property
-    def output_names(self) -> tuple[str, ...]:
-        """Every output name, as a tuple (one element for a single-output node)."""
-        n = self.output_name
-        return n if isinstance(n, tuple) else (n,)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.func(*args, **kwargs)
 
     def __repr__(self) -> str:
         return f"Node({self.name}, output={self.output_name})"
