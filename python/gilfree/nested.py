@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Sequence
 
 from .hashing import hash_strings, hash_value
+from .node import validate_hints
 
 if TYPE_CHECKING:
     from .pipeline import Pipeline
@@ -29,14 +30,16 @@ class PipelineNode:
         map_mode: str = "zip",
         name: str | None = None,
         cache: bool = True,
+        **hints: Any,
     ):
         self.pipeline = pipeline
         self.input_mapping = dict(input_mapping or {})
         self.output_mapping = dict(output_mapping or {})
         self.map_mode = map_mode
         self.cache = cache
-        self.hints: dict[str, Any] = {}
         self.name = name or pipeline.name or "pipeline"
+        # e.g. executor="process": the whole inner pipeline (its map too) runs there
+        self.hints: dict[str, Any] = validate_hints(f"nested pipeline {self.name!r}", hints)
         if map_mode not in ("zip", "product"):
             raise ValueError(f"nested pipeline {self.name!r}: map_mode must be 'zip' or 'product'")
         self._outer_of = {inner: outer for outer, inner in self.input_mapping.items()}

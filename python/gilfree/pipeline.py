@@ -90,10 +90,12 @@ class Pipeline:
     def as_node(self, input_mapping: dict[str, str] | None = None,
                 output_mapping: dict[str, str] | None = None, map_over: Any = None,
                 map_mode: str = "zip", name: str | None = None,
-                cache: bool = True) -> PipelineNode:
-        """This pipeline as a node of another one (see docs/nesting.md)."""
+                cache: bool = True, **hints: Any) -> PipelineNode:
+        """This pipeline as a node of another one (see docs/nesting.md); ``hints`` as for
+        ``@node`` (e.g. ``executor="process"``: the inner pipeline runs there whole)."""
         return PipelineNode(self, input_mapping=input_mapping, output_mapping=output_mapping,
-                            map_over=map_over, map_mode=map_mode, name=name, cache=cache)
+                            map_over=map_over, map_mode=map_mode, name=name, cache=cache,
+                            **hints)
 
     def visualize(self, filename: str | None = None, engine: Any = "auto",
                   depth: int | None = 1, **options: Any):

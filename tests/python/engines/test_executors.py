@@ -254,3 +254,63 @@ def test_callbacks_see_every_node_once_per_item(engine_cls):
     assert sorted(map(str, seen)) == sorted(map(str, [
         "check", "check", "parse", "parse", ("item", 0), ("item", 1)]))
     assert threads == {threading.get_ident()}  # fired in the calling thread
+
+
+@node(output_name="y")
+def inner_pid(x):
+    return (x * 2, os.getpid())
+
+
+@node(output_name="xs", executor="thread")
+def make_list(n):
+    return list(range(n))
+
+
+@pytest.mark.parametrize("engine_cls", LOCAL_ENGINES)
+def test_nested_pipeline_with_map_over_runs_whole_on_its_executor(engine_cls):
+    nested = Pipeline([inner_pid]).as_node(input_mapping={"xs": "x"}, map_over="xs",
+                                          output_mapping={"y": "ys"}, name="sub",
+                                          executor="process")
+    with engine_cls() as engine:
+        out = Pipeline([make_list, nested]).map({"n": [2, 3]}, map_over="n", engine=engine)
+    assert [[v for v, _ in r["ys"]] for r in out] == [[0, 2], [0, 2, 4]]
+    assert all(pid != os.getpid() for r in out for _, pid in r["ys"])
+
+
+def test_dual_node_hinted_to_processes_gets_batches_there():
+    def one(xs):
+        return (xs, os.getpid())
+
+    def batch(xs):
+        return [(v, os.getpid(), len(xs)) for v in xs]
+
+    encode = DualNode("e", one, batch)
+    with ThreadEngine() as engine:
+        engine.configure("one", executor="process", batch_size=4)
+        out = Pipeline([make_list, encode]).map({"n": list(range(8))},
+                                                map_over="n", engine=engine,
+                                                output_name="e")
+    assert [r["e"][0] for r in out] == [list(range(n)) for n in range(8)]
+    assert all(r["e"][1] != os.getpid() and r["e"][2] <= 4 for r in out)
+
+
+@node(output_name="z", executor="process")
+def uses_lock(lock):
+    return 1
+
+
+@node(output_name="lock", executor="thread")
+def make_lock(n):
+    return threading.Lock()
+
+
+@pytest.mark.parametrize("engine_cls", [ThreadEngine, ProcessEngine])
+def test_a_value_that_cannot_cross_into_a_process_stage_is_named(engine_cls):
+    from gilfree.errors import SerializationError
+
+    with engine_cls() as engine:
+        out = Pipeline([make_lock, uses_lock]).map({"n": [1, 2]}, map_over="n", engine=engine,
+                                                  on_error="collect")
+    for i, r in enumerate(out):
+        assert isinstance(r, SerializationError)
+        assert "'lock'" in str(r) and f"map item {i}" in str(r) and "uses_lock" in str(r)
