@@ -14,7 +14,8 @@ applies to (``@pytest.mark.parametrize("engine_name", ...)``).
     two threads map on one engine         test_concurrent_maps          all
     ProcessEngine's own (initializer...)  test_process_faults           Process
 
-"all" is Seq, Thread, Async, Process and Dask (skipped without dask.distributed);
+"all" is Seq, Thread, Async, Process and Dask (skipped without dask.distributed), plus
+"thread-mixed" and "process-mixed" (nodes spread over executors: maps of several stages);
 ProcessEngine runs with both start methods where the cases predate this table.
 
 Each case runs in its own interpreter under a timeout: a case that hangs fails instead of
@@ -45,6 +46,10 @@ from gilfree.errors import ExecutionError, SerializationError
 ENGINE = ENGINE_NAME
 #: Workers that run items in parallel (the @stateful build bound: once per worker).
 WORKERS = 1 if ENGINE in ("seq", "thread", "async") else 2
+#: "-mixed" engines spread every pipeline's top-level nodes over executors in turn (node
+#: k on MIXED[ENGINE][k % 4]): the same cases as maps of several stages.
+MIXED = {"thread-mixed": ("process", "inline", "thread", "async"),
+         "process-mixed": ("thread", "process", "async", "inline")}
 if ENGINE.startswith("process"):
     from gilfree.engines import ProcessEngine
     ProcessEngine = functools.partial(
@@ -64,6 +69,19 @@ def make_engine(**options):
         return ProcessEngine(**{"workers": 2, **options})
     if ENGINE == "dask":
         return engines.DaskEngine(**{"n_workers": 2, "threads_per_worker": 1, **options})
+    if ENGINE in MIXED:
+        cycle = MIXED[ENGINE]
+        base = engines.ThreadEngine if ENGINE == "thread-mixed" else engines.ProcessEngine
+
+        class Mixed(base):
+            def _prepare(self, plan):
+                super()._prepare(plan)
+                for k, step in enumerate(plan.steps):
+                    if not step.hints.get("executor"):
+                        step.hints = {**step.hints, "executor": cycle[k % len(cycle)]}
+        if base is engines.ProcessEngine:
+            options = {"workers": 2, **options}
+        return Mixed(**options)
     raise ValueError(ENGINE)
 
 

@@ -18,7 +18,10 @@ _HAS_DASK = importlib.util.find_spec("distributed") is not None
 SEQ, THREAD, ASYNC, PROCESS, SPAWN = "seq", "thread", "async", "process", "process-spawn"
 DASK = pytest.param("dask", marks=pytest.mark.skipif(
     not _HAS_DASK, reason="dask.distributed is not installed (pip install '.[dask]')"))
-ALL = [SEQ, THREAD, ASYNC, PROCESS, DASK]
+#: ThreadEngine / ProcessEngine with each pipeline's nodes spread over executors
+#: (conftest.PRELUDE's MIXED): maps of several stages, some in worker processes.
+THREAD_MIXED, PROCESS_MIXED = "thread-mixed", "process-mixed"
+ALL = [SEQ, THREAD, ASYNC, PROCESS, DASK, THREAD_MIXED, PROCESS_MIXED]
 IN_PROCESS = [SEQ, THREAD, ASYNC]
 WITH_WORKERS = [PROCESS, DASK]  # items run in other processes
 BOTH_STARTS = [PROCESS, SPAWN]
