@@ -18,7 +18,7 @@ from .execute_fast import _fast_map, fast_row_function
 from .hashing import hash_strings
 from .mapping import expand_rows
 from .plan import PIPE, Plan, Step
-from .stages import Placement, Stage
+from .stages import SIGS, Placement, Stage
 from .runtime import (Runtime, StepCall, _call, _sig, step_done, step_failed,
                       step_lookup)
 
@@ -183,7 +183,16 @@ def execute_map(plan: Plan, base: dict, rows: list[dict], rt: Runtime, *,
         v = base.copy()
         v.update(row)
         values.append(v)
-    sigs = [{} for _ in rows] if rt.tracing else [None] * n
+    stage_sigs = False
+    if not rt.tracing:
+        sigs = [None] * n
+    elif getattr(plan, "ships_sigs", False):
+        stage_sigs = True
+        # A stage in a worker process (stages.py): the cache signatures of its inputs
+        # came with them, so its cache keys are the ones a one-executor map computes.
+        sigs = [dict(row.get(SIGS) or ()) for row in rows]
+    else:
+        sigs = [{} for _ in rows]
     failed: list[BaseException | None] = [None] * n
     cached = [True] * n
     started = [0.0] * n
@@ -205,6 +214,8 @@ def execute_map(plan: Plan, base: dict, rows: list[dict], rt: Runtime, *,
             if r.callbacks:
                 r.emit("on_map_item_end", first_index + i, time.perf_counter() - started[i])
             return
+        if stage_sigs:
+            values[i][SIGS] = (sigs[i], cached[i])  # a stage's output: they go back
         out = {o: values[i][o] for o in plan.outputs}
         values[i] = out  # drop intermediates early; the slot now holds the result
         if r.callbacks:

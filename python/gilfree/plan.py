@@ -92,6 +92,7 @@ class Plan:
                           for s in steps)
         self.segments = _segments(steps)
         self.waves = _waves(steps)
+        self.ships_sigs = False  # a remote stage's plan: signatures travel (stages.py)
 
     def iter_steps(self) -> Iterable[Step]:
         """Every step, nested plans included (for hint checks and visualisation)."""

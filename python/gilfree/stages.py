@@ -22,6 +22,9 @@ from typing import Any, Callable, NamedTuple
 from .plan import DUAL, FUNC, Plan, Step, _segments
 
 INLINE, THREAD, ASYNC, PROCESS = "inline", "thread", "async", "process"
+#: The key under which a remote stage's items carry their values' cache signatures to
+#: the workers and back (with a cache only).
+SIGS = "__gilfree_sigs__"
 
 
 class Stage:
@@ -114,7 +117,7 @@ def is_mixed(stages: list[Stage], default: str) -> bool:
     return any(st.executor != default for st in stages)
 
 
-def stage_plan(plan: Plan, stage: Stage) -> Plan:
+def stage_plan(plan: Plan, stage: Stage, ship_sigs: bool = False) -> Plan:
     """The stage as a plan of its own, to ship to worker processes: its steps, the
     outputs it keeps, and a light stand-in for the pipeline (its id and label only:
     events keep the map's pipeline id; the rest of the pipeline does not travel)."""
@@ -123,7 +126,7 @@ def stage_plan(plan: Plan, stage: Stage) -> Plan:
         sub.pipeline = PipelineRef(plan.pipeline_id, getattr(plan.pipeline, "label", "?"))
         sub.pipeline_id = plan.pipeline_id
         sub.steps = list(stage.steps)
-        sub.outputs = list(stage.keep)
+        sub.outputs = list(stage.keep) + ([SIGS] if ship_sigs else [])
         sub.required = list(stage.row_names) + list(stage.base_names)
         sub.produced = {o for s in stage.steps for o in s.out_names}
         sub.has_batch = any(s.kind == DUAL for s in stage.steps)
@@ -131,6 +134,7 @@ def stage_plan(plan: Plan, stage: Stage) -> Plan:
                          for s in stage.steps)
         sub.segments = _segments(sub.steps)
         sub.waves = [[s] for s in stage.steps]
+        sub.ships_sigs = ship_sigs
         stage.plan = sub
     return stage.plan
 

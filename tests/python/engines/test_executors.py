@@ -314,3 +314,64 @@ def test_a_value_that_cannot_cross_into_a_process_stage_is_named(engine_cls):
     for i, r in enumerate(out):
         assert isinstance(r, SerializationError)
         assert "'lock'" in str(r) and f"map item {i}" in str(r) and "uses_lock" in str(r)
+
+
+def _logged(log, name):
+    with open(log, "a") as f:
+        f.write(name + "\n")
+
+
+@pytest.mark.parametrize("engine_cls", LOCAL_ENGINES)
+def test_cache_keys_are_those_of_a_one_executor_map(engine_cls, tmp_path):
+    from gilfree import DiskCache
+
+    log = str(tmp_path / "calls")
+
+    @node(output_name="a")
+    def first(x):
+        _logged(log, "first")
+        return [x, x]
+
+    @node(output_name="b", executor="process")
+    def second(a):
+        _logged(log, "second")
+        return sum(a)
+
+    @node(output_name="c", executor="thread")
+    def third(b):
+        _logged(log, "third")
+        return b + 1
+
+    p = Pipeline([first, second, third])
+    cache = DiskCache(str(tmp_path / "cache"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # SeqEngine reports the hints it does not honour
+        assert [r["c"] for r in p.map({"x": [1, 2, 3]}, map_over="x",
+                                      engine=SeqEngine(cache=cache))] == [3, 5, 7]
+    with open(log) as f:
+        assert len(f.read().split()) == 9
+    with engine_cls(cache=cache) as engine:
+        out = p.map({"x": [1, 2, 3]}, map_over="x", engine=engine)
+    assert [r["c"] for r in out] == [3, 5, 7]
+    with open(log) as f:
+        assert len(f.read().split()) == 9  # every step of every item served from the cache
+
+
+@pytest.mark.parametrize("engine_cls", LOCAL_ENGINES)
+def test_items_served_whole_from_the_cache_are_reported(engine_cls, tmp_path):
+    from gilfree import DiskCache
+    from gilfree.callbacks import PipelineCallback
+
+    hits: list = []
+
+    class Hits(PipelineCallback):
+        def on_map_item_cached(self, item_index, signature, ctx):
+            hits.append(item_index)
+
+    p = Pipeline([check, parse])
+    cache = DiskCache(str(tmp_path / "cache"))
+    with engine_cls(cache=cache, callbacks=[Hits()]) as engine:
+        p.map({"x": [1, 2]}, map_over="x", engine=engine)
+        assert hits == []
+        p.map({"x": [1, 2, 5]}, map_over="x", engine=engine)
+    assert sorted(hits) == [0, 1]  # item 2 (x=5) was new
