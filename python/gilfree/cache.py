@@ -8,7 +8,6 @@ processes, never leave a torn entry: a reader sees the old entry, the new one, o
 from __future__ import annotations
 
 import os
-import pickle
 import shutil
 import threading
 import uuid
@@ -32,9 +31,11 @@ class DiskCache:
 
     def get(self, signature: str, default: Any = None) -> Any:
         """The stored value, or ``default`` when there is none (or it is unreadable)."""
+        from . import transport  # here: cloudpickle is imported when first needed
+
         try:
             with open(self._file(signature), "rb") as f:
-                tag, value = pickle.load(f)
+                tag, value = transport.load_file(f)
         except FileNotFoundError:
             return default
         except Exception:
@@ -45,19 +46,15 @@ class DiskCache:
         return self.get(signature, _MISSING) is not _MISSING
 
     def put(self, signature: str, value: Any) -> None:
+        from . import transport
+
         target = self._file(signature)
         target.parent.mkdir(exist_ok=True)
         tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}."
                                f"{uuid.uuid4().hex}.tmp")
         try:
-            try:
-                payload = pickle.dumps((_MAGIC, value), protocol=pickle.HIGHEST_PROTOCOL)
-            except Exception:
-                import cloudpickle
-
-                payload = cloudpickle.dumps((_MAGIC, value))
             with open(tmp, "wb") as f:
-                f.write(payload)
+                transport.dump_file((_MAGIC, value), f)
             os.replace(tmp, target)
         except Exception as exc:
             tmp.unlink(missing_ok=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import hashlib
-import pickle
 import types
 import functools
 from typing import Any
@@ -105,9 +104,11 @@ def _feed(h: "hashlib._Hash", value: Any, depth: int) -> None:
                 h.update(name.encode())
                 _feed(h, vars(value)[name], depth + 1)
     else:
+        from .transport import pickle_for_digest  # here: importing gilfree needs no cloudpickle
+
         h.update(b"P" + _type_tag(value))
         try:
-            h.update(pickle.dumps(value, protocol=4))
+            h.update(pickle_for_digest(value))
         except Exception:
             # Functions defined in __main__ or closures: their qualified name is the
             # most stable thing we have.

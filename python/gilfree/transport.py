@@ -15,7 +15,10 @@
   A memfd has no name: nothing can leak in /dev/shm, whoever dies when.
 - ``@stateful`` objects travel as (key, pickle); a worker resolves the key to the one
   instance it keeps for it, so a model is built at most once per worker process, across
-  batches and across calls (``stateful_registry``).
+  batches and across calls (the registry of ``remote/session.py``).
+- What the remote engines send is named in ``remote/messages.py``; this module only
+  pickles. It is also the only one that does for anyone else: DiskCache's files
+  (``dump_file``/``load_file``), DaskEngine's cluster host (the same), stateful keys.
 - Engines (``pipeline.engine``) stay behind: a worker has no use for the driver's pool.
 - Exceptions travel boxed (``box_exception``): the original type with the remote
   traceback as ``__cause__`` when it pickles both ways, else a ``RemoteError`` carrying
@@ -114,10 +117,15 @@ def pickle_by_value(obj: Any) -> bytes:
 
 
 class _Pickler(Pickler):
-    def __init__(self, file: Any, buffers: list | None):
+    """``Pickler`` with the remote rules: large buffers out of band (``buffers``),
+    @stateful objects as keys (collected in ``keys`` when given: what a driver shipped,
+    to release at shutdown), engines left behind."""
+
+    def __init__(self, file: Any, buffers: list | None, keys: set[str] | None = None):
         super().__init__(file, protocol=5,
                          buffer_callback=None if buffers is None else self._take_buffer)
         self._buffers = buffers
+        self._keys = keys
 
     def _take_buffer(self, buf: pickle.PickleBuffer) -> bool:
         try:
@@ -132,7 +140,12 @@ class _Pickler(Pickler):
     def reducer_override(self, obj: Any) -> Any:
         # Called for non-builtin objects only: lists of ints and dicts cost nothing here.
         if is_stateful(obj):
-            return _worker_stateful, (stateful_key(obj), pickle_by_value(obj))
+            from .remote.session import stateful_instance
+
+            key = stateful_key(obj)
+            if self._keys is not None:
+                self._keys.add(key)
+            return stateful_instance, (key, pickle_by_value(obj))
         if _is_engine(obj):
             return _no_engine, ()
         return super().reducer_override(obj)
@@ -148,19 +161,28 @@ def _no_engine() -> None:
     return None
 
 
-_REGISTRY: dict[str, Any] = {}  # worker side: stateful key -> this process's object
+# -- files ----------------------------------------------------------------------------
+def dump_file(obj: Any, file: Any) -> None:
+    """Write ``obj`` to a binary file (DiskCache's entries, DaskEngine's cluster options):
+    the standard pickle when it can (classes by reference, so a later run of the same
+    code reads them back as its own classes), else ``Pickler`` (lambdas, code defined in
+    ``__main__`` or a notebook: by value)."""
+    try:
+        data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        data = pickle_by_value(obj)
+    file.write(data)
 
 
-def _worker_stateful(key: str, blob: bytes) -> Any:
-    obj = _REGISTRY.get(key)
-    if obj is None:
-        obj = _REGISTRY[key] = pickle.loads(blob)  # built lazily, on first use
-    return obj
+def load_file(file: Any) -> Any:
+    """The object ``dump_file`` wrote to ``file`` (reads exactly that much)."""
+    return pickle.load(file)
 
 
-def stateful_registry() -> dict[str, Any]:
-    """This process's @stateful objects received from a driver (worker teardown)."""
-    return _REGISTRY
+def pickle_for_digest(value: Any) -> bytes:
+    """``value`` as the standard pickle (protocol 4, classes by reference): bytes for a
+    cache key's digest (hashing.py), the same in every process and run."""
+    return pickle.dumps(value, protocol=4)
 
 
 _TABLE = struct.Struct("<I")
@@ -175,15 +197,17 @@ class Spill:
     process reuses the same memory instead of faulting in fresh pages for a whole batch.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, shm: bool = True) -> None:
         self.fd: int | None = None
         self.size = 0
+        self.shm = shm  # False: everything in band (bytes that travel alone, e.g. Dask's)
 
-    def body(self, obj: Any, shm: bool = True) -> bytes:
+    def body(self, obj: Any, shm: bool | None = None,
+             keys: set[str] | None = None) -> bytes:
         """``obj`` pickled: a buffer table (offsets into the memfd), then the pickle."""
-        buffers: list[memoryview] | None = [] if shm else None
+        buffers: list[memoryview] | None = [] if (self.shm if shm is None else shm) else None
         out = io.BytesIO()
-        _Pickler(out, buffers).dump(obj)
+        _Pickler(out, buffers, keys).dump(obj)
         table = [_TABLE.pack(len(buffers or ()))]
         for b in buffers or ():
             table.append(_ENTRY.pack(self._write(b), b.nbytes))
@@ -278,11 +302,13 @@ def _unpickle(body: bytes, view: memoryview | None) -> Any:
     return unpickle(body, bufs, start)
 
 
-def dumps(obj: Any, shm: bool = True, spill: Spill | None = None) -> tuple[bytes, list[int]]:
-    """``obj`` as (frame body, memfd descriptors). Raises whatever pickling raises."""
-    spill = spill or Spill()
+def dumps(obj: Any, shm: bool = True, spill: Spill | None = None,
+          keys: set[str] | None = None) -> tuple[bytes, list[int]]:
+    """``obj`` as (frame body, memfd descriptors; none when not ``shm``): raises whatever
+    pickling raises. ``keys`` collects the keys of the @stateful objects in ``obj``."""
+    spill = spill or Spill(shm)
     try:
-        body = spill.body(obj, shm)
+        body = spill.body(obj, shm if spill.shm else False, keys)
     except BaseException:
         spill.close()
         raise

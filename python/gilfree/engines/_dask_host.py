@@ -2,7 +2,8 @@
 
     driver (DaskEngine)                      host: python -m gilfree.engines._dask_host
       HostedCluster(options) ── stdin: ───▶ LocalCluster(**options): scheduler + nannies
-        pickled (options, dask config)        here; worker processes are its children
+        (options, dask config, sys.path)     here; worker processes are its children
+        pickled by transport.dump_file       (read back by transport.load_file)
       ◀── stdout: {"address", "pid"} ──────   then waits for EOF on stdin
       Client(address)
       close(): stdin closed (or the driver  ─▶ cluster.close(), exit
@@ -21,7 +22,6 @@ from __future__ import annotations
 import collections
 import json
 import os
-import pickle
 import select
 import signal
 import subprocess
@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from .. import transport
 
 
 def no_message_log() -> Any:
@@ -89,7 +91,7 @@ class HostedCluster:
         try:
             # The driver's sys.path: workers (spawned by the host) import what the
             # driver can, e.g. a module beside the script or appended in a notebook.
-            pickle.dump((options, dask.config.config, sys.path), self.process.stdin)
+            transport.dump_file((options, dask.config.config, sys.path), self.process.stdin)
             self.process.stdin.flush()
             answer = self._read_line(timeout)
         except BaseException:
@@ -130,7 +132,7 @@ class HostedCluster:
 
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the driver's map
-    options, config, path = pickle.load(sys.stdin.buffer)
+    options, config, path = transport.load_file(sys.stdin.buffer)
     sys.path[:] = [*path, *(p for p in sys.path if p not in path)]
     import dask
 

@@ -12,9 +12,10 @@ cluster mode.
                             gilfree's execute_map, in this process.  Callbacks fire in
                             the calling thread while the map runs.
     processes               each partition is one dask task in dask's process pool
-                            running the cluster mode's worker function (_dask_worker.py):
-                            pipeline and inputs pickled once per map, @stateful objects
-                            built once per process; its events replay afterwards.
+                            running the cluster mode's worker function (_dask_worker.py,
+                            over the remote layer's session): the Payload pickled once
+                            per map, a Batch per partition, @stateful objects built once
+                            per process; each Result's events replay afterwards.
 """
 
 from __future__ import annotations
@@ -27,11 +28,11 @@ from typing import Any, Callable
 
 from ..execute import Runtime, execute_map
 from ..plan import Plan
-from ..transport import unpickle
+from ..remote import driver
+from . import _dask_payload as _p
 from . import _dask_worker as _w
 from .base import Engine
-from ._dask_payload import _dump_rows, _payload
-from .dask_engine import DaskEngine, _restore
+from .dask_engine import DaskEngine
 from .threads import usable_cores
 
 #: dask's names for its local schedulers -> the three HyperNodes documents.
@@ -189,10 +190,9 @@ class LocalDaskEngine(DaskEngine):
     def _map_processes(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime) -> list:
         dask, n = _dask(), len(rows)
         spans = _spans(n, self._partitions(n))
-        path, keys, blob, consumers = _payload(plan, base, rows, rt)
-        token = uuid.uuid4().hex
+        payload = _p.MapPayload(uuid.uuid4().hex, plan, base, rows, rt)
         tasks = [dask.delayed(_w.run_batch, pure=False)(
-            token, blob, _dump_rows(rows[a:b], a, keys, consumers), a) for a, b in spans]
+            payload.token, payload.blob, payload.batch(rows[a:b], a)) for a, b in spans]
         if rt.callbacks:
             rt.emit("on_map_start", n)
         t0 = time.perf_counter()
@@ -200,16 +200,15 @@ class LocalDaskEngine(DaskEngine):
             answers = self._compute(tasks)
             out: list[Any] = [None] * n
             for (a, b), answer in zip(spans, answers):
-                results, events, error = unpickle(answer)
-                if events:
-                    # Each task's execute_map opened and closed a map of its own; ours
-                    # (with the total) stands for them.  Nested maps' are kept.
-                    rt.pending.extend(e for e in events if len(e[2]) != len(path)
-                                      or e[0] not in ("on_map_start", "on_map_end"))
-                    rt.flush()
-                if results is None:  # the first failure in input order
-                    raise _restore(error)
-                out[a:b] = [_restore(r) for r in results]
+                result = _p.answer(answer, a, b)
+                # Each task's execute_map opened and closed a map of its own; ours (with
+                # the total) stands for them.  Nested maps' are kept.
+                driver.replay(rt, result.events, payload.depth)
+                if result.error is not None:  # the first failure in input order
+                    raise result.error
+                bad = driver.place(out, a, result.parts, plan.outputs)
+                if bad is not None and not rt.collect:
+                    raise out[bad]
             return out
         finally:
             if rt.callbacks:

@@ -1,12 +1,12 @@
 """``DaskEngine``: map items run in batches on a Dask cluster (``dask.distributed``).
 
     driver (caller's thread)                           Dask workers (processes)
-      plan + broadcast inputs, pickled once: a task ──▶ fetched and unpickled once per
-      one client.submit per batch of rows ────────────▶ worker and map; each @stateful
+      Payload (plan, broadcast inputs), once: a task ─▶ fetched and unpickled once per
+      one client.submit per Batch of rows ────────────▶ worker and map; each @stateful
                                                        object built once per process;
-                                                       execute_map(batch rows)
-      as_completed: each finished batch ◀───────────── (results, recorded events, error)
-        its events replayed (Runtime.flush): callbacks fire here, in the driver
+                                                       the remote session runs it
+      as_completed: each finished batch ◀───────────── Result (parts, events, error)
+        its events replayed (remote.driver.replay): callbacks fire here, in the driver
         its results put in their slots: input order
       Ctrl-C / an error ends the map early ───────────▶ its batches cancelled; running
                                                        ones interrupted (_dask_worker.py)
@@ -15,9 +15,11 @@ The LocalCluster that ``DaskEngine()`` starts runs in a process of its own
 (``_dask_host.py``): its scheduler and nannies would otherwise grow the driver's memory.
 Dask's client runs its event loop on its own thread; the driver thread blocks only in
 ``as_completed``, which wakes every 100 ms.  What runs on the workers is in
-``_dask_worker.py``; what is pickled for them (payload, batch rows) in ``_dask_payload.py``.  ``run`` executes in the calling process, as in HyperNodes'
-DaskEngine: one item gains nothing from a cluster, and breakpoints and tracebacks stay
-local.
+``_dask_worker.py``; what is pickled for them (payload, batch rows) in
+``_dask_payload.py``: the remote layer (``remote/``) that ProcessEngine uses too, so the
+messages, errors, @stateful rules and callback replay are the same.  ``run`` executes
+in the calling process, as in HyperNodes' DaskEngine: one item gains nothing from a
+cluster, and breakpoints and tracebacks stay local.
 """
 
 from __future__ import annotations
@@ -35,13 +37,13 @@ import weakref
 from concurrent.futures import CancelledError
 from typing import Any
 
-from ..errors import EngineShutDown, ExecutionError, SerializationError
+from ..errors import EngineShutDown, ExecutionError
 from ..execute import Runtime, execute_map
-from ..plan import DUAL, Plan
-from ..transport import RemoteTraceback, unpickle
+from ..plan import Plan
+from ..remote import driver
 from . import _dask_host
+from . import _dask_payload as _p
 from . import _dask_worker as _w
-from ._dask_payload import _dump_rows, _identity, _payload
 from .base import Engine
 from .threads import usable_cores
 
@@ -86,20 +88,6 @@ def _bare(exc: BaseException) -> BaseException:
     the workers would keep every batch's results in memory meanwhile."""
     exc.__context__ = None
     return exc.with_traceback(None)
-
-
-def _restore(result: Any) -> Any:
-    """A worker's exception with its traceback (tblib), or for a RemoteError the
-    worker's traceback as text in its ``__cause__`` (as ProcessEngine gives it)."""
-    if isinstance(result, BaseException) and "_gilfree_tb" in result.__dict__:
-        from tblib import Traceback
-
-        tb = result.__dict__.pop("_gilfree_tb")
-        result.__traceback__ = Traceback.from_dict(tb).as_traceback()
-    if isinstance(result, BaseException) and "_gilfree_remote_tb" in result.__dict__:
-        text = result.__dict__.pop("_gilfree_remote_tb")
-        result.__cause__ = RemoteTraceback(f'\n"""\n{text}"""')
-    return result
 
 
 class DaskEngine(Engine):
@@ -231,18 +219,17 @@ class DaskEngine(Engine):
         if size is None:
             threads = sum(client.nthreads().values())
             size = math.ceil(n / min(MAX_BATCHES, BATCHES_PER_THREAD * max(threads, 1)))
-            # A DualNode's batch_size hint: whole batches per task, so that its batch
-            # function gets the items it asked for (a task is the most it can get).
-            hint = max((s.hints.get("batch_size") or 0 for s in plan.steps if s.kind == DUAL),
-                       default=0)
-            if hint:
-                size = math.ceil(size / hint) * hint
+        # DualNodes: whole batches of their sizes per task, so that each batch function
+        # gets the items it asked for (a task is the most it can get); as on ProcessEngine.
+        size = driver.whole_batches(size, driver.dual_batch_size(plan, rt))
         spans = [(a, min(a + size, n)) for a in range(0, n, size)]
-        path, keys, blob, consumers = _payload(plan, base, rows, rt)
-        batches = [_dump_rows(rows[a:b], a, keys, consumers) for a, b in spans]
-        with self._lock:
-            self._shipped |= keys
         token = uuid.uuid4().hex
+        payload = _p.MapPayload(token, plan, base, rows, rt)
+        batches = [payload.batch(rows[a:b], a) for a, b in spans]
+        blob, depth = payload.blob, payload.depth
+        with self._lock:
+            self._shipped |= payload.keys
+        del payload
         # Filled as they are submitted, so that Ctrl-C or a shutdown while submitting
         # still cancels those sent; sent = [payload, *futures].
         sent: list = []
@@ -256,17 +243,17 @@ class DaskEngine(Engine):
             # never scattered data.  Workers fetch it from each other, once each.
             with warnings.catch_warnings():  # big inputs are the point; Dask's hint misleads
                 warnings.filterwarnings("ignore", "Sending large graph", UserWarning)
-                sent.append(client.submit(_identity, blob, pure=False,
+                sent.append(client.submit(_p.identity, blob, pure=False,
                                           key=f"gilfree-payload-{token}"))
-            for k, (rows_blob, (a, _)) in enumerate(zip(batches, spans)):
-                futures.append(client.submit(_w.run_batch, token, sent[0], rows_blob, a,
+            for k, rows_blob in enumerate(batches):
+                futures.append(client.submit(_w.run_batch, token, sent[0], rows_blob,
                                              pure=False, key=f"gilfree-batch-{k}-{token}"))
                 sent.append(futures[-1])
             del blob, batches
             if rt.callbacks:
                 rt.emit("on_map_start", n)
             t0 = time.perf_counter()
-            return self._gather(client, futures, spans, plan, rt, len(path), generation)
+            return self._gather(client, futures, spans, plan, rt, depth, generation)
         except Exception:
             if t0 is None and self._generation != generation:  # closed while submitting
                 raise self._shut_down_error(plan, 0, n) from None
@@ -362,29 +349,21 @@ class DaskEngine(Engine):
                         error.__cause__ = _bare(exc)
                     else:
                         error = self._batch_error(exc, plan, a, b)
-                    results, events = None, ()
                     if rt.collect and isinstance(error, ExecutionError):
-                        results = [error] * (b - a)
+                        out[a:b] = [error] * (b - a)
+                        continue
                 else:
-                    try:
-                        results, events, error = unpickle(answer)  # pins no arena
-                    except Exception as exc:
-                        raise SerializationError(
-                            f"the results of map items {a} to {b - 1} cannot be unpickled "
-                            f"in the driver (worker -> driver): {type(exc).__name__}: "
-                            f"{exc}") from exc
-                if results is not None:
-                    results = [_restore(r) for r in results]
-                error = _restore(error)
-                if events:
+                    result = _p.answer(answer, a, b)  # unpickled pinning no arena
+                    error = result.error
+                    if error is None:
+                        bad = driver.place(out, a, result.parts, plan.outputs)
+                        if bad is not None and not rt.collect:
+                            error = out[bad]
                     # Each worker's execute_map opened and closed a map of its own; the
                     # driver's (with the total) stands for them.  Nested maps' are kept.
-                    rt.pending.extend(e for e in events if len(e[2]) != depth
-                                      or e[0] not in ("on_map_start", "on_map_end"))
-                    rt.flush()
-                if results is not None:
-                    out[a:b] = results
-                    continue
+                    driver.replay(rt, result.events, depth)
+                    if error is None:
+                        continue
                 # The first failure in input order wins, as on the other engines: later
                 # batches are cancelled, earlier ones still finish (they may fail first).
                 failures[k], stop = error, k

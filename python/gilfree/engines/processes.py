@@ -29,7 +29,6 @@ from __future__ import annotations
 import atexit
 from bisect import bisect_left
 import itertools
-import math
 import os
 import signal
 import sys
@@ -38,11 +37,13 @@ import time
 import weakref
 from typing import Any
 
-from ..errors import EngineShutDown, ExecutionError, SerializationError
+from ..errors import EngineShutDown, ExecutionError
 from ..execute import Runtime, execute_map
 from .. import transport
-from ..plan import DUAL, Plan
-from ..stages import Skipped, Stage, stage_plan
+from ..plan import Plan
+from ..remote import driver as remote
+from ..remote.messages import RemoteOptions
+from ..stages import SIGS, Skipped, Stage, stage_plan
 from .base import Engine
 from .threads import usable_cores
 
@@ -199,7 +200,8 @@ class ProcessEngine(Engine):
         """Runs ``stage`` of a map with several executors in the workers (stages.py's
         ``Placement.remote``): only the values it reads go, only what later stages or
         the caller need comes back; items failed in earlier stages are skipped."""
-        sub = stage_plan(plan, stage)
+        ship_sigs = rt.cache is not None  # cache keys as on a one-executor map
+        sub = stage_plan(plan, stage, ship_sigs)
         shared = {k: base[k] for k in stage.base_names}
         # A stage that reads only shared inputs still needs a column: a batch's length
         # travels as the length of its columns.
@@ -208,6 +210,9 @@ class ProcessEngine(Engine):
         def remote(values: list, sigs: list, failed: list, cached: list, collect: bool) -> None:
             skip = {i for i, err in enumerate(failed) if err is not None}
             rows = [{k: v.get(k) for k in names} for v in values]
+            if ship_sigs:
+                for row, s in zip(rows, sigs):
+                    row[SIGS] = {k: s[k] for k in names if k in s}
             r = rt if rt.collect == collect else _with_collect(rt, collect)
             out = self._on_pool(lambda pool: _MapCall(
                 self, pool, sub, shared, rows, r, stage=True, skip=skip,
@@ -215,11 +220,17 @@ class ProcessEngine(Engine):
             for i, result in enumerate(out):
                 if i in skip:
                     continue
-                cached[i] = False  # the workers' cache hits are not reported back
                 if isinstance(result, BaseException):
                     failed[i] = result
+                    cached[i] = False
+                    continue
+                if ship_sigs:  # what the stage's steps were cached under, and if all hit
+                    stage_sigs, all_hit = result.pop(SIGS)
+                    sigs[i].update(stage_sigs)
+                    cached[i] = cached[i] and all_hit
                 else:
-                    values[i].update(result)
+                    cached[i] = False  # no cache: nothing was served from it
+                values[i].update(result)
         return remote
 
     def _on_pool(self, work: Any) -> Any:
@@ -246,10 +257,9 @@ class ProcessEngine(Engine):
 
 
 def _dual_batch_size(plan: Plan, rt: Runtime) -> int:
-    """The batch size the plan's DualNode steps ask for (their LCM), or 0."""
-    sizes = [s.hints.get("batch_size") or rt.batch_size for s in plan.steps if s.kind == DUAL]
-    sizes = [n for n in sizes if n]
-    return math.lcm(*sizes) if sizes else 0
+    """What a worker's batch should be a whole multiple of (the DualNodes' LCM), or 0:
+    the remote layer's rule, DaskEngine's too."""
+    return remote.dual_batch_size(plan, rt)
 
 
 _map_ids = itertools.count(1)
@@ -311,18 +321,8 @@ class _MapCall:
         self.stage = stage
         self.skip = sorted(skip)
         self.timeout = engine._item_timeout(plan) if timeout == "engine" else timeout
-        opts = {"cache": rt.cache, "retries": rt.retries, "batch_size": rt.batch_size,
-                "collect": rt.collect, "events": bool(rt.callbacks), "path": self.path,
-                "timeout": self.timeout}
-        try:
-            self.payload, self.payload_fds = transport.dumps((plan, base, opts))
-        except Exception as exc:
-            culprit = transport.find_unpicklable(lambda: {
-                **{f"node {s.name!r}": s.node for s in plan.iter_steps()},
-                **{f"input {k!r}": v for k, v in base.items()},
-                "the cache": rt.cache}) or "the pipeline"
-            raise transport.serialization_error(culprit, "to the worker processes (driver -> "
-                                                "worker)", exc) from exc
+        self.payload, self.payload_fds = remote.encode_payload(
+            plan, base, RemoteOptions.of(rt, self.timeout))
         self.key = transport.content_key(self.payload, self.payload_fds)
         # Which map a batch belongs to (the payload's key may be an earlier map's: equal
         # payloads are shipped once): a worker starts a new map for @stateful objects
@@ -380,60 +380,23 @@ class _MapCall:
 
     # -- callbacks from C++ (driver thread, GIL held) -----------------------------------
     def make_batch(self, a: int, b: int) -> tuple[bytes, list[int]]:
-        rows = self.rows[a:b]
-        cols = [[r[k] for r in rows] for k in self.names]
         skipped = ({k - a: Skipped() for k in self.skip[bisect_left(self.skip, a):
                                                     bisect_left(self.skip, b)]}
                    if self.skip else {})
-        try:
-            return transport.dumps((self.map_id, a, self.names, cols, skipped))
-        except Exception:
-            pass
-        # Some rows do not pickle: those items fail (SerializationError naming the input
-        # and the nodes that take it); the others travel, the failed ones as placeholders.
-        failed: dict[int, BaseException] = dict(skipped)
-        for k, row in enumerate(rows):
-            if k in failed:
-                continue
-            for name, value in row.items():
-                bad = transport.find_unpicklable(lambda: {f"input {name!r}": value})
-                if bad is not None:
-                    failed[k] = SerializationError(
-                        f"cannot send {bad} of map item {a + k} (used by node(s) "
-                        f"{self.consumers.get(name, [])}) to a worker process (driver -> worker)")
-                    break
-        cols = [[None if i in failed else r[k] for i, r in enumerate(rows)] for k in self.names]
-        return transport.dumps((self.map_id, a, self.names, cols, failed))
+        # Rows that do not pickle fail their items only (remote.encode_batch).
+        return remote.encode_batch(self.map_id, self.rows[a:b], a, self.names,
+                                   self.consumers, failed=skipped)
 
     def on_result(self, a: int, b: int, body: bytes, fds: list[int]) -> bool:
-        status, payload, events = transport.loads(body, fds)
-        self._replay(events)
-        if status != "ok":
-            self.errors[a] = payload
+        result = remote.decode_result(body, fds, a, b)
+        self._replay(result.events)
+        if result.error is not None:
+            self.errors[a] = result.error
             return False
-        keep_going = True
-        for count, part in payload[1]:  # ("parts", [(count, (mode, data)), ...])
-            keep_going = self._place(a, a + count, part) and keep_going
-            a += count
-        return keep_going
-
-    def _place(self, a: int, b: int, encoded: tuple) -> bool:
-        mode, data = encoded
-        out = self.out
-        if mode == "cols":
-            outputs = self.plan.outputs
-            if len(outputs) == 1:
-                o = outputs[0]
-                out[a:b] = [{o: v} for v in data[0]]
-            else:
-                out[a:b] = [dict(zip(outputs, vals)) for vals in zip(*data)]
-            return True
-        out[a:b] = data
-        if not self.rt.collect:
-            for k, r in enumerate(data):
-                if isinstance(r, BaseException):
-                    self.errors[a + k] = r
-                    return False
+        bad = remote.place(self.out, a, result.parts, self.plan.outputs)
+        if bad is not None and not self.rt.collect:
+            self.errors[bad] = self.out[bad]
+            return False
         return True
 
     def on_lost(self, a: int, b: int, info: dict) -> bool:
@@ -486,13 +449,8 @@ class _MapCall:
         return False
 
     def _replay(self, events: list) -> None:
-        rt = self.rt
-        if not events or not rt.callbacks:
-            return
-        depth = len(self.path)
         # The driver announces the map once (on_map_start/end); each batch's own
         # announcements at the top level are dropped. Nested maps' are kept. A stage's
         # items and their pipeline are announced by the driver's map too.
         dropped = _STAGE_ANNOUNCEMENTS if self.stage else _MAP_ANNOUNCEMENTS
-        rt.pending.extend(e for e in events if not (e[0] in dropped and len(e[2]) == depth))
-        rt.flush()
+        remote.replay(self.rt, events, len(self.path), dropped)

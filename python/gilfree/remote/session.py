@@ -1,0 +1,372 @@
+"""The worker side of the remote layer: one ``Session`` per worker process, whoever
+carries its messages (ProcessEngine's ``_worker.py``, DaskEngine's ``_dask_worker.py``).
+
+    adapter (socket frames / Dask task)        Session (this module)
+    payload bytes, key ──────────────────────▶ load_payload: Payload unpickled once, kept
+                                                by key (an unpicklable one: its error,
+                                                raised by each batch that needs it)
+    drop / forget key ───────────────────────▶ drop_payload; end_map(map id)
+    batch bytes, key ────────────────────────▶ run_batch: new map id -> stateful.new_map();
+                                                execute_map_around in sub-batches (or the
+                                                column path), each Part pickled as it ends
+    ◀── Result bytes (+ memfds) ─────────────── parts or the boxed error, recorded Events
+    exit / engine shutdown ──────────────────▶ release_stateful: @stateful teardown
+
+``Watch`` is how a worker reports where it is (ProcessEngine's status page, read by the
+driver when a worker dies or overruns); Dask workers need none. The @stateful registry is
+per process: unpickling a @stateful object (transport) resolves its key here, so a model
+is built once per worker process, across batches, maps and engines.
+"""
+
+from __future__ import annotations
+
+import threading
+import traceback
+from collections import OrderedDict
+from itertools import repeat
+from typing import Any, Callable
+
+from .. import transport
+from ..errors import annotate
+from ..stateful import end_map, new_map
+from .messages import COLS, ROWS, Batch, Event, Part, Payload, RemoteOptions, Result
+
+#: Results larger than this per item are pickled in sub-batches of about SPILL_CHUNK.
+SPILL_ITEM, SPILL_CHUNK = 64 * 1024, 4 * 1024 * 1024
+
+# -- @stateful objects: one per key per process -------------------------------------------
+_REGISTRY: dict[str, Any] = {}  # stateful key -> this process's object
+_REGISTRY_LOCK = threading.RLock()  # Dask worker threads share it; re-entered unpickling
+
+
+def stateful_instance(key: str, blob: bytes) -> Any:
+    """What a pickled @stateful object unpickles to (``transport``): this process's one
+    object for ``key``, unpickled from ``blob`` the first time (built lazily, on use)."""
+    with _REGISTRY_LOCK:
+        obj = _REGISTRY.get(key)
+        if obj is None:
+            obj = _REGISTRY[key] = transport.unpickle(blob)
+        return obj
+
+
+def release_stateful(keys: list[str] | None = None) -> None:
+    """Tear down (``__teardown__``) and forget these @stateful objects (None: all of
+    them, at worker exit). A failing teardown is printed; the others still run."""
+    with _REGISTRY_LOCK:
+        chosen = list(_REGISTRY) if keys is None else [k for k in keys if k in _REGISTRY]
+        objs = [_REGISTRY.pop(k) for k in chosen]
+    for obj in objs:
+        try:
+            obj._gilfree_release()
+        except Exception:
+            traceback.print_exc()
+
+
+class Watch:
+    """Where a worker is, told as it goes; the default tells nobody. Each method runs on
+    the hot path of its phase: keep overrides to a few stores."""
+
+    def loading(self) -> None:
+        """A payload is being unpickled."""
+
+    def loaded(self, plan: Any, options: RemoteOptions) -> None:
+        """A payload's plan is ready (it may wrap the plan's steps to track them)."""
+
+    def at_item(self, index: int) -> None:
+        """Map item ``index`` runs next."""
+
+    def items_done(self) -> None:
+        """The items of a sub-batch are done; their results are being pickled."""
+
+    def sending(self) -> None:
+        """The batch's answer is being pickled and sent."""
+
+    def event(self, name: str, args: tuple, steps: dict[str, int]) -> None:
+        """A callback event (only when callbacks are on)."""
+
+
+class Recorder:
+    """The worker runtime's only callback: records each event for the driver to replay
+    (exceptions boxed), telling the watch."""
+
+    def __init__(self, watch: Watch, plan: Any):
+        self.events: list[Event] = []
+        self.watch = watch
+        self.steps = {s.name: k for k, s in enumerate(plan.steps)}
+
+    def __getattr__(self, event: str) -> Any:
+        if not event.startswith("on_"):
+            raise AttributeError(event)
+        events, watch, steps = self.events, self.watch, self.steps
+        box = transport.box_exception
+
+        def record(*args: Any) -> None:
+            watch.event(event, args, steps)
+            values = tuple(box(a) if isinstance(a, BaseException) else a for a in args[:-1])
+            events.append(Event(event, values, list(args[-1].hierarchy_path)))
+        return record
+
+
+class _Loaded:
+    __slots__ = ("plan", "base", "options", "column_step", "error")
+
+    def __init__(self, payload: Payload | None, error: BaseException | None = None):
+        self.plan, self.base, self.options = payload if payload else (None, None, None)
+        self.column_step = _column_step(self.plan, self.options) if payload else None
+        self.error = error
+
+
+class Session:
+    """One worker process's remote runtime: payloads by key, the maps it is in (for
+    @stateful failures), running batches. ``max_payloads``/``max_maps``: how many to keep
+    (None: until dropped). Thread-safe where Dask's worker threads share it."""
+
+    def __init__(self, watch: Watch | None = None, max_payloads: int | None = None,
+                 max_maps: int = 1):
+        self.watch = watch or Watch()
+        self.max_payloads, self.max_maps = max_payloads, max_maps
+        self.payloads: OrderedDict[Any, _Loaded] = OrderedDict()
+        # map id -> stateful.new_map()'s number: a @stateful constructor that fails is
+        # run once per map here (later items get a copy of its error), again next map.
+        self.maps: OrderedDict[Any, int] = OrderedDict()
+        self.lock = threading.RLock()
+
+    # -- payloads and maps ---------------------------------------------------------------
+    def load_payload(self, key: Any, body: bytes, fds: list[int]) -> None:
+        """Unpickle a map's Payload and keep it under ``key`` (unless already kept)."""
+        with self.lock:
+            if key in self.payloads:
+                transport.close_fds(fds)
+                return
+            self.watch.loading()
+            try:
+                payload = transport.loads(body, fds)
+                self.watch.loaded(payload.plan, payload.options)
+                loaded = _Loaded(payload)
+            except Exception as exc:
+                err = transport.serialization_error(
+                    "the pipeline or its inputs", "to the workers (a worker could not "
+                    "unpickle them: modules that nodes and inputs use must be importable "
+                    "on every worker; code defined in __main__ or a notebook travels by "
+                    "value)", exc)
+                err.add_note("".join(traceback.format_exception(exc)))
+                loaded = _Loaded(None, err)
+            self.payloads[key] = loaded
+            while self.max_payloads and len(self.payloads) > self.max_payloads:
+                self.payloads.popitem(last=False)  # maps whose driver never said "drop"
+
+    def has_payload(self, key: Any) -> bool:
+        return key in self.payloads
+
+    def drop_payload(self, key: Any) -> None:
+        with self.lock:
+            self.payloads.pop(key, None)
+
+    def begin_map(self, map_id: Any) -> None:
+        """A batch of map ``map_id``: the first one here starts a map for @stateful."""
+        if map_id in self.maps:
+            return
+        with self.lock:
+            if map_id not in self.maps:
+                self.maps[map_id] = new_map()
+                while len(self.maps) > self.max_maps:
+                    end_map(self.maps.popitem(last=False)[1])
+
+    def end_map(self, map_id: Any) -> None:
+        with self.lock:
+            number = self.maps.pop(map_id, None)
+        if number is not None:
+            end_map(number)
+
+    # -- batches ---------------------------------------------------------------------------
+    def run_batch(self, key: Any, body: bytes, fds: list[int],
+                  shm: bool = True) -> tuple[bytes, list[int]]:
+        """Run a Batch with the payload kept under ``key``: the pickled Result and its
+        memfds (``shm``: large buffers in a memfd; else all in the bytes)."""
+        watch = self.watch
+        spill = transport.Spill(shm)
+        parts: list = []
+        error = recorder = None
+        try:
+            loaded = self.payloads[key]
+            if loaded.error is not None:
+                raise loaded.error
+            batch: Batch = transport.loads(body, fds)
+            self.begin_map(batch.map_id)
+            plan, options = loaded.plan, loaded.options
+            if options.events:
+                recorder = Recorder(watch, plan)
+            run = self._runner(loaded, batch, recorder)
+            n, first = batch.size, batch.first
+            watch.at_item(first)
+            # Sub-batches: pickled (large buffers copied out) as soon as they finish, so
+            # that a batch of big arrays never lives in this process all at once.
+            # (DualNode batches are not split: their batch function wants whole batches.)
+            a, size = 0, (n if plan.has_batch else 1)
+            while a < n:
+                b = min(n, a + size)
+                before = spill.size
+                encoded = run(a, b)
+                watch.items_done()
+                parts.append(_part(spill, b - a, encoded, plan, first + a))
+                if a == 0:
+                    per_item = (spill.size - before) / (b - a)
+                    size = n if per_item < SPILL_ITEM else max(1, int(SPILL_CHUNK // per_item))
+                a = b
+        except Exception as exc:
+            error = exc
+        watch.sending()
+        events = recorder.events if recorder is not None else []
+        if error is not None:
+            spill.close()
+            spill = transport.Spill(shm)
+            reply = Result(None, transport.box_exception(error), events)
+        else:
+            reply = Result(parts, None, events)
+        try:
+            return transport.dumps(reply, spill=spill)
+        except Exception:
+            pass
+        # An event argument that cannot travel is told to callbacks as its repr, a dict's
+        # (inputs, outputs) value by value: every event still arrives (a progress bar
+        # counts it). Outputs themselves were checked in _part.
+        events = [Event(e.name, tuple(_portable(a) for a in e.args), e.path) for e in events]
+        return transport.dumps(reply._replace(events=events), spill=transport.Spill(shm))
+
+    def _runner(self, loaded: _Loaded, batch: Batch,
+                recorder: Recorder | None) -> Callable[[int, int], tuple]:
+        plan, base, options = loaded.plan, loaded.base, loaded.options
+        step, first, names, cols, failed = (loaded.column_step, batch.first, batch.names,
+                                            batch.cols, batch.failed)
+        sources = _sources(step, base, names, cols) if step and not failed else None
+        if sources is not None:
+            collect = options.collect
+
+            def run(a: int, b: int) -> tuple:
+                return _map_columns(step, sources, a, b, first, collect)
+            return run
+        from ..execute import execute_map_around
+
+        n = batch.size
+        rows = [dict(zip(names, vals)) for vals in zip(*cols)] if cols else [{}] * n
+        rt = options.runtime(recorder)
+        at_item = self.watch.at_item
+
+        def run(a: int, b: int) -> tuple:
+            sub = {k - a: e for k, e in failed.items() if a <= k < b}
+            # Rows the driver could not pickle fail in their slots; the rest run around.
+            results = execute_map_around(plan, base, rows[a:b], rt, first + a, sub,
+                                         options.collect,
+                                         lambda k: at_item(first + a + k))
+            return _encode_results(results, plan.outputs)
+        return run
+
+
+# -- the column path and result encoding ----------------------------------------------
+def _column_step(plan: Any, options: RemoteOptions) -> Any:
+    """The step of a plan that the column path can run: one plain function called with
+    positional arguments, one output, no cache, callbacks or retries (W4's and W5's
+    shape). The whole sub-batch is then ``map(f, column, ..., repeat(constant))``: no
+    dict per item, no per-item interpreter loop."""
+    if options.cache is not None or options.events or options.retries or not plan.simple:
+        return None
+    if len(plan.steps) != 1:
+        return None
+    step = plan.steps[0]
+    if step.nargs < 1 or step.multi or plan.outputs != [step.out0]:
+        return None
+    return step
+
+
+def _sources(step: Any, base: dict, names: list, cols: list) -> list | None:
+    """Per argument: its column (mapped input) or its constant (broadcast input)."""
+    out = []
+    for arg in step.args:
+        if arg in names:
+            out.append((True, cols[names.index(arg)]))
+        elif arg in base:
+            out.append((False, base[arg]))
+        else:
+            return None
+    return out
+
+
+def _map_columns(step: Any, sources: list, a: int, b: int, first: int,
+                 collect: bool) -> tuple:
+    func = step.func
+    out: list = []
+    k = a
+    failed = False
+    while k < b:
+        its = [value[k:b] if is_col else repeat(value, b - k) for is_col, value in sources]
+        before = len(out)
+        try:
+            out.extend(map(func, *its))  # items done before a failure stay in `out`
+            break
+        except Exception as exc:
+            k += len(out) - before
+            annotate(exc, step.name, first + k)
+            if not collect:
+                raise
+            out.append(exc)
+            failed = True
+            k += 1
+    if not failed:
+        return (COLS, [out])
+    o = step.out0
+    return _encode_results([v if isinstance(v, BaseException) else {o: v} for v in out], [o])
+
+
+def _encode_results(results: list, outputs: list[str]) -> tuple:
+    """Column lists when every item succeeded (cheap to pickle), else the list with each
+    exception boxed."""
+    if all(type(r) is dict for r in results):
+        return (COLS, [[r[o] for r in results] for o in outputs])
+    box = transport.box_exception
+    return (ROWS, [box(r) if isinstance(r, BaseException) else r for r in results])
+
+
+def _unsendable(value: Any) -> Exception | None:
+    """Why ``value`` cannot be sent to the driver, or None if it can."""
+    try:
+        transport.dumps(value, shm=False)
+        return None
+    except Exception as why:
+        return why
+
+
+def _sendable(value: Any) -> bool:
+    return _unsendable(value) is None
+
+
+def _portable(value: Any) -> Any:
+    """``value`` if it can be sent, else its repr (a dict: each value that cannot)."""
+    if _sendable(value):
+        return value
+    if type(value) is dict:
+        return {k: v if _sendable(v) else repr(v) for k, v in value.items()}
+    return repr(value)
+
+
+def _part(spill: Any, count: int, encoded: tuple, plan: Any, first: int) -> Any:
+    """One sub-batch's results (map items ``first``, ...), pickled into the spill now;
+    an item whose outputs do not pickle fails alone, with a SerializationError naming
+    the output, the node that produced it and the item."""
+    mode, data = encoded
+    try:
+        return spill.part(Part(count, mode, data))
+    except Exception:
+        pass
+    outputs = plan.outputs
+    rows = data if mode == ROWS else [dict(zip(outputs, vals)) for vals in zip(*data)]
+    producer = {o: s.name for s in plan.steps for o in s.out_names}
+    fixed = []
+    for k, r in enumerate(rows):
+        bad = ({o: _unsendable(v) for o, v in r.items()} if isinstance(r, dict)
+               else {None: _unsendable(r)})
+        bad = {o: why for o, why in bad.items() if why is not None}
+        if not bad:
+            fixed.append(r)
+            continue
+        fixed.append(transport.box_exception(transport.output_error(bad, producer, first + k)))
+    return spill.part(Part(count, ROWS, fixed))
