@@ -1,47 +1,39 @@
-// _core.ProcessPool (driver side) and _core.Channel (worker side).
+// _core.ProcessPool (driver side) and _core.Channel (worker side): conversions only.
 //
 // Who sends what to whom, and who holds the GIL
 //
-//   driver thread in map()                                        ProcessPool threads
-//     [GIL]    fill(): replace dead/retired workers (spawn runs without the GIL)
-//     [GIL]    for each worker with room (< depth batches): ChunkPlanner -> (start, stop),
-//              make_batch(start, stop) -> (rows bytes, memfds)  -- Python pickles
-//     [GIL]    send_batch(): queue PAYLOAD (first time this worker sees the key), BATCH ─▶ writer
-//     [no GIL] wait_event(<= 50 ms) ◀──────────────────────────────────────────── reader
-//     [GIL]    PyErr_CheckSignals (Ctrl-C: kill the busy workers, raise)
-//     [GIL]    RESULT  -> on_result(start, stop, body, fds) -> keep going?   (callbacks,
-//                         progress and result decoding happen in Python, in this thread);
-//                         the batch's time per item sizes the tail chunks (ChunkPlanner)
-//              exited  -> on_lost(start, stop, info) for each batch the worker held
-//     [no GIL] item_timeout: a worker whose status page shows its current item running
-//              for longer is killed; its exit fails that item alone (info["timeout"]) and
-//              the rest of its batch runs again elsewhere
-//              INIT_FAILED / exit before READY -> the pool is broken: stop, report
-//              shutdown() from another thread -> return at once, the items that did
-//              not finish are the caller's to report (is_shut_down)
+//   Python caller (processes.py)       PyProcessPool / PyMapHost           MapScheduler (plain C++)
+//   map(n, key, payload, make_batch, ─▶ [GIL] MapRequest ─────────────────▶ run(): dispatch and
+//       on_result, on_lost, ...)                                              fault policy, see
+//   make_batch(a, b) -> (bytes, fds) ◀─ [GIL] host.make_batch ◀───────────── map_scheduler.hpp
+//   on_result(a, b, body, fds) ◀─────── [GIL] host.on_result ◀──────────────
+//   on_lost(a, b, info dict) ◀───────── [GIL] host.on_lost (exit info) ◀────
+//                                       [no GIL] host.unlocked(fill) ◀────── start workers
+//                                       [no GIL] host.wait_unlocked ◀─────── wait <= 50 ms,
+//                                       [GIL] PyErr_CheckSignals ─────────▶ interrupted: Ctrl-C
+//   raises KeyboardInterrupt ◀───────── End::interrupted                     (busy workers killed)
+//   reads .broken / .is_shut_down ◀──── End::broken / End::shut_down: returns normally
 //
 //   worker process: Channel.recv() / Channel.send() release the GIL around the frame I/O
 //   (the worker is single-threaded; releasing lets its own Python threads run).
 //
-// Every batch has a process-unique id, so a result that arrives after its map was
-// abandoned (Ctrl-C, an exception in a callback) is recognised as stale and dropped; its
-// worker's in-flight count is still decremented.
+// Everything the pool decides (which batch goes where, what a dead worker or an overdue
+// item costs, when the pool is broken, stale results) is MapScheduler's, tested without
+// Python in tests/cpp/test_map_scheduler.cpp. Callbacks run in the map() caller's thread
+// with the GIL held; an exception from one leaves map() (its batches in flight come back
+// later as stale results and are dropped).
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
-#include <signal.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
-#include <atomic>
 #include <chrono>
-#include <deque>
-#include <map>
-#include <optional>
-#include <set>
 #include <string>
 #include <vector>
 
 #include "bindings.hpp"
 #include "gilfree/frame.hpp"
+#include "gilfree/map_scheduler.hpp"
 #include "gilfree/process_pool.hpp"
 #include "py_call.hpp"
 
@@ -49,12 +41,6 @@ namespace py = pybind11;
 
 namespace gilfree::bindings {
 namespace {
-
-// Ctrl-C latency bound (plus one GIL switch interval), and how often a waiting driver
-// replaces dead workers.
-constexpr std::chrono::milliseconds kDriverTick{50};
-
-std::atomic<std::uint64_t> next_batch_id{1};
 
 std::vector<UniqueFd> adopt_fds(const std::vector<int>& fds) {
     std::vector<UniqueFd> out;
@@ -70,11 +56,12 @@ py::list release_fds(std::vector<UniqueFd>& fds) {
     return out;
 }
 
-py::dict exit_info(const ProcessPool::Event& ev) {
+// The `info` dict of on_lost (processes.py reads it).
+py::dict exit_info(const LostItems& why) {
     py::dict info;
-    info["pid"] = ev.pid;
-    info["expected"] = ev.expected;
-    const int st = ev.wait_status;
+    info["pid"] = why.pid;
+    info["expected"] = why.expected;
+    const int st = why.wait_status;
     if (st == -1) {
         info["exitcode"] = py::none();
         info["signal"] = py::none();
@@ -85,19 +72,53 @@ py::dict exit_info(const ProcessPool::Event& ev) {
         info["exitcode"] = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
         info["signal"] = py::none();
     }
-    info["batch"] = ev.progress.batch;
-    info["item"] = ev.progress.item;
-    info["step"] = ev.progress.step;
-    info["phase"] = ev.progress.phase;
+    info["batch"] = why.progress.batch;
+    info["item"] = why.progress.item;
+    info["step"] = why.progress.step;
+    info["phase"] = why.progress.phase;
+    if (why.timeout_s > 0) info["timeout"] = why.timeout_s;
     return info;
 }
 
-using Clock = std::chrono::steady_clock;
+// The Python callbacks of one map() call. Called by MapScheduler::run() in the map()
+// caller's thread, GIL held, except unlocked()/wait_unlocked(), which release it.
+class PyMapHost final : public MapHost {
+public:
+    PyMapHost(const py::object& make_batch, const py::object& on_result,
+              const py::object& on_lost)
+        : make_batch_(make_batch), on_result_(on_result), on_lost_(on_lost) {}
 
-struct InFlight {
-    std::uint64_t worker;
-    std::size_t start, stop;
-    Clock::time_point sent{};
+    void make_batch(std::size_t start, std::size_t stop, Frame& batch) override {
+        py::tuple made = make_batch_(start, stop);
+        batch.body = std::string(py::bytes(made[0]));
+        batch.fds = adopt_fds(made[1].cast<std::vector<int>>());
+    }
+
+    bool on_result(std::size_t start, std::size_t stop, Frame& result) override {
+        py::bytes body(result.body);
+        result.body.clear();
+        py::list fds = release_fds(result.fds);
+        return on_result_(start, stop, body, fds).cast<bool>();
+    }
+
+    bool on_lost(std::size_t start, std::size_t stop, const LostItems& why) override {
+        return on_lost_(start, stop, exit_info(why)).cast<bool>();
+    }
+
+    void unlocked(const std::function<void()>& f) override {
+        pycall::GilRelease nogil;  // a first start may wait ~0.1 s for the zygote
+        f();
+    }
+
+    // Ctrl-C latency: one tick (plus one GIL switch interval).
+    bool wait_unlocked(const std::function<bool()>& poll, bool& interrupted) override {
+        return pycall::wait_without_gil(poll, interrupted);
+    }
+
+private:
+    const py::object& make_batch_;
+    const py::object& on_result_;
+    const py::object& on_lost_;
 };
 
 class PyProcessPool {
@@ -106,7 +127,7 @@ public:
                   std::size_t max_items_per_worker, std::vector<std::string> zygote_argv)
         : pool_(ProcessPool::Config{std::move(argv), workers, payload_slots, max_items_per_worker,
                                     std::move(zygote_argv)}),
-          max_items_(max_items_per_worker) {}
+          scheduler_(pool_, max_items_per_worker) {}
 
     ~PyProcessPool() {
         pycall::GilRelease nogil;
@@ -116,135 +137,35 @@ public:
     void set_init(const py::bytes& body) { pool_.set_init(std::string(body)); }
 
     void start() {
-        check_usable();
+        if (pool_.is_shut_down()) throw std::runtime_error("ProcessPool is shut down");
         pycall::GilRelease nogil;  // a first start may wait ~0.1 s for the zygote
         pool_.fill();
     }
 
     // Returns normally when every chunk completed, or once dispatching stopped (a
     // callback said so) and the batches in flight came back. If the pool breaks (an
-    // initializer failed) it returns early; `broken` then says why.
-    void map(std::size_t n, const py::bytes& key_obj, const py::bytes& payload_body,
+    // initializer failed) it returns early; `broken` then says why. Shut down (by another
+    // thread) before or while it runs: it returns early, the caller sees is_shut_down
+    // and says which items did not finish (processes.py). Nothing here raises a bare
+    // "shut down".
+    void map(std::size_t n, const py::bytes& key, const py::bytes& payload_body,
              const std::vector<int>& payload_fds, const py::object& make_batch,
              const py::object& on_result, const py::object& on_lost, std::size_t chunk,
              std::size_t depth, double item_timeout) {
-        // Shut down (by another thread) before this map began, or while it runs: it
-        // returns early, and the caller sees is_shut_down and says which items did not
-        // finish (processes.py). Nothing here raises a bare "shut down".
-        if (pool_.is_shut_down()) return;
-        timed_out_.clear();
-        const auto deadline_ns = static_cast<std::int64_t>(item_timeout * 1e9);
-        Frame payload;
-        payload.kind = static_cast<std::uint32_t>(FrameKind::payload);
-        payload.key = std::string(key_obj);
-        payload.body = std::string(payload_body);
+        MapRequest req;
+        req.items = n;
+        req.key = std::string(key);
+        req.payload.kind = static_cast<std::uint32_t>(FrameKind::payload);
+        req.payload.key = req.key;
+        req.payload.body = std::string(payload_body);
         // Borrowed: Python closes them after map(); the pool dups them per worker.
-        for (int fd : payload_fds) payload.fds.emplace_back(::dup(fd));
-        const std::string key = payload.key;
-        ChunkPlanner planner(n, pool_.size(), chunk, max_items_);
-        std::map<std::uint64_t, InFlight> inflight;
-        // Batches a dead worker held but had not started: they run again, once.
-        std::deque<InFlight> retry;
-        std::set<std::size_t> retried;
-        bool stopping = false;
-        depth = std::max<std::size_t>(1, depth);
-
-        for (;;) {
-            if (pool_.is_shut_down()) return;  // batches in flight died with the workers
-            // Work left (new chunks, or batches of a dead worker to run again): replace
-            // dead workers first. Retries count too: when every worker was killed (all
-            // held overdue items), nothing else would start a worker to run them.
-            if (!stopping && (!planner.exhausted() || !retry.empty())) {
-                pycall::GilRelease nogil;
-                try {
-                    pool_.fill();
-                } catch (const std::runtime_error&) {
-                    if (pool_.is_shut_down()) return;  // between the check and fill()
-                    throw;
-                }
-            }
-            if (!stopping) {
-                const auto workers = pool_.live();
-                auto more = [&] { return !retry.empty() || !planner.exhausted(); };
-                for (std::size_t round = 1; round <= depth && more(); ++round) {
-                    for (std::uint64_t w : workers) {
-                        if (!more()) break;
-                        if (!pool_.accepts(w)) continue;
-                        if (pool_.in_flight(w) >= round) continue;
-                        std::size_t a = 0, b = 0;
-                        if (!retry.empty()) {
-                            a = retry.front().start;
-                            b = retry.front().stop;
-                            retry.pop_front();
-                        } else {
-                            planner.next(a, b);
-                        }
-                        py::tuple made = make_batch(a, b);
-                        Frame f;
-                        f.kind = static_cast<std::uint32_t>(FrameKind::batch);
-                        f.id = next_batch_id.fetch_add(1, std::memory_order_relaxed);
-                        f.key = key;
-                        f.body = std::string(py::bytes(made[0]));
-                        f.fds = adopt_fds(made[1].cast<std::vector<int>>());
-                        const std::uint64_t id = f.id;
-                        // Only queues the frames for the worker's writer thread: cheap,
-                        // never blocks on the worker. The worker may have died since
-                        // accepts() (make_batch ran Python): then the range goes back to
-                        // the front of the queue, not counted as a retry (it never ran).
-                        if (!pool_.send_batch(w, key, payload, std::move(f), b - a)) {
-                            retry.push_front(InFlight{w, a, b});
-                            continue;
-                        }
-                        inflight[id] = InFlight{w, a, b, Clock::now()};
-                    }
-                }
-            }
-            if (inflight.empty() && (stopping || (planner.exhausted() && retry.empty()))) return;
-
-            ProcessPool::Event ev;
-            bool got = false, signalled = false;
-            pycall::wait_without_gil(
-                [&] {
-                    got = pool_.wait_event(ev, kDriverTick);
-                    return got;
-                },
-                signalled);
-            if (signalled) {
-                abandon(inflight);
-                throw py::error_already_set();
-            }
-            while (got) {
-                if (!handle(ev, inflight, retry, retried, planner, on_result, on_lost,
-                            item_timeout))
-                    stopping = true;
-                if (!broken_.empty()) {
-                    abandon(inflight);
-                    return;
-                }
-                got = pool_.wait_event(ev, std::chrono::nanoseconds(0));
-            }
-            if (deadline_ns > 0) kill_overdue(inflight, deadline_ns);
-        }
-    }
-
-    // Per-item timeout: a worker whose current item has run longer than the deadline is
-    // killed (the only way to stop Python code in another process). Its `exited` event
-    // then fails that one item and sends the rest of its batch round again (handle()).
-    void kill_overdue(const std::map<std::uint64_t, InFlight>& inflight, std::int64_t limit_ns) {
-        const std::int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(
-            Clock::now().time_since_epoch()).count();  // CLOCK_MONOTONIC
-        for (const auto& [id, f] : inflight) {
-            if (timed_out_.count(f.worker)) continue;
-            const WorkerProgress p = pool_.progress(f.worker);
-            if (p.phase != 2 || p.batch != static_cast<std::int64_t>(id) ||
-                p.item_started_ns <= 0 || now - p.item_started_ns <= limit_ns)
-                continue;
-            if (p.item < static_cast<std::int64_t>(f.start) ||
-                p.item >= static_cast<std::int64_t>(f.stop))
-                continue;
-            timed_out_[f.worker] = static_cast<std::size_t>(p.item);
-            pool_.kill(f.worker);
-        }
+        for (int fd : payload_fds) req.payload.fds.emplace_back(::dup(fd));
+        req.chunk = chunk;
+        req.depth = depth;
+        req.item_timeout = item_timeout;
+        PyMapHost host(make_batch, on_result, on_lost);
+        if (scheduler_.run(std::move(req), host) == MapScheduler::End::interrupted)
+            throw py::error_already_set();  // PyErr_CheckSignals set it
     }
 
     void shutdown(double grace) {
@@ -262,158 +183,15 @@ public:
         return std::vector<int>(p.begin(), p.end());
     }
     std::size_t workers() const { return pool_.size(); }
-    py::object broken() const { return broken_.empty() ? py::object(py::none()) : py::str(broken_); }
+    py::object broken() const {
+        const std::string& why = scheduler_.broken();
+        return why.empty() ? py::object(py::none()) : py::str(why);
+    }
     bool is_shut_down() const { return pool_.is_shut_down(); }
 
 private:
-    void check_usable() const {
-        if (pool_.is_shut_down()) throw std::runtime_error("ProcessPool is shut down");
-    }
-
-    // A map is being abandoned: workers holding its batches are killed (their work is
-    // unwanted and could take arbitrarily long); the next map replaces them.
-    void abandon(std::map<std::uint64_t, InFlight>& inflight) {
-        std::set<std::uint64_t> busy;
-        for (auto& [id, f] : inflight) busy.insert(f.worker);
-        for (std::uint64_t w : busy) pool_.kill(w);
-        inflight.clear();
-        pool_.clear_events();
-    }
-
-    // GIL held. False: stop dispatching.
-    bool handle(ProcessPool::Event& ev, std::map<std::uint64_t, InFlight>& inflight,
-                std::deque<InFlight>& retry, std::set<std::size_t>& retried,
-                ChunkPlanner& planner, const py::object& on_result,
-                const py::object& on_lost, double item_timeout) {
-        using Type = ProcessPool::Event::Type;
-        if (ev.type == Type::exited && pool_.is_shut_down()) {
-            // Killed or stopped by shutdown(): its items are not lost to a crash; the
-            // map returns at the top of its loop and the caller reports the shutdown.
-            return true;
-        }
-        if (ev.type == Type::exited) {
-            const bool was_ready = ready_.erase(ev.worker) > 0;
-            pool_.forget(ev.worker);
-            last_result_.erase(ev.worker);
-            bool keep_going = true;
-            py::dict info = exit_info(ev);
-            std::vector<std::uint64_t> lost;
-            for (auto& [id, f] : inflight)
-                if (f.worker == ev.worker) lost.push_back(id);
-            if (was_ready) {
-                early_exits_ = 0;
-            } else if (!ev.expected && ++early_exits_ >= kMaxEarlyExits) {
-                // Workers keep dying before their initializer finished: something in the
-                // start-up is broken; respawning for ever would not fix it.
-                broken_ = describe_early_exit(ev);
-                return false;
-            }
-            std::optional<std::size_t> overdue;
-            if (auto t = timed_out_.find(ev.worker); t != timed_out_.end()) {
-                overdue = t->second;
-                timed_out_.erase(t);
-            }
-            if (overdue) {
-                // The overdue item may have finished just before the kill landed (its
-                // result came back, the worker had moved on): then nobody is overdue, and
-                // what the worker held runs again instead of failing.
-                bool held = false;
-                for (std::uint64_t id : lost) {
-                    const InFlight& f = inflight[id];
-                    held = held || (f.start <= *overdue && *overdue < f.stop);
-                }
-                if (!held) {
-                    for (std::uint64_t id : lost) {
-                        retry.push_back(inflight[id]);
-                        inflight.erase(id);
-                    }
-                    return keep_going;
-                }
-            }
-            for (std::uint64_t id : lost) {
-                InFlight f = inflight[id];
-                inflight.erase(id);
-                if (overdue && f.start <= *overdue && *overdue < f.stop) {
-                    // Killed for its timeout: only the overdue item fails; the items of
-                    // the batch around it (done or not, their results died with it) run
-                    // again on the other workers.
-                    if (f.start < *overdue) retry.push_back(InFlight{0, f.start, *overdue});
-                    if (*overdue + 1 < f.stop) retry.push_back(InFlight{0, *overdue + 1, f.stop});
-                    info["timeout"] = item_timeout;
-                    info["item"] = static_cast<std::int64_t>(*overdue);
-                    keep_going = on_lost(*overdue, *overdue + 1, info).cast<bool>() && keep_going;
-                    continue;
-                }
-                // Only the batch it was running is its victim's; the ones queued behind
-                // it never started. Those run again (once: a batch whose payload kills
-                // every worker that loads it must not go round for ever).
-                const bool running = static_cast<std::int64_t>(id) == ev.progress.batch;
-                if (!running && retried.insert(f.start).second) {
-                    retry.push_back(f);
-                    continue;
-                }
-                keep_going = on_lost(f.start, f.stop, info).cast<bool>() && keep_going;
-            }
-            return keep_going;
-        }
-        const auto kind = static_cast<FrameKind>(ev.frame.kind);
-        if (kind == FrameKind::ready) {
-            ready_.insert(ev.worker);
-            early_exits_ = 0;
-            return true;
-        }
-        if (kind == FrameKind::init_failed) {
-            broken_ = "a worker process's initializer failed:\n" + ev.frame.body;
-            return false;
-        }
-        if (kind != FrameKind::result) return true;
-        pool_.batch_done(ev.worker);
-        auto it = inflight.find(ev.frame.id);
-        if (it == inflight.end()) return true;  // stale: its map was abandoned
-        const InFlight f = it->second;
-        inflight.erase(it);
-        time_items(f, planner);
-        py::bytes body(ev.frame.body);
-        ev.frame.body.clear();
-        py::list fds = release_fds(ev.frame.fds);
-        return on_result(f.start, f.stop, body, fds).cast<bool>();
-    }
-
-    // What an item of this map takes, from a finished batch: it ran from when it was
-    // sent, or from when the batch queued before it on the same worker came back.
-    void time_items(const InFlight& f, ChunkPlanner& planner) {
-        const auto now = Clock::now();
-        auto& previous = last_result_[f.worker];
-        const auto began = std::max(f.sent, previous);
-        previous = now;
-        planner.observe_item_seconds(std::chrono::duration<double>(now - began).count() /
-                                     static_cast<double>(f.stop - f.start));
-    }
-
-    static std::string describe_early_exit(const ProcessPool::Event& ev) {
-        std::string how;
-        const int st = ev.wait_status;
-        if (st == -1)
-            how = "with an unknown status";
-        else if (WIFSIGNALED(st))
-            how = "killed by signal " + std::to_string(WTERMSIG(st)) + " (" + strsignal(WTERMSIG(st)) + ")";
-        else
-            how = "with exit code " + std::to_string(WEXITSTATUS(st));
-        return std::to_string(kMaxEarlyExits) + " worker processes in a row exited before they "
-               "were ready, the last (pid " + std::to_string(ev.pid) + ") " + how +
-               "; their output (stderr) says why";
-    }
-
     ProcessPool pool_;
-    std::map<std::uint64_t, std::size_t> timed_out_;  // worker -> item it was killed for
-    std::size_t max_items_;
-    std::set<std::uint64_t> ready_;
-    std::map<std::uint64_t, Clock::time_point> last_result_;  // worker -> its last RESULT
-    std::string broken_;
-    // Consecutive workers that exited before READY (one killed from outside while it
-    // started is no reason to give up; three in a row are).
-    int early_exits_ = 0;
-    static constexpr int kMaxEarlyExits = 3;
+    MapScheduler scheduler_;  // drives pool_; declared after it
 };
 
 // Worker side: one socket to the driver.

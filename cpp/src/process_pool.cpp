@@ -65,7 +65,7 @@ struct WorkerProc {
     std::uint64_t id = 0;
     pid_t pid = 0;
     UniqueFd sock;
-    std::int64_t* status = nullptr;  // mmap'd status page (5 x int64), see WorkerProgress
+    std::int64_t* status = nullptr;  // mmap'd status page (StatusSlot::count x int64)
     std::thread reader;
     std::thread writer;
 
@@ -95,11 +95,11 @@ struct WorkerProc {
         // The worker writes these with plain stores while running; it is dead (or we are
         // reading a snapshot for a message), so torn values only make a message vaguer.
         volatile std::int64_t* v = status;
-        p.batch = v[0];
-        p.item = v[1];
-        p.step = v[2];
-        p.phase = v[3];
-        p.item_started_ns = v[4];
+        p.batch = v[slot(StatusSlot::batch)];
+        p.item = v[slot(StatusSlot::item)];
+        p.step = v[slot(StatusSlot::step)];
+        p.phase = v[slot(StatusSlot::phase)];
+        p.item_started_ns = v[slot(StatusSlot::item_started_ns)];
         return p;
     }
 
@@ -291,7 +291,7 @@ std::vector<std::uint64_t> ProcessPool::fill() {
         if (page == MAP_FAILED) detail::throw_errno("mmap");
         auto w = std::make_shared<WorkerProc>();
         w->status = static_cast<std::int64_t*>(page);
-        for (int i = 0; i < 5; ++i) w->status[i] = -1;
+        for (std::size_t i = 0; i < slot(StatusSlot::count); ++i) w->status[i] = -1;
         w->sock = std::move(mine);
 
         if (!s_->cfg.zygote_argv.empty()) {

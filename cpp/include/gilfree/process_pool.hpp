@@ -2,7 +2,7 @@
 //
 // Who sends what to whom
 //
-//   driver thread (map loop)          ProcessPool                        worker process
+//   MapScheduler (driver thread)      ProcessPool                        worker process
 //   fill() ── start request ────────▶ launcher.hpp: posix_spawn, or ───▶ gilfree._worker.main
 //                                       fork by the zygote (forkserver)    3 = socket, 4 = status page
 //                                                                          reads INIT, runs initializer
@@ -14,8 +14,10 @@
 //   kill(w) ─ SIGKILL (Ctrl-C, shutdown: busy workers at once, idle ones after the grace),
 //             guarded against pid reuse
 //
-// Nothing here knows Python. The binding (cpp/bindings/bind_process_pool.cpp) runs the
-// map loop: it asks Python for batch frames, releases the GIL, and waits here.
+// Nothing here knows Python, and nothing here decides what to send where: the map loop
+// and its fault policy (which batch goes to which worker, what a death or an overdue
+// item costs, when the pool is broken) are MapScheduler's (map_scheduler.hpp), which
+// drives a WorkerSet: this pool, or a fake one in tests/cpp.
 //
 // Why posix_spawn of a fresh interpreter and not fork: the driver has native threads
 // (this pool's, the thread pool's, TBB's, the user's); a forked child inherits locks held
@@ -45,18 +47,67 @@ namespace detail {
 struct PoolShared;
 }
 
+// The status page: one shared page of int64 slots per worker, written by the worker
+// (python/gilfree/_worker.py, the same names as SLOT_* and PHASE_* there), read by the
+// driver for a per-item timeout and, after a death, to say what the worker was running.
+enum class StatusSlot : std::size_t {
+    batch = 0,            // id of the batch it runs (-1: none)
+    item = 1,             // map index of the item it runs
+    step = 2,             // index of the plan step it runs
+    phase = 3,            // a WorkerPhase
+    item_started_ns = 4,  // CLOCK_MONOTONIC ns when the item started
+    count = 5,
+};
+enum class WorkerPhase : std::int64_t { idle = 0, payload = 1, batch = 2, send = 3 };
+constexpr std::size_t slot(StatusSlot s) noexcept { return static_cast<std::size_t>(s); }
+
 // What the status page of a worker says it was doing (-1: unknown/none).
 struct WorkerProgress {
     std::int64_t batch = -1;
     std::int64_t item = -1;
     std::int64_t step = -1;
-    std::int64_t phase = -1;  // 0 idle, 1 loading a payload, 2 running a batch, 3 sending
+    std::int64_t phase = -1;  // a WorkerPhase: loading a payload, running a batch, ...
     // CLOCK_MONOTONIC ns when the current item started (-1: not recorded). The worker
     // records it only for maps with a per-item timeout.
     std::int64_t item_started_ns = -1;
+
+    bool in_phase(WorkerPhase p) const noexcept { return phase == static_cast<std::int64_t>(p); }
 };
 
-class ProcessPool {
+// Something a worker did: sent a frame, or exited.
+struct WorkerEvent {
+    enum class Type { frame, exited };
+    Type type = Type::frame;
+    std::uint64_t worker = 0;  // unique per process incarnation, never reused
+    pid_t pid = 0;
+    Frame frame;               // Type::frame
+    int wait_status = -1;      // Type::exited: as from waitpid; -1 if unknown
+    WorkerProgress progress;   // Type::exited: the status page at death
+    bool expected = false;     // Type::exited: we asked it to go (retire, kill, shutdown)
+};
+
+// The workers as MapScheduler sees them: ProcessPool below, a fake in tests/cpp.
+// Documented on ProcessPool.
+class WorkerSet {
+public:
+    virtual ~WorkerSet() = default;
+    virtual std::vector<std::uint64_t> fill() = 0;
+    virtual std::vector<std::uint64_t> live() const = 0;
+    virtual std::size_t size() const = 0;
+    virtual std::size_t in_flight(std::uint64_t worker) const = 0;
+    virtual bool accepts(std::uint64_t worker) const = 0;
+    virtual bool send_batch(std::uint64_t worker, const std::string& key, const Frame& payload,
+                            Frame batch, std::size_t items) = 0;
+    virtual void batch_done(std::uint64_t worker) = 0;
+    virtual void forget(std::uint64_t worker) = 0;
+    virtual WorkerProgress progress(std::uint64_t worker) const = 0;
+    virtual bool wait_event(WorkerEvent& out, std::chrono::nanoseconds timeout) = 0;
+    virtual void clear_events() = 0;
+    virtual void kill(std::uint64_t worker) = 0;
+    virtual bool is_shut_down() const = 0;
+};
+
+class ProcessPool final : public WorkerSet {
 public:
     struct Config {
         std::vector<std::string> argv;  // worker command; the pool appends "3 4 <parent pid>"
@@ -68,19 +119,10 @@ public:
         std::vector<std::string> zygote_argv;
     };
 
-    struct Event {
-        enum class Type { frame, exited };
-        Type type = Type::frame;
-        std::uint64_t worker = 0;  // unique per process incarnation, never reused
-        pid_t pid = 0;
-        Frame frame;               // Type::frame
-        int wait_status = -1;      // Type::exited: as from waitpid; -1 if unknown
-        WorkerProgress progress;   // Type::exited: the status page at death
-        bool expected = false;     // Type::exited: we asked it to go (retire, kill, shutdown)
-    };
+    using Event = WorkerEvent;
 
     explicit ProcessPool(Config cfg);
-    ~ProcessPool();  // shutdown with a short grace
+    ~ProcessPool() override;  // shutdown with a short grace
     ProcessPool(const ProcessPool&) = delete;
     ProcessPool& operator=(const ProcessPool&) = delete;
 
@@ -88,42 +130,42 @@ public:
     void set_init(std::string body);
     // Spawns workers until Config::workers are alive; returns the ids of the new ones.
     // Throws std::system_error if a process cannot be started.
-    std::vector<std::uint64_t> fill();
-    std::vector<std::uint64_t> live() const;
+    std::vector<std::uint64_t> fill() override;
+    std::vector<std::uint64_t> live() const override;
     std::vector<pid_t> pids() const;
-    std::size_t size() const;
+    std::size_t size() const override;
 
     // Dispatch bookkeeping for the map loop.
-    std::size_t in_flight(std::uint64_t worker) const;
+    std::size_t in_flight(std::uint64_t worker) const override;
     // False while a worker is retiring, or once it reached max_items_per_worker.
-    bool accepts(std::uint64_t worker) const;
+    bool accepts(std::uint64_t worker) const override;
     // Queues (DROP of an evicted key, PAYLOAD if the worker lacks `key`) and the batch.
     // `payload` is duplicated per worker (descriptors included); the batch is moved.
     // False, and nothing queued, if the worker left the live set since the caller chose
     // it (it died: its reader thread forgot it); the caller sends the batch elsewhere.
     bool send_batch(std::uint64_t worker, const std::string& key, const Frame& payload,
-                    Frame batch, std::size_t items);
+                    Frame batch, std::size_t items) override;
     // A batch of this worker completed. Retires the worker once it is idle and over its
     // item budget (the next fill() replaces it).
-    void batch_done(std::uint64_t worker);
+    void batch_done(std::uint64_t worker) override;
     // Forget everything a worker holds (it died): it leaves the live set at once.
-    void forget(std::uint64_t worker);
+    void forget(std::uint64_t worker) override;
     // What a live worker's status page says now (all -1 for an unknown worker).
-    WorkerProgress progress(std::uint64_t worker) const;
+    WorkerProgress progress(std::uint64_t worker) const override;
 
     // Blocks at most `timeout` for the next event; false if none came.
-    bool wait_event(Event& out, std::chrono::nanoseconds timeout);
+    bool wait_event(Event& out, std::chrono::nanoseconds timeout) override;
     // Drops queued events (after a map was abandoned), closing their descriptors.
-    void clear_events();
+    void clear_events() override;
 
     // SIGKILL; the `exited` event that follows has expected = true.
-    void kill(std::uint64_t worker);
+    void kill(std::uint64_t worker) override;
     // Kills the workers holding batches (their map ends with the pool), asks the idle
     // ones to quit, waits up to `grace` for them to exit (their teardown), kills the
     // rest, reaps everything and stops the pool's threads. Idempotent. A map running in
-    // another thread sees is_shut_down() and returns (bind_process_pool.cpp).
+    // another thread sees is_shut_down() and returns (map_scheduler.hpp).
     void shutdown(std::chrono::nanoseconds grace);
-    bool is_shut_down() const;
+    bool is_shut_down() const override;
 
 private:
     std::shared_ptr<detail::PoolShared> s_;

@@ -1,0 +1,286 @@
+// See cpp/include/gilfree/map_scheduler.hpp for the diagram and the fault policy.
+#include "gilfree/map_scheduler.hpp"
+
+#include <signal.h>
+#include <sys/wait.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <deque>
+#include <optional>
+#include <stdexcept>
+#include <utility>
+#include <vector>
+
+namespace gilfree {
+
+std::uint64_t next_batch_id() noexcept {
+    static std::atomic<std::uint64_t> next{1};
+    return next.fetch_add(1, std::memory_order_relaxed);
+}
+
+struct MapScheduler::MapState {
+    MapState(MapRequest r, std::size_t workers, std::size_t max_items)
+        : req(std::move(r)), planner(req.items, workers, req.chunk, max_items) {}
+
+    MapRequest req;
+    ChunkPlanner planner;
+    std::map<std::uint64_t, InFlight> inflight;  // batch id -> what it holds
+    // Ranges to send before new chunks: batches of a dead worker that never started,
+    // the rest of a batch around an overdue item.
+    std::deque<InFlight> retry;
+    std::set<std::size_t> retried;  // starts of batches already sent round again
+    bool stopping = false;          // a MapHost call said stop: no new batches
+
+    bool more() const { return !retry.empty() || !planner.exhausted(); }
+};
+
+MapScheduler::MapScheduler(WorkerSet& workers, std::size_t max_items_per_worker,
+                           std::chrono::nanoseconds tick)
+    : workers_(workers), max_items_(max_items_per_worker), tick_(tick) {}
+
+MapScheduler::End MapScheduler::run(MapRequest request, MapHost& host) {
+    // Shut down (by another thread) before this map began, or while it runs: it returns
+    // early and the caller says which items did not finish.
+    if (workers_.is_shut_down()) return End::shut_down;
+    timed_out_.clear();
+    request.depth = std::max<std::size_t>(1, request.depth);
+    MapState m(std::move(request), workers_.size(), max_items_);
+
+    for (;;) {
+        if (workers_.is_shut_down()) return End::shut_down;  // its batches died with it
+        // Work left (new chunks, or batches of a dead worker to run again): replace dead
+        // workers first. Retries count too: when every worker was killed (all held
+        // overdue items), nothing else would start a worker to run them.
+        if (!m.stopping && m.more()) {
+            bool shut = false;
+            host.unlocked([&] {
+                try {
+                    workers_.fill();
+                } catch (const std::runtime_error&) {
+                    // Shut down between the check above and fill().
+                    if (!workers_.is_shut_down()) throw;
+                    shut = true;
+                }
+            });
+            if (shut) return End::shut_down;
+        }
+        if (!m.stopping) dispatch(m, host);
+        if (m.inflight.empty() && (m.stopping || !m.more())) return End::done;
+
+        WorkerEvent ev;
+        bool got = false, interrupted = false;
+        host.wait_unlocked(
+            [&] {
+                got = workers_.wait_event(ev, tick_);
+                return got;
+            },
+            interrupted);
+        if (interrupted) {
+            abandon(m);
+            return End::interrupted;
+        }
+        while (got) {
+            if (!handle(ev, m, host)) m.stopping = true;
+            if (!broken_.empty()) {
+                abandon(m);
+                return End::broken;
+            }
+            got = workers_.wait_event(ev, std::chrono::nanoseconds(0));
+        }
+        if (m.req.item_timeout > 0) kill_overdue(m);
+    }
+}
+
+// Round-robin by depth: every worker gets its first batch before any gets a second, so
+// a short map spreads over all workers.
+void MapScheduler::dispatch(MapState& m, MapHost& host) {
+    const auto live = workers_.live();
+    for (std::size_t round = 1; round <= m.req.depth && m.more(); ++round) {
+        for (std::uint64_t w : live) {
+            if (!m.more()) break;
+            if (!workers_.accepts(w)) continue;
+            if (workers_.in_flight(w) >= round) continue;
+            std::size_t a = 0, b = 0;
+            if (!m.retry.empty()) {
+                a = m.retry.front().start;
+                b = m.retry.front().stop;
+                m.retry.pop_front();
+            } else {
+                m.planner.next(a, b);
+            }
+            Frame f;
+            host.make_batch(a, b, f);
+            f.kind = static_cast<std::uint32_t>(FrameKind::batch);
+            f.id = next_batch_id();
+            f.key = m.req.key;
+            const std::uint64_t id = f.id;
+            // Only queues the frames for the worker's writer thread: cheap, never blocks
+            // on the worker. The worker may have died since accepts() (make_batch ran
+            // the caller's code): then the range goes back to the front of the queue,
+            // not counted as a retry (it never ran).
+            if (!workers_.send_batch(w, m.req.key, m.req.payload, std::move(f), b - a)) {
+                m.retry.push_front(InFlight{w, a, b, {}});
+                continue;
+            }
+            m.inflight[id] = InFlight{w, a, b, Clock::now()};
+        }
+    }
+}
+
+// Per-item timeout: a worker whose current item has run longer than the limit is killed
+// (the only way to stop Python code in another process). Its `exited` event then fails
+// that one item and sends the rest of its batch round again (handle_exit()).
+void MapScheduler::kill_overdue(MapState& m) {
+    const auto limit_ns = static_cast<std::int64_t>(m.req.item_timeout * 1e9);
+    const std::int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(
+        Clock::now().time_since_epoch()).count();  // CLOCK_MONOTONIC, as the worker's
+    for (const auto& [id, f] : m.inflight) {
+        if (timed_out_.count(f.worker)) continue;
+        const WorkerProgress p = workers_.progress(f.worker);
+        if (!p.in_phase(WorkerPhase::batch) || p.batch != static_cast<std::int64_t>(id) ||
+            p.item_started_ns <= 0 || now - p.item_started_ns <= limit_ns)
+            continue;
+        if (p.item < static_cast<std::int64_t>(f.start) ||
+            p.item >= static_cast<std::int64_t>(f.stop))
+            continue;
+        timed_out_[f.worker] = static_cast<std::size_t>(p.item);
+        workers_.kill(f.worker);
+    }
+}
+
+// A map is being abandoned: workers holding its batches are killed (their work is
+// unwanted and could take arbitrarily long); the next map replaces them.
+void MapScheduler::abandon(MapState& m) {
+    std::set<std::uint64_t> busy;
+    for (auto& [id, f] : m.inflight) busy.insert(f.worker);
+    for (std::uint64_t w : busy) workers_.kill(w);
+    m.inflight.clear();
+    workers_.clear_events();
+}
+
+// False: stop dispatching.
+bool MapScheduler::handle(WorkerEvent& ev, MapState& m, MapHost& host) {
+    if (ev.type == WorkerEvent::Type::exited) {
+        // Killed or stopped by shutdown(): its items are not lost to a crash; run()
+        // returns at the top of its loop and the caller reports the shutdown.
+        if (workers_.is_shut_down()) return true;
+        return handle_exit(ev, m, host);
+    }
+    const auto kind = static_cast<FrameKind>(ev.frame.kind);
+    if (kind == FrameKind::ready) {
+        ready_.insert(ev.worker);
+        early_exits_ = 0;
+        return true;
+    }
+    if (kind == FrameKind::init_failed) {
+        broken_ = "a worker process's initializer failed:\n" + ev.frame.body;
+        return false;
+    }
+    if (kind != FrameKind::result) return true;
+    workers_.batch_done(ev.worker);
+    auto it = m.inflight.find(ev.frame.id);
+    if (it == m.inflight.end()) return true;  // stale: its map was abandoned
+    const InFlight f = it->second;
+    m.inflight.erase(it);
+    time_items(f, m.planner);
+    return host.on_result(f.start, f.stop, ev.frame);
+}
+
+bool MapScheduler::handle_exit(const WorkerEvent& ev, MapState& m, MapHost& host) {
+    const bool was_ready = ready_.erase(ev.worker) > 0;
+    workers_.forget(ev.worker);
+    last_result_.erase(ev.worker);
+    std::vector<std::uint64_t> lost;
+    for (auto& [id, f] : m.inflight)
+        if (f.worker == ev.worker) lost.push_back(id);
+    if (was_ready) {
+        early_exits_ = 0;
+    } else if (!ev.expected && ++early_exits_ >= kMaxEarlyExits) {
+        // Workers keep dying before their initializer finished: something in the
+        // start-up is broken; respawning for ever would not fix it.
+        broken_ = describe_early_exit(ev);
+        return false;
+    }
+    std::optional<std::size_t> overdue;
+    if (auto t = timed_out_.find(ev.worker); t != timed_out_.end()) {
+        overdue = t->second;
+        timed_out_.erase(t);
+    }
+    auto holds_overdue = [&](const InFlight& f) {
+        return overdue && f.start <= *overdue && *overdue < f.stop;
+    };
+    if (overdue) {
+        // The overdue item may have finished just before the kill landed (its result
+        // came back, the worker had moved on): then nobody is overdue, and what the
+        // worker held runs again instead of failing.
+        bool held = false;
+        for (std::uint64_t id : lost) held = held || holds_overdue(m.inflight[id]);
+        if (!held) {
+            for (std::uint64_t id : lost) {
+                m.retry.push_back(m.inflight[id]);
+                m.inflight.erase(id);
+            }
+            return true;
+        }
+    }
+    LostItems why;
+    why.pid = ev.pid;
+    why.expected = ev.expected;
+    why.wait_status = ev.wait_status;
+    why.progress = ev.progress;
+    bool keep_going = true;
+    for (std::uint64_t id : lost) {
+        const InFlight f = m.inflight[id];
+        m.inflight.erase(id);
+        if (holds_overdue(f)) {
+            // Killed for its timeout: only the overdue item fails; the items of the
+            // batch around it (done or not, their results died with it) run again.
+            if (f.start < *overdue) m.retry.push_back(InFlight{0, f.start, *overdue, {}});
+            if (*overdue + 1 < f.stop) m.retry.push_back(InFlight{0, *overdue + 1, f.stop, {}});
+            LostItems t = why;
+            t.timeout_s = m.req.item_timeout;
+            t.progress.item = static_cast<std::int64_t>(*overdue);
+            keep_going = host.on_lost(*overdue, *overdue + 1, t) && keep_going;
+            continue;
+        }
+        // Only the batch it was running is its victim's; the ones queued behind it
+        // never started. Those run again (once: a batch whose payload kills every
+        // worker that loads it must not go round for ever).
+        const bool running = static_cast<std::int64_t>(id) == ev.progress.batch;
+        if (!running && m.retried.insert(f.start).second) {
+            m.retry.push_back(f);
+            continue;
+        }
+        keep_going = host.on_lost(f.start, f.stop, why) && keep_going;
+    }
+    return keep_going;
+}
+
+// What an item of this map takes, from a finished batch: it ran from when it was sent,
+// or from when the batch queued before it on the same worker came back.
+void MapScheduler::time_items(const InFlight& f, ChunkPlanner& planner) {
+    const auto now = Clock::now();
+    auto& previous = last_result_[f.worker];
+    const auto began = std::max(f.sent, previous);
+    previous = now;
+    planner.observe_item_seconds(std::chrono::duration<double>(now - began).count() /
+                                 static_cast<double>(f.stop - f.start));
+}
+
+std::string MapScheduler::describe_early_exit(const WorkerEvent& ev) {
+    std::string how;
+    const int st = ev.wait_status;
+    if (st == -1)
+        how = "with an unknown status";
+    else if (WIFSIGNALED(st))
+        how = "killed by signal " + std::to_string(WTERMSIG(st)) + " (" + strsignal(WTERMSIG(st)) + ")";
+    else
+        how = "with exit code " + std::to_string(WEXITSTATUS(st));
+    return std::to_string(kMaxEarlyExits) + " worker processes in a row exited before they "
+           "were ready, the last (pid " + std::to_string(ev.pid) + ") " + how +
+           "; their output (stderr) says why";
+}
+
+}  // namespace gilfree
