@@ -61,9 +61,10 @@ class DaftEngine(Engine):
     - Any other gilfree engine option (``on_error=``, ``retries=``, ``timeout=``) is
       passed to the engine underneath; ``configure(node_name, ...)`` hints too.
 
-    The engine underneath is created on first use and released by ``shutdown()``.
-    Per-node executors (a process pool for one node only) are not available yet: the
-    configuration applies to the whole pipeline.
+    The engine underneath is created on first use and released by ``shutdown()``. The
+    configuration picks the engine for the whole pipeline; a node hinted with
+    ``executor=`` (or ``configure(name, executor=...)``) still runs where it says, as on
+    that engine (e.g. one ``"process"`` node of a threaded pipeline).
     """
 
     supported_hints = frozenset({"batch_size", "max_concurrency", "retries", "timeout"})

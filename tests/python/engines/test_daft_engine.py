@@ -192,3 +192,21 @@ def test_options_and_configure_reach_the_engine_underneath():
         assert e.engine._node_hints["boom"] == {"retries": 1}
     with pytest.raises(NotImplementedError, match="daft"):
         DaftEngine().generate_code(Pipeline([boom]))
+
+
+def test_executor_hints_are_honoured_by_the_engine_underneath():
+    import os
+    import warnings
+
+    @node(output_name="y", executor="process")
+    def elsewhere(x):
+        return os.getpid()
+
+    engine = DaftEngine()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            out = Pipeline([elsewhere]).map({"x": [1, 2]}, map_over="x", engine=engine)
+    finally:
+        engine.shutdown()
+    assert all(r["y"] != os.getpid() for r in out)
