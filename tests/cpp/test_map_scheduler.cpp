@@ -1,0 +1,618 @@
+// Unit tests of gilfree::MapScheduler (the process pool's dispatch and fault policy)
+// against fake workers: no processes, no Python, no timing. The fake runs batches when
+// the scheduler waits for an event, one script step at a time, so every test is
+// deterministic.
+#include <sys/wait.h>
+
+#include <algorithm>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <deque>
+#include <functional>
+#include <map>
+#include <set>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "gilfree/map_scheduler.hpp"
+#include "gilfree/process_pool.hpp"
+
+using namespace std::chrono_literals;
+using gilfree::Frame;
+using gilfree::FrameKind;
+using gilfree::LostItems;
+using gilfree::MapHost;
+using gilfree::MapRequest;
+using gilfree::MapScheduler;
+using gilfree::WorkerEvent;
+using gilfree::WorkerPhase;
+using gilfree::WorkerProgress;
+
+#define CHECK(cond)                                                                \
+    do {                                                                           \
+        if (!(cond)) {                                                             \
+            std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
+            std::exit(1);                                                          \
+        }                                                                          \
+    } while (0)
+
+namespace {
+
+constexpr int kExitedWithCode1 = 1 << 8;  // a waitpid status: exit(1)
+constexpr int kKilled = SIGKILL;          // a waitpid status: killed by SIGKILL
+
+struct Sent {
+    std::uint64_t id;
+    std::size_t start, stop;
+};
+
+// A WorkerSet whose workers run when the scheduler waits: wait_event() with no event
+// queued calls `script` (default: every busy worker finishes its oldest batch).
+class FakeWorkers final : public gilfree::WorkerSet {
+public:
+    struct Worker {
+        std::deque<Sent> queue;  // batches sent, oldest first
+        std::size_t in_flight = 0;
+        std::set<std::string> keys;  // payloads it holds
+        WorkerProgress page;
+        bool live = true;
+        bool exit_queued = false;
+    };
+
+    explicit FakeWorkers(std::size_t size) : size_(size) {}
+
+    // How a started worker behaves: false = it exits (code 1) before READY.
+    std::function<bool(std::uint64_t)> starts_ok = [](std::uint64_t) { return true; };
+    std::function<void(FakeWorkers&)> script = [](FakeWorkers& f) { f.finish_all_fronts(); };
+
+    std::map<std::uint64_t, Worker> workers;
+    std::deque<WorkerEvent> events;
+    std::size_t spawned = 0, payloads_sent = 0, max_in_flight = 0, kills = 0, waits = 0;
+    bool shut = false;
+
+    // --- script helpers ---
+    std::vector<std::uint64_t> busy() const {
+        std::vector<std::uint64_t> out;
+        for (auto& [id, w] : workers)
+            if (w.live && !w.queue.empty()) out.push_back(id);
+        return out;
+    }
+    void finish_front(std::uint64_t id) {
+        Worker& w = workers.at(id);
+        const Sent s = w.queue.front();
+        w.queue.pop_front();
+        WorkerEvent ev;
+        ev.worker = id;
+        ev.pid = static_cast<pid_t>(1000 + id);
+        ev.frame.kind = static_cast<std::uint32_t>(FrameKind::result);
+        ev.frame.id = s.id;
+        ev.frame.body = std::to_string(s.start) + ":" + std::to_string(s.stop);
+        events.push_back(std::move(ev));
+    }
+    void finish_all_fronts() {
+        for (std::uint64_t id : busy()) finish_front(id);
+    }
+    // The status page says: running the oldest batch, at `item`, since `started_ns`.
+    void start_front(std::uint64_t id, std::size_t item, std::int64_t started_ns = -1) {
+        Worker& w = workers.at(id);
+        w.page.batch = static_cast<std::int64_t>(w.queue.front().id);
+        w.page.item = static_cast<std::int64_t>(item);
+        w.page.step = 0;
+        w.page.phase = static_cast<std::int64_t>(WorkerPhase::batch);
+        w.page.item_started_ns = started_ns;
+    }
+    // Exits now: the pool's reader saw EOF and took it out of the live set.
+    void die(std::uint64_t id, int wait_status, bool expected) {
+        Worker& w = workers.at(id);
+        const bool exit_queued = w.exit_queued;
+        w.live = false;
+        if (!exit_queued) push_exit(id, wait_status, expected);
+    }
+    // The exit is queued, but the worker still looks live (batches may still be sent to
+    // it) until the scheduler forgets it: a process that dies while it starts.
+    void push_exit(std::uint64_t id, int wait_status, bool expected) {
+        Worker& w = workers.at(id);
+        w.exit_queued = true;  // a process exits once
+        WorkerEvent ev;
+        ev.type = WorkerEvent::Type::exited;
+        ev.worker = id;
+        ev.pid = static_cast<pid_t>(1000 + id);
+        ev.wait_status = wait_status;
+        ev.progress = w.page;
+        ev.expected = expected;
+        events.push_back(std::move(ev));
+    }
+    std::size_t live_count() const {
+        std::size_t n = 0;
+        for (auto& [id, w] : workers) n += w.live;
+        return n;
+    }
+
+    // --- WorkerSet ---
+    std::vector<std::uint64_t> fill() override {
+        if (shut) throw std::runtime_error("ProcessPool is shut down");
+        std::vector<std::uint64_t> started;
+        while (live_count() < size_) {
+            const std::uint64_t id = ++spawned;
+            workers[id];
+            started.push_back(id);
+            if (starts_ok(id)) {
+                WorkerEvent ready;
+                ready.worker = id;
+                ready.frame.kind = static_cast<std::uint32_t>(FrameKind::ready);
+                events.push_back(std::move(ready));
+            } else {
+                push_exit(id, kExitedWithCode1, false);
+            }
+        }
+        return started;
+    }
+    std::vector<std::uint64_t> live() const override {
+        std::vector<std::uint64_t> out;
+        for (auto& [id, w] : workers)
+            if (w.live) out.push_back(id);
+        return out;
+    }
+    std::size_t size() const override { return size_; }
+    std::size_t in_flight(std::uint64_t id) const override {
+        auto it = workers.find(id);
+        return it == workers.end() || !it->second.live ? 0 : it->second.in_flight;
+    }
+    bool accepts(std::uint64_t id) const override {
+        auto it = workers.find(id);
+        return it != workers.end() && it->second.live;
+    }
+    bool send_batch(std::uint64_t id, const std::string& key, const Frame& payload, Frame batch,
+                    std::size_t items) override {
+        auto it = workers.find(id);
+        if (it == workers.end() || !it->second.live) return false;
+        Worker& w = it->second;
+        CHECK(payload.kind == static_cast<std::uint32_t>(FrameKind::payload));
+        CHECK(batch.kind == static_cast<std::uint32_t>(FrameKind::batch));
+        CHECK(batch.key == key);
+        if (w.keys.insert(key).second) ++payloads_sent;
+        const auto colon = batch.body.find(':');
+        const Sent s{batch.id, std::stoul(batch.body.substr(0, colon)),
+                     std::stoul(batch.body.substr(colon + 1))};
+        CHECK(s.stop - s.start == items);
+        w.queue.push_back(s);
+        max_in_flight = std::max(max_in_flight, ++w.in_flight);
+        return true;
+    }
+    void batch_done(std::uint64_t id) override {
+        auto it = workers.find(id);
+        if (it == workers.end() || !it->second.live) return;
+        CHECK(it->second.in_flight > 0);
+        --it->second.in_flight;
+    }
+    void forget(std::uint64_t id) override { workers.at(id).live = false; }
+    WorkerProgress progress(std::uint64_t id) const override {
+        auto it = workers.find(id);
+        return it == workers.end() || !it->second.live ? WorkerProgress{} : it->second.page;
+    }
+    bool wait_event(WorkerEvent& out, std::chrono::nanoseconds timeout) override {
+        if (events.empty() && timeout > 0ns) {
+            // A scheduler that waits for ever (nothing can happen) fails, never hangs.
+            CHECK(++waits < 100000);
+            script(*this);
+        }
+        if (events.empty()) return false;
+        out = std::move(events.front());
+        events.pop_front();
+        return true;
+    }
+    void clear_events() override {
+        std::deque<WorkerEvent> kept;
+        for (auto& ev : events)
+            if (ev.type == WorkerEvent::Type::exited) kept.push_back(std::move(ev));
+        events.swap(kept);
+    }
+    void kill(std::uint64_t id) override {
+        ++kills;
+        die(id, kKilled, true);
+    }
+    bool is_shut_down() const override { return shut; }
+
+private:
+    std::size_t size_;
+};
+
+// Records what the scheduler reports, item by item.
+class Host : public MapHost {
+public:
+    explicit Host(std::size_t n) : results(n, 0), lost(n, 0) {}
+
+    std::vector<int> results, lost;  // per item: times reported
+    std::vector<std::pair<std::size_t, std::size_t>> batches_made, lost_ranges;
+    std::vector<LostItems> lost_why;
+    std::function<bool(std::size_t, std::size_t)> on_result_hook;
+    std::function<bool()> interrupt_hook;
+
+    void make_batch(std::size_t a, std::size_t b, Frame& f) override {
+        CHECK(a < b && b <= results.size());
+        batches_made.emplace_back(a, b);
+        f.body = std::to_string(a) + ":" + std::to_string(b);
+    }
+    bool on_result(std::size_t a, std::size_t b, Frame& f) override {
+        CHECK(f.body == std::to_string(a) + ":" + std::to_string(b));  // the right range
+        for (std::size_t i = a; i < b; ++i) ++results[i];
+        return on_result_hook ? on_result_hook(a, b) : true;
+    }
+    bool on_lost(std::size_t a, std::size_t b, const LostItems& why) override {
+        for (std::size_t i = a; i < b; ++i) ++lost[i];
+        lost_ranges.emplace_back(a, b);
+        lost_why.push_back(why);
+        return true;
+    }
+    bool wait_unlocked(const std::function<bool()>& poll, bool& interrupted) override {
+        interrupted = interrupt_hook && interrupt_hook();
+        return interrupted ? false : poll();
+    }
+
+    // Every item reported exactly once (a result or a loss).
+    bool each_once() const {
+        for (std::size_t i = 0; i < results.size(); ++i)
+            if (results[i] + lost[i] != 1) {
+                std::fprintf(stderr, "item %zu: %d results, %d losses\n", i, results[i], lost[i]);
+                return false;
+            }
+        return true;
+    }
+    std::size_t lost_count() const {
+        std::size_t n = 0;
+        for (int l : lost) n += static_cast<std::size_t>(l);
+        return n;
+    }
+};
+
+MapRequest request(std::size_t n, std::string key = "k", std::size_t chunk = 0,
+                   std::size_t depth = 2, double timeout = 0) {
+    MapRequest r;
+    r.items = n;
+    r.key = std::move(key);
+    r.payload.kind = static_cast<std::uint32_t>(FrameKind::payload);
+    r.payload.key = r.key;
+    r.chunk = chunk;
+    r.depth = depth;
+    r.item_timeout = timeout;
+    return r;
+}
+
+// Normal path: every item exactly once, in several chunks per worker, at most `depth`
+// batches queued per worker, the payload once per worker and key.
+void test_every_item_once_in_chunks() {
+    FakeWorkers pool(3);
+    MapScheduler sched(pool, 0, 1ms);
+    Host host(1000);
+    CHECK(sched.run(request(1000), host) == MapScheduler::End::done);
+    CHECK(host.each_once());
+    CHECK(host.lost_count() == 0);
+    CHECK(host.batches_made.size() > 6);  // chunked, not one batch per worker
+    CHECK(pool.max_in_flight <= 2);
+    CHECK(pool.payloads_sent == 3);
+    for (auto& [id, w] : pool.workers) CHECK(w.in_flight == 0);
+    // Guided chunks shrink: the first is larger than the last.
+    CHECK(host.batches_made.front().second - host.batches_made.front().first >
+          host.batches_made.back().second - host.batches_made.back().first);
+
+    // Same key again: no payload resent; another key: once per worker.
+    Host again(50);
+    CHECK(sched.run(request(50), again) == MapScheduler::End::done);
+    CHECK(again.each_once() && pool.payloads_sent == 3);
+    Host other(50);
+    CHECK(sched.run(request(50, "k2", 7, 1), other) == MapScheduler::End::done);
+    CHECK(other.each_once() && pool.payloads_sent == 6);
+    CHECK(pool.max_in_flight <= 2);
+    for (auto& [a, b] : other.batches_made) CHECK(b - a == 7 || b == 50);  // fixed chunks
+    CHECK(sched.broken().empty());
+    CHECK(pool.spawned == 3);  // no worker was replaced
+}
+
+// A worker dies while running a batch, with another queued behind it: the running batch
+// is lost (with the status page's item), the queued one runs on another worker.
+void test_dead_workers_batch_runs_elsewhere() {
+    FakeWorkers pool(2);
+    bool died = false;
+    std::size_t victim_a = 0, victim_b = 0, queued_a = 0, queued_b = 0;
+    pool.script = [&](FakeWorkers& f) {
+        if (!died && f.workers.at(1).queue.size() == 2) {
+            const Sent run = f.workers.at(1).queue[0], queued = f.workers.at(1).queue[1];
+            victim_a = run.start, victim_b = run.stop;
+            queued_a = queued.start, queued_b = queued.stop;
+            f.start_front(1, run.start + 1);
+            f.die(1, SIGSEGV, false);
+            died = true;
+            return;
+        }
+        f.finish_all_fronts();
+    };
+    MapScheduler sched(pool, 0, 1ms);
+    Host host(400);
+    CHECK(sched.run(request(400, "k", 10), host) == MapScheduler::End::done);
+    CHECK(died);
+    CHECK(host.each_once());
+    // Exactly the running batch is lost, once, with what the status page said.
+    CHECK(host.lost_ranges.size() == 1);
+    CHECK(host.lost_ranges[0] == std::make_pair(victim_a, victim_b));
+    CHECK(host.lost_why[0].progress.item == static_cast<std::int64_t>(victim_a + 1));
+    CHECK(host.lost_why[0].pid == 1001 && host.lost_why[0].wait_status == SIGSEGV);
+    CHECK(!host.lost_why[0].expected && host.lost_why[0].timeout_s == 0);
+    // The queued batch was made twice: once for the dead worker, once again.
+    std::size_t made = 0;
+    for (auto& r : host.batches_made) made += r == std::make_pair(queued_a, queued_b);
+    CHECK(made == 2);
+    CHECK(host.results[queued_a] == 1);
+    CHECK(pool.spawned == 3);  // replaced
+    CHECK(sched.broken().empty());  // it had been ready: not an early exit
+}
+
+// Each crash loses the batch its worker was running, and only that one: a batch that
+// had been queued behind one crash and then crashed while running is lost like any other.
+void test_crash_loses_only_the_running_batch() {
+    FakeWorkers pool(1);
+    std::size_t deaths = 0;
+    pool.script = [&](FakeWorkers& f) {
+        for (std::uint64_t id : f.busy()) {
+            if (f.workers.at(id).queue.size() == 2 && deaths < 2) {
+                f.start_front(id, f.workers.at(id).queue.front().start);
+                f.die(id, SIGSEGV, false);
+                ++deaths;
+                return;
+            }
+        }
+        f.finish_all_fronts();
+    };
+    MapScheduler sched(pool, 0, 1ms);
+    Host host(4);
+    // One worker, depth 2, batches of one item: [0] dies running with [1] queued; [1]
+    // runs again on the replacement and dies running with [2] queued; [2], [3] complete.
+    CHECK(sched.run(request(4, "k", 1), host) == MapScheduler::End::done);
+    CHECK(deaths == 2);
+    CHECK(host.each_once());
+    CHECK(host.lost[0] == 1 && host.lost[1] == 1 && host.lost_count() == 2);
+}
+
+// Batches queued behind a crash run again once; queued behind a second crash they are
+// reported lost, not sent round for ever (a payload that kills every worker that loads
+// it would otherwise loop).
+void test_retried_batch_goes_round_only_once() {
+    FakeWorkers pool(1);
+    std::size_t deaths = 0;
+    pool.script = [&](FakeWorkers& f) {
+        for (std::uint64_t id : f.busy()) {
+            const auto& q = f.workers.at(id).queue;
+            const bool holds3 = std::any_of(q.begin(), q.end(), [](const Sent& s) { return s.start == 3; });
+            if (holds3 && deaths < 2) {
+                // Dies before it starts a batch (its status page names none): e.g.
+                // while loading the payload.
+                f.die(id, SIGSEGV, false);
+                ++deaths;
+                return;
+            }
+        }
+        f.finish_all_fronts();
+    };
+    MapScheduler sched(pool, 0, 1ms);
+    Host host(5);
+    // [2] and [3] are queued when the first worker dies: both run again, on the
+    // replacement, which dies too: now both are reported; [4] completes.
+    CHECK(sched.run(request(5, "k", 1), host) == MapScheduler::End::done);
+    CHECK(deaths == 2);
+    CHECK(host.each_once());
+    CHECK(host.lost[2] == 1 && host.lost[3] == 1 && host.lost_count() == 2);
+}
+
+// An item runs past the per-item timeout: its worker is killed, that item alone is lost
+// (as a timeout), and the rest of its batch runs again on the other workers.
+void test_overdue_item_is_killed_and_rest_rerun() {
+    FakeWorkers pool(2);
+    std::size_t first_a = 0, first_b = 0;
+    bool stuck = false;
+    pool.script = [&](FakeWorkers& f) {
+        if (!stuck) {  // worker 1 hangs on the second item of its first batch
+            const Sent s = f.workers.at(1).queue.front();
+            first_a = s.start, first_b = s.stop;
+            f.start_front(1, s.start + 1, /*started_ns=*/1);  // long ago
+            stuck = true;
+        }
+        for (std::uint64_t id : f.busy())
+            if (id != 1) f.finish_front(id);
+    };
+    MapScheduler sched(pool, 0, 1ms);
+    Host host(100);
+    CHECK(sched.run(request(100, "k", 10, 2, 0.5), host) == MapScheduler::End::done);
+    CHECK(first_b - first_a == 10);
+    CHECK(pool.kills == 1);
+    CHECK(host.each_once());
+    CHECK(host.lost_ranges.size() == 1);
+    CHECK(host.lost_ranges[0] == std::make_pair(first_a + 1, first_a + 2));
+    CHECK(host.lost_why[0].timeout_s == 0.5);
+    CHECK(host.lost_why[0].progress.item == static_cast<std::int64_t>(first_a + 1));
+    CHECK(host.lost_why[0].expected);
+    // Item first_a (before the overdue one) and the items after it ran again.
+    CHECK(host.results[first_a] == 1 && host.results[first_b - 1] == 1);
+}
+
+// An item within its time is not killed, however long the map waits.
+void test_item_within_timeout_is_not_killed() {
+    FakeWorkers pool(1);
+    int steps = 0;
+    pool.script = [&](FakeWorkers& f) {
+        const std::int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(
+            std::chrono::steady_clock::now().time_since_epoch()).count();
+        for (std::uint64_t id : f.busy()) {
+            f.start_front(id, f.workers.at(id).queue.front().start, now);
+            if (++steps % 5 == 0) f.finish_front(id);  // a few waits per batch
+        }
+    };
+    MapScheduler sched(pool, 0, 1ms);
+    Host host(10);
+    CHECK(sched.run(request(10, "k", 2, 1, 3600.0), host) == MapScheduler::End::done);
+    CHECK(host.each_once() && host.lost_count() == 0 && pool.kills == 0);
+}
+
+// Workers that keep exiting before READY break the pool after kMaxEarlyExits in a row;
+// one that exits early between healthy ones does not.
+void test_broken_after_repeated_start_failures() {
+    {
+        FakeWorkers pool(2);
+        pool.starts_ok = [](std::uint64_t) { return false; };
+        MapScheduler sched(pool, 0, 1ms);
+        Host host(10);
+        CHECK(sched.run(request(10), host) == MapScheduler::End::broken);
+        CHECK(sched.broken().find("3 worker processes in a row exited before they were ready") !=
+              std::string::npos);
+        CHECK(sched.broken().find("exit code 1") != std::string::npos);
+        CHECK(pool.spawned < 10);  // gave up, did not respawn for ever
+        // Broken stays broken: the next map does not pretend otherwise.
+        CHECK(!sched.broken().empty());
+    }
+    {
+        FakeWorkers pool(1);
+        // Every other start fails: never three in a row.
+        pool.starts_ok = [](std::uint64_t id) { return id % 2 == 0; };
+        pool.script = [](FakeWorkers& f) {
+            // Each worker finishes what it holds, then exits (code 0, unasked).
+            for (std::uint64_t id : f.busy()) {
+                while (!f.workers.at(id).queue.empty()) f.finish_front(id);
+                f.die(id, 0, false);
+            }
+        };
+        MapScheduler sched(pool, 0, 1ms);
+        Host host(20);
+        CHECK(sched.run(request(20, "k", 5), host) == MapScheduler::End::done);
+        CHECK(sched.broken().empty());
+        CHECK(host.each_once() && host.lost_count() == 0);
+    }
+    {
+        FakeWorkers pool(2);
+        pool.starts_ok = [](std::uint64_t id) { return id != 2; };
+        pool.script = [](FakeWorkers& f) {  // worker 1's initializer raises
+            WorkerEvent ev;
+            ev.worker = 1;
+            ev.frame.kind = static_cast<std::uint32_t>(FrameKind::init_failed);
+            ev.frame.body = "Traceback: ValueError: bad init";
+            f.events.push_back(std::move(ev));
+        };
+        MapScheduler sched(pool, 0, 1ms);
+        Host host(10);
+        CHECK(sched.run(request(10), host) == MapScheduler::End::broken);
+        CHECK(sched.broken().find("initializer failed") != std::string::npos);
+        CHECK(sched.broken().find("ValueError: bad init") != std::string::npos);
+        CHECK(pool.kills >= 1);  // the worker holding batches was killed
+    }
+}
+
+// A map abandoned by an exception from a callback leaves batches in flight; their
+// results arrive during the next map and are dropped (not reported as that map's), and
+// their workers' in-flight counts still go down.
+void test_stale_results_of_an_abandoned_map_are_dropped() {
+    FakeWorkers pool(2);
+    bool hold = true;  // first map: only worker 1 finishes anything
+    pool.script = [&](FakeWorkers& f) {
+        for (std::uint64_t id : f.busy())
+            if (!hold || id == 1) f.finish_front(id);
+    };
+    MapScheduler sched(pool, 0, 1ms);
+    Host first(100);
+    first.on_result_hook = [](std::size_t, std::size_t) -> bool {
+        throw std::runtime_error("callback raised");
+    };
+    bool threw = false;
+    try {
+        sched.run(request(100, "k", 10), first);
+    } catch (const std::runtime_error&) {
+        threw = true;
+    }
+    CHECK(threw);
+    CHECK(pool.workers.at(2).queue.size() == 2);  // still held: they come back later
+    hold = false;
+    Host second(30);
+    CHECK(sched.run(request(30, "k", 5), second) == MapScheduler::End::done);
+    CHECK(second.each_once());  // the old ranges (items < 30 too) were not counted
+    for (auto& [id, w] : pool.workers) CHECK(w.queue.empty() && w.in_flight == 0);
+}
+
+// Ctrl-C: the map returns interrupted and the workers holding its batches are killed;
+// the next map replaces them and runs normally.
+void test_interrupt_kills_busy_workers() {
+    FakeWorkers pool(3);
+    pool.script = [](FakeWorkers&) {};  // nothing finishes
+    MapScheduler sched(pool, 0, 1ms);
+    Host host(2);  // two batches of one item: one worker stays idle
+    int waits = 0;
+    host.interrupt_hook = [&] { return ++waits == 3; };
+    CHECK(sched.run(request(2, "k", 1), host) == MapScheduler::End::interrupted);
+    CHECK(pool.kills == 2 && pool.live_count() == 1);
+    pool.script = [](FakeWorkers& f) { f.finish_all_fronts(); };
+    Host next(40);
+    CHECK(sched.run(request(40), next) == MapScheduler::End::done);
+    CHECK(next.each_once() && next.lost_count() == 0);  // the kills were not losses
+    CHECK(sched.broken().empty());
+}
+
+// shutdown() while mapping: the map returns shut_down; the exits it caused are not
+// reported as lost items (the caller reports the shutdown).
+void test_shutdown_during_map() {
+    FakeWorkers pool(2);
+    int steps = 0;
+    pool.script = [&](FakeWorkers& f) {
+        if (++steps == 3) {  // each worker is inside a batch when shutdown() kills it
+            f.shut = true;
+            for (std::uint64_t id : f.busy()) f.start_front(id, f.workers.at(id).queue.front().start);
+            for (std::uint64_t id : f.live()) f.die(id, kKilled, true);
+            return;
+        }
+        f.finish_all_fronts();
+    };
+    MapScheduler sched(pool, 0, 1ms);
+    Host host(200);
+    CHECK(sched.run(request(200, "k", 10), host) == MapScheduler::End::shut_down);
+    CHECK(host.lost_count() == 0);
+    Host after(5);
+    CHECK(sched.run(request(5), after) == MapScheduler::End::shut_down);
+    CHECK(after.batches_made.empty());
+}
+
+// A callback says stop: no new batches, but those in flight still come back.
+void test_stop_dispatching_drains_in_flight() {
+    FakeWorkers pool(2);
+    MapScheduler sched(pool, 0, 1ms);
+    Host host(1000);
+    host.on_result_hook = [](std::size_t, std::size_t) { return false; };
+    CHECK(sched.run(request(1000, "k", 10), host) == MapScheduler::End::done);
+    // Four batches were in flight (2 workers x depth 2); all came back, no more went out.
+    CHECK(host.batches_made.size() == 4);
+    std::size_t reported = 0;
+    for (std::size_t i = 0; i < 1000; ++i) reported += host.results[i];
+    CHECK(reported == 40);
+    for (auto& [id, w] : pool.workers) CHECK(w.in_flight == 0);
+}
+
+}  // namespace
+
+int main() {
+    const std::vector<std::pair<const char*, void (*)()>> tests = {
+        {"every_item_once_in_chunks", test_every_item_once_in_chunks},
+        {"dead_workers_batch_runs_elsewhere", test_dead_workers_batch_runs_elsewhere},
+        {"crash_loses_only_the_running_batch", test_crash_loses_only_the_running_batch},
+        {"retried_batch_goes_round_only_once", test_retried_batch_goes_round_only_once},
+        {"overdue_item_is_killed_and_rest_rerun", test_overdue_item_is_killed_and_rest_rerun},
+        {"item_within_timeout_is_not_killed", test_item_within_timeout_is_not_killed},
+        {"broken_after_repeated_start_failures", test_broken_after_repeated_start_failures},
+        {"stale_results_of_an_abandoned_map_are_dropped",
+         test_stale_results_of_an_abandoned_map_are_dropped},
+        {"interrupt_kills_busy_workers", test_interrupt_kills_busy_workers},
+        {"shutdown_during_map", test_shutdown_during_map},
+        {"stop_dispatching_drains_in_flight", test_stop_dispatching_drains_in_flight},
+    };
+    for (auto& [name, fn] : tests) {
+        std::printf("%s ... ", name);
+        std::fflush(stdout);
+        fn();
+        std::printf("ok\n");
+    }
+    return 0;
+}
