@@ -224,14 +224,21 @@ class Session:
         else:
             reply = Result(parts, None, events)
         try:
-            return transport.dumps(reply, spill=spill)
-        except Exception:
-            pass
-        # An event argument that cannot travel is told to callbacks as its repr, a dict's
-        # (inputs, outputs) value by value: every event still arrives (a progress bar
-        # counts it). Outputs themselves were checked in _part.
-        events = [Event(e.name, tuple(_portable(a) for a in e.args), e.path) for e in events]
-        return transport.dumps(reply._replace(events=events), spill=transport.Spill(shm))
+            try:
+                body = spill.body(reply)
+            except Exception:
+                # An event argument that cannot travel is told to callbacks as its repr, a
+                # dict's (inputs, outputs) value by value: every event still arrives (a
+                # progress bar counts it). Outputs themselves were checked in _part. The
+                # answer goes into the same spill: the parts' buffers are in its memfd, at
+                # the offsets their pickles name (a fresh spill gave them other arrays).
+                events = [Event(e.name, tuple(_portable(a) for a in e.args), e.path)
+                          for e in events]
+                body = spill.body(reply._replace(events=events))
+            return body, spill.fds()
+        except BaseException:
+            spill.close()
+            raise
 
     def _runner(self, loaded: _Loaded, batch: Batch,
                 recorder: Recorder | None) -> Callable[[int, int], tuple]:

@@ -80,3 +80,28 @@ def test_an_event_whose_values_do_not_pickle_still_reaches_the_callbacks(make_en
     bad = [e for e in events.ends if e["handle"] not in (0, 2)]
     assert len(bad) == 1 and isinstance(bad[0]["handle"], str)
     assert "lock" in bad[0]["handle"]
+
+
+@node(output_name="v")
+def from_array(x):
+    k = int(x[0]) - 100
+    if k == 3:
+        return threading.Lock()
+    import numpy as np
+
+    return np.full(100_000, k, dtype=np.uint8)
+
+
+def test_large_results_stay_right_when_an_event_value_does_not_pickle(make_engine):
+    """Arrays above the shared-memory threshold in the results and in the events, and
+    one event value that does not pickle: every item keeps its own array. (Was: on
+    ProcessEngine the answer was pickled again into a fresh memfd, holding the events'
+    arrays, and the results read other items' inputs from it.)"""
+    np = pytest.importorskip("numpy")
+    events = _Events()
+    xs = [np.full(100_000, k + 100, dtype=np.uint8) for k in range(8)]
+    out = Pipeline([from_array]).map({"x": xs}, map_over="x", on_error="collect",
+                                     engine=make_engine(batch_size=8, callbacks=[events]))
+    assert isinstance(out[3], SerializationError)
+    assert [int(r["v"][0]) for k, r in enumerate(out) if k != 3] == [0, 1, 2, 4, 5, 6, 7]
+    assert len(events.ends) == 8
