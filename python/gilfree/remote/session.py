@@ -188,9 +188,11 @@ class Session:
         parts: list = []
         error = recorder = None
         try:
-            loaded = self.payloads[key]
-            if loaded.error is not None:
-                raise loaded.error
+            loaded = self.payloads.get(key)
+            if loaded is None or loaded.error is not None:
+                transport.close_fds(fds)  # the batch's buffers: nobody maps them now
+                raise (loaded.error.with_traceback(None) if loaded is not None else
+                       KeyError(f"no payload {key!r} in this worker"))
             batch: Batch = transport.loads(body, fds)
             self.begin_map(batch.map_id)
             plan, options = loaded.plan, loaded.options

@@ -5,6 +5,7 @@ DaskEngine's workers run this same session; the engines only carry the bytes."""
 from __future__ import annotations
 
 import ast
+import os
 import threading
 from pathlib import Path
 
@@ -126,6 +127,20 @@ def test_a_payload_that_does_not_unpickle_fails_each_batch_with_a_clear_error():
     result = driver.decode_result(*session.run_batch("bad", body, fds), 0, 1)
     assert isinstance(result.error, SerializationError)
     assert "must be importable on every worker" in str(result.error)
+
+
+def test_a_batch_for_a_payload_that_failed_releases_its_shared_memory():
+    np = pytest.importorskip("numpy")
+    session = Session()
+    session.load_payload("bad", b"\x00\x00\x00\x00not a pickle", [])
+    rows = [{"x": np.zeros(transport.SHM_THRESHOLD, dtype=np.uint8)}]
+    for _ in range(2):  # each batch: the payload's error, and its memfd closed
+        body, fds = driver.encode_batch(1, rows, 0, ["x"], {})
+        assert len(fds) == 1  # the array travels in a memfd
+        result = driver.decode_result(*session.run_batch("bad", body, fds), 0, 1)
+        assert isinstance(result.error, SerializationError)
+        with pytest.raises(OSError):
+            os.fstat(fds[0])  # closed by the session: no memfd left behind
 
 
 class _Record:
