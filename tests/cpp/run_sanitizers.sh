@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Build and run the C++ unit tests (tests/cpp: every test_*.cpp, i.e. the thread pool and
-# the process pool's scheduler) under sanitizers, each in its own build directory under
+# Build and run the C++ unit tests (tests/cpp: every test_*.cpp, i.e. the thread pool, the
+# process pool and its scheduler) under sanitizers, each in its own build directory under
 # build/ (gitignored):
 #
 #   bash tests/cpp/run_sanitizers.sh            # address (ASan + UBSan), then thread (TSan)
