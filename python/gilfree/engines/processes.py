@@ -264,8 +264,7 @@ def _dual_batch_size(plan: Plan, rt: Runtime) -> int:
 
 _map_ids = itertools.count(1)
 
-_MAP_ANNOUNCEMENTS = frozenset({"on_map_start", "on_map_end"})
-_STAGE_ANNOUNCEMENTS = _MAP_ANNOUNCEMENTS | {
+_STAGE_ANNOUNCEMENTS = remote.MAP_ANNOUNCEMENTS | {
     "on_map_item_start", "on_map_item_end", "on_map_item_cached", "on_pipeline_start",
     "on_pipeline_end"}
 
@@ -329,7 +328,7 @@ class _MapCall:
         # when it changes, so a failing constructor runs once per worker per map.
         self.map_id = next(_map_ids)
         self.names = list(rows[0])
-        self.consumers = {a: [s.name for s in plan.steps if a in s.args] for a in self.names}
+        self.consumers = remote.consumers(plan, self.names)
 
     def run(self) -> list:
         rt = self.rt
@@ -341,7 +340,7 @@ class _MapCall:
         if align:
             # Each worker batches the items it holds: chunks that are whole multiples of
             # a DualNode's batch size give its batch function full batches.
-            chunk = (-(-chunk // align) * align if chunk else
+            chunk = (remote.whole_batches(chunk, align) if chunk else
                      align * max(1, round(self.n / (4 * self.pool.workers * align))))
         try:
             self.pool.map(self.n, self.key, self.payload, self.payload_fds, self.make_batch,
@@ -452,5 +451,5 @@ class _MapCall:
         # The driver announces the map once (on_map_start/end); each batch's own
         # announcements at the top level are dropped. Nested maps' are kept. A stage's
         # items and their pipeline are announced by the driver's map too.
-        dropped = _STAGE_ANNOUNCEMENTS if self.stage else _MAP_ANNOUNCEMENTS
+        dropped = _STAGE_ANNOUNCEMENTS if self.stage else remote.MAP_ANNOUNCEMENTS
         remote.replay(self.rt, events, len(self.path), dropped)
