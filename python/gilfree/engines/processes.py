@@ -1,19 +1,26 @@
 """``ProcessEngine``: map items run in long-lived worker processes (``_core.ProcessPool``).
 
     driver thread (holds the GIL between C++ calls)              worker processes
-      plan + broadcast inputs pickled once per map (transport) ──▶ PAYLOAD, once per worker
+      plan + broadcast inputs: remote.encode_payload ────────────▶ Payload, once per worker
         key = content hash: a re-run cell re-ships nothing           per distinct payload
-      pool.map(n, ...) ── C++ plans chunks (guided), asks us ────▶ BATCH rows [a, b)
-        make_batch(a, b): map id + rows pickled as columns           execute_map(...) with
-      waits in C++ without the GIL, wakes <= 50 ms for Ctrl-C        first_index = a; a new
+      pool.map(n, ...) ── C++ MapScheduler plans chunks, asks us ▶ Batch rows [a, b)
+        make_batch(a, b): remote.encode_batch (rows as columns)      remote.Session runs
+      waits in C++ without the GIL, wakes <= 50 ms for Ctrl-C        execute_map(...) with
+                                                                     first_index = a; a new
                                                                      map id: new_map() for
                                                                      @stateful failures
-      on_result(a, b, ...) ◀──────────── results + recorded events ── RESULT (large
-        results into their slots (input order), events replayed:     arrays in a memfd:
-        callbacks and progress fire here, as batches complete       mapped, not copied)
+      on_result(a, b, ...) ◀──────────── Result: parts + Events ──── (large arrays in a
+        remote.place: results into their slots (input order),       memfd: mapped, not
+        remote.replay: callbacks and progress fire here             copied)
       on_lost(a, b, info) ◀── a worker died: the items of the batch it was running fail
                               with WorkerDied (node, item, exit code or signal); batches
                               queued behind it run again; C++ starts a replacement
+
+    a map with executor hints (stages.py): each "process" stage is such a map of its own
+    (_remote_stage): its rows carry only what the stage reads (plus, with a cache, their
+    signatures), items failed in earlier stages travel as Skipped placeholders, and only
+    node events are replayed (the driver's execute_map announces map, items, pipeline);
+    "thread"/"async" stages run on a ThreadEngine this engine keeps (Engine._lend).
 
 Workers come from a forkserver (default: one clean, single-threaded helper process per
 interpreter, see cpp/include/gilfree/launcher.hpp) or are spawned fresh; never forked
@@ -27,7 +34,6 @@ pure-Python CPU-bound nodes; for I/O or GIL-releasing nodes use ThreadEngine.
 from __future__ import annotations
 
 import atexit
-from bisect import bisect_left
 import itertools
 import os
 import signal
@@ -35,6 +41,7 @@ import sys
 import threading
 import time
 import weakref
+from bisect import bisect_left
 from typing import Any
 
 from ..errors import EngineShutDown, ExecutionError
