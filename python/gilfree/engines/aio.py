@@ -7,6 +7,9 @@
       replays queued callback events   ◀─ results land in the executor's arrays
       batch (DualNode) steps ──────────▶  C++ thread pool, several batches at once
 
+With executor hints, nodes hinted "process" run in worker processes of the engine's own
+and "inline" ones in the calling thread, between the loop's stages (see threads.py).
+
 The loop runs on its own thread, so this works when the caller is itself inside a
 running loop (Jupyter): nothing calls ``asyncio.run`` on the caller's thread and no
 ``nest_asyncio`` is needed.  uvloop is used when installed (``gilfree[async]``).

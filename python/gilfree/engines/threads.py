@@ -17,6 +17,11 @@
     inline; a map through the loop releases the waiting thread's slot (begin_wait); from
     the loop thread itself (an async node), the inner items get an event loop of their own.
 
+    a map with executor hints (stages.py, Engine._staged_map): stages one after another;
+    "thread" stages as above, "async" ones through the loop, "inline" ones in the calling
+    thread, "process" ones on a ProcessEngine this engine keeps (Engine._lend: started on
+    first use, @stateful objects stay built in its workers across maps, shut down with us).
+
 Right for blocking I/O and for nodes that release the GIL (numpy, torch, C extensions).
 Pure-Python CPU work does not get faster on threads: use ProcessEngine for that.
 """
