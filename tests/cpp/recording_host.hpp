@@ -10,15 +10,8 @@
 #include <utility>
 #include <vector>
 
+#include "check.hpp"
 #include "gilfree/map_scheduler.hpp"
-
-#define CHECK(cond)                                                                \
-    do {                                                                           \
-        if (!(cond)) {                                                             \
-            std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-            std::exit(1);                                                          \
-        }                                                                          \
-    } while (0)
 
 namespace test_support {
 

@@ -283,15 +283,19 @@ void test_dead_workers_batch_runs_elsewhere() {
     CHECK(sched.broken().empty());  // it had been ready: not an early exit
 }
 
-// Each crash loses the batch its worker was running, and only that one: a batch that
-// had been queued behind one crash and then crashed while running is lost like any other.
-void test_crash_loses_only_the_running_batch() {
+// One worker, depth 2, batches of one item. The first two times `when` says so (it is
+// given the batches the worker holds), the worker dies: inside its oldest batch if
+// `running`, else before it started one (its status page names none: e.g. while it
+// loads the payload). Returns the number of deaths.
+std::size_t run_with_two_crashes(Host& host, std::function<bool(const std::deque<Sent>&)> when,
+                                 bool running) {
     FakeWorkers pool(1);
     std::size_t deaths = 0;
     pool.script = [&](FakeWorkers& f) {
         for (std::uint64_t id : f.busy()) {
-            if (f.workers.at(id).queue.size() == 2 && deaths < 2) {
-                f.start_front(id, f.workers.at(id).queue.front().start);
+            const auto& q = f.workers.at(id).queue;
+            if (deaths < 2 && when(q)) {
+                if (running) f.start_front(id, q.front().start);
                 f.die(id, SIGSEGV, false);
                 ++deaths;
                 return;
@@ -300,11 +304,18 @@ void test_crash_loses_only_the_running_batch() {
         f.finish_all_fronts();
     };
     MapScheduler sched(pool, 0, 1ms);
+    CHECK(sched.run(request(host.results.size(), "k", 1), host) == MapScheduler::End::done);
+    return deaths;
+}
+
+// Each crash loses the batch its worker was running, and only that one: a batch that
+// had been queued behind one crash and then crashed while running is lost like any other.
+void test_crash_loses_only_the_running_batch() {
     Host host(4);
-    // One worker, depth 2, batches of one item: [0] dies running with [1] queued; [1]
-    // runs again on the replacement and dies running with [2] queued; [2], [3] complete.
-    CHECK(sched.run(request(4, "k", 1), host) == MapScheduler::End::done);
-    CHECK(deaths == 2);
+    // [0] dies running with [1] queued; [1] runs again on the replacement and dies
+    // running with [2] queued; [2], [3] complete.
+    CHECK(run_with_two_crashes(host, [](const std::deque<Sent>& q) { return q.size() == 2; },
+                               true) == 2);
     CHECK(host.each_once());
     CHECK(host.lost[0] == 1 && host.lost[1] == 1 && host.lost_count() == 2);
 }
@@ -313,28 +324,13 @@ void test_crash_loses_only_the_running_batch() {
 // reported lost, not sent round for ever (a payload that kills every worker that loads
 // it would otherwise loop).
 void test_retried_batch_goes_round_only_once() {
-    FakeWorkers pool(1);
-    std::size_t deaths = 0;
-    pool.script = [&](FakeWorkers& f) {
-        for (std::uint64_t id : f.busy()) {
-            const auto& q = f.workers.at(id).queue;
-            const bool holds3 = std::any_of(q.begin(), q.end(), [](const Sent& s) { return s.start == 3; });
-            if (holds3 && deaths < 2) {
-                // Dies before it starts a batch (its status page names none): e.g.
-                // while loading the payload.
-                f.die(id, SIGSEGV, false);
-                ++deaths;
-                return;
-            }
-        }
-        f.finish_all_fronts();
-    };
-    MapScheduler sched(pool, 0, 1ms);
     Host host(5);
     // [2] and [3] are queued when the first worker dies: both run again, on the
     // replacement, which dies too: now both are reported; [4] completes.
-    CHECK(sched.run(request(5, "k", 1), host) == MapScheduler::End::done);
-    CHECK(deaths == 2);
+    auto holds3 = [](const std::deque<Sent>& q) {
+        return std::any_of(q.begin(), q.end(), [](const Sent& s) { return s.start == 3; });
+    };
+    CHECK(run_with_two_crashes(host, holds3, false) == 2);
     CHECK(host.each_once());
     CHECK(host.lost[2] == 1 && host.lost[3] == 1 && host.lost_count() == 2);
 }
@@ -529,7 +525,7 @@ void test_stop_dispatching_drains_in_flight() {
 }  // namespace
 
 int main() {
-    const std::vector<std::pair<const char*, void (*)()>> tests = {
+    const std::vector<test_support::NamedTest> tests = {
         {"every_item_once_in_chunks", test_every_item_once_in_chunks},
         {"dead_workers_batch_runs_elsewhere", test_dead_workers_batch_runs_elsewhere},
         {"crash_loses_only_the_running_batch", test_crash_loses_only_the_running_batch},
@@ -543,11 +539,5 @@ int main() {
         {"shutdown_during_map", test_shutdown_during_map},
         {"stop_dispatching_drains_in_flight", test_stop_dispatching_drains_in_flight},
     };
-    for (auto& [name, fn] : tests) {
-        std::printf("%s ... ", name);
-        std::fflush(stdout);
-        fn();
-        std::printf("ok\n");
-    }
-    return 0;
+    return test_support::run_tests(tests);
 }

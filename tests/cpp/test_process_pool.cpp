@@ -180,18 +180,12 @@ int main(int argc, char** argv) {
     // The pool starts workers as: <argv given> 3 4 <parent pid>.
     if (argc == 6 && std::strcmp(argv[1], "--worker") == 0)
         worker_main(argv[2], std::atoi(argv[3]), std::atoi(argv[4]));
-    const std::vector<std::pair<const char*, void (*)()>> tests = {
+    const std::vector<test_support::NamedTest> tests = {
         {"every_item_once", test_every_item_once},
         {"worker_death_is_reported_from_its_status_page",
          test_worker_death_is_reported_from_its_status_page},
         {"overdue_worker_is_killed", test_overdue_worker_is_killed},
         {"broken_after_start_failures", test_broken_after_start_failures},
     };
-    for (auto& [name, fn] : tests) {
-        std::printf("%s ... ", name);
-        std::fflush(stdout);
-        fn();
-        std::printf("ok\n");
-    }
-    return 0;
+    return test_support::run_tests(tests);
 }

@@ -10,18 +10,11 @@
 #include <thread>
 #include <vector>
 
+#include "check.hpp"
 #include "gilfree/index_batch.hpp"
 #include "gilfree/thread_pool.hpp"
 
 using namespace std::chrono_literals;
-
-#define CHECK(cond)                                                                \
-    do {                                                                           \
-        if (!(cond)) {                                                             \
-            std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-            std::exit(1);                                                          \
-        }                                                                          \
-    } while (0)
 
 namespace {
 
