@@ -31,7 +31,7 @@ class DiskCache:
 
     def get(self, signature: str, default: Any = None) -> Any:
         """The stored value, or ``default`` when there is none (or it is unreadable)."""
-        from . import transport  # here: cloudpickle is imported when first needed
+        from .remote import transport  # here: cloudpickle is imported when first needed
 
         try:
             with open(self._file(signature), "rb") as f:
@@ -46,7 +46,7 @@ class DiskCache:
         return self.get(signature, _MISSING) is not _MISSING
 
     def put(self, signature: str, value: Any) -> None:
-        from . import transport
+        from .remote import transport
 
         target = self._file(signature)
         target.parent.mkdir(exist_ok=True)

@@ -11,9 +11,9 @@ from __future__ import annotations
 import time
 
 from . import engines as engines_module
-from .node import node
-from .pipeline import Pipeline
-from .stateful import stateful
+from .model.node import node
+from .model.pipeline import Pipeline
+from .model.stateful import stateful
 
 ITEMS = 64
 FETCH_SECONDS = 0.005

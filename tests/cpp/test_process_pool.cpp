@@ -1,6 +1,6 @@
 // gilfree::ProcessPool driven by MapScheduler with real worker processes, without
 // Python: the workers are this executable again (`--worker <mode>`), speaking frames and
-// writing the status page as gilfree/_worker.py does. What the fakes of
+// writing the status page as gilfree/remote/process_worker.py does. What the fakes of
 // test_map_scheduler.cpp cannot show: real exits reach the scheduler with their wait
 // status and the status page as the process left it, and a real overdue worker is
 // killed.

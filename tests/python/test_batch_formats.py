@@ -13,7 +13,7 @@ from typing import List, Optional
 import pytest
 
 from gilfree import DualNode, Pipeline
-from gilfree.batch_formats import ARROW, CHUNKED, LIST, NUMPY, format_of, plain_results
+from gilfree.model.batch_formats import ARROW, CHUNKED, LIST, NUMPY, format_of, plain_results
 
 
 def _map(singular, batch, **inputs):

@@ -61,12 +61,14 @@ def test_import_gilfree_loads_no_engine_and_no_asyncio():
 
 def test_a_worker_process_loads_only_what_it_runs():
     # What the forkserver imports before forking workers (see _zygote.zygote_main).
-    loaded = _modules_after("import gilfree._zygote\n"
-                            "from gilfree import batch, callbacks, engines, execute, pipeline,"
-                            " transport")
+    loaded = _modules_after("import gilfree.remote.zygote\n"
+                            "from gilfree import callbacks, engines\n"
+                            "from gilfree.model import batch, pipeline\n"
+                            "from gilfree.remote import transport\n"
+                            "from gilfree.run import execute")
     assert not loaded & {"asyncio", "gilfree.engines.aio", "gilfree.engines.processes",
                          "gilfree.engines.threads", "gilfree.engines.dask_engine",
-                         "gilfree.cache", "importlib.metadata", "gilfree.progress"}
+                         "gilfree.cache", "importlib.metadata", "gilfree.run.progress"}
 
 
 def test_engines_load_on_first_use():

@@ -1,4 +1,4 @@
-"""Pipeline.visualize without Graphviz: gilfree's own SVG layout (gilfree._svg_layout)."""
+"""Pipeline.visualize without Graphviz: gilfree's own SVG layout (gilfree.viz.svg_layout)."""
 
 from __future__ import annotations
 

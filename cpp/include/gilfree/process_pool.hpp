@@ -3,7 +3,7 @@
 // Who sends what to whom
 //
 //   MapScheduler (driver thread)      ProcessPool                        worker process
-//   fill() ── start request ────────▶ launcher.hpp: posix_spawn, or ───▶ gilfree._worker.main
+//   fill() ── start request ────────▶ launcher.hpp: posix_spawn, or ───▶ gilfree.remote.process_worker.main
 //                                       fork by the zygote (forkserver)    3 = socket, 4 = status page
 //                                                                          reads INIT, runs initializer
 //   send_batch(w, key, payload, b) ─▶ writer thread (per worker) ──────▶ PAYLOAD once per key, BATCH
@@ -48,7 +48,7 @@ struct PoolShared;
 }
 
 // The status page: one shared page of int64 slots per worker, written by the worker
-// (python/gilfree/_worker.py, the same names as SLOT_* and PHASE_* there), read by the
+// (python/gilfree/remote/process_worker.py, the same names as SLOT_* and PHASE_* there), read by the
 // driver for a per-item timeout and, after a death, to say what the worker was running.
 enum class StatusSlot : std::size_t {
     batch = 0,            // id of the batch it runs (-1: none)

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import transport
+from ..remote import transport
 
 
 def no_message_log() -> Any:

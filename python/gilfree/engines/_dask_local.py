@@ -26,8 +26,8 @@ import time
 import uuid
 from typing import Any, Callable
 
-from ..execute import Runtime, execute_map
-from ..plan import Plan
+from ..run.execute import Runtime, execute_map
+from ..model.plan import Plan
 from ..remote import driver
 from . import _dask_payload as _p
 from . import _dask_worker as _w

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..execute import Runtime
-from ..plan import Plan
+from ..run.execute import Runtime
+from ..model.plan import Plan
 from ..remote import driver
 from ..remote.messages import RemoteOptions, Result
 

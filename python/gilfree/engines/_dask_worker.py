@@ -21,7 +21,7 @@ from __future__ import annotations
 import ctypes
 import threading
 
-from .. import transport
+from ..remote import transport
 from ..errors import ExecutionError
 from ..remote import session as _session
 from ..remote.messages import Result

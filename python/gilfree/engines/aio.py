@@ -21,8 +21,8 @@ import asyncio
 import functools
 from typing import Any
 
-from ..execute import Runtime, execute_map
-from ..plan import Plan
+from ..run.execute import Runtime, execute_map
+from ..model.plan import Plan
 from .threads import ThreadEngine, auto_batch_size
 
 #: Concurrent items when nobody said: enough for thousands of in-flight requests,

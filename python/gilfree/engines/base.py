@@ -1,7 +1,7 @@
 """What every engine shares: input handling, plans, callbacks and policies.
 
 Engines differ only in *where* items run; ``_execute_run`` and ``_execute_map`` are
-the two places they override.  Semantics live in ``gilfree.execute``.
+the two places they override.  Semantics live in ``gilfree.run.execute``.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import weakref
 from typing import Any
 
 from ..callbacks import CallbackContext, check_supported
-from ..execute import Runtime, execute_map, execute_run
-from ..mapping import expand_rows, normalize_map_over
-from ..node import validate_hints
-from ..plan import Plan, compile_plan
-from ..stages import INLINE, PROCESS, THREAD, Placement, Stage, compile_stages, is_mixed
-from ..stateful import end_map, is_stateful, new_map
+from ..run.execute import Runtime, execute_map, execute_run
+from ..model.mapping import expand_rows, normalize_map_over
+from ..model.node import validate_hints
+from ..model.plan import Plan, compile_plan
+from ..run.stages import INLINE, PROCESS, THREAD, Placement, Stage, compile_stages, is_mixed
+from ..model.stateful import end_map, is_stateful, new_map
 
 
 class Engine:

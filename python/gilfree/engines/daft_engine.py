@@ -14,7 +14,7 @@ from collections import Counter
 from typing import Any
 
 from ..callbacks import PipelineCallback, check_supported
-from ..stateful import is_stateful
+from ..model.stateful import is_stateful
 from .base import Engine
 
 #: ``default_daft_config`` keys that change how gilfree runs the pipeline.

@@ -38,8 +38,8 @@ from concurrent.futures import CancelledError
 from typing import Any
 
 from ..errors import EngineShutDown, ExecutionError
-from ..execute import Runtime, execute_map
-from ..plan import Plan
+from ..run.execute import Runtime, execute_map
+from ..model.plan import Plan
 from ..remote import driver
 from . import _dask_host
 from . import _dask_payload as _p

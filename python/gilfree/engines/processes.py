@@ -45,12 +45,12 @@ from bisect import bisect_left
 from typing import Any
 
 from ..errors import EngineShutDown, ExecutionError
-from ..execute import Runtime, execute_map
-from .. import transport
-from ..plan import Plan
+from ..run.execute import Runtime, execute_map
+from ..remote import transport
+from ..model.plan import Plan
 from ..remote import driver as remote
 from ..remote.messages import RemoteOptions
-from ..stages import SIGS, Skipped, Stage, stage_plan
+from ..run.stages import SIGS, Skipped, Stage, stage_plan
 from .base import Engine
 from .threads import usable_cores
 
@@ -73,7 +73,8 @@ def _signal_name(sig: int) -> str:
 def _command(module: str, entry: str) -> list[str]:
     # -c rather than -m: the package is found where the driver found it, whatever sys.path
     # the new interpreter starts with. The pool appends the descriptors and parent pid.
-    root = os.path.dirname(os.path.dirname(os.path.abspath(transport.__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
+        transport.__file__))))  # python/gilfree/remote/transport.py -> python/
     code = (f"import sys; sys.path.insert(0, {root!r}); "
             f"from gilfree.{module} import {entry}; {entry}(sys.argv[1:])")
     return [sys.executable, "-c", code]
@@ -147,9 +148,9 @@ class ProcessEngine(Engine):
             if self._pool is None:
                 from .._native import core
 
-                zygote = (_command("_zygote", "zygote_main")
+                zygote = (_command("remote.zygote", "zygote_main")
                           if self.start_method == "forkserver" else [])
-                pool = core().ProcessPool(_command("_worker", "main"), self.workers, 8,
+                pool = core().ProcessPool(_command("remote.process_worker", "main"), self.workers, 8,
                                           self.max_tasks_per_worker or 0, zygote)
                 try:
                     # The initializer travels as bytes of its own: the worker unpickles it

@@ -33,11 +33,11 @@ import os
 import threading
 from typing import Any, Callable
 
-from .._async_bridge import run_coroutine
+from ..run.async_bridge import run_coroutine
 from ..errors import EngineShutDown, ExecutionError
-from ..execute import Runtime, execute_map, execute_run, fast_row_function
-from ..plan import DUAL, FUNC, Plan
-from ..stateful import is_stateful
+from ..run.execute import Runtime, execute_map, execute_run, fast_row_function
+from ..model.plan import DUAL, FUNC, Plan
+from ..model.stateful import is_stateful
 from .base import Engine
 
 #: Blocking I/O needs threads, not cores: 200 requests of 10 ms finish in one round
@@ -281,7 +281,7 @@ class ThreadEngine(Engine):
         return self.max_workers
 
     def _items(self, rt: Runtime, plan: Plan, timeout: float | None) -> Any:
-        from ..execute_async import AsyncItems
+        from ..run.execute_async import AsyncItems
 
         limits = [s.hints["max_concurrency"] for s in plan.steps
                   if s.hints.get("max_concurrency") and s.is_async]

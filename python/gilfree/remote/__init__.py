@@ -12,5 +12,8 @@ bytes mean lives here.
                  for @stateful failures, running a batch in sub-batches, boxing results
                  and errors, the event recorder), the @stateful registry and teardown
 
-Pickling itself, the one exception box and shared memory are ``gilfree.transport``'s.
+    transport.py       pickling itself (the one pickler), the one exception box and
+                       shared memory (memfd) for large buffers
+    process_worker.py  ProcessEngine's worker main loop (socket frames, status page)
+    zygote.py          the forkserver that forks ProcessEngine's workers
 """

@@ -17,9 +17,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .. import transport
+from . import transport
 from ..errors import SerializationError
-from ..plan import DUAL
+from ..model.plan import DUAL
 from .messages import COLS, Batch, Payload, RemoteOptions, Result
 
 

@@ -47,7 +47,7 @@ class RemoteOptions:
     def runtime(self, recorder: Any = None) -> Any:
         """The worker's Runtime: the driver's policy, ``recorder`` its only callback."""
         from ..callbacks import CallbackContext
-        from ..execute import Runtime
+        from ..run.execute import Runtime
 
         ctx = None
         if recorder is not None:

@@ -26,9 +26,9 @@ from collections import OrderedDict
 from itertools import repeat
 from typing import Any, Callable
 
-from .. import transport
+from . import transport
 from ..errors import annotate
-from ..stateful import end_map, new_map
+from ..model.stateful import end_map, new_map
 from .messages import COLS, ROWS, Batch, Event, Part, Payload, RemoteOptions, Result
 
 #: Results larger than this per item are pickled in sub-batches of about SPILL_CHUNK.
@@ -254,7 +254,7 @@ class Session:
             def run(a: int, b: int) -> tuple:
                 return _map_columns(step, sources, a, b, first, collect)
             return run
-        from ..execute import execute_map_around
+        from ..run.execute import execute_map_around
 
         n = batch.size
         rows = [dict(zip(names, vals)) for vals in zip(*cols)] if cols else [{}] * n

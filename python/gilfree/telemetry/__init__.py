@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from .._lazy import lazy_names
 
 _PUBLIC = {
-    "ProgressCallback": "..progress",
+    "ProgressCallback": "..run.progress",
     "TelemetryCallback": ".tracing",
     "create_waterfall_chart": ".waterfall",
     "is_jupyter": ".environment",
@@ -23,7 +23,7 @@ _PUBLIC = {
 __all__ = ["ProgressCallback", "TelemetryCallback"]
 
 if TYPE_CHECKING:
-    from ..progress import ProgressCallback
+    from ..run.progress import ProgressCallback
     from .environment import is_jupyter
     from .tracing import TelemetryCallback
     from .waterfall import create_waterfall_chart

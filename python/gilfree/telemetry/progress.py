@@ -1,6 +1,6 @@
 """``from gilfree.telemetry.progress import ProgressCallback``, as in HyperNodes; the
 bars themselves live in ``gilfree.progress``."""
 
-from ..progress import ProgressCallback
+from ..run.progress import ProgressCallback
 
 __all__ = ["ProgressCallback"]

@@ -12,8 +12,8 @@ import pytest
 
 from gilfree import (AsyncEngine, DualNode, Pipeline, ProcessEngine, SeqEngine, ThreadEngine,
                      node, stateful)
-from gilfree.plan import compile_plan
-from gilfree.stages import compile_stages
+from gilfree.model.plan import compile_plan
+from gilfree.run.stages import compile_stages
 
 LOCAL_ENGINES = [ThreadEngine, AsyncEngine, ProcessEngine]
 

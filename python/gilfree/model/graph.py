@@ -5,7 +5,7 @@ from __future__ import annotations
 import heapq
 from typing import Any, Iterable, Sequence
 
-from .errors import CycleError, DependencyError
+from ..errors import CycleError, DependencyError
 
 
 class Graph:

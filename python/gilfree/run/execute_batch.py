@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-from .batch_formats import batch_kwargs, plain_results
-from .errors import annotate
-from .plan import Step
+from ..model.batch_formats import batch_kwargs, plain_results
+from ..errors import annotate
+from ..model.plan import Step
 from .runtime import _MISS, Runtime, _safe_signature, _set_output_sigs, _store
 
 PFor = Callable[[Callable[[int], None], int], None]

@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Awaitable, Callable
 
-from .errors import annotate
+from ..errors import annotate
 from .execute import run_step
 from .runtime import Runtime, StepCall, _store, invoke
-from .plan import PIPE, Step
+from ..model.plan import PIPE, Step
 
 #: ``offload(fn)`` runs the no-argument function ``fn`` on a thread, returns an awaitable.
 Offload = Callable[[Callable[[], Any]], Awaitable[Any]]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple
 
-from .plan import DUAL, FUNC, Plan, Step, _segments
+from ..model.plan import DUAL, FUNC, Plan, Step, _segments
 
 INLINE, THREAD, ASYNC, PROCESS = "inline", "thread", "async", "process"
 #: The key under which a remote stage's items carry their values' cache signatures to

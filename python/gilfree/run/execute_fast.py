@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from .errors import annotate
-from .plan import Plan
+from ..errors import annotate
+from ..model.plan import Plan
 from .runtime import _store, invoke
 
 

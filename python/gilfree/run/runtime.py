@@ -9,10 +9,10 @@ import warnings
 from collections import deque
 from typing import Any, Callable
 
-from ._async_bridge import run_coroutine
-from .errors import annotate
-from .hashing import hash_strings, hash_value
-from .plan import Step
+from .async_bridge import run_coroutine
+from ..errors import annotate
+from ..model.hashing import hash_strings, hash_value
+from ..model.plan import Step
 
 _MISS = object()
 

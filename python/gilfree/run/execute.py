@@ -12,12 +12,12 @@ import copy
 import time
 from typing import Any, Callable
 
-from .errors import EngineShutDown
+from ..errors import EngineShutDown
 from .execute_batch import _run_batch
 from .execute_fast import _fast_map, fast_row_function
-from .hashing import hash_strings
-from .mapping import expand_rows
-from .plan import PIPE, Plan, Step
+from ..model.hashing import hash_strings
+from ..model.mapping import expand_rows
+from ..model.plan import PIPE, Plan, Step
 from .stages import SIGS, Placement, Stage
 from .runtime import (Runtime, StepCall, _call, _sig, step_done, step_failed,
                       step_lookup)

@@ -16,7 +16,7 @@ The messages (``remote/messages.py``) and what a worker does with them (the sess
 ``remote/session.py``) are the remote layer's, shared with DaskEngine's workers; this
 module carries frames and keeps the status page current (``_StatusPage``).
 
-Started by posix_spawn (``main``) or forked by the forkserver (``_zygote.py``, which
+Started by posix_spawn (``main``) or forked by the forkserver (``zygote.py``, which
 imported all this once). argv: ``3 4 <parent pid>``: fd 3 is the socket to the driver,
 fd 4 the status page (int64 slots SLOT_*: batch id, item, step, phase, item start) that
 the driver reads if this process dies, to say which node and item it was running (and,
@@ -36,7 +36,7 @@ import traceback
 from time import monotonic_ns
 from typing import Any
 
-from .remote.session import Session, Watch, release_stateful
+from .session import Session, Watch, release_stateful
 
 #: The status page's int64 slots and phases; the driver reads them by the same names
 #: (StatusSlot and WorkerPhase in cpp/include/gilfree/process_pool.hpp).
@@ -176,10 +176,10 @@ class Worker:
 
 def _core_module() -> Any:
     try:  # the driver loaded it: this is quicker than _native's search (importlib.metadata)
-        from . import _core
+        from .. import _core
         return _core
     except ImportError:
-        from ._native import core
+        from .._native import core
 
         return core()
 

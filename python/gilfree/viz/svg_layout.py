@@ -67,7 +67,7 @@ def layout_svg(nodes: dict, clusters: dict, edges: list, orient: str = "TB",
                title: str | None = None, theme: Any = None) -> str:
     """The SVG text of the model recorded by ``visualization._DotBuilder``, in the
     colours of ``theme`` (a ``viz_themes.GraphvizTheme``; None: gilfree's own look)."""
-    from .viz_themes import resolve_theme
+    from .themes import resolve_theme
 
     theme = resolve_theme(theme)
     horizontal = orient in ("LR", "RL")

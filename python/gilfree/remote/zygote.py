@@ -3,7 +3,7 @@
 
     driver (ProcessPool)                       this process (single-threaded)
     SPAWN + two descriptors ─────────────────▶ fork; the child becomes a worker
-                                                (``_worker.main`` on fds 3 and 4)
+                                                (``process_worker.main`` on fds 3 and 4)
             ◀───────────────────────────────── SPAWNED pid (or the fork's error)
             ◀───────────────────────────────── EXITED pid + wait status, per child
     end of stream ───────────────────────────▶ exit
@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import signal
 
-from ._worker import _core_module, main
+from .process_worker import _core_module, main
 
 
 def zygote_main(argv: list[str]) -> None:
@@ -40,13 +40,18 @@ def zygote_main(argv: list[str]) -> None:
     # ~1.7 ms of its start (payload loaded in 2.2 ms, now 0.5 ms). Encoding results
     # imports engines (transport leaves engines behind), and so does a module of nodes
     # that names one: 0.4-0.6 ms of a worker's first batch.
-    from . import batch, callbacks, engines, execute, pipeline, transport  # noqa: F401
+    from ..model import batch  # noqa: F401
+    from .. import callbacks  # noqa: F401
+    from .. import engines  # noqa: F401
+    from ..run import execute  # noqa: F401
+    from ..model import pipeline  # noqa: F401
+    from . import transport  # noqa: F401
     # A worker imports the user's module of nodes, and each @node hashes its function's
     # source (inspect.getsource -> tokenize), whose first use compiles tokenize's regular
     # expressions on CPython 3.11 (3.12 tokenizes in C): 2-3 ms of every new worker's
     # start (W3's module: 2.2-3.8 ms to import, 0.5-0.8 ms once warmed). Warmed once
     # here, forked workers inherit them compiled.
-    from .node import code_hash_of
+    from ..model.node import code_hash_of
 
     code_hash_of(zygote_main)
     kinds = dict(c.FRAME_KINDS)

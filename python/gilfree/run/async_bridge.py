@@ -69,7 +69,7 @@ def run_coroutine(coro: Coroutine[Any, Any, Any]) -> Any:
     except TimeoutError:  # concurrent.futures' is the builtin since 3.11
         if fut.done():  # the coroutine's own TimeoutError
             raise
-    from ._native import core
+    from .._native import core
 
     waiting = core().begin_pool_wait()
     try:
