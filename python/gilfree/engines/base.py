@@ -23,6 +23,10 @@ from ..model.stateful import end_map, is_stateful, new_map
 class Engine:
     """Base class: ``run`` / ``map`` with cache, callbacks, error policy and retries."""
 
+    #: How the transport recognises an engine inside a payload (it pickles as None: a
+    #: worker has no use for the driver's engine) without importing this module.
+    _gilfree_engine = True
+
     #: Hints this engine honours; others get one warning per node.
     supported_hints: frozenset[str] = frozenset({"batch_size", "max_concurrency", "retries"})
     #: ``executor=`` values that describe where this engine already runs nodes.
