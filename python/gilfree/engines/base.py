@@ -97,6 +97,26 @@ class Engine:
                     self._warn_once(step.name, hint)
         for p in _plans(plan):
             p.simple = p.simple and not any(s.hints.get("retries") for s in p.steps)
+        if self.default_executor is not None:
+            for step in plan.steps:
+                if step.inner is not None:
+                    self._check_inner_executors(step, step.hints.get("executor")
+                                                or self.default_executor)
+
+    def _check_inner_executors(self, outer: Any, where: str) -> None:
+        """A nested pipeline runs whole on its own executor: a node inside it hinted
+        elsewhere is told so once (hint the nested pipeline instead)."""
+        for step in outer.inner.iter_steps():
+            want = step.hints.get("executor")
+            if want and self.executor_aliases.get(want, want) != \
+                    self.executor_aliases.get(where, where) and \
+                    (step.name, "executor") not in self._warned:
+                self._warned.add((step.name, "executor"))
+                warnings.warn(
+                    f"{type(self).__name__}: node {step.name!r} is inside nested pipeline "
+                    f"{outer.name!r}, which runs whole on {where!r}: its executor={want!r} "
+                    f"hint is not honoured (hint the nested pipeline instead: "
+                    f"as_node(..., executor={want!r}))", RuntimeWarning, stacklevel=4)
 
     def _trivially_honoured(self, hint: str, value: Any) -> bool:
         return hint == "executor" and (value in self.native_executors

@@ -375,3 +375,20 @@ def test_items_served_whole_from_the_cache_are_reported(engine_cls, tmp_path):
         assert hits == []
         p.map({"x": [1, 2, 5]}, map_over="x", engine=engine)
     assert sorted(hits) == [0, 1]  # item 2 (x=5) was new
+
+
+def test_a_hint_inside_a_nested_pipeline_is_reported_once():
+    @node(output_name="y", executor="process")
+    def hinted_inside(x):
+        return x
+
+    nested = Pipeline([hinted_inside]).as_node(name="sub")
+    with ThreadEngine() as engine, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):
+            assert Pipeline([nested]).map({"x": [1, 2]}, map_over="x",
+                                          engine=engine) == [{"y": 1}, {"y": 2}]
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1
+    assert "'hinted_inside'" in messages[0] and "'sub'" in messages[0]
+    assert "as_node(..., executor='process')" in messages[0]
