@@ -19,8 +19,8 @@ from ..model.hashing import hash_strings
 from ..model.mapping import expand_rows
 from ..model.plan import PIPE, Plan, Step
 from .stages import SIGS, Placement, Stage
-from .runtime import (Runtime, StepCall, _call, _sig, step_done, step_failed,
-                      step_lookup)
+from .runtime import (Runtime, StepCall, _call, _sig, _store, annotate, step_done,
+                      step_failed, step_lookup)
 
 __all__ = ["Runtime", "execute_map", "execute_run", "fast_row_function", "run_step",
            "step_done", "step_failed", "step_lookup"]
@@ -31,10 +31,20 @@ def run_step(step: Step, values: dict, rt: Runtime, item: int | None, sigs: dict
     """Run one step for one item, storing its outputs in ``values``. True if cached."""
     if step.kind == PIPE:
         return _run_nested(step, values, rt, item, sigs)
+    retries = step.hints.get("retries", rt.retries)
+    if not rt.tracing:
+        # No cache, no callbacks: StepCall's bookkeeping is an error note only, written
+        # out here because this runs once per item and step (~1 us less per call).
+        try:
+            _store(step, _call(step, step.func, values, retries), values)
+        except Exception as exc:
+            annotate(exc, step.name, item)
+            raise
+        return False
     with StepCall(step, values, rt, item, sigs) as call:
         if call.hit:
             return True
-        call.store(_call(step, step.func, values, step.hints.get("retries", rt.retries)))
+        call.store(_call(step, step.func, values, retries))
     call.finish()
     return False
 
