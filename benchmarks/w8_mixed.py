@@ -2,9 +2,11 @@
 pure Python) -> encode (a DualNode as in W6: 10 ms per call, batch 10 ms + 0.05 ms/item).
 
 Physical limit ~0.5 s: the parse stage on 2 cores (500 x 2 ms / 2); fetch and encode
-overlap or batch away.  Bar: within 1.2x of the best hand-tuned peer with no
-configuration.  The hand-tuned peer is stage-wise: a ThreadPoolExecutor(200) fetches,
-a multiprocessing.Pool parses in chunks, batches of 32 encode in 7 threads.
+overlap or batch away.  Bars (workloads.md): the pipeline with executor hints (fetch on
+threads, parse on processes: the "hinted" rows) <= 1.10x the hand-tuned peer; with no
+configuration (AutoEngine, not built yet) 1.00x.  The hand-tuned peer is stage-wise: a
+ThreadPoolExecutor(200) fetches, a multiprocessing.Pool parses in chunks, batches of 32
+encode in 7 threads.
 """
 
 from __future__ import annotations
