@@ -8,6 +8,7 @@ import signal
 import pytest
 
 from gilfree import engines as _engines
+from mixed_engines import CYCLES, mixed
 
 #: DaskEngine runs when dask.distributed is installed (``pip install "dask[distributed]"``).
 _HAS_DASK = importlib.util.find_spec("distributed") is not None
@@ -43,30 +44,9 @@ def dask_client():
     cluster.close(timeout=10)
 
 
-#: Mixed-executor variants: the same engines, with the top-level nodes of every pipeline
-#: spread over executors in turn (node k gets ``executor=cycle[k % len(cycle)]`` unless it
-#: has a hint), so that every contract test also runs as a map of several stages.
-MIXED = {
-    "ThreadEngine": ("process", "inline", "thread", "async"),
-    "AsyncEngine": ("process", "inline", "async"),
-    "ProcessEngine": ("thread", "process", "async", "inline"),
-}
-ENGINE_NAMES += [f"{name}+mixed" for name in MIXED if name in ENGINE_NAMES]
-
-
-def mixed(cls, cycle):
-    """``cls`` whose maps put node k of a pipeline on ``cycle[k % len(cycle)]``."""
-    class Mixed(cls):
-        def _prepare(self, plan):
-            super()._prepare(plan)
-            for k, step in enumerate(plan.steps):
-                if not step.hints.get("executor"):
-                    step.hints = {**step.hints, "executor": cycle[k % len(cycle)]}
-
-        def __repr__(self):
-            return f"{super().__repr__()}+mixed{cycle}"
-    Mixed.__name__ = cls.__name__
-    return Mixed
+# Mixed-executor variants of the local engines (mixed_engines.py): every contract test
+# also runs as a map of several stages.
+ENGINE_NAMES += [f"{name}+mixed" for name in CYCLES if name in ENGINE_NAMES]
 
 
 @pytest.fixture(params=ENGINE_NAMES)
@@ -75,7 +55,7 @@ def engine_factory(request):
     name, _, variant = request.param.partition("+")
     cls = getattr(_engines, name)
     if variant:
-        cls = mixed(cls, MIXED[name])
+        cls = mixed(cls)
     if request.param == "DaskEngine":
         cls = _shared_cluster(cls, request.getfixturevalue("dask_client"))
     made = []

@@ -44,12 +44,12 @@ from gilfree import Pipeline, node, stateful
 from gilfree.errors import ExecutionError, SerializationError
 
 ENGINE = ENGINE_NAME
+TESTS_DIR = TESTS_DIR_PATH
 #: Workers that run items in parallel (the @stateful build bound: once per worker).
 WORKERS = 1 if ENGINE in ("seq", "thread", "async") else 2
-#: "-mixed" engines spread every pipeline's top-level nodes over executors in turn (node
-#: k on MIXED[ENGINE][k % 4]): the same cases as maps of several stages.
-MIXED = {"thread-mixed": ("process", "inline", "thread", "async"),
-         "process-mixed": ("thread", "process", "async", "inline")}
+#: "-mixed" engines spread every pipeline's top-level nodes over executors in turn
+#: (tests/mixed_engines.py): the same cases as maps of several stages.
+MIXED = {"thread-mixed": "ThreadEngine", "process-mixed": "ProcessEngine"}
 if ENGINE.startswith("process"):
     from gilfree.engines import ProcessEngine
     ProcessEngine = functools.partial(
@@ -70,18 +70,11 @@ def make_engine(**options):
     if ENGINE == "dask":
         return engines.DaskEngine(**{"n_workers": 2, "threads_per_worker": 1, **options})
     if ENGINE in MIXED:
-        cycle = MIXED[ENGINE]
-        base = engines.ThreadEngine if ENGINE == "thread-mixed" else engines.ProcessEngine
-
-        class Mixed(base):
-            def _prepare(self, plan):
-                super()._prepare(plan)
-                for k, step in enumerate(plan.steps):
-                    if not step.hints.get("executor"):
-                        step.hints = {**step.hints, "executor": cycle[k % len(cycle)]}
-        if base is engines.ProcessEngine:
+        sys.path.insert(0, TESTS_DIR)
+        from mixed_engines import mixed
+        if MIXED[ENGINE] == "ProcessEngine":
             options = {"workers": 2, **options}
-        return Mixed(**options)
+        return mixed(getattr(engines, MIXED[ENGINE]))(**options)
     raise ValueError(ENGINE)
 
 
@@ -111,6 +104,8 @@ def _start(code: str, engine_name: str, env: dict | None = None) -> subprocess.P
     body = textwrap.indent(textwrap.dedent(code), "    ")
     with tempfile.NamedTemporaryFile("w", suffix="_case.py", delete=False) as f:
         f.write(PRELUDE.replace("ENGINE_NAME", repr(engine_name))
+                .replace("TESTS_DIR_PATH", repr(os.path.dirname(os.path.dirname(
+                    os.path.abspath(__file__)))))
                 + '\nif __name__ == "__main__":\n' + body + "\n")
     proc = subprocess.Popen([sys.executable, f.name], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True,
