@@ -93,7 +93,7 @@ class Engine:
             if extra:
                 step.hints = {**step.hints, **extra}
             for hint, value in step.hints.items():
-                if hint not in self.supported_hints and not self._trivially_honoured(hint, value):
+                if not self._honours(step, hint, value, top=step in plan.steps):
                     self._warn_once(step.name, hint)
         for p in _plans(plan):
             p.simple = p.simple and not any(s.hints.get("retries") for s in p.steps)
@@ -117,6 +117,13 @@ class Engine:
                     f"{outer.name!r}, which runs whole on {where!r}: its executor={want!r} "
                     f"hint is not honoured (hint the nested pipeline instead: "
                     f"as_node(..., executor={want!r}))", RuntimeWarning, stacklevel=4)
+
+    def _honours(self, step: Any, hint: str, value: Any, top: bool) -> bool:
+        if hint == "max_concurrency" and top and self.default_executor is not None:
+            # A lock in this process bounds calls made here (threads, the loop, inline),
+            # not calls in worker processes.
+            return (step.hints.get("executor") or self.default_executor) != PROCESS
+        return hint in self.supported_hints or self._trivially_honoured(hint, value)
 
     def _trivially_honoured(self, hint: str, value: Any) -> bool:
         return hint == "executor" and (value in self.native_executors

@@ -195,6 +195,14 @@ class ProcessEngine(Engine):
         super().shutdown()
 
     # -- where items run --------------------------------------------------------------
+    def _prepare(self, plan: Plan) -> None:
+        super()._prepare(plan)
+        from .threads import limit_concurrency
+
+        for step in plan.steps:  # nodes hinted to run here, on threads or the loop
+            if step.hints.get("executor") in ("thread", "async", "inline"):
+                limit_concurrency(step)
+
     def _execute_map(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime) -> list:
         if not rows:
             return execute_map(plan, base, rows, rt)

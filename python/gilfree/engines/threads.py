@@ -119,6 +119,19 @@ def _limited(func: Callable, sem: threading.BoundedSemaphore, is_async: bool) ->
     return call
 
 
+def limit_concurrency(step: Any) -> None:
+    """Honour a step's ``max_concurrency`` hint in this process: its calls (a DualNode's
+    batch calls) hold a semaphore of that size."""
+    limit = step.hints.get("max_concurrency")
+    if limit and step.kind in (FUNC, DUAL):
+        sem = threading.BoundedSemaphore(limit)
+        if step.kind == DUAL:
+            step.batch = _limited(step.batch, sem, False)
+        else:
+            step.func = _limited(step.func, sem, step.is_async)
+            step.is_async = False
+
+
 class ThreadEngine(Engine):
     """Runs map items (and independent nodes of a run) on native threads.
 
@@ -345,16 +358,8 @@ class ThreadEngine(Engine):
     def _prepare(self, plan: Plan) -> None:
         super()._prepare(plan)
         for step in plan.iter_steps():
-            limit = step.hints.get("max_concurrency")
-            if step.hints.get("executor") == "process":
-                continue  # its calls run in worker processes: no lock of ours reaches them
-            if limit and step.kind in (FUNC, DUAL):
-                sem = threading.BoundedSemaphore(limit)
-                if step.kind == DUAL:
-                    step.batch = _limited(step.batch, sem, False)
-                else:
-                    step.func = _limited(step.func, sem, step.is_async)
-                    step.is_async = False
+            if step.hints.get("executor") != "process":  # (no lock of ours reaches those)
+                limit_concurrency(step)
 
     def _scoped(self, values: dict) -> dict:
         if self.stateful != "per_thread":

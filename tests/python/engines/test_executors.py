@@ -392,3 +392,36 @@ def test_a_hint_inside_a_nested_pipeline_is_reported_once():
     assert len(messages) == 1
     assert "'hinted_inside'" in messages[0] and "'sub'" in messages[0]
     assert "as_node(..., executor='process')" in messages[0]
+
+
+def test_max_concurrency_bounds_a_thread_node_in_a_process_engine_map():
+    running, peak, lock = [0], [0], threading.Lock()
+
+    @node(output_name="y", executor="thread", max_concurrency=2)
+    def limited(x):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.02)
+        with lock:
+            running[0] -= 1
+        return x
+
+    with ProcessEngine() as engine, warnings.catch_warnings():
+        warnings.simplefilter("error")  # honoured: no "cannot honour" warning
+        out = Pipeline([limited]).map({"x": list(range(12))}, map_over="x", engine=engine)
+    assert [r["y"] for r in out] == list(range(12))
+    assert peak[0] == 2
+
+
+def test_max_concurrency_of_a_node_in_worker_processes_is_reported():
+    @node(output_name="y", executor="process", max_concurrency=1)
+    def elsewhere(x):
+        return x
+
+    with ThreadEngine() as engine, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Pipeline([elsewhere]).map({"x": [1, 2]}, map_over="x", engine=engine)
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1 and "'max_concurrency'" in messages[0]
+    assert "'elsewhere'" in messages[0]
