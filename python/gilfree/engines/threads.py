@@ -36,6 +36,7 @@ from typing import Any, Callable
 from ..run.async_bridge import run_coroutine
 from ..errors import EngineShutDown, ExecutionError
 from ..run.execute import Runtime, execute_map, execute_run, fast_row_function
+from ..run.execute_fast import untraced
 from ..model.plan import DUAL, FUNC, Plan
 from ..model.stateful import is_stateful
 from .base import Engine
@@ -392,7 +393,7 @@ class ThreadEngine(Engine):
             # through the engine's event loop, their calls to the pool (as AsyncEngine).
             return execute_map(plan, base, rows, rt, pfor=self._pfor(rt),
                                async_items=self._items(rt, plan, timeout))
-        if not rt.tracing and plan.simple and not rt.retries:
+        if untraced(plan, rt):
             pool = self.pool
             try:
                 out = pool.map(fast_row_function(plan, base), list(enumerate(rows)),

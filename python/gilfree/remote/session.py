@@ -23,12 +23,11 @@ from __future__ import annotations
 import threading
 import traceback
 from collections import OrderedDict
-from itertools import repeat
 from typing import Any, Callable
 
 from . import transport
-from ..errors import annotate
 from ..model.stateful import end_map, new_map
+from ..run.execute_fast import column_sources, column_step, map_columns
 from .messages import COLS, ROWS, Batch, Event, Part, Payload, RemoteOptions, Result
 
 #: Results larger than this per item are pickled in sub-batches of about SPILL_CHUNK.
@@ -112,7 +111,7 @@ class _Loaded:
 
     def __init__(self, payload: Payload | None, error: BaseException | None = None):
         self.plan, self.base, self.options = payload if payload else (None, None, None)
-        self.column_step = _column_step(self.plan, self.options) if payload else None
+        self.column_step = column_step(self.plan, self.options) if payload else None
         self.error = error
 
 
@@ -247,7 +246,7 @@ class Session:
         plan, base, options = loaded.plan, loaded.base, loaded.options
         step, first, names, cols, failed = (loaded.column_step, batch.first, batch.names,
                                             batch.cols, batch.failed)
-        sources = _sources(step, base, names, cols) if step and not failed else None
+        sources = column_sources(step, base, names, cols) if step and not failed else None
         if sources is not None:
             collect = options.collect
 
@@ -272,54 +271,9 @@ class Session:
 
 
 # -- the column path and result encoding ----------------------------------------------
-def _column_step(plan: Any, options: RemoteOptions) -> Any:
-    """The step of a plan that the column path can run: one plain function called with
-    positional arguments, one output, no cache, callbacks or retries (W4's and W5's
-    shape). The whole sub-batch is then ``map(f, column, ..., repeat(constant))``: no
-    dict per item, no per-item interpreter loop."""
-    if options.cache is not None or options.events or options.retries or not plan.simple:
-        return None
-    if len(plan.steps) != 1:
-        return None
-    step = plan.steps[0]
-    if step.nargs < 1 or step.multi or plan.outputs != [step.out0]:
-        return None
-    return step
-
-
-def _sources(step: Any, base: dict, names: list, cols: list) -> list | None:
-    """Per argument: its column (mapped input) or its constant (broadcast input)."""
-    out = []
-    for arg in step.args:
-        if arg in names:
-            out.append((True, cols[names.index(arg)]))
-        elif arg in base:
-            out.append((False, base[arg]))
-        else:
-            return None
-    return out
-
-
 def _map_columns(step: Any, sources: list, a: int, b: int, first: int,
                  collect: bool) -> tuple:
-    func = step.func
-    out: list = []
-    k = a
-    failed = False
-    while k < b:
-        its = [value[k:b] if is_col else repeat(value, b - k) for is_col, value in sources]
-        before = len(out)
-        try:
-            out.extend(map(func, *its))  # items done before a failure stay in `out`
-            break
-        except Exception as exc:
-            k += len(out) - before
-            annotate(exc, step.name, first + k)
-            if not collect:
-                raise
-            out.append(exc)
-            failed = True
-            k += 1
+    out, failed = map_columns(step, sources, a, b, first, collect)
     if not failed:
         return (COLS, [out])
     o = step.out0

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from ..errors import EngineShutDown
 from .execute_batch import _run_batch
-from .execute_fast import _fast_map, fast_row_function
+from .execute_fast import _fast_map, fast_row_function, untraced
 from ..model.hashing import hash_strings
 from ..model.mapping import expand_rows
 from ..model.plan import PIPE, Plan, Step
@@ -176,8 +176,7 @@ def execute_map(plan: Plan, base: dict, rows: list[dict], rt: Runtime, *,
     """
     if collect is None:
         collect = rt.collect
-    if (pfor is None and stages is None and not rt.tracing and plan.simple
-            and not rt.retries):
+    if pfor is None and stages is None and untraced(plan, rt):
         return _fast_map(plan, base, rows, collect, first_index)
     if stages is None:
         shared = Placement(pfor, async_items)
