@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import sys
 from typing import Any, Callable
 
@@ -47,10 +46,7 @@ class DualNode(Outputs):
                 break
         self.name = raw
         self.hints = validate_hints(f"DualNode {self.name!r}", hints)
-        self.root_args, self.defaults = signature_info(singular)
-        params = inspect.signature(singular).parameters.values()
-        self.keyword_only = frozenset(p.name for p in params if p.kind is p.KEYWORD_ONLY)
-        self.positional_only = tuple(p.name for p in params if p.kind is p.POSITIONAL_ONLY)
+        self._read_signature(singular)
         _refuse_blocked_pyarrow()
         batch_args, batch_defaults = signature_info(batch)
         # Which batch parameter gets which input, and in what format (list, pyarrow,

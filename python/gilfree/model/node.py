@@ -134,6 +134,14 @@ class Outputs:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.func(*args, **kwargs)
 
+    def _read_signature(self, func: Callable) -> None:
+        """The inputs the node takes (``root_args``), their defaults, and which of them
+        must be passed by keyword or by position (plan.py calls accordingly)."""
+        self.root_args, self.defaults = signature_info(func)
+        params = inspect.signature(func).parameters.values()
+        self.keyword_only = frozenset(p.name for p in params if p.kind is p.KEYWORD_ONLY)
+        self.positional_only = tuple(p.name for p in params if p.kind is p.POSITIONAL_ONLY)
+
 
 class Node(Outputs):
     """A function with an output name (or several) and execution hints."""
@@ -168,10 +176,7 @@ class Node(Outputs):
         self.output_name = output_name
         self.cache = cache
         self.hints = validate_hints(f"node {self.name!r}", hints)
-        self.root_args, self.defaults = signature_info(func)
-        params = inspect.signature(func).parameters.values()
-        self.keyword_only = frozenset(p.name for p in params if p.kind is p.KEYWORD_ONLY)
-        self.positional_only = tuple(p.name for p in params if p.kind is p.POSITIONAL_ONLY)
+        self._read_signature(func)
         self.is_async = inspect.iscoroutinefunction(func) or (
             not _is_plain_function(func) and not isinstance(func, functools.partial)
             and inspect.iscoroutinefunction(getattr(type(func), "__call__", None)))
