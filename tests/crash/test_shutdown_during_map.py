@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from crash_helpers import ALL
+from crash_helpers import ALL, ASYNC, THREAD, THREAD_MIXED
 
 
 @pytest.mark.parametrize("engine_name", ALL)
@@ -102,6 +102,60 @@ def test_shutdown_during_a_collect_map_with_callbacks_ends_every_item(run_case, 
     assert "error" not in res, res  # "collect": the map itself does not raise
     out = res["out"]
     assert len(out) == 20
+    for i, r in enumerate(out):
+        if r != i:
+            assert r.startswith("EngineShutDown: ") and "during" in r, (i, r)
+
+
+@pytest.mark.parametrize("engine_name", [THREAD, ASYNC, THREAD_MIXED])
+def test_shutdown_during_a_batch_step_under_collect_ends_every_item(run_case, engine_name,
+                                                                   tmp_path):
+    # A DualNode's batches run as pool tasks; a shutdown while they wait for a thread
+    # must end the map with every item as its result or an EngineShutDown, as for
+    # per-item steps (it raised for the whole map).
+    rc, res, err = run_case(f"""
+        from gilfree import DualNode, PipelineCallback
+        STARTED = {str(tmp_path / "started")!r}
+
+        def one(x):
+            return x
+
+        def batch(x):
+            with open(STARTED, "a") as f:
+                f.write("1\\n")
+            time.sleep(0.2)
+            return list(x)
+
+        engine = make_engine(on_error="collect", callbacks=[PipelineCallback()],
+                             batch_size=2, max_workers=2)
+        p = Pipeline([DualNode("y", one, batch)])
+        p.map({{"x": [0]}}, map_over="x", engine=engine)
+        os.unlink(STARTED)
+        result = {{}}
+
+        def mapper():
+            try:
+                out = p.map({{"x": list(range(20))}}, map_over="x", engine=engine)
+                result["out"] = [r["y"] if isinstance(r, dict) else
+                                 f"{{type(r).__name__}}: {{r}}" for r in out]
+            except BaseException as exc:
+                result["error"] = f"{{type(exc).__name__}}: {{exc}}"
+
+        t = threading.Thread(target=mapper)
+        t.start()
+        deadline = time.monotonic() + 30
+        while not os.path.exists(STARTED) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        engine.shutdown()
+        t.join(60)
+        report(hung=t.is_alive(), **result)
+    """, timeout=90)
+    assert rc == 0, err
+    assert not res["hung"], res
+    assert "error" not in res, res
+    out = res["out"]
+    assert len(out) == 20
+    assert any(r != i for i, r in enumerate(out)), out  # the shutdown came mid-map
     for i, r in enumerate(out):
         if r != i:
             assert r.startswith("EngineShutDown: ") and "during" in r, (i, r)

@@ -264,27 +264,28 @@ def execute_map(plan: Plan, base: dict, rows: list[dict], rt: Runtime, *,
             for i in range(n):
                 start(i, rt)
         for kind, payload, (run_on, async_on, remote) in segments:
-            if remote is not None:
-                remote(values, sigs, failed, cached, collect)
-                for i in range(n):
-                    passed[i] += 1
-            elif kind == "batch":
-                _run_batch(payload, values, sigs, failed, cached, varying, base, rt,
-                           collect, first_index, run_on or _serial_pfor)
-            elif async_on is not None:
-                async_on.run(payload, n, values, sigs, failed, cached, first_index,
-                             start if interleave else None,
-                             finish if interleave else None, collect)
-                rt.flush()
-            else:
-                try:
+            try:
+                if remote is not None:
+                    remote(values, sigs, failed, cached, collect)
+                elif kind == "batch":
+                    _run_batch(payload, values, sigs, failed, cached, varying, base, rt,
+                               collect, first_index, run_on or _serial_pfor)
+                elif async_on is not None:
+                    async_on.run(payload, n, values, sigs, failed, cached, first_index,
+                                 start if interleave else None,
+                                 finish if interleave else None, collect)
+                else:
                     (run_on or _serial_pfor)(items_task(payload, run_on is not None), n)
-                except EngineShutDown as exc:
-                    if not collect:
-                        raise
-                    _fail_unfinished(exc, failed, passed, len(segments), first_index)
-                    break
+                    continue  # items_task counted the items that got through
+            except EngineShutDown as exc:
+                if not collect:
+                    raise
+                _fail_unfinished(exc, failed, passed, len(segments), first_index)
+                break
+            finally:
                 rt.flush()
+            for i in range(n):
+                passed[i] += 1
         if not interleave:
             for i in range(n):
                 finish(i, rt)
