@@ -317,3 +317,23 @@ def test_ctrl_c_interrupts_a_map_promptly(engine_name, node_kind):
         proc.wait(timeout=10)
     finally:
         proc.kill()
+
+
+def test_async_engine_caps_sync_items_at_max_concurrency():
+    # Only sync nodes: the items may go to the pool directly, but a cap below the pool's
+    # size is still the cap.
+    active, peak, lock = [0], [0], threading.Lock()
+
+    @node(output_name="y")
+    def work(x):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.01)
+        with lock:
+            active[0] -= 1
+        return x
+
+    with AsyncEngine(max_concurrency=3) as engine:
+        out = Pipeline([work]).map({"x": list(range(30))}, map_over="x", engine=engine)
+    assert out == [{"y": i} for i in range(30)] and peak[0] == 3
