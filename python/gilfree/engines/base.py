@@ -166,11 +166,7 @@ class Engine:
         threads = self._lend(THREAD)
         if where == THREAD and timeout is None:
             return Placement(pfor=threads._pfor(rt))
-        return Placement(pfor=threads._pfor(rt),
-                         async_items=self._loop_items(threads, rt, plan, timeout))
-
-    def _loop_items(self, threads: Any, rt: Runtime, plan: Plan, timeout: float | None) -> Any:
-        return threads._items(rt, plan, timeout)
+        return Placement(pfor=threads._pfor(rt), async_items=threads._items(rt, plan, timeout))
 
     def _staged_map(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime,
                     stages: list[Stage], remote_base: dict | None = None) -> list:
