@@ -1,0 +1,189 @@
+// gilfree::FlowScheduler: moves the items of a streaming map between stages, in plain C++.
+//
+// Who calls what, from which thread, and who holds the GIL ("lock" below: the caller's
+// lock, which the binding makes the GIL; a test host has none)
+//
+//   the driver thread (Python: imap's     FlowScheduler                 executor threads
+//   consumer; holds the GIL)              (state under mu_ + cv_)       (pool workers, the
+//                                                                        loop, inline code)
+//   next(host) ──────────────────────────▶ plan under mu_, then with mu_ released:
+//   host.pull(k) -> (n, exhausted) ◀────── room for k more items: ids pulled..pulled+n-1
+//                                          enter stage 0's queue
+//   host.dispatch(stage, ids) ◀─────────── ids may start on `stage` (capacity, batch rules)
+//                                          ──▶ the executor runs them ──▶ done(stage, ids,
+//                                          ◀────────────────────────────── failed) [any
+//                                          thread, any lock: takes mu_ only, briefly]
+//                                          done: into stage+1's queue if it has room, else
+//                                          parked (still counts against stage's capacity);
+//                                          last stage or failed: to the exit
+//   host.unlocked(wait) ◀───────────────── nothing to do: wait on cv_ (lock released) until
+//                                          a done()/close(), the earliest linger deadline
+//                                          or one tick (50 ms)
+//   host.check_interrupt() ◀────────────── after each wait; true: close, FlowInterrupted
+//   ◀── [(id, failed), ...] ────────────── items that may leave (input order if ordered)
+//   close() [any thread] ─────────────────▶ next() returns [] from then on; done() ignored
+//
+// Locks: mu_ is never held while calling the host (pull, dispatch and check_interrupt
+// run Python; an executor may call done() from inside dispatch, on the same thread) and
+// never held while taking the caller's lock: wait() releases mu_ before it returns, and
+// the host takes its lock back afterwards. So done() may be called with the GIL held.
+//
+// Why a hand-written state machine and not oneTBB's flow::graph (async_node, limiter_node,
+// sequencer_node): every step that touches Python (reading the input, starting items on
+// an executor) must run in the driver thread with the GIL, and TBB's worker threads must
+// never wait for the GIL; in a graph those steps are node bodies that TBB runs on its
+// workers. What is left for a graph to do is a few counter updates per item, which cost
+// less than handing a message to a TBB worker. The rest of the contract has no graph
+// node either: items parked at a full stage while still holding its capacity, a batch
+// sent on a linger deadline, Ctrl-C checks every 50 ms while the driver waits. One mutex
+// and one condition variable give all of it with no thread of its own, and the tests can
+// drive it step by step.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <set>
+#include <stdexcept>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+namespace gilfree {
+
+struct FlowStage {
+    std::size_t capacity = 1;     // items (batch_size <= 1) or batches in flight, >= 1
+    std::size_t queue_bound = 1;  // items waiting in the stage's queue, >= 1
+    std::size_t batch_size = 1;   // > 1: a batch stage
+    double linger_s = 0;          // batch stage: send a partial batch after this wait
+};
+
+// What next() needs from its caller; called only in the thread that called next().
+class FlowHost {
+public:
+    virtual ~FlowHost() = default;
+    // Read up to k (>= 1) more items; returns (n_read <= k, input exhausted).
+    virtual std::pair<std::size_t, bool> pull(std::size_t k) = 0;
+    // Start `ids` on `stage`; must return quickly (done() may be called from inside).
+    virtual void dispatch(std::size_t stage, const std::vector<std::uint64_t>& ids) = 0;
+    // After each wait: true means stop now (Ctrl-C); next() closes the flow and throws
+    // FlowInterrupted.
+    virtual bool check_interrupt() { return false; }
+    // Runs `wait` (it blocks up to one tick) with the caller's lock released.
+    virtual void unlocked(const std::function<void()>& wait) { wait(); }
+};
+
+// Thrown by next() when host.check_interrupt() said stop; the flow is closed.
+class FlowInterrupted : public std::runtime_error {
+public:
+    FlowInterrupted() : std::runtime_error("flow interrupted") {}
+};
+
+struct FlowStageStats {
+    std::size_t queued = 0;      // waiting in the stage's queue
+    std::size_t in_flight = 0;   // dispatched, done() not yet called
+    std::size_t parked = 0;      // done, waiting for room in the next stage's queue
+    std::size_t busy = 0;        // capacity used: items (or batches) in flight or parked
+    std::size_t done_total = 0;  // done() calls for items of this stage, failed included
+};
+
+struct FlowStats {
+    std::uint64_t pulled = 0;
+    std::uint64_t left = 0;
+    bool exhausted = false;
+    bool closed = false;
+    std::vector<FlowStageStats> stages;
+};
+
+class FlowScheduler {
+public:
+    using Exit = std::pair<std::uint64_t, bool>;  // (id, failed)
+
+    // Throws std::invalid_argument for a capacity, queue bound or read_ahead of 0.
+    FlowScheduler(std::vector<FlowStage> stages, std::size_t read_ahead, bool ordered,
+                  std::chrono::nanoseconds tick = std::chrono::milliseconds(50));
+
+    // Runs the flow in the calling thread until at least one item can leave; returns
+    // every item that can leave now. Empty: the end (input exhausted, every pulled item
+    // left) or the flow is closed. An exception from the host closes the flow and
+    // propagates. One driver at a time: a second next() meanwhile (another thread, or
+    // from inside pull/dispatch) throws std::logic_error and changes nothing.
+    std::vector<Exit> next(FlowHost& host);
+
+    // Thread-safe. Items `ids` finished on `stage`; failed[i] says whether ids[i] failed
+    // (empty `failed`: none did). Ignored once closed. Throws std::invalid_argument
+    // (nothing applied) for an id that is not in flight on `stage`.
+    void done(std::size_t stage, const std::vector<std::uint64_t>& ids,
+              const std::vector<bool>& failed);
+
+    // Thread-safe, idempotent: next() returns [] from then on, the host is not called
+    // again (a call already running finishes), later done() calls are ignored.
+    void close();
+
+    FlowStats stats() const;
+
+private:
+    using Clock = std::chrono::steady_clock;
+    enum class Where : std::uint8_t { queued, in_flight, parked };
+    struct Item {
+        std::size_t stage = 0;
+        Where where = Where::queued;
+        std::uint64_t unit = 0;  // batch stage: the batch it was dispatched in
+    };
+    struct Queued {
+        std::uint64_t id;
+        Clock::time_point since;
+    };
+    struct Stage {
+        FlowStage cfg;
+        Clock::duration linger{};
+        std::deque<Queued> queue;
+        std::set<std::uint64_t> parked;  // lowest id first: ordered exits come sooner
+        std::size_t in_flight = 0;       // items
+        std::size_t busy = 0;            // capacity units (items or batches)
+        std::size_t done_total = 0;
+        std::unordered_map<std::uint64_t, std::size_t> unit_left;  // batch -> items on stage
+        bool batched() const { return cfg.batch_size > 1; }
+    };
+    struct Dispatch {
+        std::size_t stage;
+        std::vector<std::uint64_t> ids;
+    };
+
+    // All with mu_ held.
+    void enter(std::uint64_t id, Item& item, std::size_t stage, Clock::time_point now);
+    void leave_stage(Item& item);
+    void finish(std::uint64_t id, bool failed);
+    void move_parked(std::size_t stage, Clock::time_point now);
+    void dispatch_ready(std::size_t k, Clock::time_point now, std::vector<Dispatch>& out);
+    bool upstream_empty(std::size_t k) const;
+    std::size_t pull_room() const;
+    std::vector<Exit> take_exits();
+    Clock::time_point wake_at(Clock::time_point now) const;
+    bool is_closed() const;  // takes mu_
+
+    std::vector<Stage> stages_;
+    const std::size_t read_ahead_;
+    const bool ordered_;
+    const std::chrono::nanoseconds tick_;
+
+    mutable std::mutex mu_;
+    std::condition_variable cv_;
+    std::uint64_t events_ = 0;  // done()/close() calls, for the waiter
+    std::unordered_map<std::uint64_t, Item> items_;  // pulled, not finished
+    std::uint64_t pulled_ = 0, left_ = 0, next_unit_ = 0;
+    bool exhausted_ = false, closed_ = false;
+    bool driving_ = false;  // a next() is running
+    // Finished, not yet returned: ordered, id -> failed (released from next_exit_ up);
+    // unordered, in completion order.
+    std::map<std::uint64_t, bool> finished_sorted_;
+    std::deque<Exit> finished_fifo_;
+    std::uint64_t next_exit_ = 0;
+};
+
+}  // namespace gilfree
