@@ -8,5 +8,6 @@ namespace gilfree::bindings {
 void bind_info(pybind11::module_& m);
 void bind_thread_pool(pybind11::module_& m);
 void bind_process_pool(pybind11::module_& m);
+void bind_flow(pybind11::module_& m);
 
 }  // namespace gilfree::bindings

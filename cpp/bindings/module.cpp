@@ -2,8 +2,9 @@
 #include "bindings.hpp"
 
 PYBIND11_MODULE(_core, m) {
-    m.doc() = "gilfree native core: thread pool, process pool and runtime information.";
+    m.doc() = "gilfree native core: thread pool, process pool, flow scheduler and runtime information.";
     gilfree::bindings::bind_info(m);
     gilfree::bindings::bind_thread_pool(m);
     gilfree::bindings::bind_process_pool(m);
+    gilfree::bindings::bind_flow(m);
 }

@@ -175,3 +175,38 @@ class Channel:
         """(kind, id, key, body, fds) or None at end of stream. Releases the GIL."""
     def send(self, kind: int, id: int, key: bytes, body: bytes, fds: list[int]) -> None:
         """Send one frame; closes `fds` afterwards. Releases the GIL."""
+
+class Flow:
+    """The streaming map's flow scheduler (cpp/src/flow.cpp): moves integer item ids
+    between stages; it never runs nodes. `stages`: one (capacity, queue_bound,
+    batch_size, linger_s) per stage in order; capacity counts items in flight, or
+    batches for batch_size > 1 (a batch goes when full, when its oldest item waited
+    linger_s, or when no more items can reach the stage). `read_ahead` (>= 1): the most
+    items pulled and not yet returned by next(). `ordered`: items leave in input order.
+    Ids are given by the flow, consecutive from 0 in the order pull reads them."""
+
+    def __init__(self, stages: list[tuple[int, int, int, float]], read_ahead: int,
+                 ordered: bool = True) -> None: ...
+    def next(
+        self,
+        pull: Callable[[int], tuple[int, bool]],
+        dispatch: Callable[[int, list[int]], object],
+    ) -> list[tuple[int, bool]]:
+        """Run the flow in this thread until at least one item can leave; return every
+        item that can leave now as (id, failed). [] at the end (input exhausted, every
+        pulled item returned) or once closed. pull(k) reads up to k items, returns
+        (n_read, exhausted); dispatch(stage, ids) starts ids on a stage and must return
+        quickly (it may call done). Waits without the GIL; Ctrl-C raises
+        KeyboardInterrupt within one 50 ms tick. An exception from pull, dispatch or
+        Ctrl-C closes the flow. One caller at a time (RuntimeError otherwise)."""
+    def done(self, stage: int, ids: list[int], failed: list[bool] = []) -> None:
+        """Thread-safe. ids finished on `stage` (failed[i]: ids[i] failed and skips the
+        remaining stages). A finished item waits at its stage, holding its capacity,
+        while the next stage's queue is full. Ignored once closed; ValueError for an id
+        not in flight on `stage`."""
+    def close(self) -> None:
+        """Thread-safe, idempotent: next() returns [] from then on, pull/dispatch are not
+        called again, later done() calls are ignored."""
+    def stats(self) -> dict[str, Any]:
+        """pulled, left, exhausted, closed, and stages: per stage a dict of queued,
+        in_flight, parked, busy (capacity used) and done_total."""
