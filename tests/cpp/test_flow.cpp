@@ -239,6 +239,7 @@ void test_backpressure_queue_bounds() {
         if (k == 0) flow.done(0, ids, {});
     };
     host.interrupt = [&] { return host.waits >= 5; };
+    host.before_wait = [&] { CHECK(host.waits <= 10); };  // an ignored interrupt fails here
     bool interrupted = false;
     try {
         flow.next(host);
@@ -258,6 +259,7 @@ void test_backpressure_read_ahead() {
     FlowScheduler flow({stage(100, 100)}, 5, false, kTick);
     Host host;
     host.interrupt = [&] { return host.waits >= 5; };
+    host.before_wait = [&] { CHECK(host.waits <= 10); };
     try {
         flow.next(host);
         CHECK(!"next() returned");
@@ -313,11 +315,16 @@ std::vector<std::size_t> sizes_on(const Host& host, std::size_t stage) {
     return out;
 }
 
-// Full batches, then the final partial batch at the end of input (the linger is far off).
+// Full batches, then the final partial batch at the end of input (the linger is far off);
+// the source gives one item per pull, so a batch sent before it is full would show.
 void test_batch_full_and_final_partial() {
     FlowScheduler flow({stage(1, 16, 4, 1000.0)}, 100, true, kTick);
     Host host;
-    host.total = 10;
+    host.on_pull = [&](std::size_t) -> std::pair<std::size_t, bool> {  // one item a pull
+        CHECK(host.given < 10);
+        ++host.given;
+        return {1, host.given == 10};
+    };
     host.on_dispatch = [&](std::size_t k, const Ids& ids) {
         CHECK(flow.stats().stages[0].busy == 1);  // one batch in flight at a time
         flow.done(k, ids, {});
@@ -365,7 +372,7 @@ void test_batch_linger() {
         CHECK(!flow.stats().exhausted);  // sent before the end of input: the linger did it
         flow.done(k, ids, {});
     };
-    host.interrupt = [&] { return std::chrono::steady_clock::now() > host.deadline; };
+    host.deadline = std::chrono::steady_clock::now() + 10s;  // 500x the linger
     CHECK(drain(flow, host).size() == 3);
     CHECK((sizes_on(host, 0) == std::vector<std::size_t>{3}));
 }
@@ -415,21 +422,24 @@ void test_close_mid_run() {
     CHECK(st.closed && st.left == 0 && st.stages[0].in_flight == 2);
 }
 
-// close() from inside dispatch (an executor giving up): no further host call.
+// close() from inside dispatch (an executor giving up), in a round that has one more
+// dispatch planned: no further host call.
 void test_close_from_dispatch() {
     FlowScheduler flow({stage(1, 1), stage(1, 1)}, 4, true, kTick);
     Host host;
-    host.total = 10;
-    host.on_dispatch = [&](std::size_t k, const Ids& ids) {
-        if (host.dispatched.size() == 3) flow.close();
-        else flow.done(k, ids, {});
+    // Item 0 finishes stage 0 during the first wait; the next round then starts 0 on
+    // stage 1 and 1 on stage 0, and the first of those two dispatches closes the flow.
+    host.before_wait = [&] {
+        CHECK(host.waits == 1);
+        flow.done(0, {0}, {});
     };
-    Exits all = drain(flow, host);
-    CHECK(host.dispatched.size() == 3);
-    const std::size_t pulls = host.pulls.size();
+    host.on_dispatch = [&](std::size_t k, const Ids&) {
+        if (k == 1) flow.close();
+    };
     CHECK(flow.next(host).empty());
-    CHECK(host.pulls.size() == pulls && host.dispatched.size() == 3);
-    CHECK(all.size() <= 1);
+    CHECK((host.dispatched == std::vector<std::pair<std::size_t, Ids>>{{0, {0}}, {1, {0}}}));
+    CHECK(flow.next(host).empty());
+    CHECK(host.pulls.size() == 2 && host.dispatched.size() == 2);
 }
 
 void test_check_interrupt_stops_next() {
@@ -437,6 +447,7 @@ void test_check_interrupt_stops_next() {
     Host host;
     int checks = 0;
     host.interrupt = [&] { return ++checks == 3; };
+    host.before_wait = [&] { CHECK(host.waits <= 10); };  // an ignored interrupt fails here
     bool interrupted = false;
     try {
         flow.next(host);
@@ -493,9 +504,9 @@ void test_host_exceptions_close_the_flow() {
 
 // done() for an item not in flight on that stage is refused and changes nothing.
 void test_done_rejects_unknown_items() {
-    FlowScheduler flow2({stage(2, 2), stage(2, 2)}, 4, true, kTick);
+    FlowScheduler flow2({stage(1, 2), stage(2, 2)}, 4, true, kTick);
     Host host2;
-    host2.total = 2;
+    host2.total = 2;  // 0 in flight on stage 0, 1 queued there
     host2.before_wait = [&] {
         auto bad = [&](std::size_t k, const Ids& ids, std::vector<bool> failed) {
             try {
@@ -506,11 +517,12 @@ void test_done_rejects_unknown_items() {
             return false;
         };
         CHECK(bad(0, {0, 7}, {}));            // 7 was never pulled; 0 must not move
+        CHECK(bad(0, {1}, {}));               // queued, not dispatched
         CHECK(bad(1, {0}, {}));               // wrong stage
         CHECK(bad(0, {0, 0}, {}));            // twice in one call
         CHECK(bad(0, {0}, {true, false}));    // flags do not match
         CHECK(bad(5, {0}, {}));               // no such stage
-        CHECK(flow2.stats().stages[0].in_flight == 2);
+        CHECK(flow2.stats().stages[0].in_flight == 1 && flow2.stats().stages[0].queued == 1);
         flow2.close();
     };
     CHECK(flow2.next(host2).empty());
@@ -563,8 +575,8 @@ void test_no_stages() {
 
 }  // namespace
 
-int main() {
-    return test_support::run_tests({
+int main(int argc, char** argv) {
+    std::vector<test_support::NamedTest> tests({
         {"stress_ordered", test_stress_ordered},
         {"stress_unordered", test_stress_unordered},
         {"backpressure_queue_bounds", test_backpressure_queue_bounds},
@@ -585,4 +597,13 @@ int main() {
         {"invalid_config", test_invalid_config},
         {"no_stages", test_no_stages},
     });
+    if (argc > 1)  // test_flow NAME...: only those
+        tests.erase(std::remove_if(tests.begin(), tests.end(),
+                                   [&](const test_support::NamedTest& t) {
+                                       return std::find_if(argv + 1, argv + argc, [&](char* a) {
+                                                  return std::string(a) == t.first;
+                                              }) == argv + argc;
+                                   }),
+                    tests.end());
+    return test_support::run_tests(tests);
 }
