@@ -220,11 +220,13 @@ std::vector<FlowScheduler::Exit> FlowScheduler::next(FlowHost& host) {
                     }
                 }
                 if (plan.empty()) {
-                    // Results first: a pull may block on a slow source.
-                    std::vector<Exit> exits = take_exits();
-                    if (!exits.empty()) return exits;
+                    // Feed the stages before returning results: returning first would
+                    // let the flow run dry while items keep finishing (the consumer's
+                    // next call would find results again, and again skip the input).
                     room = (exhausted_ || !may_pull) ? 0 : pull_room();
                     if (room == 0) {
+                        std::vector<Exit> exits = take_exits();
+                        if (!exits.empty()) return exits;
                         if (exhausted_ && left_ == pulled_) return {};
                         seen = events_;
                         wake = wake_at(now);

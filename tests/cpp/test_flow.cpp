@@ -288,6 +288,24 @@ void test_read_ahead_counts_finished_items() {
     CHECK(flow.next(host).empty());
 }
 
+// next() returns only once the input cannot be read further (read_ahead or stage 0's
+// queue full, or input exhausted): results ready early must not keep the stages unfed.
+void test_input_read_while_items_leave() {
+    FlowScheduler flow({stage(4, 4)}, 8, false, kTick);
+    Host host;
+    host.total = 100;
+    host.on_dispatch = [&](std::size_t k, const Ids& ids) { flow.done(k, ids, {}); };
+    std::uint64_t left = 0;
+    for (;;) {
+        const Exits got = flow.next(host);
+        if (got.empty()) break;
+        const auto st = flow.stats();
+        CHECK(st.exhausted || st.pulled - left == 8 || st.stages[0].queued == 4);
+        left += got.size();
+    }
+    CHECK(left == 100);
+}
+
 // ---- exit order ----------------------------------------------------------------------
 
 void exit_order(bool ordered, const std::vector<Exits>& expected) {
@@ -582,6 +600,7 @@ int main(int argc, char** argv) {
         {"backpressure_queue_bounds", test_backpressure_queue_bounds},
         {"backpressure_read_ahead", test_backpressure_read_ahead},
         {"read_ahead_counts_finished_items", test_read_ahead_counts_finished_items},
+        {"input_read_while_items_leave", test_input_read_while_items_leave},
         {"ordered_exit", test_ordered_exit},
         {"unordered_exit", test_unordered_exit},
         {"batch_full_and_final_partial", test_batch_full_and_final_partial},
