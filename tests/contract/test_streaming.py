@@ -135,6 +135,14 @@ def test_async_node_streams(engine):
     assert list(p.imap({"x": gen(20)}, map_over="x")) == expected(range(20))
 
 
+def _with_batch_size(engine_factory, n):
+    """An engine whose DualNode batches hold at most ``n`` items (DaftEngine takes it
+    the HyperNodes way, in its Daft configuration)."""
+    if type(engine_factory()).__name__ == "DaftEngine":
+        return engine_factory(default_daft_config={"batch_size": n})
+    return engine_factory(batch_size=n)
+
+
 def test_dual_node_streams_in_batches_of_at_most_batch_size(engine_factory):
     def scale_one(doubled):
         return doubled * 3
@@ -145,7 +153,7 @@ def test_dual_node_streams_in_batches_of_at_most_batch_size(engine_factory):
         return [d * 3 for d in doubled]
 
     p = Pipeline([double, DualNode("scaled", scale_one, scale_many)],
-                 engine=engine_factory(batch_size=4))
+                 engine=_with_batch_size(engine_factory, 4))
     out = list(p.imap({"x": gen(30)}, map_over="x"))
     assert out == p.map({"x": list(range(30))}, map_over="x")
     assert out == [{"doubled": 2 * i, "scaled": 6 * i} for i in range(30)]
