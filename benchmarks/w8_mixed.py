@@ -7,6 +7,11 @@ threads, parse on processes: the "hinted" rows) <= 1.10x the hand-tuned peer; wi
 configuration (AutoEngine, not built yet) 1.00x.  The hand-tuned peer is stage-wise: a
 ThreadPoolExecutor(200) fetches, a multiprocessing.Pool parses in chunks, batches of 32
 encode in 7 threads.
+
+Streaming (issue 16): the "hinted, streaming" rows run the same hinted pipeline through
+``imap`` (stages overlap: an item is parsed as soon as it is fetched).  Bars: <= 0.95x the
+stage-wise peer and <= 1.15x the parse-bound limit, a row measured in the same run: the
+sequential parse loop over the 500 pages, timed in the driver, divided by the cores.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from common import (auto_chunksize, cores, engine_makers, engine_pair, every_engine,
                     process_pool, size, thread_pool_pair)
-from harness import Candidate, optional
+from harness import Candidate, Timed, optional
 from hypernodes_peer import hypernodes_rows
 
 from gilfree import DualNode, Pipeline, node
@@ -123,25 +128,50 @@ def candidates(quick: bool) -> list[Candidate]:
     def run_hinted(engine):
         return hinted.map({"url": urls}, map_over="url", engine=engine)
 
+    def run_streaming(engine):
+        return list(hinted.imap({"url": urls}, map_over="url", engine=engine))
+
+    pages = [page_of(u) for u in urls]
+
+    def parse_bound(_):
+        t0 = time.perf_counter()
+        out = [parse_page(p) for p in pages]
+        return Timed((time.perf_counter() - t0) / cores(), result=out, ok=out == texts)
+
     out = [
         Candidate("sequential loop", "baseline", lambda _: [chain(u) for u in urls],
                   mode="-", rounds=1, warmup=False, check=check_plain),
+        Candidate(f"parse-bound limit: parse loop / {cores()} cores", "baseline",
+                  parse_bound, mode="-", key=True,
+                  note=f"not a run of the pipeline: the wall time of the sequential "
+                       f"loop parse_page(page) over the {len(urls)} pages, timed in the "
+                       f"driver, divided by the cores ({cores()}); the streaming bar is "
+                       f"<= 1.15x this"),
         *every_engine(run_pipeline, check, seq_rounds=1, seq_warmup=False),
     ]
     for name, make in engine_makers().items():
         if name in ("ThreadEngine", "AsyncEngine", "ProcessEngine") and not isinstance(make, str):
             out += engine_pair(f"{name}(), hinted: fetch thread, parse process", make,
                                run_hinted, check)
+    for name, make in engine_makers().items():
+        if name in ("ThreadEngine", "AsyncEngine", "ProcessEngine") and not isinstance(make, str):
+            rows = engine_pair(f"{name}(), hinted, streaming: imap", make, run_streaming,
+                               check)
+            for c in rows:
+                c.unavailable = None if hasattr(Pipeline, "imap") else \
+                    "Pipeline.imap does not exist yet (issue 16 in progress)"
+            out += rows
     for mode in ("warm", "cold"):
         out.append(Candidate(
             f"stage-wise: TPE(200) fetch -> Pool({cores()}) parse -> {BATCH_THREADS} "
             f"threads x batches of {BATCH}", "peer", lambda s: _stagewise(s, urls),
             make=_stagewise_make, close=_stagewise_close, mode=mode, check=check_plain))
-    # The bar compares gilfree's thread-based engines, warm, with the stage-wise peer:
-    # in --quick too they get all their rounds (one-second rows, too close for one
-    # sample each).
+    # The bars compare gilfree's thread-based engines and every streaming row, warm, with
+    # the stage-wise peer (and the parse-bound limit): in --quick too they get all their
+    # rounds (one-second rows, too close for one sample each).
     for c in out:
-        if c.mode == "warm" and c.label.startswith(("ThreadEngine", "AsyncEngine", "stage")):
+        if c.mode == "warm" and (c.label.startswith(("ThreadEngine", "AsyncEngine", "stage"))
+                                 or "streaming" in c.label):
             c.key = True
     out += thread_pool_pair(200, lambda ex: list(ex.map(chain, urls)), check_plain,
                             label="ThreadPoolExecutor(200) per item")
