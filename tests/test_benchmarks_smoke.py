@@ -65,6 +65,36 @@ def test_run_py_only_w4_one_round(tmp_path):
         assert "no plot" in md
 
 
+@pytest.mark.timeout(300)
+def test_run_py_only_w9_tiny(tmp_path):
+    """W9 (streaming) at its tiny size: every row runs its call in a fresh interpreter
+    and reports its throughput and its peak RSS above its baseline in its note; the sums
+    and positions are checked (a wrong result would be the row's error)."""
+    env = dict(os.environ)
+    import gilfree
+
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(Path(gilfree.__file__).parent.parent), env.get("PYTHONPATH")) if p)
+    done = subprocess.run(
+        [sys.executable, str(RUN), "--only", "W9", "--rounds", "1", "--tiny",
+         "--no-hypernodes", "--out", str(tmp_path)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=280)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    data = json.loads((tmp_path / "latest.json").read_text())
+    assert list(data["workloads"]) == ["W9"]
+    rows = {r["label"]: r for r in data["workloads"]["W9"]["rows"]}
+    assert len(rows) == 3, list(rows)
+    for label, r in rows.items():
+        if r.get("unavailable"):  # imap before it exists: says so
+            assert "imap" in label and "imap" in r["error"], r
+            continue
+        assert r["rounds"] == 1 and not r.get("error"), r
+        assert "items/s" in r["note"] and "MiB above its baseline" in r["note"], r
+        assert r.get("rss_driver_mib", 1) > 0  # the child was sampled as the driver
+    assert sum("median" in r for r in rows.values()) >= 2
+    assert "## W9" in (tmp_path / "latest.md").read_text()
+
+
 SOAK = ROOT / "benchmarks" / "soak.py"
 
 
