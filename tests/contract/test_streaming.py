@@ -19,7 +19,7 @@ from collections import Counter
 
 import pytest
 
-from gilfree import DualNode, Pipeline, PipelineCallback, node
+from gilfree import DualNode, Pipeline, PipelineCallback, ProgressCallback, node
 
 #: pulled beyond ``consumed + read_ahead``: a reader may look one item ahead to see the
 #: end of its input, or hold one item it could not hand over yet
@@ -91,6 +91,51 @@ def test_tiny_read_ahead_still_finishes(engine, ordered, read_ahead):
     assert sorted(out, key=lambda r: r["doubled"]) == expected(range(12))
     if ordered:
         assert out == expected(range(12))
+
+
+def _stages_stream(engine):
+    """Skip where a map's stages cannot overlap: SeqEngine runs everything inline, one
+    item at a time; DaskEngine and DaftEngine stream in windows, each window one map."""
+    if type(engine).__name__ not in ("ThreadEngine", "AsyncEngine", "ProcessEngine"):
+        pytest.skip(f"{type(engine).__name__} does not overlap stages")
+
+
+def test_unordered_does_not_wait_for_a_slow_item(engine):
+    _stages_stream(engine)
+    gate = threading.Event()
+
+    @node(output_name="y", executor="thread")  # in this process: the Event is shared
+    def held(x):
+        if x == 0 and not gate.wait(20):
+            return "item 0 was never released: nothing was yielded before it"
+        return x
+
+    it = Pipeline([held], engine=engine).imap({"x": gen(6)}, map_over="x", ordered=False)
+    first = next(it)
+    gate.set()
+    rest = list(it)
+    assert first != {"y": 0}, "the first result yielded was the held item"
+    assert sorted(r["y"] for r in [first, *rest]) == list(range(6))
+
+
+def test_stages_overlap(engine):
+    _stages_stream(engine)
+    gate = threading.Event()
+
+    @node(output_name="y", executor="thread")
+    def hold(x):
+        if x == 3 and not gate.wait(20):
+            return "item 3 waited for item 0 to reach the next stage: no overlap"
+        return x
+
+    @node(output_name="z", executor="inline")
+    def release(y):
+        if y == 0:
+            gate.set()
+        return y
+
+    out = list(Pipeline([hold, release], engine=engine).imap({"x": gen(6)}, map_over="x"))
+    assert out == [{"y": i, "z": i} for i in range(6)]
 
 
 def test_zip_of_generators_and_product(engine):
@@ -360,6 +405,12 @@ def test_callbacks_fire_in_the_iterating_thread(engine_factory, source):
     for i in range(3):
         assert rec.events.index(("on_map_item_start", i)) < rec.events.index(("on_map_item_end", i))
     assert rec.threads == {thread}
+
+
+def test_progress_bar_counts_an_input_of_unknown_length(engine_factory):
+    p = Pipeline([double, add], engine=engine_factory(callbacks=[ProgressCallback()]),
+                 name="counted")
+    assert list(p.imap({"x": gen(5)}, map_over="x")) == expected(range(5))
 
 
 def test_closing_early_ends_the_map_for_callbacks(engine_factory):
