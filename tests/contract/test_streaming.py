@@ -413,12 +413,18 @@ def test_progress_bar_counts_an_input_of_unknown_length(engine_factory):
     assert list(p.imap({"x": gen(5)}, map_over="x")) == expected(range(5))
 
 
-def test_closing_early_ends_the_map_for_callbacks(engine_factory):
+@pytest.mark.parametrize("how", ["close", "break"])
+def test_closing_early_ends_the_map_for_callbacks(engine_factory, how):
     rec = Recorder()
     p = Pipeline([double, add], engine=engine_factory(callbacks=[rec]))
-    it = p.imap({"x": Source().stream()}, map_over="x", read_ahead=4)
-    assert next(it) == expected([0])[0]
-    it.close()
+    if how == "close":
+        it = p.imap({"x": Source().stream()}, map_over="x", read_ahead=4)
+        assert next(it) == expected([0])[0]
+        it.close()
+    else:  # the loop drops the iterator: a progress bar must not be left open
+        for r in p.imap({"x": Source().stream()}, map_over="x", read_ahead=4):
+            assert r == expected([0])[0]
+            break
     kinds = Counter(name for name, _ in rec.events)
-    assert kinds["on_map_start"] == 1 and kinds["on_map_end"] == 1
+    assert kinds["on_map_start"] == 1 and kinds["on_map_end"] == 1, kinds
     assert kinds["on_map_item_end"] >= 1 and rec.threads == {threading.get_ident()}
