@@ -19,7 +19,7 @@ from collections import Counter
 
 import pytest
 
-from gilfree import DualNode, Pipeline, PipelineCallback, ProgressCallback, node
+from gilfree import DiskCache, DualNode, Pipeline, PipelineCallback, ProgressCallback, node
 
 #: pulled beyond ``consumed + read_ahead``: a reader may look one item ahead to see the
 #: end of its input, or hold one item it could not hand over yet
@@ -218,6 +218,38 @@ def test_retries_apply(engine):
 
     p = Pipeline([flaky], engine=engine)
     assert list(p.imap({"x": gen(4)}, map_over="x", retries=2)) == [{"y": i} for i in range(4)]
+
+
+def test_cache_is_shared_with_map(engine_factory, tmp_path):
+    log = tmp_path / "calls.txt"
+
+    @node(output_name="y")
+    def logged(x, log):
+        with open(log, "a") as f:  # a file: every worker process appends to it
+            f.write(f"{x}\n")
+        return x * 2
+
+    p = Pipeline([logged], engine=engine_factory(cache=DiskCache(tmp_path / "cache")))
+    first = list(p.imap({"x": gen(5), "log": str(log)}, map_over="x"))
+    assert sorted(log.read_text().split()) == [str(i) for i in range(5)]
+    again = list(p.imap({"x": gen(6), "log": str(log)}, map_over="x", ordered=False))
+    assert p.map({"x": list(range(6)), "log": str(log)}, map_over="x") == first + [{"y": 10}]
+    assert sorted(r["y"] for r in again) == [0, 2, 4, 6, 8, 10]
+    assert sorted(log.read_text().split()) == [str(i) for i in range(5)] + ["5"]  # hits
+
+
+def test_an_input_that_raises_ends_the_map_with_its_error(engine):
+    def broken():
+        yield from range(5)
+        raise OSError("the input file went away")
+
+    p = Pipeline([double, add], engine=engine)
+    got = []
+    with pytest.raises(OSError, match="the input file went away"):
+        for r in p.imap({"x": broken()}, map_over="x"):
+            got.append(r)
+    assert got == expected(range(len(got)))  # in order, none made up
+    assert p.map({"x": [1]}, map_over="x") == expected([1])
 
 
 # -- arguments -------------------------------------------------------------------------
