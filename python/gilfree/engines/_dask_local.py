@@ -123,10 +123,12 @@ class LocalDaskEngine(DaskEngine):
         return _dask().compute(*tasks, scheduler=self.scheduler, num_workers=self.num_workers)
 
     # -- threads / synchronous: partitions of gilfree's items, in this process ---------
-    def _execute_map(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime) -> list:
+    def _execute_map(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime, *,
+                     first: int = 0, announce: bool = True) -> list:
         if self.scheduler == "processes" and rows:
-            return self._map_processes(plan, base, rows, rt)
-        return execute_map(plan, base, rows, rt, pfor=self._pfor(rt))
+            return self._map_processes(plan, base, rows, rt, first, announce)
+        return execute_map(plan, base, rows, rt, pfor=self._pfor(rt), first_index=first,
+                           announce=announce)
 
     def _pfor(self, rt: Runtime) -> Callable[[Callable[[int], None], int], None]:
         dask = _dask()
@@ -187,13 +189,16 @@ class LocalDaskEngine(DaskEngine):
             raise failure[0]
 
     # -- processes: partitions as tasks in dask's process pool --------------------------
-    def _map_processes(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime) -> list:
+    def _map_processes(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime,
+                       first: int, announce: bool) -> list:
         dask, n = _dask(), len(rows)
         spans = _spans(n, self._partitions(n))
         payload = _p.MapPayload(uuid.uuid4().hex, plan, base, rows, rt)
         tasks = [dask.delayed(_w.run_batch, pure=False)(
-            payload.token, payload.blob, payload.batch(rows[a:b], a)) for a, b in spans]
-        if rt.callbacks:
+            payload.token, payload.blob, payload.batch(rows[a:b], first + a))
+            for a, b in spans]
+        announce = announce and bool(rt.callbacks)
+        if announce:
             rt.emit("on_map_start", n)
         t0 = time.perf_counter()
         try:
@@ -211,7 +216,7 @@ class LocalDaskEngine(DaskEngine):
                     raise out[bad]
             return out
         finally:
-            if rt.callbacks:
+            if announce:
                 rt.emit("on_map_end", time.perf_counter() - t0)
 
     def __repr__(self) -> str:

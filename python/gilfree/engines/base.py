@@ -9,11 +9,11 @@ from __future__ import annotations
 import threading
 import warnings
 import weakref
-from typing import Any
+from typing import Any, Iterator
 
 from ..callbacks import CallbackContext, check_supported
 from ..run.execute import Runtime, execute_map, execute_run
-from ..model.mapping import expand_rows, normalize_map_over
+from ..model.mapping import expand_rows, normalize_map_over, stream_rows
 from ..model.node import validate_hints
 from ..model.plan import Plan, compile_plan
 from ..run.stages import INLINE, PROCESS, THREAD, Placement, Stage, compile_stages, is_mixed
@@ -243,6 +243,51 @@ class Engine:
             return self._execute_map(plan, base, rows, rt)
         finally:
             end_map(number)
+
+    def imap(self, pipeline: Any, inputs: dict[str, Any] | None = None, map_over: Any = None,
+             map_mode: str = "zip", output_name: Any = None, *, ordered: bool = True,
+             read_ahead: int | None = None, **options: Any) -> Iterator[Any]:
+        """``map`` as an iterator: results as they come (in input order, or as they finish
+        with ``ordered=False``), the mapped inputs read lazily (generators included), at
+        most ``read_ahead`` items in the map at once. See docs/streaming.md."""
+        if read_ahead is not None and (not isinstance(read_ahead, int) or read_ahead < 1):
+            raise ValueError(f"{type(self).__name__}.imap: read_ahead={read_ahead!r} must be "
+                             "a positive integer")
+        values = {**pipeline.bound_inputs, **(inputs or {})}
+        owner = f"pipeline {pipeline.label!r}"
+        names = normalize_map_over(map_over, owner)
+        plan = compile_plan(pipeline, set(values) | set(names), output_name)
+        base, rows, total = stream_rows(values, names, map_mode, owner)
+        self._track_stateful(base)
+        self._prepare(plan)
+        rt = self._runtime(plan, options)
+        if rt.ctx is not None:
+            rt.ctx.push_pipeline(plan.pipeline_id)
+        if rt.batch_size is None and plan.has_batch:
+            from .threads import auto_batch_size
+
+            rt.batch_size = auto_batch_size(total or 1024)
+        return self._stream(plan, base, rows, rt, ordered, read_ahead, total, set(names))
+
+    def _stream(self, plan: Plan, base: dict, rows: Iterator[dict], rt: Runtime,
+                ordered: bool, read_ahead: int | None, total: int | None,
+                mapped: set[str]) -> Iterator[Any]:
+        """The iterator of ``imap``: the flow scheduler (run/flow.py) moves items between
+        the stages, each on its executor (all inline here unless the engine places
+        nodes)."""
+        from ..run.flow import Stream
+
+        number = new_map()
+        stream = Stream(self, plan, self._scoped(base), rows, rt, ordered=ordered,
+                        read_ahead=read_ahead, collect=rt.collect, total=total,
+                        mapped=mapped, remote_base=base)
+        stream.on_close = lambda: end_map(number)
+        return stream
+
+    def _scoped(self, values: dict) -> dict:
+        """The shared inputs as this engine's threads see them (ThreadEngine: per-thread
+        @stateful copies); worker processes get the originals."""
+        return values
 
     def _item_timeout(self, plan: Plan) -> float | None:
         """The per-item deadline of a map: the engine's ``timeout`` or the smallest node

@@ -141,6 +141,12 @@ class DaftEngine(Engine):
         return inner.map(pipeline, inputs, map_over=map_over, map_mode=map_mode,
                          output_name=output_name, **options)
 
+    def imap(self, pipeline: Any, inputs: dict[str, Any] | None = None, map_over: Any = None,
+             map_mode: str = "zip", output_name: Any = None, **options: Any) -> Any:
+        inner = self._ready(pipeline, {**pipeline.bound_inputs, **(inputs or {})})
+        return inner.imap(pipeline, inputs, map_over=map_over, map_mode=map_mode,
+                          output_name=output_name, **options)
+
     def generate_code(self, pipeline: Any, inputs: Any = None, mode: str = "run") -> str:
         raise NotImplementedError(
             "DaftEngine.generate_code writes Daft code, which needs HyperNodes and daft; "

@@ -205,9 +205,24 @@ class DaskEngine(Engine):
             super().shutdown()
 
     # -- where items run --------------------------------------------------------------
-    def _execute_map(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime) -> list:
+    def _stream(self, plan: Plan, base: dict, rows: Any, rt: Runtime, ordered: bool,
+                read_ahead: int | None, total: int | None, mapped: set[str]) -> Any:
+        """imap: windows of ``read_ahead`` items (default 1024), each one map on the
+        cluster (run/flow.py's WindowStream): the stages of one item do not overlap
+        with the next window's."""
+        from ..model.stateful import end_map, new_map
+        from ..run.flow import WindowStream
+
+        number = new_map()
+        stream = WindowStream(self, plan, base, rows, rt, window=read_ahead or 1024,
+                              collect=rt.collect, total=total)
+        stream.on_close = lambda: end_map(number)
+        return stream
+
+    def _execute_map(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime, *,
+                     first: int = 0, announce: bool = True) -> list:
         if not rows:
-            return execute_map(plan, base, rows, rt)
+            return execute_map(plan, base, rows, rt, announce=announce)
         generation = self._generation  # before self.client: a shutdown after it shows
         client, n = self.client, len(rows)
         if self._ended_early:
@@ -225,7 +240,7 @@ class DaskEngine(Engine):
         spans = [(a, min(a + size, n)) for a in range(0, n, size)]
         token = uuid.uuid4().hex
         payload = _p.MapPayload(token, plan, base, rows, rt)
-        batches = [payload.batch(rows[a:b], a) for a, b in spans]
+        batches = [payload.batch(rows[a:b], first + a) for a, b in spans]
         blob, depth = payload.blob, payload.depth
         with self._lock:
             self._shipped |= payload.keys
@@ -250,13 +265,13 @@ class DaskEngine(Engine):
                                              pure=False, key=f"gilfree-batch-{k}-{token}"))
                 sent.append(futures[-1])
             del blob, batches
-            if rt.callbacks:
+            if rt.callbacks and announce:
                 rt.emit("on_map_start", n)
             t0 = time.perf_counter()
-            return self._gather(client, futures, spans, plan, rt, depth, generation)
+            return self._gather(client, futures, spans, plan, rt, depth, generation, first)
         except Exception:
             if t0 is None and self._generation != generation:  # closed while submitting
-                raise self._shut_down_error(plan, 0, n) from None
+                raise self._shut_down_error(plan, first, first + n) from None
             raise
         finally:
             with self._lock:
@@ -271,7 +286,7 @@ class DaskEngine(Engine):
             # CPython's method cache now keeps pins a 1 MiB arena the map's results
             # filled (CPython 3.11); an empty cache refills in microseconds.
             sys._clear_type_cache()
-            if rt.callbacks and t0 is not None:
+            if rt.callbacks and announce and t0 is not None:
                 rt.emit("on_map_end", time.perf_counter() - t0)
 
     def _end(self, client: Any, token: str, futures: list) -> None:
@@ -325,7 +340,7 @@ class DaskEngine(Engine):
             time.sleep(0.02)
 
     def _gather(self, client: Any, futures: list, spans: list, plan: Plan, rt: Runtime,
-                depth: int, generation: int) -> list:
+                depth: int, generation: int, first: int = 0) -> list:
         index = {f.key: k for k, f in enumerate(futures)}
         out: list[Any] = [None] * spans[-1][1]
         failures: dict[int, BaseException] = {}
@@ -345,10 +360,10 @@ class DaskEngine(Engine):
                     answer = fut.result()
                 except Exception as exc:  # the batch itself failed or was lost
                     if self._generation != generation:
-                        error = self._shut_down_error(plan, a, b)
+                        error = self._shut_down_error(plan, first + a, first + b)
                         error.__cause__ = _bare(exc)
                     else:
-                        error = self._batch_error(exc, plan, a, b)
+                        error = self._batch_error(exc, plan, first + a, first + b)
                     if rt.collect and isinstance(error, ExecutionError):
                         out[a:b] = [error] * (b - a)
                         continue

@@ -216,38 +216,27 @@ class ProcessEngine(Engine):
         """Runs ``stage`` of a map with several executors in the workers (stages.py's
         ``Placement.remote``): only the values it reads go, only what later stages or
         the caller need comes back; items failed in earlier stages are skipped."""
-        ship_sigs = rt.cache is not None  # cache keys as on a one-executor map
-        sub = stage_plan(plan, stage, ship_sigs)
-        shared = {k: base[k] for k in stage.base_names}
-        # A stage that reads only shared inputs still needs a column: a batch's length
-        # travels as the length of its columns.
-        names = stage.row_names or ["__gilfree_item__"]
+        part = _StagePart(stage, plan, rt, base)
 
         def remote(values: list, sigs: list, failed: list, cached: list, collect: bool) -> None:
             skip = {i for i, err in enumerate(failed) if err is not None}
-            rows = [{k: v.get(k) for k in names} for v in values]
-            if ship_sigs:
-                for row, s in zip(rows, sigs):
-                    row[SIGS] = {k: s[k] for k in names if k in s}
+            rows = [part.row(v, s) for v, s in zip(values, sigs)]
             r = rt if rt.collect == collect else _with_collect(rt, collect)
-            out = self._on_pool(lambda pool: _MapCall(
-                self, pool, sub, shared, rows, r, stage=True, skip=skip,
-                timeout=timeout).run())
+            out = self._stage_map(part, rows, r, skip=skip, timeout=timeout)
             for i, result in enumerate(out):
                 if i in skip:
                     continue
                 if isinstance(result, BaseException):
                     failed[i] = result
                     cached[i] = False
-                    continue
-                if ship_sigs:  # what the stage's steps were cached under, and if all hit
-                    stage_sigs, all_hit = result.pop(SIGS)
-                    sigs[i].update(stage_sigs)
-                    cached[i] = cached[i] and all_hit
                 else:
-                    cached[i] = False  # no cache: nothing was served from it
-                values[i].update(result)
+                    cached[i] = part.take(result, values[i], sigs[i]) and cached[i]
         return remote
+
+    def _stage_map(self, part: "_StagePart", rows: list[dict], rt: Runtime, **call: Any) -> list:
+        """One map of a stage's plan over ``rows`` (``call``: _MapCall's stage options)."""
+        return self._on_pool(lambda pool: _MapCall(self, pool, part.plan, part.shared, rows,
+                                                   rt, stage=True, **call).run())
 
     def _on_pool(self, work: Any) -> Any:
         """``work(pool)`` for one map, with the pool to itself."""
@@ -319,12 +308,43 @@ def _trim_heap() -> None:
         _malloc_trim(0)
 
 
+class _StagePart:
+    """What a stage of a map with several executors sends to the workers: its plan, the
+    shared inputs it reads, and per item the values it reads (with, under a cache, their
+    signatures, so cache keys are those of a one-executor map)."""
+
+    def __init__(self, stage: Stage, plan: Plan, rt: Runtime, base: dict):
+        self.ship_sigs = rt.cache is not None
+        self.plan = stage_plan(plan, stage, self.ship_sigs)
+        self.shared = {k: base[k] for k in stage.base_names}
+        # A stage that reads only shared inputs still needs a column: a batch's length
+        # travels as the length of its columns.
+        self.names = stage.row_names or ["__gilfree_item__"]
+
+    def row(self, values: dict, sigs: dict | None) -> dict:
+        row = {k: values.get(k) for k in self.names}
+        if self.ship_sigs:
+            row[SIGS] = {k: sigs[k] for k in self.names if k in sigs}
+        return row
+
+    def take(self, result: dict, values: dict, sigs: dict | None) -> bool:
+        """An item's stage result into its values; True if the workers served all of the
+        stage's steps from the cache."""
+        hit = False  # no cache: nothing was served from it
+        if self.ship_sigs:  # what the stage's steps were cached under, and if all hit
+            stage_sigs, hit = result.pop(SIGS)
+            sigs.update(stage_sigs)
+        values.update(result)
+        return hit
+
+
 class _MapCall:
     """One ``map`` on the pool: payload, batches, results, events, failures."""
 
     def __init__(self, engine: ProcessEngine, pool: Any, plan: Plan, base: dict,
                  rows: list[dict], rt: Runtime, *, stage: bool = False,
-                 skip: set[int] = frozenset(), timeout: Any = "engine"):
+                 skip: set[int] = frozenset(), timeout: Any = "engine", offset: int = 0,
+                 deferred: bool = False, stop: Any = None):
         self.engine, self.pool, self.plan, self.rows, self.rt = engine, pool, plan, rows, rt
         self.n = len(rows)
         self.out: list[Any] = [None] * self.n
@@ -335,6 +355,11 @@ class _MapCall:
         # are replayed. Items in ``skip`` failed earlier: they travel as placeholders.
         self.stage = stage
         self.skip = sorted(skip)
+        # A streaming map's stage (run/flow.py): rows[k] is map item offset + k, and the
+        # workers' events wait in rt.pending for the iterating thread (``deferred``).
+        self.offset = offset
+        self.deferred = deferred
+        self.stop = stop  # stop() true: dispatch no more batches (the stream was closed)
         self.timeout = engine._item_timeout(plan) if timeout == "engine" else timeout
         self.payload, self.payload_fds = remote.encode_payload(
             plan, base, RemoteOptions.of(rt, self.timeout))
@@ -367,7 +392,8 @@ class _MapCall:
             self.payload_fds = []
             if self.n >= TRIM_ITEMS:
                 _trim_heap()
-            rt.flush()
+            if not self.deferred:
+                rt.flush()
             if rt.callbacks and not self.stage:
                 rt.emit("on_map_end", time.perf_counter() - t0)
         broken = self.pool.broken
@@ -389,9 +415,10 @@ class _MapCall:
                 "callback) during this map")
         if not self.rt.collect:
             raise EngineShutDown(f"{what}: {len(left)} of {self.n} map items did not finish "
-                                 f"(the first is map item {left[0]})")
+                                 f"(the first is map item {self.offset + left[0]})")
         for i in left:
-            self.out[i] = EngineShutDown(f"{what}, before map item {i} finished")
+            self.out[i] = EngineShutDown(f"{what}, before map item {self.offset + i} "
+                                         "finished")
 
     # -- callbacks from C++ (driver thread, GIL held) -----------------------------------
     def make_batch(self, a: int, b: int) -> tuple[bytes, list[int]]:
@@ -399,7 +426,7 @@ class _MapCall:
                                                     bisect_left(self.skip, b)]}
                    if self.skip else {})
         # Rows that do not pickle fail their items only (remote.encode_batch).
-        return remote.encode_batch(self.map_id, self.rows[a:b], a, self.names,
+        return remote.encode_batch(self.map_id, self.rows[a:b], self.offset + a, self.names,
                                    self.consumers, failed=skipped)
 
     def on_result(self, a: int, b: int, body: bytes, fds: list[int]) -> bool:
@@ -412,7 +439,7 @@ class _MapCall:
         if bad is not None and not self.rt.collect:
             self.errors[bad] = self.out[bad]
             return False
-        return True
+        return self.stop is None or not self.stop()
 
     def on_lost(self, a: int, b: int, info: dict) -> bool:
         if info.get("timeout"):
@@ -423,7 +450,8 @@ class _MapCall:
         if info["signal"] == signal.SIGKILL:
             how += " (the OOM killer, or someone, sent it)"
         node = self._node_of(info)
-        item = info["item"] if a <= info["item"] < b else None
+        off = self.offset
+        item = info["item"] if a <= info["item"] - off < b else None
         where = ""
         if node is not None:
             where += f" while running node {node!r}"
@@ -431,11 +459,12 @@ class _MapCall:
             where += f" on map item {item}"
         for i in range(a, b):
             err = WorkerDied(
-                f"worker process {info['pid']} {how}{where}; map item {i} was in its batch "
-                f"(items {a}..{b - 1}) and is lost. The pool starts a replacement. If it "
-                "ran out of memory, use fewer workers or smaller batches (batch_size=)")
+                f"worker process {info['pid']} {how}{where}; map item {off + i} was in its "
+                f"batch (items {off + a}..{off + b - 1}) and is lost. The pool starts a "
+                "replacement. If it ran out of memory, use fewer workers or smaller batches "
+                "(batch_size=)")
             if node is not None:
-                err.add_note(f"gilfree: raised in node {node!r} (map item {i})")
+                err.add_note(f"gilfree: raised in node {node!r} (map item {off + i})")
             if not self._fail_item(i, err):
                 return False
         return True
@@ -449,10 +478,11 @@ class _MapCall:
         """Item ``i`` ran past the deadline; its worker was killed (the pool starts a
         replacement and runs the rest of that batch again)."""
         node = self._node_of(info)
-        err = TimeoutError(f"map item {i} did not finish within {info['timeout']} s"
+        item = self.offset + i
+        err = TimeoutError(f"map item {item} did not finish within {info['timeout']} s"
                            + (f" (node {node!r})" if node else "") + f"; its worker process "
                            f"{info['pid']} was stopped and is replaced")
-        err.add_note(f"gilfree: timeout={info['timeout']} s (map item {i})")
+        err.add_note(f"gilfree: timeout={info['timeout']} s (map item {item})")
         return self._fail_item(i, err)
 
     def _fail_item(self, i: int, err: BaseException) -> bool:
@@ -468,4 +498,4 @@ class _MapCall:
         # announcements at the top level are dropped. Nested maps' are kept. A stage's
         # items and their pipeline are announced by the driver's map too.
         dropped = _STAGE_ANNOUNCEMENTS if self.stage else remote.MAP_ANNOUNCEMENTS
-        remote.replay(self.rt, events, len(self.path), dropped)
+        remote.replay(self.rt, events, len(self.path), dropped, flush=not self.deferred)

@@ -65,3 +65,48 @@ def expand_rows(
     else:
         combos = itertools.product(*columns)
     return base, [dict(zip(map_over, combo)) for combo in combos]
+
+
+_END = object()
+
+
+def stream_rows(inputs: dict[str, Any], map_over: list[str], map_mode: str, owner: str
+                ) -> tuple[dict[str, Any], Any, int | None]:
+    """``expand_rows`` for a streaming map: (broadcast values, an iterator of rows read
+    lazily from the mapped inputs, the number of items when it is known). Inputs of
+    unknown length are read only as far as the rows are; ``map_mode="product"`` reads
+    its inputs whole (it pairs every item with every other)."""
+    if map_mode not in ("zip", "product"):
+        raise ValueError(f"{owner}: map_mode must be 'zip' or 'product', not {map_mode!r}")
+    for name in map_over:
+        if name not in inputs:
+            raise ValueError(
+                f"{owner}: map_over name {name!r} is not among the inputs {sorted(inputs)}")
+        value = inputs[name]
+        if isinstance(value, (str, bytes, bytearray, dict)) or not _iterable(value):
+            _items(value, name, owner)  # raises the error map() gives
+    base = {k: v for k, v in inputs.items() if k not in map_over}
+    if map_mode == "product" or all(_sized(inputs[n]) for n in map_over):
+        base, rows = expand_rows(inputs, map_over, map_mode, owner)
+        return base, iter(rows), len(rows)
+    return base, _zip_lazily(map_over, [iter(inputs[n]) for n in map_over], owner), None
+
+
+def _sized(value: Any) -> bool:
+    return isinstance(value, (list, tuple, range)) or (
+        hasattr(value, "__len__") and hasattr(value, "__getitem__"))
+
+
+def _zip_lazily(names: list[str], its: list, owner: str) -> Any:
+    count = 0
+    while True:
+        vals = [next(it, _END) for it in its]
+        ended = [n for n, v in zip(names, vals) if v is _END]
+        if ended:
+            if len(ended) < len(names):
+                raise ValueError(
+                    f"{owner}: map_mode='zip' needs inputs of equal length; {ended} ended "
+                    f"after {count} items, {[n for n in names if n not in ended]} had more")
+            return
+        count += 1
+        yield dict(zip(names, vals))

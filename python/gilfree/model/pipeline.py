@@ -61,6 +61,16 @@ class Pipeline:
         return self._engine(engine).map(self, inputs, map_over=map_over, map_mode=map_mode,
                                         output_name=output_name, **options)
 
+    def imap(self, inputs: dict[str, Any] | None = None, map_over: Any = None,
+             map_mode: str = "zip", output_name: Any = None, engine: Any = None, *,
+             ordered: bool = True, read_ahead: int | None = None, **options: Any) -> Any:
+        """``map`` as an iterator over results as they come; inputs read lazily (any
+        iterable, generators included), at most ``read_ahead`` items in flight. Close it
+        (or break out of the loop) to stop the map. See docs/streaming.md."""
+        return self._engine(engine).imap(self, inputs, map_over=map_over, map_mode=map_mode,
+                                         output_name=output_name, ordered=ordered,
+                                         read_ahead=read_ahead, **options)
+
     async def arun(self, inputs: dict[str, Any] | None = None, output_name: Any = None,
                    engine: Any = None, **options: Any) -> dict[str, Any]:
         """``run`` for async callers: the caller's event loop keeps running meanwhile."""

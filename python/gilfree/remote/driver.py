@@ -108,15 +108,17 @@ MAP_ANNOUNCEMENTS = frozenset({"on_map_start", "on_map_end"})
 
 
 def replay(rt: Any, events: list, depth: int,
-           dropped: frozenset[str] = MAP_ANNOUNCEMENTS) -> None:
-    """Fire the callbacks of a batch's recorded events, here and now. The driver
-    announces the map once (on_map_start/end); each batch's own announcements
+           dropped: frozenset[str] = MAP_ANNOUNCEMENTS, flush: bool = True) -> None:
+    """Fire the callbacks of a batch's recorded events, here and now (``flush=False``:
+    queue them for the thread that flushes ``rt``, a streaming map's consumer). The
+    driver announces the map once (on_map_start/end); each batch's own announcements
     (``dropped``) at the map's level (``depth``: the driver's pipeline path length) are
     dropped; nested maps' are kept."""
     if not events or not rt.callbacks:
         return
     rt.pending.extend(e for e in events if not (e.name in dropped and len(e.path) == depth))
-    rt.flush()
+    if flush:
+        rt.flush()
 
 
 # -- DualNode batch alignment ---------------------------------------------------------

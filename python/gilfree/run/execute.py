@@ -163,7 +163,8 @@ def execute_map(plan: Plan, base: dict, rows: list[dict], rt: Runtime, *,
                 collect: bool | None = None, first_index: int = 0,
                 pfor: PFor | None = None, async_items: Any = None,
                 stages: list[Stage] | None = None,
-                place: Callable[[Stage], Placement] | None = None) -> list:
+                place: Callable[[Stage], Placement] | None = None,
+                announce: bool = True) -> list:
     """Run ``plan`` once per row (row values overlay ``base``); results in row order.
 
     With ``collect`` a failed item's slot holds its exception and the others complete;
@@ -184,7 +185,8 @@ def execute_map(plan: Plan, base: dict, rows: list[dict], rt: Runtime, *,
     else:
         segments = [(st.kind, st.payload, place(st)) for st in stages]
     n = len(rows)
-    if rt.callbacks:
+    announce = announce and bool(rt.callbacks)  # False: a window of a streaming map
+    if announce:
         rt.emit("on_map_start", n)
     t_map = time.perf_counter()
     values = []
@@ -293,7 +295,7 @@ def execute_map(plan: Plan, base: dict, rows: list[dict], rt: Runtime, *,
         rt.flush()
         # Every on_map_start gets its on_map_end, also when the map stops on an error
         # (progress bars close, per-map state in callbacks is released).
-        if rt.callbacks:
+        if announce:
             rt.emit("on_map_end", time.perf_counter() - t_map)
     return [failed[i] if failed[i] is not None else values[i] for i in range(n)]
 

@@ -14,13 +14,16 @@ PFor = Callable[[Callable[[int], None], int], None]
 
 
 def _run_batch(step: Step, values: list[dict], sigs: list, failed: list, cached: list,
-               varying: set, base: dict, rt: Runtime, collect: bool, first: int,
+               varying: set, base: dict, rt: Runtime, collect: bool, first: int | list[int],
                run_tasks: PFor) -> None:
     """One DualNode step for every live item, through its batch function.
 
     Cache look-ups and callbacks happen here, in the driver; only the batch calls are
     tasks (several batches may run at once on a parallel engine).
     """
+    # ``first``: the map item number of values[0], or (a streaming map's batch of items
+    # that need not be consecutive) each value's item number.
+    number = first.__getitem__ if isinstance(first, list) else (lambda i: first + i)
     cache = rt.cache if step.cache else None
     todo = []
     step_sigs: dict[int, str] = {}
@@ -54,7 +57,7 @@ def _run_batch(step: Step, values: list[dict], sigs: list, failed: list, cached:
             outs[k] = _call_batch(step, kwargs, varying, retries, len(chunk))
         except Exception as exc:
             annotate(exc, step.name)
-            exc.add_note(f"gilfree: batch of map items {[first + i for i in chunk]}")
+            exc.add_note(f"gilfree: batch of map items {[number(i) for i in chunk]}")
             if not collect:
                 raise
             errors[k] = exc
@@ -79,7 +82,7 @@ def _run_batch(step: Step, values: list[dict], sigs: list, failed: list, cached:
             try:
                 _store(step, outs[k][j], values[i])
             except Exception as exc:
-                annotate(exc, step.name, first + i)
+                annotate(exc, step.name, number(i))
                 if not collect:
                     raise
                 failed[i] = exc
