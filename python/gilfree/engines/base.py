@@ -275,14 +275,14 @@ class Engine:
         """The iterator of ``imap``: the flow scheduler (run/flow.py) moves items between
         the stages, each on its executor (all inline here unless the engine places
         nodes)."""
-        from ..run.flow import Stream
+        from ..run.flow import Stream, iterate
 
         number = new_map()
         stream = Stream(self, plan, self._scoped(base), rows, rt, ordered=ordered,
                         read_ahead=read_ahead, collect=rt.collect, total=total,
                         mapped=mapped, remote_base=base)
         stream.on_close = lambda: end_map(number)
-        return stream
+        return iterate(stream)
 
     def _scoped(self, values: dict) -> dict:
         """The shared inputs as this engine's threads see them (ThreadEngine: per-thread

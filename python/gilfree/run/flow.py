@@ -45,6 +45,8 @@ from .stages import INLINE, PROCESS, THREAD, Stage, compile_stages
 #: A batch stage sends a partial batch after its oldest item waited this long.
 LINGER_S = 0.01
 _ALL_INLINE = {"thread": INLINE, "async": INLINE, "process": INLINE}
+#: How long a process stage waits for more items before it starts a micro-batch.
+PROCESS_LINGER_S = 0.01
 #: Items a process stage hands the pool at once at most (one ``_MapCall`` each).
 PROCESS_MICRO_BATCH = 256
 
@@ -131,11 +133,15 @@ class Stream:
             self.on_close()
 
     def __del__(self) -> None:
+        # An imap never iterated (its generator never started) is dropped here.
         try:
             if not self.closed:
+                self.closed = True
                 self.flow.close()
                 for r in self.runners:
                     r.close()
+                if self.on_close is not None:
+                    self.on_close()
         except Exception:
             pass
 
@@ -203,6 +209,16 @@ class Stream:
         return out
 
 
+def iterate(stream: Any) -> Iterator[Any]:
+    """What ``imap`` returns: a generator over ``stream``, so that a ``for`` loop that
+    breaks, ``close()``, ``del`` or a ``with closing(...)`` closes the map at once (the
+    stream itself stays referenced by its running items until they end)."""
+    try:
+        yield from stream
+    finally:
+        stream.close()
+
+
 # -- stage runners ---------------------------------------------------------------------
 def _runner(stream: Stream, k: int, stage: Stage, base: dict) -> "_Runner":
     engine = stream.engine
@@ -214,9 +230,19 @@ def _runner(stream: Stream, k: int, stage: Stage, base: dict) -> "_Runner":
         return _InlineRunner(stream, k, stage)
     timeout = engine._item_timeout(stream.plan)
     threads = engine._lend(THREAD)
-    if stage.executor == THREAD and timeout is None:
+    if timeout is None and (stage.executor == THREAD or (
+            not any(s.is_async for st in stage.steps for s in _all_steps(st))
+            and getattr(threads, "max_concurrency", 0) >= threads.max_workers)):
+        # Sync steps without a deadline: the loop would only hand each call to the pool
+        # (AsyncEngine, as in its map: aio.py's _pool_only).
         return _ThreadRunner(stream, k, stage, threads)
     return _LoopRunner(stream, k, stage, threads, timeout)
+
+
+def _all_steps(step: Any) -> Iterator[Any]:
+    yield step
+    if step.inner is not None:
+        yield from step.inner.iter_steps()
 
 
 class _Runner:
@@ -410,9 +436,13 @@ class _ProcessRunner(_Runner):
             if ids is None or self.stopped:
                 return
             ids = list(ids)
+            # Items reach this stage one by one as earlier stages finish them: wait a
+            # moment for more, so that a micro-batch keeps every worker busy (a map per
+            # item would cost a pool round trip each).
+            deadline = time.monotonic() + PROCESS_LINGER_S
             while len(ids) < PROCESS_MICRO_BATCH:
                 try:
-                    more = self.inbox.get_nowait()
+                    more = self.inbox.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
                     break
                 if more is None:
