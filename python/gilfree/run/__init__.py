@@ -1,2 +1,2 @@
-"""Running items through a plan: stages (stages.py), the one item runner (execute.py and its
+"""Running items through a plan: stages (stages.py), streaming maps (flow.py), the one item runner (execute.py and its
 async, batch and no-cache specialisations), the runtime policy and progress bars."""
