@@ -19,7 +19,7 @@ from collections import Counter
 
 import pytest
 
-from gilfree import DiskCache, DualNode, Pipeline, PipelineCallback, ProgressCallback, node
+from gilfree import DiskCache, DualNode, Pipeline, PipelineCallback, ProgressCallback, node, stateful
 
 #: pulled beyond ``consumed + read_ahead``: a reader may look one item ahead to see the
 #: end of its input, or hold one item it could not hand over yet
@@ -316,6 +316,31 @@ def test_early_close_stops_the_map_and_the_engine_maps_again(engine, how):
     assert p.map({"x": list(range(10))}, map_over="x") == expected(range(10))
     assert list(p.imap({"x": gen(10)}, map_over="x", ordered=False, read_ahead=4)) != []
     assert src.read <= 3 + 8 + SLACK, src.read
+
+
+def test_an_imap_dropped_before_iterating_ends_its_map(engine):
+    attempts = []
+
+    @stateful
+    class Flaky:
+        def __init__(self):
+            attempts.append(1)
+            if len(attempts) == 1:
+                raise RuntimeError("first build fails")
+            self.ok = True
+
+    p = Pipeline([double], engine=engine)
+    gc.disable()  # dropped by its reference count alone, as in a plain script
+    try:
+        it = p.imap({"x": gen(3)}, map_over="x")
+        del it
+        # outside any map, a failed build is not remembered: the next access retries
+        model = Flaky()
+        with pytest.raises(RuntimeError, match="first build fails"):
+            model.ok
+        assert model.ok is True
+    finally:
+        gc.enable()
 
 
 # -- errors ----------------------------------------------------------------------------
