@@ -206,6 +206,25 @@ def test_dual_node_streams_in_batches_of_at_most_batch_size(engine_factory):
     assert sorted(unordered, key=lambda r: r["doubled"]) == out
 
 
+def test_two_imaps_on_one_engine_interleave(engine):
+    p = Pipeline([double, add], engine=engine)
+    a = p.imap({"x": gen(20)}, map_over="x", read_ahead=4)
+    b = p.imap({"x": gen(20)}, map_over="x", ordered=False, read_ahead=4)
+    pairs = [(next(a), next(b)) for _ in range(20)]
+    assert [x for x, _ in pairs] == expected(range(20))
+    assert sorted((y for _, y in pairs), key=lambda r: r["doubled"]) == expected(range(20))
+    assert list(a) == [] and list(b) == []
+
+
+def test_nested_mapped_pipeline_streams(engine):
+    inner = Pipeline([double], name="inner").as_node(
+        map_over="xs", input_mapping={"xs": "x"}, output_mapping={"doubled": "ds"})
+    p = Pipeline([inner], engine=engine)
+    lists = [[1, 2], [3], [], [4, 5, 6]]
+    assert list(p.imap({"xs": iter(lists)}, map_over="xs")) == p.map(
+        {"xs": lists}, map_over="xs") == [{"ds": [2 * v for v in xs]} for xs in lists]
+
+
 def test_retries_apply(engine):
     attempts = {}
 
@@ -265,6 +284,13 @@ def test_bad_arguments_raise_at_the_call(engine, inputs, map_over, match):
     with pytest.raises(ValueError, match=match):
         Pipeline([double], engine=engine).imap(inputs, map_over=map_over)  # not iterated
     assert src.read == 0
+
+
+@pytest.mark.parametrize("read_ahead", [0, -1, 2.5])
+def test_read_ahead_must_be_a_positive_integer(engine, read_ahead):
+    with pytest.raises(ValueError, match="read_ahead"):
+        Pipeline([double], engine=engine).imap({"x": gen(3)}, map_over="x",
+                                               read_ahead=read_ahead)
 
 
 # -- bounded reading, early close ------------------------------------------------------
