@@ -19,7 +19,8 @@ from collections import Counter
 
 import pytest
 
-from gilfree import DiskCache, DualNode, Pipeline, PipelineCallback, ProgressCallback, node, stateful
+from gilfree import (DiskCache, DualNode, EngineShutDown, Pipeline, PipelineCallback,
+                     ProgressCallback, node, stateful)
 
 #: pulled beyond ``consumed + read_ahead``: a reader may look one item ahead to see the
 #: end of its input, or hold one item it could not hand over yet
@@ -367,6 +368,25 @@ def test_an_imap_dropped_before_iterating_ends_its_map(engine):
         assert model.ok is True
     finally:
         gc.enable()
+
+
+def test_shutdown_while_an_imap_is_open_ends_it_with_engine_shut_down(engine):
+    # As for map (docs/engines.md): no new item starts after shutdown(), and what did not
+    # run to its end fails with EngineShutDown; the engine works again afterwards.
+    if type(engine).__name__ == "SeqEngine":
+        pytest.skip("SeqEngine has nothing to shut down")
+    p = Pipeline([double, add], engine=engine)
+    src = Source(limit=1000)
+    it = p.imap({"x": src.stream()}, map_over="x", read_ahead=8)
+    assert next(it) == expected([0])[0]
+    engine.shutdown()
+    got = []
+    with pytest.raises(EngineShutDown):
+        for r in itertools.islice(it, 100):  # bounded: an imap that went on ends here
+            got.append(r)
+    assert got == expected(range(1, 1 + len(got)))  # items already in the map, if any
+    assert len(got) <= 8 + SLACK, len(got)
+    assert p.map({"x": [1, 2]}, map_over="x") == expected([1, 2])
 
 
 # -- errors ----------------------------------------------------------------------------
