@@ -414,6 +414,27 @@ def test_raise_policy_ordered_raises_at_the_failed_item(engine):
     assert p.map({"x": [1, 2]}, map_over="x") == [{"y": 1}, {"y": 2}]
 
 
+def test_ordered_raise_still_yields_earlier_items_that_finish_after_the_failure(engine):
+    _stages_stream(engine)
+    failed = threading.Event()
+
+    @node(output_name="y", executor="thread")  # in this process: the Event is shared
+    def late(x):
+        if x == 5:
+            failed.set()
+            raise KeyError("boom")
+        if x == 2 and not failed.wait(20):
+            return "item 5 did not run while item 2 waited"
+        return x
+
+    got = []
+    with pytest.raises(KeyError) as info:
+        for r in Pipeline([late], engine=engine).imap({"x": gen(8)}, map_over="x"):
+            got.append(r)
+    assert got == [{"y": i} for i in range(5)]  # item 2 finished after item 5 failed
+    assert "map item 5" in _notes(info.value)
+
+
 def test_raise_policy_unordered_raises_when_the_item_fails(engine):
     p = Pipeline([fragile], engine=engine)
     got = []
