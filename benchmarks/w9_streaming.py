@@ -31,9 +31,10 @@ time.  Each row's note gives the throughput and the peak RSS above the baseline.
 Bars (issue 16): the imap row's peak driver RSS <= 150 MiB above its baseline, and its
 throughput within 1.2x of the map-on-a-list row (>= 1/1.2 of it).
 
-Sizes: 1,000,000 items in full and ``--quick`` runs (a round takes ~20 s on the 2-core
-VM); a full run gives each row 3 rounds, ``--quick`` one.  ``--tiny`` (the smoke test)
-shrinks the input to 20,000 items (``common.size``).
+Sizes: 1,000,000 items in full and ``--quick`` runs; a full run gives each row 3 rounds,
+``--quick`` one (one call, measured on the shared 2-core VM: map on a list 20-32 s, the
+peer 37-39 s, imap at 6069d17 58-76 s, plus a few seconds' untimed start per call).
+``--tiny`` (the smoke test) shrinks the input to 20,000 items (``common.size``).
 """
 
 from __future__ import annotations
