@@ -61,6 +61,7 @@ class Engine:
         self.batch_size = batch_size
         self._node_hints: dict[str, dict[str, Any]] = {}
         self._warned: set[tuple[str, str]] = set()
+        self._shutdowns = 0  # a streaming map open across a shutdown() notices it
         # Engines lent to nodes hinted to run elsewhere (a ThreadEngine's "process"
         # nodes run on a ProcessEngine of its own), started on first use, kept across
         # maps (@stateful objects stay built in its workers), shut down with this one.
@@ -277,12 +278,9 @@ class Engine:
         nodes)."""
         from ..run.flow import Stream, iterate
 
-        number = new_map()
-        stream = Stream(self, plan, self._scoped(base), rows, rt, ordered=ordered,
-                        read_ahead=read_ahead, collect=rt.collect, total=total,
-                        mapped=mapped, remote_base=base)
-        stream.on_close = lambda: end_map(number)
-        return iterate(stream)
+        return iterate(Stream(self, plan, self._scoped(base), rows, rt, ordered=ordered,
+                              read_ahead=read_ahead, collect=rt.collect, total=total,
+                              mapped=mapped, remote_base=base))
 
     def _scoped(self, values: dict) -> dict:
         """The shared inputs as this engine's threads see them (ThreadEngine: per-thread
@@ -315,6 +313,7 @@ class Engine:
 
     def shutdown(self) -> None:
         """Release workers and pools; tear down the @stateful objects built for us."""
+        self._shutdowns += 1
         with self._lent_lock:
             lent, self._lent = list(self._lent.values()), {}
         try:

@@ -210,14 +210,10 @@ class DaskEngine(Engine):
         """imap: windows of ``read_ahead`` items (default 1024), each one map on the
         cluster (run/flow.py's WindowStream): the stages of one item do not overlap
         with the next window's."""
-        from ..model.stateful import end_map, new_map
         from ..run.flow import WindowStream, iterate
 
-        number = new_map()
-        stream = WindowStream(self, plan, base, rows, rt, window=read_ahead or 1024,
-                              collect=rt.collect, total=total)
-        stream.on_close = lambda: end_map(number)
-        return iterate(stream)
+        return iterate(WindowStream(self, plan, base, rows, rt, window=read_ahead or 1024,
+                                    collect=rt.collect, total=total))
 
     def _execute_map(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime, *,
                      first: int = 0, announce: bool = True) -> list:

@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterator
 
 from ..errors import EngineShutDown
 from ..model.hashing import hash_strings
+from ..model.stateful import end_map, new_map
 from .execute import run_step
 from .execute_async import arun_step
 from .execute_batch import _run_batch
@@ -51,7 +52,51 @@ PROCESS_LINGER_S = 0.01
 PROCESS_MICRO_BATCH = 256
 
 
-class Stream:
+class _Lifecycle:
+    """What both kinds of stream do alike: the map starts at the first ``next()`` (its
+    callbacks fire in the iterating thread; a failing @stateful constructor is tried
+    once per map), ends once, and notices an ``engine.shutdown()`` made meanwhile."""
+
+    engine: Any
+    rt: Runtime
+    total: int | None
+    collect: bool
+    announced = closed = False
+    map_number = 0
+
+    def _begin(self) -> None:
+        self.announced = True
+        self.generation = self.engine._shutdowns
+        self.t_map = time.perf_counter()
+        self.map_number = new_map()
+        if self.rt.callbacks:
+            self.rt.emit("on_map_start", self.total)
+
+    def _end(self) -> None:
+        if self.announced:
+            if self.rt.callbacks:
+                self.rt.emit("on_map_end", time.perf_counter() - self.t_map)
+            end_map(self.map_number)
+
+    def _shut_down(self) -> bool:
+        return self.announced and self.engine._shutdowns != self.generation
+
+    def _shut_down_error(self, i: int | None = None) -> EngineShutDown:
+        what = ("items that had not run to their end did not run" if i is None else
+                f"map item {i} did not run to its end")
+        return EngineShutDown(f"{self.engine!r} was shut down during the map: {what}")
+
+    def __iter__(self) -> Any:
+        return self
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class Stream(_Lifecycle):
     """The iterator ``imap`` returns. See the module docstring."""
 
     def __init__(self, engine: Any, plan: Any, base: dict, rows: Iterator[dict], rt: Runtime,
@@ -84,24 +129,17 @@ class Stream:
         self.read_ahead = read_ahead or min(4096, max(64, 2 * capacity))
         specs = [(r.spec[0], self.read_ahead, r.spec[2], r.spec[3]) for r in self.runners]
         self.flow = core().Flow(specs, self.read_ahead, ordered)
-        self.t_map = time.perf_counter()
-        self.on_close: Callable[[], None] | None = None
         self.total = total
-        self.announced = False  # on_map_start fires in the thread that iterates
 
     # -- the iterator ------------------------------------------------------------------
-    def __iter__(self) -> "Stream":
-        return self
-
     def __next__(self) -> Any:
         if not self.announced and not self.closed:
-            self.announced = True
-            self.t_map = time.perf_counter()
-            if self.rt.callbacks:
-                self.rt.emit("on_map_start", self.total)
+            self._begin()
         while not self.ready:
             if self.closed:
                 raise StopIteration
+            if self._shut_down():
+                return self._after_shutdown()
             try:
                 got = self.flow.next(self._pull, self._dispatch)
             except BaseException:
@@ -127,29 +165,23 @@ class Stream:
         self.values.clear()
         self.ready.clear()
         self.rt.flush()
-        if self.rt.callbacks and self.announced:
-            self.rt.emit("on_map_end", time.perf_counter() - self.t_map)
-        if self.on_close is not None:
-            self.on_close()
+        self._end()
 
-    def __del__(self) -> None:
-        # An imap never iterated (its generator never started) is dropped here.
-        try:
-            if not self.closed:
-                self.closed = True
-                self.flow.close()
-                for r in self.runners:
-                    r.close()
-                if self.on_close is not None:
-                    self.on_close()
-        except Exception:
-            pass
-
-    def __enter__(self) -> "Stream":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+    def _after_shutdown(self) -> Any:
+        """The engine was shut down: under "raise" that is the map's error; under
+        "collect" every item in the map holds one, and nothing more is read."""
+        left = sorted(self.values)
+        self.flow.close()
+        if not self.collect or not left:
+            self.close()
+            if self.collect:
+                raise StopIteration
+            raise self._shut_down_error()
+        for i in left:
+            self.errors[i] = self._shut_down_error(i)
+        self.ready.extend((i, True) for i in left)
+        i, failed = self.ready.popleft()
+        return self._leave(i, failed)
 
     # -- what the flow asks for (consumer thread, GIL held) -----------------------------
     def _pull(self, k: int) -> tuple[int, bool]:
@@ -173,7 +205,15 @@ class Stream:
         return n, True
 
     def _dispatch(self, stage: int, ids: list[int]) -> None:
-        self.runners[stage].dispatch(ids)
+        try:
+            self.runners[stage].dispatch(ids)
+        except Exception:
+            if self.engine._shutdowns == self.generation:
+                raise
+            # Shut down meanwhile (its pool refused the items): they fail with that.
+            for i in ids:
+                self.fail(i, self._shut_down_error(i))
+            self.flow.done(stage, ids, [True] * len(ids))
 
     def done(self, stage: int, ids: list[int], failed: list[bool]) -> None:
         """From any executor thread."""
@@ -451,6 +491,11 @@ class _ProcessRunner(_Runner):
                 ids += more
             if self.stopped:
                 return
+            if s._shut_down():  # not a new pool for a map whose engine was shut down
+                for i in ids:
+                    s.fail(i, s._shut_down_error(i))
+                s.done(k, ids, [True] * len(ids))
+                continue
             try:
                 flags = self._run(sorted(ids))
             except BaseException as exc:  # the pool broke, the engine shut down
@@ -488,7 +533,7 @@ class _ProcessRunner(_Runner):
         return flags
 
 
-class WindowStream:
+class WindowStream(_Lifecycle):
     """``imap`` on an engine that runs whole maps elsewhere (DaskEngine): the input is
     read ``window`` items at a time and each window is one map (``first`` numbers its
     items as the stream does; the stream announces the map once). Memory stays bounded;
@@ -502,23 +547,20 @@ class WindowStream:
         self.work_rt.collect = True
         self.buffer: deque = deque()
         self.first = 0
-        self.exhausted = self.closed = self.announced = False
-        self.t_map = time.perf_counter()
-        self.on_close: Callable[[], None] | None = None
-
-    def __iter__(self) -> "WindowStream":
-        return self
+        self.exhausted = False
 
     def __next__(self) -> Any:
         if not self.announced and not self.closed:
-            self.announced = True
-            self.t_map = time.perf_counter()
-            if self.rt.callbacks:
-                self.rt.emit("on_map_start", self.total)
+            self._begin()
         while not self.buffer:
             if self.closed or self.exhausted:
                 self.close()
                 raise StopIteration
+            if self._shut_down():  # no window starts after engine.shutdown()
+                self.close()
+                if self.collect:
+                    raise StopIteration
+                raise self._shut_down_error()
             try:
                 rows = []
                 for row in self.rows:
@@ -546,13 +588,4 @@ class WindowStream:
             return
         self.closed = True
         self.buffer.clear()
-        if self.rt.callbacks and self.announced:
-            self.rt.emit("on_map_end", time.perf_counter() - self.t_map)
-        if self.on_close is not None:
-            self.on_close()
-
-    def __enter__(self) -> "WindowStream":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+        self._end()
