@@ -311,6 +311,31 @@ public:
         return PyCall(std::move(job), pool_, self);
     }
 
+    // submit() for several calls with one GIL release: a streaming map hands a stage
+    // every item that may start at once, and each release would make the driver queue
+    // for the GIL behind the workers again (~50 us a call with hundreds of them busy).
+    void submit_each(const py::list& fns, const py::list& dones) {
+        if (pool_.is_shut_down()) throw PoolShutDownError("ThreadPool is shut down");
+        if (fns.size() != dones.size()) throw py::value_error("fns and dones differ in length");
+        std::vector<std::shared_ptr<PyCallJob>> jobs;
+        jobs.reserve(fns.size());
+        for (std::size_t k = 0; k < fns.size(); ++k) {
+            auto job = std::make_shared<PyCallJob>(fns[k].ptr(), dones[k].ptr(), dropped_);
+            job->self_ = job;
+            jobs.push_back(std::move(job));
+        }
+        std::size_t sent = 0;
+        try {
+            pycall::GilRelease nogil;
+            for (; sent < jobs.size(); ++sent) pool_.submit(jobs[sent], 1);
+        } catch (...) {
+            // GIL held again: the calls never handed over drop their references.
+            for (std::size_t k = sent; k < jobs.size(); ++k) jobs[k]->withdraw();
+            if (pool_.is_shut_down()) throw PoolShutDownError("ThreadPool is shut down");
+            throw;
+        }
+    }
+
     bool begin_wait() { return pool_.begin_wait(); }
     void end_wait() { pool_.end_wait(); }
 
@@ -492,6 +517,11 @@ Call fn() on a worker thread, then done(result_or_exception, ok) on that same th
 with the GIL held. Returns a PoolCall at once. An exception raised by done goes to
 sys.unraisablehook. If shutdown() drops the call before it starts, shutdown() calls
 done(PoolShutDown(...), False) itself.)doc")
+        .def("submit_each", &PyThreadPool::submit_each, "fns"_a, "dones"_a, R"doc(
+submit(fns[k], dones[k]) for every k, with one GIL release; no PoolCall is returned
+(the calls cannot be given up on). If the pool is shut down (or shuts down meanwhile),
+raises PoolShutDown; calls already handed over run, or are answered by shutdown() as for
+submit(); the others never run.)doc")
         .def("begin_wait", &PyThreadPool::begin_wait, R"doc(
 On a worker of this pool about to block on other work of this pool (a nested map): it
 stops counting against max_workers until end_wait(). False (a no-op) on other threads.)doc")

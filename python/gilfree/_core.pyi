@@ -68,6 +68,9 @@ class ThreadPool:
         with the GIL held. Returns at once. Errors raised by done go to
         sys.unraisablehook. A call dropped by shutdown() before it ran is answered by
         shutdown() with done(PoolShutDown(...), False)."""
+    def submit_each(self, fns: list[Callable[[], Any]],
+                    dones: list[Callable[[Any, bool], object]]) -> None:
+        """submit(fns[k], dones[k]) for every k, with one GIL release (no PoolCall)."""
     def begin_wait(self) -> bool:
         """On a worker of this pool about to block on other work of this pool (a nested
         map): it stops counting against max_workers until end_wait(). False elsewhere."""
