@@ -413,3 +413,35 @@ def test_pool_works_in_forked_child():
         with os.fdopen(r, "rb") as f:
             assert f.read() == b"ok"
         os.waitpid(pid, 0)
+
+
+def test_submit_each_runs_every_call_and_answers_each_done():
+    import threading
+
+    from gilfree._native import core
+
+    pool = core().ThreadPool(4, 10.0, 16)
+    answers, all_done = [], threading.Event()
+
+    def done(k):
+        def answer(result, ok):
+            answers.append((k, result, ok))
+            if len(answers) == 6:
+                all_done.set()
+        return answer
+
+    def call(k):
+        def run():
+            if k == 3:
+                raise ValueError("three")
+            return k * 10
+        return run
+
+    pool.submit_each([call(k) for k in range(6)], [done(k) for k in range(6)])
+    assert all_done.wait(10)
+    by_k = {k: (r, ok) for k, r, ok in answers}
+    assert {k: by_k[k] for k in (0, 1, 2, 4, 5)} == {k: (k * 10, True) for k in (0, 1, 2, 4, 5)}
+    assert isinstance(by_k[3][0], ValueError) and by_k[3][1] is False
+    pool.shutdown(True)
+    with pytest.raises(core().PoolShutDown):
+        pool.submit_each([call(0)], [done(0)])
