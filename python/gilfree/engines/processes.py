@@ -344,7 +344,7 @@ class _MapCall:
     def __init__(self, engine: ProcessEngine, pool: Any, plan: Plan, base: dict,
                  rows: list[dict], rt: Runtime, *, stage: bool = False,
                  skip: set[int] = frozenset(), timeout: Any = "engine", offset: int = 0,
-                 deferred: bool = False, stop: Any = None):
+                 deferred: bool = False, stop: Any = None, on_placed: Any = None):
         self.engine, self.pool, self.plan, self.rows, self.rt = engine, pool, plan, rows, rt
         self.n = len(rows)
         self.out: list[Any] = [None] * self.n
@@ -360,6 +360,9 @@ class _MapCall:
         self.offset = offset
         self.deferred = deferred
         self.stop = stop  # stop() true: dispatch no more batches (the stream was closed)
+        # on_placed(out, a, b): rows [a, b) just got their results (a streaming stage
+        # hands them on at once instead of at the end of the map)
+        self.on_placed = on_placed
         self.timeout = engine._item_timeout(plan) if timeout == "engine" else timeout
         self.payload, self.payload_fds = remote.encode_payload(
             plan, base, RemoteOptions.of(rt, self.timeout))
@@ -439,6 +442,8 @@ class _MapCall:
         if bad is not None and not self.rt.collect:
             self.errors[bad] = self.out[bad]
             return False
+        if self.on_placed is not None:
+            self.on_placed(self.out, a, b)
         return self.stop is None or not self.stop()
 
     def on_lost(self, a: int, b: int, info: dict) -> bool:

@@ -131,6 +131,7 @@ class Stream(_Lifecycle):
         specs = [(r.spec[0], self.read_ahead, r.spec[2], r.spec[3]) for r in self.runners]
         self.flow = core().Flow(specs, self.read_ahead, ordered)
         self.total = total
+        self.input_ended = False
 
     # -- the iterator ------------------------------------------------------------------
     def __next__(self) -> Any:
@@ -175,8 +176,9 @@ class Stream(_Lifecycle):
         self.flow.close()
         if not self.collect or not left:
             self.close()
-            if self.collect:
+            if self.collect and self.input_ended:
                 raise StopIteration
+            # Under "collect" too: the input had not ended, the map was cut short.
             raise self._shut_down_error()
         for i in left:
             self.errors[i] = self._shut_down_error(i)
@@ -203,6 +205,7 @@ class Stream(_Lifecycle):
             n += 1
             if n == k:
                 return n, False
+        self.input_ended = True
         return n, True
 
     def _dispatch(self, stage: int, ids: list[int]) -> None:
@@ -457,6 +460,7 @@ class _ProcessRunner(_Runner):
         self.part = _StagePart(stage, stream.plan, stream.work_rt, base)
         self.spec = (PROCESS_MICRO_BATCH * 2, 0, 0, 0.0)
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.reported: set[int] = set()  # ids of the running micro-batch already done
         self.thread: threading.Thread | None = None
         self.stopped = False
 
@@ -499,15 +503,17 @@ class _ProcessRunner(_Runner):
                 s.done(k, ids, [True] * len(ids))
                 continue
             try:
-                flags = self._run(sorted(ids))
+                self._run(sorted(ids))
             except BaseException as exc:  # the pool broke, the engine shut down
-                for i in ids:
+                left = [i for i in ids if i not in self.reported]
+                for i in left:
                     s.fail(i, exc)
-                flags = [True] * len(ids)
-            s.done(k, ids, flags)
+                s.done(k, left, [True] * len(left))
 
-    def _run(self, ids: list[int]) -> list[bool]:
-        s, part = self.stream, self.part
+    def _run(self, ids: list[int]) -> None:
+        """One micro-batch; each item is reported to the flow as soon as its worker
+        batch is back (a later stage starts on it while the rest still run)."""
+        s, part, k = self.stream, self.part, self.k
         lo = ids[0]
         wanted = set(ids)
         rows, skip = [], set()
@@ -518,21 +524,33 @@ class _ProcessRunner(_Runner):
                 skip.add(j - lo)
             else:
                 rows.append(part.row(v, s.sigs.get(j)))
+        reported = self.reported = set()
+
+        def placed(out: list, a: int, b: int) -> None:
+            done = [lo + j for j in range(a, b) if lo + j in wanted]
+            reported.update(done)
+            if done:
+                s.done(k, done, [self._take(i, out[i - lo]) for i in done])
+
         out = self.processes._stage_map(part, rows, s.work_rt, skip=skip, timeout=self.timeout,
-                                        offset=lo, deferred=True, stop=lambda: self.stopped)
-        flags = []
-        for i in ids:
-            result, v = out[i - lo], s.values.get(i)
-            if v is None or result is None:  # closed meanwhile, or never ran
-                flags.append(True)
-            elif isinstance(result, BaseException):
-                s.fail(i, result)
-                flags.append(True)
-            else:
-                if not part.take(result, v, s.sigs.get(i)):
-                    s.cached[i] = False
-                flags.append(False)
-        return flags
+                                        offset=lo, deferred=True, stop=lambda: self.stopped,
+                                        on_placed=placed)
+        rest = [i for i in ids if i not in reported]  # lost, timed out, or never ran
+        if rest:
+            s.done(k, rest, [self._take(i, out[i - lo]) for i in rest])
+
+    def _take(self, i: int, result: Any) -> bool:
+        """Item ``i``'s stage result into its values; True if it failed."""
+        s = self.stream
+        v = s.values.get(i)
+        if v is None or result is None:  # closed meanwhile, or never ran
+            return True
+        if isinstance(result, BaseException):
+            s.fail(i, result)
+            return True
+        if not self.part.take(result, v, s.sigs.get(i)):
+            s.cached[i] = False
+        return False
 
 
 class WindowStream(_Lifecycle):
