@@ -18,6 +18,19 @@
 //              and claims the next item, which is how blocking items overlap)
 //     release GIL when nothing is left to claim              [no GIL]
 //
+//   map_into(fn, ids, flow, stage) (imap's thread stage; caller holds GIL, e.g. inside
+//   Flow.next's dispatch)
+//     build PyFlowBatch (refs to fn and the Flow), release GIL, ThreadPool::submit,
+//     return at once: nobody waits on the batch                  [no GIL while submitting]
+//   worker thread (one ticket of a PyFlowBatch)
+//     take GIL once; repeat: claim i; fn(ids[i]); FlowScheduler::done(stage, {id},
+//     {result is not True}) directly in C++ (only the flow's mutex, no Python callback)
+//     release GIL when nothing is left to claim                  [no GIL]
+//   shutdown()/cancel (any thread): no new claims; the unclaimed ids are reported failed
+//     through the same claim counter, so each id is reported exactly once. Whoever
+//     reports the last id drops fn and the Flow: at once with the GIL, else via the
+//     pool's graveyard, emptied under the GIL by the next map_into/shutdown/dealloc.
+//
 // Ctrl-C: the driver abandons the batch (no new claims) and raises at once; running items
 // finish later and the last worker drops the batch's references with the GIL held. The
 // pool is told (ThreadPool::abandon), so their threads do not count against max_workers.
@@ -35,9 +48,11 @@
 // deadlock once every worker waits for items that need a worker. Maps into another pool
 // run normally.
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 #include <pthread.h>
 
 #include <atomic>
+#include <cstdint>
 #include <chrono>
 #include <cstddef>
 #include <memory>
@@ -48,6 +63,7 @@
 #include <vector>
 
 #include "bindings.hpp"
+#include "gilfree/flow.hpp"
 #include "gilfree/index_batch.hpp"
 #include "gilfree/thread_pool.hpp"
 #include "py_call.hpp"
@@ -257,6 +273,116 @@ private:
     std::atomic<int> state_{kQueued};
 };
 
+// map_into(fn, ids, flow, stage): no driver waits. Workers claim ids like a PyMapBatch and
+// report each one to the FlowScheduler themselves (done() takes only the flow's mutex).
+// Every id is reported exactly once: by the worker that claimed it, or, once the batch is
+// cancelled (shutdown, interpreter exit, a thread that could not start), as failed by
+// whoever drains the unclaimed rest through the same claim counter. The references (fn,
+// the Flow object) are dropped by whoever reports the last id: at once if it holds the
+// GIL, else via the pool's graveyard, emptied under the GIL (or leaked after exit).
+class PyFlowBatch final : public Job {
+public:
+    struct Graveyard {
+        std::mutex mu;
+        std::vector<std::shared_ptr<PyFlowBatch>> batches;
+    };
+
+    // New references to fn and flow. GIL held.
+    PyFlowBatch(PyObject* fn, std::vector<std::uint64_t> ids, PyObject* flow_obj,
+                FlowScheduler& flow, std::size_t stage, std::shared_ptr<Graveyard> graveyard)
+        : fn_(Py_NewRef(fn)), flow_obj_(Py_NewRef(flow_obj)), flow_(flow), stage_(stage),
+          ids_(std::move(ids)), graveyard_(std::move(graveyard)) {}
+    ~PyFlowBatch() override = default;  // plain C++, see PyMapBatch
+
+    std::size_t size() const noexcept { return ids_.size(); }
+
+    void run_ticket() override {
+        if (cancelled_.load(std::memory_order_relaxed) ||
+            next_.load(std::memory_order_relaxed) >= ids_.size())
+            return;  // surplus ticket: no GIL for nothing
+        if (!pycall::WorkerGil::acquire()) {  // interpreter exiting: report, never touch
+            cancel();
+            return;
+        }
+        std::size_t in_run = 0;
+        while (!cancelled_.load(std::memory_order_relaxed)) {
+            const std::size_t i = next_.fetch_add(1, std::memory_order_relaxed);
+            if (i >= ids_.size()) break;
+            pycall::Outcome o = call_id(ids_[i]);
+            // The result is only a flag; an exception is fn's to record (imap's does).
+            const bool failed = !o.ok || o.value != Py_True;
+            pycall::drop(o.value);
+            report(i, failed, true);
+            if (!pycall::WorkerGil::between_items(++in_run))
+                cancelled_.store(true, std::memory_order_relaxed);
+        }
+        drain(true);
+        pycall::WorkerGil::release();
+    }
+
+    // Shutdown (any thread, maybe without the GIL): no new calls; the unclaimed ids fail.
+    void cancel() noexcept override {
+        cancelled_.store(true, std::memory_order_relaxed);
+        drain(false);
+    }
+
+    // GIL held, last id reported (or interpreter alive and batch in the graveyard).
+    void release() noexcept {
+        pycall::drop(fn_);
+        pycall::drop(flow_obj_);
+    }
+
+private:
+    pycall::Outcome call_id(std::uint64_t id) {
+        PyObject* arg = PyLong_FromUnsignedLongLong(id);
+        if (arg == nullptr) return {pycall::take_exception(), false};
+        pycall::Outcome o = pycall::call(fn_, arg);
+        Py_DECREF(arg);
+        return o;
+    }
+
+    void drain(bool gil) noexcept {
+        for (;;) {
+            const std::size_t i = next_.fetch_add(1, std::memory_order_relaxed);
+            if (i >= ids_.size()) return;
+            report(i, true, gil);
+        }
+    }
+
+    void report(std::size_t i, bool failed, bool gil) noexcept {
+        try {
+            flow_.done(stage_, {ids_[i]}, {failed});
+        } catch (...) {  // closed flow ignores; an id not in flight: the flow's business
+        }
+        if (reported_.fetch_add(1, std::memory_order_acq_rel) + 1 != ids_.size()) return;
+        if (gil) {
+            release();
+            return;
+        }
+        try {
+            std::lock_guard<std::mutex> lk(graveyard_->mu);
+            graveyard_->batches.push_back(shared_from_job());
+        } catch (...) {  // out of memory: the references leak, which is safe
+        }
+    }
+
+    std::shared_ptr<PyFlowBatch> shared_from_job() { return weak_self_.lock(); }
+
+public:
+    std::weak_ptr<PyFlowBatch> weak_self_;
+
+private:
+    PyObject* fn_;
+    PyObject* flow_obj_;
+    FlowScheduler& flow_;  // kept alive by flow_obj_ until the last id is reported
+    const std::size_t stage_;
+    const std::vector<std::uint64_t> ids_;
+    std::shared_ptr<Graveyard> graveyard_;
+    std::atomic<std::size_t> next_{0};
+    std::atomic<std::size_t> reported_{0};
+    std::atomic<bool> cancelled_{false};
+};
+
 // What submit() returns: lets the caller give up on the call.
 class PyCall {
 public:
@@ -334,6 +460,44 @@ public:
             if (pool_.is_shut_down()) throw PoolShutDownError("ThreadPool is shut down");
             throw;
         }
+    }
+
+    // Fire and forget: see PyFlowBatch. Only an already shut-down pool raises; from here
+    // on every id is reported to the flow, as failed if it cannot run.
+    void map_into(const py::object& fn, const std::vector<std::uint64_t>& ids,
+                  const py::object& flow_obj, std::size_t stage) {
+        FlowScheduler& flow = flow_obj.cast<FlowScheduler&>();
+        if (pool_.is_current_thread_worker()) {  // re-entrant: inline, as map() does
+            for (std::uint64_t id : ids) {
+                auto r = py::reinterpret_steal<py::object>(PyLong_FromUnsignedLongLong(id));
+                if (!r) throw py::error_already_set();
+                pycall::Outcome o = pycall::call(fn.ptr(), r.ptr());
+                const bool failed = !o.ok || o.value != Py_True;
+                pycall::drop(o.value);
+                try {
+                    flow.done(stage, {id}, {failed});
+                } catch (const std::exception&) {  // as on a worker: never the caller's
+                }
+            }
+            return;
+        }
+        if (pool_.is_shut_down()) throw PoolShutDownError("ThreadPool is shut down");
+        bury_released();
+        if (ids.empty()) return;
+        auto batch = std::make_shared<PyFlowBatch>(fn.ptr(), ids, flow_obj.ptr(), flow, stage,
+                                                   graveyard_);
+        batch->weak_self_ = batch;
+        {
+            pycall::GilRelease nogil;
+            try {
+                pool_.submit(batch, batch->size());
+            } catch (const std::runtime_error&) {
+                // Shut down meanwhile, or no thread could start: the ids the pool did not
+                // take fail now (the batch reports them; a second report would be refused).
+                batch->cancel();
+            }
+        }
+        bury_released();
     }
 
     bool begin_wait() { return pool_.begin_wait(); }
@@ -471,10 +635,23 @@ private:
         }
         if (!pycall::interpreter_alive()) return;  // leak: nothing may run now
         for (auto& j : jobs) j->answer_dropped();
+        bury_released();
+    }
+
+    // GIL held: drops the references of map_into batches finished without the GIL.
+    void bury_released() {
+        std::vector<std::shared_ptr<PyFlowBatch>> batches;
+        {
+            std::lock_guard<std::mutex> lk(graveyard_->mu);
+            batches.swap(graveyard_->batches);
+        }
+        if (!pycall::interpreter_alive()) return;
+        for (auto& b : batches) b->release();
     }
 
     ThreadPool pool_;
     std::shared_ptr<PyCallJob::Dropped> dropped_ = std::make_shared<PyCallJob::Dropped>();
+    std::shared_ptr<PyFlowBatch::Graveyard> graveyard_ = std::make_shared<PyFlowBatch::Graveyard>();
 };
 
 }  // namespace
@@ -522,6 +699,13 @@ submit(fns[k], dones[k]) for every k, with one GIL release; no PoolCall is retur
 (the calls cannot be given up on). If the pool is shut down (or shuts down meanwhile),
 raises PoolShutDown; calls already handed over run, or are answered by shutdown() as for
 submit(); the others never run.)doc")
+        .def("map_into", &PyThreadPool::map_into, "fn"_a, "ids"_a, "flow"_a, "stage"_a, R"doc(
+Return at once; call fn(id) for every id on the pool's threads (as map() would) and
+report each call to flow (a _core.Flow) from C++: flow.done(stage, [id], [failed]),
+failed unless fn returned True (an exception fn raises is dropped: fn records its own
+errors). Ids that cannot run because the pool shuts down are reported as failed.
+Raises PoolShutDown if the pool is already shut down (nothing is reported then). Called
+from one of this pool's own workers, the ids run inline in that thread.)doc")
         .def("begin_wait", &PyThreadPool::begin_wait, R"doc(
 On a worker of this pool about to block on other work of this pool (a nested map): it
 stops counting against max_workers until end_wait(). False (a no-op) on other threads.)doc")

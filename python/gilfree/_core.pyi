@@ -71,6 +71,13 @@ class ThreadPool:
     def submit_each(self, fns: list[Callable[[], Any]],
                     dones: list[Callable[[Any, bool], object]]) -> None:
         """submit(fns[k], dones[k]) for every k, with one GIL release (no PoolCall)."""
+    def map_into(self, fn: Callable[[int], object], ids: list[int], flow: Flow,
+                 stage: int) -> None:
+        """Return at once; fn(id) runs for every id on the pool's threads (as in map())
+        and each call is reported from C++ as flow.done(stage, [id], [failed]), failed
+        unless fn returned True (fn records its own errors; its exceptions are dropped).
+        Ids the pool cannot run (shut down meanwhile) are reported failed. Raises
+        PoolShutDown if already shut down. On one of this pool's workers: inline."""
     def begin_wait(self) -> bool:
         """On a worker of this pool about to block on other work of this pool (a nested
         map): it stops counting against max_workers until end_wait(). False elsewhere."""

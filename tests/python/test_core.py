@@ -445,3 +445,142 @@ def test_submit_each_runs_every_call_and_answers_each_done():
     pool.shutdown(True)
     with pytest.raises(core().PoolShutDown):
         pool.submit_each([call(0)], [done(0)])
+
+
+# --- ThreadPool.map_into: completions straight into a Flow --------------------------------
+
+def _drive(flow, n, dispatch):
+    """Runs flow.next() over n input items; returns every (id, failed) that left. A
+    watchdog closes the flow after 30 s, so an id never reported fails the test (too few
+    exits) instead of hanging it."""
+    left = [n]
+
+    def pull(k):
+        got = min(k, left[0])
+        left[0] -= got
+        return got, left[0] == 0
+
+    exits = []
+    watchdog = threading.Timer(30.0, flow.close)
+    watchdog.start()
+    try:
+        while True:
+            out = flow.next(pull, dispatch)
+            if not out:
+                return exits
+            exits.extend(out)
+    finally:
+        watchdog.cancel()
+
+
+def test_map_into_reports_every_id_once_with_its_failed_flag():
+    calls, threads = [], set()
+
+    def fn(i):
+        calls.append(i)
+        threads.add(threading.get_ident())
+        if i % 3 == 1:
+            return 1  # anything but True counts as failed
+        if i % 3 == 2:
+            raise ValueError(f"item {i}")
+        return True
+
+    with _core.ThreadPool(4) as pool:
+        flow = _core.Flow([(4, 4, 1, 0.0)], read_ahead=8, ordered=False)
+        base_flow, base_fn = sys.getrefcount(flow), sys.getrefcount(fn)
+        exits = _drive(flow, 60, lambda k, ids: pool.map_into(fn, ids, flow, k))
+    assert sorted(exits) == [(i, i % 3 != 0) for i in range(60)]
+    assert sorted(calls) == list(range(60))
+    assert threading.get_ident() not in threads  # ran on the pool, not in the driver
+    # the batch drops its references to the Flow and to fn once every id was reported
+    assert wait_until(lambda: sys.getrefcount(flow) == base_flow
+                      and sys.getrefcount(fn) == base_fn)
+
+
+def test_map_into_reports_ids_left_by_a_shutdown_as_failed():
+    started, gate = threading.Event(), threading.Event()
+
+    def fn(i):
+        if i == 0:
+            started.set()
+            gate.wait(10)
+        return True
+
+    pool = _core.ThreadPool(1)  # one worker: id 0 blocks it, the rest wait unclaimed
+    flow = _core.Flow([(50, 50, 1, 0.0)], read_ahead=50, ordered=False)
+
+    def stop():
+        started.wait(10)
+        pool.shutdown(False)
+        gate.set()
+
+    t = threading.Thread(target=stop)
+    t.start()
+    exits = _drive(flow, 50, lambda k, ids: pool.map_into(fn, ids, flow, k))
+    t.join(10)
+    assert sorted(exits) == [(0, False)] + [(i, True) for i in range(1, 50)]
+    with pytest.raises(_core.PoolShutDown):
+        pool.map_into(fn, [0], flow, 0)
+    pool.shutdown(True)
+
+
+def test_map_into_reports_ids_of_a_batch_no_worker_reached_before_shutdown():
+    # The only worker is busy elsewhere: the batch's tickets are still queued when the
+    # pool shuts down, so no worker of the batch is left to report its ids.
+    started, gate, answered = threading.Event(), threading.Event(), threading.Event()
+    pool = _core.ThreadPool(1)
+
+    def blocker():
+        started.set()
+        gate.wait(10)
+
+    pool.submit(blocker, lambda r, ok: answered.set())
+    assert started.wait(10)
+    ran = []
+    flow = _core.Flow([(20, 20, 1, 0.0)], read_ahead=20, ordered=False)
+
+    def dispatch(k, ids):
+        pool.map_into(lambda i: ran.append(i) or True, ids, flow, k)
+        threading.Thread(target=lambda: (pool.shutdown(False), gate.set())).start()
+
+    exits = _drive(flow, 20, dispatch)
+    assert sorted(exits) == [(i, True) for i in range(20)] and ran == []
+    assert answered.wait(10)
+    pool.shutdown(True)
+
+
+def test_map_into_survives_refused_done_and_runs_inline_on_a_worker():
+    with _core.ThreadPool(2) as pool:
+        # ids not in flight (ValueError inside the binding) and a closed flow: ignored
+        flow = _core.Flow([(4, 4, 1, 0.0)], read_ahead=4)
+        seen = []
+        pool.map_into(lambda i: seen.append(i) or True, [5, 6], flow, 0)
+        assert wait_until(lambda: sorted(seen) == [5, 6])
+        flow.close()
+        pool.map_into(lambda i: seen.append(i) or True, [7], flow, 0)
+        assert wait_until(lambda: sorted(seen) == [5, 6, 7])
+        assert pool.map(lambda x: x + 1, [1, 2]) == [2, 3]  # workers still alive
+        # re-entrant: from one of the pool's workers the ids run inline in that thread
+        flow = _core.Flow([(4, 4, 1, 0.0)], read_ahead=4, ordered=False)
+        where = []
+
+        def fn(i):
+            where.append(threading.get_ident())
+            return True
+
+        def dispatch(k, ids):
+            outer = pool.map(lambda _: (pool.map_into(fn, ids, flow, k),
+                                        threading.get_ident())[1], [0])
+            assert set(where[-len(ids):]) == set(outer)
+
+        assert sorted(_drive(flow, 10, dispatch)) == [(i, False) for i in range(10)]
+
+
+def test_map_into_stress_10k_ids():
+    def fn(i):
+        return i % 7 != 0
+
+    with _core.ThreadPool(8) as pool:
+        flow = _core.Flow([(64, 64, 1, 0.0)], read_ahead=256, ordered=True)
+        exits = _drive(flow, 10_000, lambda k, ids: pool.map_into(fn, ids, flow, k))
+    assert exits == [(i, i % 7 == 0) for i in range(10_000)]
