@@ -9,7 +9,8 @@
                  only as far as the flow has room)
         dispatch(stage, ids) ◀───────────────────── ids may start on a stage:
           inline   runs them here, now
-          thread   one pool.submit per item ───────▶ C++ thread pool
+          thread   pool.map_into(ids) ─────────────▶ C++ thread pool (its workers
+                                                     report flow.done in C++)
           async    one coroutine per item ─────────▶ the engine's event loop
           batch    one pool.submit per batch ──────▶ (a DualNode: full, or lingered)
           process  the stage's feeder thread ──────▶ _MapCall micro-batches on the
@@ -32,7 +33,6 @@ import queue
 import threading
 import time
 from collections import deque
-from functools import partial
 from typing import Any, Callable, Iterator
 
 from ..errors import EngineShutDown
@@ -334,20 +334,17 @@ class _ThreadRunner(_Runner):
         super().__init__(stream, k, stage)
         self.pool = threads.pool
         self.spec = (threads.max_workers, 0, 0, 0.0)
-        self.shut_down_error = threads._shut_down_error
 
     def dispatch(self, ids: list[int]) -> None:
-        # One hand-over for all of them (submit_each: one GIL release, not one each).
-        self.pool.submit_each([partial(self._call, i) for i in ids],
-                              [partial(self._done, i) for i in ids])
+        # One hand-over for all of them; the pool's workers report each item to the flow
+        # in C++ (no Python callback per item). Ids a shutdown keeps from running are
+        # reported failed (EngineShutDown when they leave); a pool already shut down
+        # raises here, which Stream._dispatch turns into that error.
+        self.pool.map_into(self._call_id, ids, self.stream.flow, self.k)
 
-    def _call(self, i: int) -> bool:
+    def _call_id(self, i: int) -> bool:
+        """True if item ``i`` ran through the stage; False (error recorded) if not."""
         return self.run_items(i, self.stream.work_rt.worker_view())
-
-    def _done(self, i: int, ok_items: Any, ok: bool) -> None:
-        if not ok:  # the pool itself could not run it (shut down)
-            self.stream.fail(i, self.shut_down_error(i))
-        self.stream.done(self.k, [i], [not (ok and ok_items)])
 
 
 class _LoopRunner(_Runner):
