@@ -234,8 +234,9 @@ class Stream(_Lifecycle):
         sigs = self.sigs.pop(i, None)
         cached = self.cached.pop(i, False)
         if failed or values is None:
-            exc = self.errors.pop(i, None) or EngineShutDown(
-                f"map item {i} did not run to its end")
+            exc = self.errors.pop(i, None) or (
+                self._shut_down_error(i) if self._shut_down() else
+                EngineShutDown(f"map item {i} did not run to its end"))
             if rt.callbacks:
                 rt.emit("on_map_item_end", i, time.perf_counter() - started)
             if self.collect:
