@@ -50,7 +50,7 @@ from ..remote import transport
 from ..model.plan import Plan
 from ..remote import driver as remote
 from ..remote.messages import RemoteOptions
-from ..run.stages import SIGS, Skipped, Stage, stage_plan
+from ..run.stages import Skipped, Stage, StagePart
 from .base import Engine
 from .threads import usable_cores
 
@@ -216,7 +216,7 @@ class ProcessEngine(Engine):
         """Runs ``stage`` of a map with several executors in the workers (stages.py's
         ``Placement.remote``): only the values it reads go, only what later stages or
         the caller need comes back; items failed in earlier stages are skipped."""
-        part = _StagePart(stage, plan, rt, base)
+        part = StagePart(stage, plan, rt, base)
 
         def remote(values: list, sigs: list, failed: list, cached: list, collect: bool) -> None:
             skip = {i for i, err in enumerate(failed) if err is not None}
@@ -233,7 +233,7 @@ class ProcessEngine(Engine):
                     cached[i] = part.take(result, values[i], sigs[i]) and cached[i]
         return remote
 
-    def _stage_map(self, part: "_StagePart", rows: list[dict], rt: Runtime, **call: Any) -> list:
+    def _stage_map(self, part: "StagePart", rows: list[dict], rt: Runtime, **call: Any) -> list:
         """One map of a stage's plan over ``rows`` (``call``: _MapCall's stage options)."""
         return self._on_pool(lambda pool: _MapCall(self, pool, part.plan, part.shared, rows,
                                                    rt, stage=True, **call).run())
@@ -306,36 +306,6 @@ def _trim_heap() -> None:
             _malloc_trim = False
     if _malloc_trim:
         _malloc_trim(0)
-
-
-class _StagePart:
-    """What a stage of a map with several executors sends to the workers: its plan, the
-    shared inputs it reads, and per item the values it reads (with, under a cache, their
-    signatures, so cache keys are those of a one-executor map)."""
-
-    def __init__(self, stage: Stage, plan: Plan, rt: Runtime, base: dict):
-        self.ship_sigs = rt.cache is not None
-        self.plan = stage_plan(plan, stage, self.ship_sigs)
-        self.shared = {k: base[k] for k in stage.base_names}
-        # A stage that reads only shared inputs still needs a column: a batch's length
-        # travels as the length of its columns.
-        self.names = stage.row_names or ["__gilfree_item__"]
-
-    def row(self, values: dict, sigs: dict | None) -> dict:
-        row = {k: values.get(k) for k in self.names}
-        if self.ship_sigs:
-            row[SIGS] = {k: sigs[k] for k in self.names if k in sigs}
-        return row
-
-    def take(self, result: dict, values: dict, sigs: dict | None) -> bool:
-        """An item's stage result into its values; True if the workers served all of the
-        stage's steps from the cache."""
-        hit = False  # no cache: nothing was served from it
-        if self.ship_sigs:  # what the stage's steps were cached under, and if all hit
-            stage_sigs, hit = result.pop(SIGS)
-            sigs.update(stage_sigs)
-        values.update(result)
-        return hit
 
 
 class _MapCall:

@@ -27,7 +27,7 @@ from .execute import run_step
 from .execute_async import arun_step
 from .execute_batch import _run_batch
 from .runtime import Runtime
-from .stages import INLINE, PROCESS, THREAD, Stage
+from .stages import INLINE, PROCESS, THREAD, Stage, StagePart
 
 #: A batch stage sends a partial batch after its oldest item waited this long.
 LINGER_S = 0.01
@@ -223,12 +223,10 @@ class _ProcessRunner(_Runner):
     travelling as skipped placeholders, so workers number items as the map does."""
 
     def __init__(self, stream: Any, k: int, stage: Stage, processes: Any, base: dict):
-        from ..engines.processes import _StagePart
-
         super().__init__(stream, k, stage)
         self.processes = processes
         self.timeout = stream.engine._item_timeout(stream.plan)
-        self.part = _StagePart(stage, stream.plan, stream.work_rt, base)
+        self.part = StagePart(stage, stream.plan, stream.work_rt, base)
         self.spec = (PROCESS_MICRO_BATCH * 2, 0, 0, 0.0)
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         self.reported: set[int] = set()  # ids of the running micro-batch already done

@@ -139,6 +139,36 @@ def stage_plan(plan: Plan, stage: Stage, ship_sigs: bool = False) -> Plan:
     return stage.plan
 
 
+class StagePart:
+    """What a stage of a map with several executors sends to the workers: its plan, the
+    shared inputs it reads, and per item the values it reads (with, under a cache, their
+    signatures, so cache keys are those of a one-executor map)."""
+
+    def __init__(self, stage: Stage, plan: Plan, rt: Any, base: dict):
+        self.ship_sigs = rt.cache is not None
+        self.plan = stage_plan(plan, stage, self.ship_sigs)
+        self.shared = {k: base[k] for k in stage.base_names}
+        # A stage that reads only shared inputs still needs a column: a batch's length
+        # travels as the length of its columns.
+        self.names = stage.row_names or ["__gilfree_item__"]
+
+    def row(self, values: dict, sigs: dict | None) -> dict:
+        row = {k: values.get(k) for k in self.names}
+        if self.ship_sigs:
+            row[SIGS] = {k: sigs[k] for k in self.names if k in sigs}
+        return row
+
+    def take(self, result: dict, values: dict, sigs: dict | None) -> bool:
+        """An item's stage result into its values; True if the workers served all of the
+        stage's steps from the cache."""
+        hit = False  # no cache: nothing was served from it
+        if self.ship_sigs:  # what the stage's steps were cached under, and if all hit
+            stage_sigs, hit = result.pop(SIGS)
+            sigs.update(stage_sigs)
+        values.update(result)
+        return hit
+
+
 class PipelineRef:
     """What a stage's plan keeps of its pipeline: id and label (for events, messages)."""
 
