@@ -6,6 +6,7 @@ bad item)."""
 from __future__ import annotations
 
 import re
+import textwrap
 
 import pytest
 
@@ -56,11 +57,50 @@ def test_shutdown_during_a_map(run_case, engine_name, tmp_path):
         assert "batch_size=1" not in msg, msg
 
 
+#: The end of a case: ``p`` maps 20 items on ``engine`` (on_error="collect") in a thread;
+#: once an item has started (the file STARTED exists), the engine is shut down.
+SHUT_DOWN_MID_COLLECT_MAP = """
+p.map({"x": [0]}, map_over="x", engine=engine)  # started, code shipped
+os.unlink(STARTED)
+result = {}
+
+def mapper():
+    try:
+        out = p.map({"x": list(range(20))}, map_over="x", engine=engine)
+        result["out"] = [r["y"] if isinstance(r, dict) else
+                         f"{type(r).__name__}: {r}" for r in out]
+    except BaseException as exc:
+        result["error"] = f"{type(exc).__name__}: {exc}"
+
+t = threading.Thread(target=mapper)
+t.start()
+deadline = time.monotonic() + 30
+while not os.path.exists(STARTED) and time.monotonic() < deadline:
+    time.sleep(0.01)
+engine.shutdown()
+t.join(60)
+report(hung=t.is_alive(), **result)
+"""
+
+
+def _every_item_ended(rc: int, res: dict, err: str) -> list:
+    """Under "collect" nothing is lost: every item ends as its result or an
+    EngineShutDown saying the engine was shut down during the map."""
+    assert rc == 0, err
+    assert not res["hung"], res
+    assert "error" not in res, res  # "collect": the map itself does not raise
+    out = res["out"]
+    assert len(out) == 20
+    for i, r in enumerate(out):
+        if r != i:
+            assert r.startswith("EngineShutDown: ") and "during" in r, (i, r)
+    return out
+
+
 @pytest.mark.parametrize("engine_name", ALL)
 def test_shutdown_during_a_collect_map_with_callbacks_ends_every_item(run_case, engine_name,
                                                                       tmp_path):
-    # Callbacks take the traced path (not the fast one); under "collect" nothing is
-    # lost: every item ends as its result or as an EngineShutDown naming the engine.
+    # Callbacks take the traced path (not the fast one).
     rc, res, err = run_case(f"""
         from gilfree import PipelineCallback
         STARTED = {str(tmp_path / "started")!r}
@@ -76,35 +116,8 @@ def test_shutdown_during_a_collect_map_with_callbacks_ends_every_item(run_case, 
         few = {{"max_workers": 2}} if ENGINE in ("thread", "async") else {{}}
         engine = make_engine(on_error="collect", callbacks=[PipelineCallback()], **few)
         p = Pipeline([slow])
-        p.map({{"x": [0]}}, map_over="x", engine=engine)  # started, code shipped
-        os.unlink(STARTED)
-        result = {{}}
-
-        def mapper():
-            try:
-                out = p.map({{"x": list(range(20))}}, map_over="x", engine=engine)
-                result["out"] = [r["y"] if isinstance(r, dict) else
-                                 f"{{type(r).__name__}}: {{r}}" for r in out]
-            except BaseException as exc:
-                result["error"] = f"{{type(exc).__name__}}: {{exc}}"
-
-        t = threading.Thread(target=mapper)
-        t.start()
-        deadline = time.monotonic() + 30
-        while not os.path.exists(STARTED) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        engine.shutdown()
-        t.join(60)
-        report(hung=t.is_alive(), **result)
-    """, timeout=90)
-    assert rc == 0, err
-    assert not res["hung"], res
-    assert "error" not in res, res  # "collect": the map itself does not raise
-    out = res["out"]
-    assert len(out) == 20
-    for i, r in enumerate(out):
-        if r != i:
-            assert r.startswith("EngineShutDown: ") and "during" in r, (i, r)
+    """ + textwrap.indent(SHUT_DOWN_MID_COLLECT_MAP, "        "), timeout=90)
+    _every_item_ended(rc, res, err)
 
 
 @pytest.mark.parametrize("engine_name", [THREAD, ASYNC, THREAD_MIXED])
@@ -129,33 +142,6 @@ def test_shutdown_during_a_batch_step_under_collect_ends_every_item(run_case, en
         engine = make_engine(on_error="collect", callbacks=[PipelineCallback()],
                              batch_size=2, max_workers=2)
         p = Pipeline([DualNode("y", one, batch)])
-        p.map({{"x": [0]}}, map_over="x", engine=engine)
-        os.unlink(STARTED)
-        result = {{}}
-
-        def mapper():
-            try:
-                out = p.map({{"x": list(range(20))}}, map_over="x", engine=engine)
-                result["out"] = [r["y"] if isinstance(r, dict) else
-                                 f"{{type(r).__name__}}: {{r}}" for r in out]
-            except BaseException as exc:
-                result["error"] = f"{{type(exc).__name__}}: {{exc}}"
-
-        t = threading.Thread(target=mapper)
-        t.start()
-        deadline = time.monotonic() + 30
-        while not os.path.exists(STARTED) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        engine.shutdown()
-        t.join(60)
-        report(hung=t.is_alive(), **result)
-    """, timeout=90)
-    assert rc == 0, err
-    assert not res["hung"], res
-    assert "error" not in res, res
-    out = res["out"]
-    assert len(out) == 20
+    """ + textwrap.indent(SHUT_DOWN_MID_COLLECT_MAP, "        "), timeout=90)
+    out = _every_item_ended(rc, res, err)
     assert any(r != i for i, r in enumerate(out)), out  # the shutdown came mid-map
-    for i, r in enumerate(out):
-        if r != i:
-            assert r.startswith("EngineShutDown: ") and "during" in r, (i, r)
