@@ -8,6 +8,8 @@
 //   flow.next(pull, dispatch) ─────────▶ [GIL] ─────────────────────────▶ next(host)
 //   pull(k) -> (n_read, exhausted) ◀──── [GIL] host.pull ◀────────────── room for k items
 //   dispatch(stage, ids) ◀────────────── [GIL] host.dispatch ◀────────── ids may start
+//   start(stage, n) ◀─────────────────── [GIL] host.start ◀───────────── a claimed stage
+//                                                                          needs n workers
 //                                        [no GIL] host.unlocked(wait) ◀─ nothing to do: wait
 //                                        (pycall::wait_without_gil: back     <= 50 ms or to a
 //                                        ahead of pool workers, then          linger deadline
@@ -19,12 +21,16 @@
 //   inline code inside dispatch):        scheduler's mutex, which is never held while
 //   flow.done(stage, ids, failed) ─────▶ anyone waits for the GIL] done()
 //   flow.close() / flow.stats() [any thread] ───────────────────────────▶ close() / stats()
+//   workers of a claimed stage: C++ (ThreadPool.serve, bind_thread_pool.cpp) calls
+//   claim() without the GIL; flow.claim(stage, wait_s) here is the same for tests and
+//   Python workers (the GIL released while it waits)
 //
 // An exception from pull or dispatch leaves next() as it is (the flow is closed). The
 // Flow holds no Python objects between calls: pull and dispatch are passed to each next().
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <chrono>
 #include <cstdint>
 #include <string>
 #include <tuple>
@@ -33,6 +39,7 @@
 
 #include "bindings.hpp"
 #include "gilfree/flow.hpp"
+#include "gilfree/thread_pool.hpp"
 #include "py_call.hpp"
 
 namespace py = pybind11;
@@ -42,8 +49,8 @@ namespace {
 
 class PyFlowHost final : public FlowHost {
 public:
-    PyFlowHost(const py::object& pull, const py::object& dispatch)
-        : pull_(pull), dispatch_(dispatch) {}
+    PyFlowHost(const py::object& pull, const py::object& dispatch, const py::object& start)
+        : pull_(pull), dispatch_(dispatch), start_(start) {}
 
     std::pair<std::size_t, bool> pull(std::size_t k) override {
         py::object got = pull_(k);
@@ -65,15 +72,24 @@ public:
         dispatch_(stage, list);
     }
 
+    void start(std::size_t stage, std::size_t n) override {
+        if (start_.is_none()) FlowHost::start(stage, n);  // throws: nobody starts workers
+        start_(stage, n);
+    }
+
     // The signal handlers ran when the last wait took the GIL back; true: one raised
     // (KeyboardInterrupt) and its error is set.
     bool check_interrupt() override { return signalled_; }
 
-    // Ctrl-C latency: one wait (<= 50 ms) plus one GIL switch interval.
+    // Ctrl-C latency: one wait (<= 50 ms) plus one GIL switch interval. A driver that is
+    // itself a pool worker (imap inside a node) stops counting against its pool while it
+    // waits, so the stage's workers it started on that pool get threads.
     void unlocked(const std::function<void()>& wait) override {
         pycall::wait_without_gil(
             [&] {
+                const bool excused = ThreadPool::begin_wait_current();
                 wait();
+                if (excused) ThreadPool::end_wait_current();
                 return true;
             },
             signalled_);
@@ -82,11 +98,13 @@ public:
 private:
     const py::object& pull_;
     const py::object& dispatch_;
+    const py::object& start_;
     bool signalled_ = false;
 };
 
-py::list next(FlowScheduler& flow, const py::object& pull, const py::object& dispatch) {
-    PyFlowHost host(pull, dispatch);
+py::list next(FlowScheduler& flow, const py::object& pull, const py::object& dispatch,
+              const py::object& start) {
+    PyFlowHost host(pull, dispatch, start);
     std::vector<FlowScheduler::Exit> exits;
     try {
         exits = flow.next(host);
@@ -115,6 +133,7 @@ py::dict stats(const FlowScheduler& flow) {
         x["parked"] = s.parked;
         x["busy"] = s.busy;
         x["done_total"] = s.done_total;
+        x["workers"] = s.workers;
         stages.append(x);
     }
     d["stages"] = stages;
@@ -124,17 +143,40 @@ py::dict stats(const FlowScheduler& flow) {
 }  // namespace
 
 void bind_flow(py::module_& m) {
-    using StageTuple = std::tuple<std::size_t, std::size_t, std::size_t, double>;
     py::class_<FlowScheduler>(m, "Flow")
-        .def(py::init([](const std::vector<StageTuple>& stages, std::size_t read_ahead,
+        .def(py::init([](const std::vector<py::tuple>& stages, std::size_t read_ahead,
                          bool ordered) {
+                 // (capacity, queue_bound, batch_size, linger_s[, claimed])
                  std::vector<FlowStage> cfg;
-                 for (const auto& [capacity, queue_bound, batch_size, linger_s] : stages)
-                     cfg.push_back(FlowStage{capacity, queue_bound, batch_size, linger_s});
+                 for (const py::tuple& t : stages) {
+                     if (t.size() != 4 && t.size() != 5)
+                         throw py::value_error("Flow: a stage is (capacity, queue_bound, "
+                                               "batch_size, linger_s[, claimed]), got " +
+                                               std::string(py::repr(t)));
+                     cfg.push_back(FlowStage{t[0].cast<std::size_t>(), t[1].cast<std::size_t>(),
+                                             t[2].cast<std::size_t>(), t[3].cast<double>(),
+                                             t.size() == 5 && t[4].cast<bool>()});
+                 }
                  return new FlowScheduler(std::move(cfg), read_ahead, ordered);
              }),
              py::arg("stages"), py::arg("read_ahead"), py::arg("ordered") = true)
-        .def("next", &next, py::arg("pull"), py::arg("dispatch"))
+        .def("next", &next, py::arg("pull"), py::arg("dispatch"),
+             py::arg("start") = py::none())
+        .def(
+            "claim",
+            [](FlowScheduler& flow, std::size_t stage, double wait_s) -> py::object {
+                std::uint64_t id = 0;
+                bool got;
+                {
+                    py::gil_scoped_release nogil;
+                    got = flow.claim(stage, std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                                std::chrono::duration<double>(wait_s)),
+                                     id);
+                }
+                return got ? py::object(py::int_(id)) : py::object(py::none());
+            },
+            py::arg("stage"), py::arg("wait_s") = 0.0)
+        .def("worker_exit", &FlowScheduler::worker_exit, py::arg("stage"), py::arg("n") = 1)
         .def(
             "done",
             [](FlowScheduler& flow, std::size_t stage, const std::vector<std::uint64_t>& ids,

@@ -18,18 +18,18 @@
 //              and claims the next item, which is how blocking items overlap)
 //     release GIL when nothing is left to claim              [no GIL]
 //
-//   map_into(fn, ids, flow, stage) (imap's thread stage; caller holds GIL, e.g. inside
-//   Flow.next's dispatch)
-//     build PyFlowBatch (refs to fn and the Flow), release GIL, ThreadPool::submit,
-//     return at once: nobody waits on the batch                  [no GIL while submitting]
-//   worker thread (one ticket of a PyFlowBatch)
-//     take GIL once; repeat: claim i; fn(ids[i]); FlowScheduler::done(stage, {id},
-//     {result is not True}) directly in C++ (only the flow's mutex, no Python callback)
-//     release GIL when nothing is left to claim                  [no GIL]
-//   shutdown()/cancel (any thread): no new claims; the unclaimed ids are reported failed
-//     through the same claim counter, so each id is reported exactly once. Whoever
-//     reports the last id drops fn and the Flow: at once with the GIL, else via the
-//     pool's graveyard, emptied under the GIL by the next map_into/shutdown/dealloc.
+//   serve(fn, flow, stage, n) (imap's thread stage; caller holds GIL, inside Flow.next's
+//   start): build PyFlowWorkers (refs to fn and the Flow), release GIL,
+//     ThreadPool::submit(n tickets), return at once         [no GIL while submitting]
+//   worker thread (one ticket of a PyFlowWorkers)
+//     take GIL; repeat: FlowScheduler::try_claim(stage) -> id; fn(id); done(stage, {id},
+//     {result is not True}) directly in C++ (only the flow's mutex, no Python callback);
+//     nothing to claim: release GIL, wait in FlowScheduler::claim (50 ms), retake GIL
+//     on an id or end (the flow counts the worker out)       [no GIL while waiting]
+//   shutdown()/cancel (any thread): no new calls; a claimed id is reported failed;
+//     tickets that never started are counted out of the flow. The last ticket drops fn
+//     and the Flow with the GIL; if cancel() ends the job, the pool's graveyard does
+//     (emptied under the GIL by the next serve/shutdown/dealloc).
 //
 // Ctrl-C: the driver abandons the batch (no new claims) and raises at once; running items
 // finish later and the last worker drops the batch's references with the GIL held. The
@@ -58,6 +58,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <utility>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -273,66 +274,142 @@ private:
     std::atomic<int> state_{kQueued};
 };
 
-// map_into(fn, ids, flow, stage): no driver waits. Workers claim ids like a PyMapBatch and
-// report each one to the FlowScheduler themselves (done() takes only the flow's mutex).
-// Every id is reported exactly once: by the worker that claimed it, or, once the batch is
-// cancelled (shutdown, interpreter exit, a thread that could not start), as failed by
-// whoever drains the unclaimed rest through the same claim counter. The references (fn,
-// the Flow object) are dropped by whoever reports the last id: at once if it holds the
-// GIL, else via the pool's graveyard, emptied under the GIL (or leaked after exit).
-class PyFlowBatch final : public Job {
+// serve(fn, flow, stage, n): n workers for a claimed stage of a streaming map (flow.hpp).
+// A ticket takes the GIL once and keeps it while items come: claim an id (the flow's
+// mutex only), fn(id), flow.done(stage, [id], [failed]) in C++, claim the next. When the
+// stage's queue is empty it lets the GIL go and waits in claim() for more (kServeIdle);
+// none came: the ticket ends and the flow counts its worker out. Every claimed id is
+// reported exactly once, as failed when the job was cancelled (shutdown, interpreter
+// exit) before fn ran. Tickets a shutdown dropped before they started are counted out by
+// cancel(). The last ticket to end drops the references (fn, the Flow object) with the
+// GIL; cancel() leaves them to the pool's graveyard (emptied under the GIL by the next
+// serve/shutdown/dealloc, or leaked after exit) when it ends the job itself.
+class PyFlowWorkers final : public Job {
 public:
     struct Graveyard {
         std::mutex mu;
-        std::vector<std::shared_ptr<PyFlowBatch>> batches;
+        std::vector<std::shared_ptr<PyFlowWorkers>> jobs;
     };
+    // How long a worker with nothing to claim waits for more before it ends.
+    static constexpr std::chrono::milliseconds kServeIdle{50};
 
     // New references to fn and flow. GIL held.
-    PyFlowBatch(PyObject* fn, std::vector<std::uint64_t> ids, PyObject* flow_obj,
-                FlowScheduler& flow, std::size_t stage, std::shared_ptr<Graveyard> graveyard)
+    PyFlowWorkers(PyObject* fn, PyObject* flow_obj, FlowScheduler& flow, std::size_t stage,
+                  std::size_t tickets, std::shared_ptr<Graveyard> graveyard)
         : fn_(Py_NewRef(fn)), flow_obj_(Py_NewRef(flow_obj)), flow_(flow), stage_(stage),
-          ids_(std::move(ids)), graveyard_(std::move(graveyard)) {}
-    ~PyFlowBatch() override = default;  // plain C++, see PyMapBatch
-
-    std::size_t size() const noexcept { return ids_.size(); }
+          graveyard_(std::move(graveyard)), unstarted_(tickets), live_(tickets) {}
+    ~PyFlowWorkers() override = default;  // plain C++, see PyMapBatch
 
     void run_ticket() override {
-        if (cancelled_.load(std::memory_order_relaxed) ||
-            next_.load(std::memory_order_relaxed) >= ids_.size())
-            return;  // surplus ticket: no GIL for nothing
-        if (!pycall::WorkerGil::acquire()) {  // interpreter exiting: report, never touch
-            cancel();
-            return;
-        }
+        if (!take_ticket()) return;  // cancel() counted this worker out already
+        bool gil = false;
         std::size_t in_run = 0;
-        while (!cancelled_.load(std::memory_order_relaxed)) {
-            const std::size_t i = next_.fetch_add(1, std::memory_order_relaxed);
-            if (i >= ids_.size()) break;
-            pycall::Outcome o = call_id(ids_[i]);
-            // The result is only a flag; an exception is fn's to record (imap's does).
-            const bool failed = !o.ok || o.value != Py_True;
-            pycall::drop(o.value);
-            report(i, failed, true);
-            if (!pycall::WorkerGil::between_items(++in_run))
-                cancelled_.store(true, std::memory_order_relaxed);
+        try {
+            for (;;) {
+                std::uint64_t id = 0;
+                if (cancelled_.load(std::memory_order_relaxed)) {  // no new claims
+                    flow_.worker_exit(stage_);
+                    break;
+                }
+                if (!(gil && flow_.try_claim(stage_, id))) {
+                    if (gil) {
+                        pycall::WorkerGil::release();
+                        gil = false;
+                    }
+                    if (!flow_.claim(stage_, kServeIdle, id, &cancelled_)) break;
+                    if (!pycall::WorkerGil::acquire()) {  // interpreter exiting
+                        cancelled_.store(true, std::memory_order_relaxed);
+                        report(id, true);
+                        flow_.worker_exit(stage_);
+                        break;
+                    }
+                    gil = true;
+                    in_run = 0;
+                }
+                if (cancelled_.load(std::memory_order_relaxed)) {  // claimed as it came
+                    report(id, true);
+                    continue;
+                }
+                pycall::Outcome o = call_id(id);
+                // The result is only a flag; an exception is fn's to record (imap's does).
+                const bool failed = !o.ok || o.value != Py_True;
+                pycall::drop(o.value);
+                report(id, failed);
+                if (!pycall::WorkerGil::between_items(++in_run, /*patient=*/true))
+                    cancelled_.store(true, std::memory_order_relaxed);
+            }
+        } catch (...) {  // the flow refused (not a claimed stage): end this worker
+            try {
+                flow_.worker_exit(stage_);
+            } catch (...) {
+            }
         }
-        drain(true);
-        pycall::WorkerGil::release();
+        end_ticket(gil);
     }
 
-    // Shutdown (any thread, maybe without the GIL): no new calls; the unclaimed ids fail.
+    // Shutdown (any thread, maybe without the GIL): no new calls; tickets not started are
+    // counted out; waiting workers wake and end.
     void cancel() noexcept override {
         cancelled_.store(true, std::memory_order_relaxed);
-        drain(false);
+        std::lock_guard<std::mutex> lk(mu_);
+        if (released_) return;  // every ticket ended: the flow may be gone
+        const std::size_t never = unstarted_.exchange(0);
+        try {
+            // Still inside serve()'s submit: serve settles with the flow (submitted()).
+            if (submitting_)
+                dropped_while_submitting_ += never;
+            else if (never > 0)
+                flow_.worker_exit(stage_, never);
+            flow_.notify_claimers(stage_);
+        } catch (...) {
+        }
+        if (never > 0 && live_.fetch_sub(never) == never) bury();
     }
 
-    // GIL held, last id reported (or interpreter alive and batch in the graveyard).
+    // serve(): the pool took the tickets. A shutdown that dropped some meanwhile left
+    // them to count out here.
+    void submitted() noexcept {
+        std::size_t dropped = 0;
+        {
+            std::lock_guard<std::mutex> lk(mu_);
+            submitting_ = false;
+            dropped = std::exchange(dropped_while_submitting_, 0);
+        }
+        try {
+            if (dropped > 0) flow_.worker_exit(stage_, dropped);
+        } catch (...) {
+        }
+    }
+
+    // GIL held: the pool took none of its tickets; the caller counts its workers out.
+    void refused() noexcept {
+        cancelled_.store(true, std::memory_order_relaxed);
+        {
+            std::lock_guard<std::mutex> lk(mu_);
+            if (released_) return;
+            released_ = true;
+            unstarted_.store(0);
+            live_.store(0);
+        }
+        release();
+    }
+
+    // GIL held: drops fn and the Flow.
     void release() noexcept {
         pycall::drop(fn_);
         pycall::drop(flow_obj_);
     }
 
+    std::weak_ptr<PyFlowWorkers> weak_self_;
+
 private:
+    bool take_ticket() noexcept {
+        std::size_t u = unstarted_.load();
+        while (u > 0 && !unstarted_.compare_exchange_weak(u, u - 1)) {
+        }
+        return u > 0;
+    }
+
     pycall::Outcome call_id(std::uint64_t id) {
         PyObject* arg = PyLong_FromUnsignedLongLong(id);
         if (arg == nullptr) return {pycall::take_exception(), false};
@@ -341,45 +418,48 @@ private:
         return o;
     }
 
-    void drain(bool gil) noexcept {
-        for (;;) {
-            const std::size_t i = next_.fetch_add(1, std::memory_order_relaxed);
-            if (i >= ids_.size()) return;
-            report(i, true, gil);
+    void report(std::uint64_t id, bool failed) noexcept {
+        try {
+            flow_.done(stage_, {id}, {failed});
+        } catch (...) {  // closed flow ignores; an id not in flight: the flow's business
         }
     }
 
-    void report(std::size_t i, bool failed, bool gil) noexcept {
-        try {
-            flow_.done(stage_, {ids_[i]}, {failed});
-        } catch (...) {  // closed flow ignores; an id not in flight: the flow's business
+    // The ticket's end. The last one drops the references, with the GIL (taken for it if
+    // need be; leaked if the interpreter is exiting).
+    void end_ticket(bool gil) noexcept {
+        bool last = false;
+        {
+            std::lock_guard<std::mutex> lk(mu_);
+            last = live_.fetch_sub(1) == 1;
+            if (last) released_ = true;
         }
-        if (reported_.fetch_add(1, std::memory_order_acq_rel) + 1 != ids_.size()) return;
-        if (gil) {
-            release();
-            return;
-        }
+        if (last && !gil) gil = pycall::WorkerGil::acquire();
+        if (last && gil) release();
+        if (gil) pycall::WorkerGil::release();
+    }
+
+    // mu_ held, no GIL maybe: the last reference holder is cancel(); the graveyard drops.
+    void bury() noexcept {
+        released_ = true;
         try {
             std::lock_guard<std::mutex> lk(graveyard_->mu);
-            graveyard_->batches.push_back(shared_from_job());
+            if (auto self = weak_self_.lock()) graveyard_->jobs.push_back(std::move(self));
         } catch (...) {  // out of memory: the references leak, which is safe
         }
     }
 
-    std::shared_ptr<PyFlowBatch> shared_from_job() { return weak_self_.lock(); }
-
-public:
-    std::weak_ptr<PyFlowBatch> weak_self_;
-
-private:
     PyObject* fn_;
     PyObject* flow_obj_;
-    FlowScheduler& flow_;  // kept alive by flow_obj_ until the last id is reported
+    FlowScheduler& flow_;  // kept alive by flow_obj_ until the references are dropped
     const std::size_t stage_;
-    const std::vector<std::uint64_t> ids_;
     std::shared_ptr<Graveyard> graveyard_;
-    std::atomic<std::size_t> next_{0};
-    std::atomic<std::size_t> reported_{0};
+    std::mutex mu_;             // released_ and submitting_ against cancel()
+    bool released_ = false;     // every ticket ended (references dropped or buried)
+    bool submitting_ = true;    // serve() has not settled the submit yet
+    std::size_t dropped_while_submitting_ = 0;
+    std::atomic<std::size_t> unstarted_;
+    std::atomic<std::size_t> live_;  // tickets not ended (started or not)
     std::atomic<bool> cancelled_{false};
 };
 
@@ -462,41 +542,35 @@ public:
         }
     }
 
-    // Fire and forget: see PyFlowBatch. Only an already shut-down pool raises; from here
-    // on every id is reported to the flow, as failed if it cannot run.
-    void map_into(const py::object& fn, const std::vector<std::uint64_t>& ids,
-                  const py::object& flow_obj, std::size_t stage) {
+    // Workers for a claimed stage: see PyFlowWorkers. Returns at once. Raising, it started
+    // none (the flow counts them out: FlowScheduler::start_workers).
+    void serve(const py::object& fn, const py::object& flow_obj, std::size_t stage,
+               std::size_t n) {
         FlowScheduler& flow = flow_obj.cast<FlowScheduler&>();
-        if (pool_.is_current_thread_worker()) {  // re-entrant: inline, as map() does
-            for (std::uint64_t id : ids) {
-                auto r = py::reinterpret_steal<py::object>(PyLong_FromUnsignedLongLong(id));
-                if (!r) throw py::error_already_set();
-                pycall::Outcome o = pycall::call(fn.ptr(), r.ptr());
-                const bool failed = !o.ok || o.value != Py_True;
-                pycall::drop(o.value);
-                try {
-                    flow.done(stage, {id}, {failed});
-                } catch (const std::exception&) {  // as on a worker: never the caller's
-                }
-            }
-            return;
-        }
         if (pool_.is_shut_down()) throw PoolShutDownError("ThreadPool is shut down");
         bury_released();
-        if (ids.empty()) return;
-        auto batch = std::make_shared<PyFlowBatch>(fn.ptr(), ids, flow_obj.ptr(), flow, stage,
-                                                   graveyard_);
-        batch->weak_self_ = batch;
+        const std::size_t tickets = std::min(n, pool_.max_workers());
+        if (tickets == 0) return;
+        auto job = std::make_shared<PyFlowWorkers>(fn.ptr(), flow_obj.ptr(), flow, stage,
+                                                   tickets, graveyard_);
+        job->weak_self_ = job;
+        bool refused = false;
         {
             pycall::GilRelease nogil;
             try {
-                pool_.submit(batch, batch->size());
+                pool_.submit(job, tickets);
             } catch (const std::runtime_error&) {
-                // Shut down meanwhile, or no thread could start: the ids the pool did not
-                // take fail now (the batch reports them; a second report would be refused).
-                batch->cancel();
+                refused = true;
             }
         }
+        if (refused) {
+            job->refused();  // GIL held: drops its references; counts nobody out
+            if (pool_.is_shut_down()) throw PoolShutDownError("ThreadPool is shut down");
+            throw std::runtime_error("ThreadPool: no worker thread could start: " +
+                                     pool_.spawn_error());
+        }
+        job->submitted();
+        if (tickets < n) flow.worker_exit(stage, n - tickets);  // the pool runs no more
         bury_released();
     }
 
@@ -638,20 +712,21 @@ private:
         bury_released();
     }
 
-    // GIL held: drops the references of map_into batches finished without the GIL.
+    // GIL held: drops the references of serve() jobs a shutdown ended.
     void bury_released() {
-        std::vector<std::shared_ptr<PyFlowBatch>> batches;
+        std::vector<std::shared_ptr<PyFlowWorkers>> jobs;
         {
             std::lock_guard<std::mutex> lk(graveyard_->mu);
-            batches.swap(graveyard_->batches);
+            jobs.swap(graveyard_->jobs);
         }
         if (!pycall::interpreter_alive()) return;
-        for (auto& b : batches) b->release();
+        for (auto& j : jobs) j->release();
     }
 
     ThreadPool pool_;
     std::shared_ptr<PyCallJob::Dropped> dropped_ = std::make_shared<PyCallJob::Dropped>();
-    std::shared_ptr<PyFlowBatch::Graveyard> graveyard_ = std::make_shared<PyFlowBatch::Graveyard>();
+    std::shared_ptr<PyFlowWorkers::Graveyard> graveyard_ =
+        std::make_shared<PyFlowWorkers::Graveyard>();
 };
 
 }  // namespace
@@ -699,13 +774,13 @@ submit(fns[k], dones[k]) for every k, with one GIL release; no PoolCall is retur
 (the calls cannot be given up on). If the pool is shut down (or shuts down meanwhile),
 raises PoolShutDown; calls already handed over run, or are answered by shutdown() as for
 submit(); the others never run.)doc")
-        .def("map_into", &PyThreadPool::map_into, "fn"_a, "ids"_a, "flow"_a, "stage"_a, R"doc(
-Return at once; call fn(id) for every id on the pool's threads (as map() would) and
-report each call to flow (a _core.Flow) from C++: flow.done(stage, [id], [failed]),
-failed unless fn returned True (an exception fn raises is dropped: fn records its own
-errors). Ids that cannot run because the pool shuts down are reported as failed.
-Raises PoolShutDown if the pool is already shut down (nothing is reported then). Called
-from one of this pool's own workers, the ids run inline in that thread.)doc")
+        .def("serve", &PyThreadPool::serve, "fn"_a, "flow"_a, "stage"_a, "n"_a, R"doc(
+Return at once; start n workers (at most max_workers) for claimed stage `stage` of flow
+(a _core.Flow): each claims ids from the flow, calls fn(id) and reports it from C++,
+flow.done(stage, [id], [failed]), failed unless fn returned True (an exception fn raises
+is dropped: fn records its own errors); a worker with nothing to claim for 50 ms ends
+and the flow counts it out. Ids claimed after a shutdown are reported failed. Raises
+PoolShutDown if the pool is shut down (the workers are counted out).)doc")
         .def("begin_wait", &PyThreadPool::begin_wait, R"doc(
 On a worker of this pool about to block on other work of this pool (a nested map): it
 stops counting against max_workers until end_wait(). False (a no-op) on other threads.)doc")

@@ -25,6 +25,11 @@ namespace {
 
 std::string stage_name(std::size_t k) { return "stage " + std::to_string(k); }
 
+// A non-urgent event (an item done, with others still running) reaches the driver this
+// long after it happened at the latest: the driver then moves every item that finished
+// meanwhile in one round, with one GIL acquisition, instead of one round per item.
+constexpr std::chrono::milliseconds kCoalesce{1};
+
 }  // namespace
 
 FlowScheduler::FlowScheduler(std::vector<FlowStage> stages, std::size_t read_ahead,
@@ -41,8 +46,12 @@ FlowScheduler::FlowScheduler(std::vector<FlowStage> stages, std::size_t read_ahe
         if (!(c.linger_s >= 0) || !std::isfinite(c.linger_s))
             throw std::invalid_argument("Flow: " + stage_name(k) +
                                         ": linger_s must be a finite number >= 0");
+        if (c.claimed && c.batch_size > 1)
+            throw std::invalid_argument("Flow: " + stage_name(k) +
+                                        ": a claimed stage cannot be a batch stage");
         Stage s;
         s.cfg = c;
+        if (c.claimed) s.claim_cv = std::make_unique<std::condition_variable>();
         // A linger of years means "never": cap it so the deadline arithmetic cannot overflow.
         s.linger = std::chrono::duration_cast<Clock::duration>(
             std::chrono::duration<double>(std::min(c.linger_s, 1e7)));
@@ -60,7 +69,9 @@ void FlowScheduler::enter(std::uint64_t id, Item& item, std::size_t stage,
     }
     item.stage = stage;
     item.where = Where::queued;
-    stages_[stage].queue.push_back({id, now});
+    Stage& s = stages_[stage];
+    s.queue.push_back({id, now});
+    if (s.claim_cv) s.claim_cv->notify_one();
 }
 
 // The item stops holding its stage's capacity (it was in flight or parked, and is done).
@@ -68,6 +79,8 @@ void FlowScheduler::leave_stage(Item& item) {
     Stage& s = stages_[item.stage];
     if (!s.batched()) {
         --s.busy;
+        // A parked item made room: a worker waiting for capacity may claim now.
+        if (s.claim_cv && !s.queue.empty()) s.claim_cv->notify_one();
         return;
     }
     auto it = s.unit_left.find(item.unit);
@@ -110,6 +123,19 @@ bool FlowScheduler::upstream_empty(std::size_t k) const {
 void FlowScheduler::dispatch_ready(std::size_t k, Clock::time_point now,
                                    std::vector<Dispatch>& out) {
     Stage& s = stages_[k];
+    if (s.cfg.claimed) {
+        // As many workers as items to run (queued or running), within the capacity that
+        // parked items do not hold; they claim the items themselves.
+        const std::size_t parked = s.busy - s.in_flight;
+        const std::size_t want =
+            std::min(s.cfg.capacity - std::min(s.cfg.capacity, parked),
+                     s.queue.size() + s.in_flight);
+        if (s.workers < want) {
+            out.push_back({k, {}, want - s.workers});
+            s.workers = want;
+        }
+        return;
+    }
     if (!s.batched()) {
         std::vector<std::uint64_t> ids;
         while (s.busy < s.cfg.capacity && !s.queue.empty()) {
@@ -204,11 +230,11 @@ std::vector<FlowScheduler::Exit> FlowScheduler::next(FlowHost& host) {
         for (;;) {
             std::vector<Dispatch> plan;
             std::size_t room = 0;
-            std::uint64_t seen = 0;
             Clock::time_point wake;
             {
                 std::lock_guard<std::mutex> lk(mu_);
                 if (closed_) return {};
+                urgent_ = pending_ = false;  // this round sees every event so far
                 const Clock::time_point now = Clock::now();
                 // Back to front: room made in queue k lets stage k-1's parked items in,
                 // which frees stage k-1's capacity for its own queue, and so on.
@@ -228,7 +254,6 @@ std::vector<FlowScheduler::Exit> FlowScheduler::next(FlowHost& host) {
                         std::vector<Exit> exits = take_exits();
                         if (!exits.empty()) return exits;
                         if (exhausted_ && left_ == pulled_) return {};
-                        seen = events_;
                         wake = wake_at(now);
                     }
                 }
@@ -236,7 +261,10 @@ std::vector<FlowScheduler::Exit> FlowScheduler::next(FlowHost& host) {
             if (!plan.empty()) {
                 for (const Dispatch& d : plan) {
                     if (is_closed()) return {};
-                    host.dispatch(d.stage, d.ids);
+                    if (d.start > 0)
+                        start_workers(host, d.stage, d.start);
+                    else
+                        host.dispatch(d.stage, d.ids);
                 }
                 continue;
             }
@@ -254,17 +282,38 @@ std::vector<FlowScheduler::Exit> FlowScheduler::next(FlowHost& host) {
                 }
                 exhausted_ = exhausted_ || exhausted;
                 may_pull = n > 0 || exhausted_;
+                if (exhausted_) release_idle_workers();
                 continue;
             }
             host.unlocked([&] {
                 std::unique_lock<std::mutex> lk(mu_);
-                cv_.wait_until(lk, wake, [&] { return events_ != seen || closed_; });
+                driver_waiting_ = true;
+                for (;;) {
+                    if (closed_ || urgent_) break;
+                    Clock::time_point until = wake;
+                    if (pending_) until = std::min(until, pending_since_ + kCoalesce);
+                    if (Clock::now() >= until) break;
+                    cv_.wait_until(lk, until);
+                }
+                driver_waiting_ = false;
             });
             may_pull = true;
             if (host.check_interrupt()) throw FlowInterrupted();
         }
     } catch (...) {
         close();
+        throw;
+    }
+}
+
+// host.start, and if it throws none of the n workers started: they are counted out.
+void FlowScheduler::start_workers(FlowHost& host, std::size_t stage, std::size_t n) {
+    try {
+        host.start(stage, n);
+    } catch (...) {
+        std::lock_guard<std::mutex> lk(mu_);
+        Stage& s = stages_[stage];
+        s.workers -= std::min(s.workers, n);
         throw;
     }
 }
@@ -317,9 +366,105 @@ void FlowScheduler::done(std::size_t stage, const std::vector<std::uint64_t>& id
             s.parked.insert(id);
         }
     }
-    ++events_;
-    lk.unlock();
-    cv_.notify_one();
+    if (exhausted_) release_idle_workers();
+    wake_driver(urgent());
+}
+
+// The input has ended: workers of a claimed stage that nothing more can reach end now
+// rather than after their wait.
+void FlowScheduler::release_idle_workers() {
+    for (std::size_t k = 0; k < stages_.size(); ++k) {
+        Stage& s = stages_[k];
+        if (s.claim_cv && s.workers > 0 && s.queue.empty() && upstream_empty(k))
+            s.claim_cv->notify_all();
+    }
+}
+
+// ---- when the driver is woken (mu_ held) ----------------------------------------------
+
+// Only the driver can make progress, or a stage waits for it: wake it now. Anything else
+// (an item moved on, others still running) waits for the coalescing delay.
+bool FlowScheduler::urgent() const {
+    if (items_.empty()) return true;  // every pulled item finished: exits, or pull more
+    if (!exhausted_ && pull_room() >= std::max<std::size_t>(1, read_ahead_ / 2)) return true;
+    for (const Stage& s : stages_) {
+        if (s.queue.empty()) continue;
+        if (s.cfg.claimed ? s.workers == 0 : s.busy == 0) return true;  // an idle stage
+    }
+    return false;
+}
+
+void FlowScheduler::wake_driver(bool urgent) {
+    if (urgent) {
+        if (urgent_) return;
+        urgent_ = true;
+    } else {
+        if (pending_ || urgent_) return;
+        pending_ = true;
+        pending_since_ = Clock::now();
+    }
+    if (driver_waiting_) cv_.notify_one();
+}
+
+// ---- claimed stages (their workers' side) ---------------------------------------------
+
+FlowScheduler::Stage& FlowScheduler::claimed_stage(std::size_t stage, const char* what) {
+    if (stage >= stages_.size() || !stages_[stage].cfg.claimed)
+        throw std::invalid_argument(std::string("Flow.") + what + ": " + stage_name(stage) +
+                                    " is not a claimed stage");
+    return stages_[stage];
+}
+
+bool FlowScheduler::take_claim(Stage& s, std::uint64_t& id) {
+    if (s.queue.empty() || s.busy >= s.cfg.capacity) return false;
+    id = s.queue.front().id;
+    s.queue.pop_front();
+    items_.at(id).where = Where::in_flight;
+    ++s.busy;
+    ++s.in_flight;
+    wake_driver(urgent());  // room to pull into, maybe
+    return true;
+}
+
+bool FlowScheduler::try_claim(std::size_t stage, std::uint64_t& id) {
+    std::lock_guard<std::mutex> lk(mu_);
+    Stage& s = claimed_stage(stage, "try_claim");
+    return !closed_ && take_claim(s, id);
+}
+
+bool FlowScheduler::claim(std::size_t stage, std::chrono::nanoseconds wait, std::uint64_t& id,
+                          const std::atomic<bool>* stop) {
+    std::unique_lock<std::mutex> lk(mu_);
+    Stage& s = claimed_stage(stage, "claim");
+    const Clock::time_point until =
+        Clock::now() + std::chrono::duration_cast<Clock::duration>(wait);
+    const auto stopped = [&] {
+        return closed_ || (stop != nullptr && stop->load(std::memory_order_relaxed));
+    };
+    for (;;) {
+        if (stopped()) break;
+        if (take_claim(s, id)) return true;
+        if (s.queue.empty() && upstream_empty(stage)) break;  // nothing more can come
+        if (s.claim_cv->wait_until(lk, until) == std::cv_status::timeout) {
+            if (!stopped() && take_claim(s, id)) return true;
+            break;
+        }
+    }
+    if (s.workers > 0) --s.workers;
+    if (!closed_ && !s.queue.empty()) wake_driver(true);  // it may need workers again
+    return false;
+}
+
+void FlowScheduler::worker_exit(std::size_t stage, std::size_t n) {
+    std::lock_guard<std::mutex> lk(mu_);
+    Stage& s = claimed_stage(stage, "worker_exit");
+    s.workers -= std::min(s.workers, n);
+    if (!closed_ && !s.queue.empty()) wake_driver(true);
+}
+
+void FlowScheduler::notify_claimers(std::size_t stage) {
+    std::lock_guard<std::mutex> lk(mu_);
+    claimed_stage(stage, "notify_claimers").claim_cv->notify_all();
 }
 
 void FlowScheduler::close() {
@@ -327,7 +472,8 @@ void FlowScheduler::close() {
         std::lock_guard<std::mutex> lk(mu_);
         if (closed_) return;
         closed_ = true;
-        ++events_;
+        for (Stage& s : stages_)
+            if (s.claim_cv) s.claim_cv->notify_all();
     }
     cv_.notify_all();
 }
@@ -346,6 +492,7 @@ FlowStats FlowScheduler::stats() const {
         x.parked = s.parked.size();
         x.busy = s.busy;
         x.done_total = s.done_total;
+        x.workers = s.workers;
         st.stages.push_back(x);
     }
     return st;

@@ -447,9 +447,9 @@ def test_submit_each_runs_every_call_and_answers_each_done():
         pool.submit_each([call(0)], [done(0)])
 
 
-# --- ThreadPool.map_into: completions straight into a Flow --------------------------------
+# --- ThreadPool.serve: workers that claim a Flow's items and report them in C++ ----------
 
-def _drive(flow, n, dispatch):
+def _drive(flow, n, start, dispatch=None):
     """Runs flow.next() over n input items; returns every (id, failed) that left. A
     watchdog closes the flow after 30 s, so an id never reported fails the test (too few
     exits) instead of hanging it."""
@@ -460,12 +460,15 @@ def _drive(flow, n, dispatch):
         left[0] -= got
         return got, left[0] == 0
 
+    def refuse(stage, ids):
+        raise AssertionError(f"stage {stage} is claimed: nothing is dispatched")
+
     exits = []
     watchdog = threading.Timer(30.0, flow.close)
     watchdog.start()
     try:
         while True:
-            out = flow.next(pull, dispatch)
+            out = flow.next(pull, dispatch or refuse, start)
             if not out:
                 return exits
             exits.extend(out)
@@ -473,7 +476,11 @@ def _drive(flow, n, dispatch):
         watchdog.cancel()
 
 
-def test_map_into_reports_every_id_once_with_its_failed_flag():
+def _claimed(capacity, queue_bound):
+    return (capacity, queue_bound, 1, 0.0, True)
+
+
+def test_serve_reports_every_id_once_with_its_failed_flag():
     calls, threads = [], set()
 
     def fn(i):
@@ -486,28 +493,32 @@ def test_map_into_reports_every_id_once_with_its_failed_flag():
         return True
 
     with _core.ThreadPool(4) as pool:
-        flow = _core.Flow([(4, 4, 1, 0.0)], read_ahead=8, ordered=False)
+        flow = _core.Flow([_claimed(4, 4)], read_ahead=8, ordered=False)
         base_flow, base_fn = sys.getrefcount(flow), sys.getrefcount(fn)
-        exits = _drive(flow, 60, lambda k, ids: pool.map_into(fn, ids, flow, k))
-    assert sorted(exits) == [(i, i % 3 != 0) for i in range(60)]
-    assert sorted(calls) == list(range(60))
-    assert threading.get_ident() not in threads  # ran on the pool, not in the driver
-    # the batch drops its references to the Flow and to fn once every id was reported
-    assert wait_until(lambda: sys.getrefcount(flow) == base_flow
-                      and sys.getrefcount(fn) == base_fn)
+        exits = _drive(flow, 60, lambda k, n: pool.serve(fn, flow, k, n))
+        assert sorted(exits) == [(i, i % 3 != 0) for i in range(60)]
+        assert sorted(calls) == list(range(60))
+        assert threading.get_ident() not in threads  # ran on the pool, not in the driver
+        assert len(threads) <= 4
+        # the workers end once the input has ended and drop their references
+        assert wait_until(lambda: flow.stats()["stages"][0]["workers"] == 0)
+        assert wait_until(lambda: sys.getrefcount(flow) == base_flow
+                          and sys.getrefcount(fn) == base_fn)
 
 
-def test_map_into_reports_ids_left_by_a_shutdown_as_failed():
+def test_serve_a_shutdown_ends_the_workers_and_refuses_new_ones():
     started, gate = threading.Event(), threading.Event()
+    ran = []
 
     def fn(i):
+        ran.append(i)
         if i == 0:
             started.set()
             gate.wait(10)
         return True
 
-    pool = _core.ThreadPool(1)  # one worker: id 0 blocks it, the rest wait unclaimed
-    flow = _core.Flow([(50, 50, 1, 0.0)], read_ahead=50, ordered=False)
+    pool = _core.ThreadPool(1)  # one worker: id 0 blocks it, the rest wait in the flow
+    flow = _core.Flow([_claimed(50, 50)], read_ahead=50, ordered=False)
 
     def stop():
         started.wait(10)
@@ -516,17 +527,20 @@ def test_map_into_reports_ids_left_by_a_shutdown_as_failed():
 
     t = threading.Thread(target=stop)
     t.start()
-    exits = _drive(flow, 50, lambda k, ids: pool.map_into(fn, ids, flow, k))
+    exits = []
+    with pytest.raises(_core.PoolShutDown):  # the driver asks for workers again: refused
+        exits = _drive(flow, 50, lambda k, n: pool.serve(fn, flow, k, n))
     t.join(10)
-    assert sorted(exits) == [(0, False)] + [(i, True) for i in range(1, 50)]
+    assert ran == [0] and flow.stats()["closed"]
     with pytest.raises(_core.PoolShutDown):
-        pool.map_into(fn, [0], flow, 0)
+        pool.serve(fn, flow, 0, 1)
     pool.shutdown(True)
+    assert exits == []
 
 
-def test_map_into_reports_ids_of_a_batch_no_worker_reached_before_shutdown():
-    # The only worker is busy elsewhere: the batch's tickets are still queued when the
-    # pool shuts down, so no worker of the batch is left to report its ids.
+def test_serve_workers_a_shutdown_dropped_before_they_started_are_counted_out():
+    # The only worker is busy elsewhere: the stage's tickets are still queued when the
+    # pool shuts down; the flow must learn they will never claim (else: a hang).
     started, gate, answered = threading.Event(), threading.Event(), threading.Event()
     pool = _core.ThreadPool(1)
 
@@ -537,50 +551,51 @@ def test_map_into_reports_ids_of_a_batch_no_worker_reached_before_shutdown():
     pool.submit(blocker, lambda r, ok: answered.set())
     assert started.wait(10)
     ran = []
-    flow = _core.Flow([(20, 20, 1, 0.0)], read_ahead=20, ordered=False)
+    flow = _core.Flow([_claimed(20, 20)], read_ahead=20, ordered=False)
 
-    def dispatch(k, ids):
-        pool.map_into(lambda i: ran.append(i) or True, ids, flow, k)
+    def start(k, n):
+        pool.serve(lambda i: ran.append(i) or True, flow, k, n)
+        # a pool of 1 thread takes 1 worker; the flow counts the others out at once
+        assert flow.stats()["stages"][0]["workers"] == 1
         threading.Thread(target=lambda: (pool.shutdown(False), gate.set())).start()
 
-    exits = _drive(flow, 20, dispatch)
-    assert sorted(exits) == [(i, True) for i in range(20)] and ran == []
+    with pytest.raises(_core.PoolShutDown):
+        _drive(flow, 20, start)
+    assert ran == [] and flow.stats()["stages"][0]["workers"] == 0
     assert answered.wait(10)
     pool.shutdown(True)
 
 
-def test_map_into_survives_refused_done_and_runs_inline_on_a_worker():
-    with _core.ThreadPool(2) as pool:
-        # ids not in flight (ValueError inside the binding) and a closed flow: ignored
-        flow = _core.Flow([(4, 4, 1, 0.0)], read_ahead=4)
-        seen = []
-        pool.map_into(lambda i: seen.append(i) or True, [5, 6], flow, 0)
-        assert wait_until(lambda: sorted(seen) == [5, 6])
-        flow.close()
-        pool.map_into(lambda i: seen.append(i) or True, [7], flow, 0)
-        assert wait_until(lambda: sorted(seen) == [5, 6, 7])
-        assert pool.map(lambda x: x + 1, [1, 2]) == [2, 3]  # workers still alive
-        # re-entrant: from one of the pool's workers the ids run inline in that thread
-        flow = _core.Flow([(4, 4, 1, 0.0)], read_ahead=4, ordered=False)
-        where = []
+def test_serve_from_a_worker_of_the_same_pool_does_not_deadlock():
+    # A flow driven on the pool's only thread (imap inside a node): while the driver
+    # waits it stops counting against max_workers, so the stage's worker gets a thread.
+    with _core.ThreadPool(1) as pool:
+        def drive(_):
+            flow = _core.Flow([_claimed(4, 4)], read_ahead=4, ordered=True)
+            return _drive(flow, 10, lambda k, n: pool.serve(lambda i: True, flow, k, n))
 
-        def fn(i):
-            where.append(threading.get_ident())
-            return True
-
-        def dispatch(k, ids):
-            outer = pool.map(lambda _: (pool.map_into(fn, ids, flow, k),
-                                        threading.get_ident())[1], [0])
-            assert set(where[-len(ids):]) == set(outer)
-
-        assert sorted(_drive(flow, 10, dispatch)) == [(i, False) for i in range(10)]
+        assert pool.map(drive, [0]) == [[(i, False) for i in range(10)]]
 
 
-def test_map_into_stress_10k_ids():
-    def fn(i):
-        return i % 7 != 0
+def test_flow_claim_from_python_and_its_errors():
+    flow = _core.Flow([_claimed(2, 4), (2, 2, 1, 0.0)], read_ahead=4)
+    with pytest.raises(ValueError, match="not a claimed stage"):
+        flow.claim(1)
+    assert flow.claim(0, 0.01) is None  # nothing queued: the worker ended
+    with pytest.raises(ValueError, match="batch_size, linger_s"):
+        _core.Flow([(1, 1, 1)], read_ahead=1)
+    with pytest.raises(ValueError, match="cannot be a batch stage"):
+        _core.Flow([(1, 1, 4, 0.0, True)], read_ahead=1)
+    with pytest.raises(RuntimeError, match="starts no workers"):  # no start given
+        _core.Flow([_claimed(2, 4)], read_ahead=4).next(lambda k: (k, False),
+                                                         lambda s, ids: None)
 
+
+def test_serve_stress_10k_ids_two_claimed_stages():
     with _core.ThreadPool(8) as pool:
-        flow = _core.Flow([(64, 64, 1, 0.0)], read_ahead=256, ordered=True)
-        exits = _drive(flow, 10_000, lambda k, ids: pool.map_into(fn, ids, flow, k))
-    assert exits == [(i, i % 7 == 0) for i in range(10_000)]
+        flow = _core.Flow([_claimed(6, 64), (4, 16, 1, 0.0), _claimed(5, 32)],
+                          read_ahead=256, ordered=True)
+        fns = {0: lambda i: i % 7 != 0, 2: lambda i: i % 11 != 0}
+        exits = _drive(flow, 10_000, lambda k, n: pool.serve(fns[k], flow, k, n),
+                       dispatch=lambda k, ids: flow.done(k, ids, [False] * len(ids)))
+    assert exits == [(i, i % 7 == 0 or i % 11 == 0) for i in range(10_000)]

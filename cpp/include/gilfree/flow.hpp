@@ -16,12 +16,23 @@
 //                                          done: into stage+1's queue if it has room, else
 //                                          parked (still counts against stage's capacity);
 //                                          last stage or failed: to the exit
+//   host.start(stage, n) ◀──────────────── a claimed stage (below) needs n more workers
 //   host.unlocked(wait) ◀───────────────── nothing to do: wait on cv_ (lock released) until
-//                                          a done()/close(), the earliest linger deadline
-//                                          or one tick (50 ms)
+//                                          something urgent (see wake_driver), 1 ms after
+//                                          a first non-urgent done(), the earliest linger
+//                                          deadline, or one tick (50 ms)
 //   host.check_interrupt() ◀────────────── after each wait; true: close, FlowInterrupted
 //   ◀── [(id, failed), ...] ────────────── items that may leave (input order if ordered)
 //   close() [any thread] ─────────────────▶ next() returns [] from then on; done() ignored
+//
+// A *claimed* stage (a thread pool's): the driver does not hand it ids; it starts workers
+// (host.start, as many as the stage has items, up to its capacity) and each worker takes
+// items itself, one at a time, from the stage's queue (claim(), waiting on the stage's
+// own condition variable without the caller's lock), runs it and reports done(). A worker
+// that finds nothing for a while ends, and says so through claim() returning false (or
+// worker_exit()). Why: a worker that finishes an item starts the next at once, instead of
+// waiting for the driver to wake, take the GIL and hand it more; and the driver, woken
+// only for urgent work or once a millisecond, moves items in bulk.
 //
 // Locks: mu_ is never held while calling the host (pull, dispatch and check_interrupt
 // run Python; an executor may call done() from inside dispatch, on the same thread) and
@@ -40,7 +51,9 @@
 // drive it step by step.
 #pragma once
 
+#include <atomic>
 #include <chrono>
+#include <memory>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
@@ -50,6 +63,7 @@
 #include <mutex>
 #include <set>
 #include <stdexcept>
+#include <string>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -61,6 +75,7 @@ struct FlowStage {
     std::size_t queue_bound = 1;  // items waiting in the stage's queue, >= 1
     std::size_t batch_size = 1;   // > 1: a batch stage
     double linger_s = 0;          // batch stage: send a partial batch after this wait
+    bool claimed = false;         // workers take items themselves (claim()); not batched
 };
 
 // What next() needs from its caller; called only in the thread that called next().
@@ -71,6 +86,14 @@ public:
     virtual std::pair<std::size_t, bool> pull(std::size_t k) = 0;
     // Start `ids` on `stage`; must return quickly (done() may be called from inside).
     virtual void dispatch(std::size_t stage, const std::vector<std::uint64_t>& ids) = 0;
+    // Start n more workers on claimed `stage`; each claims until claim() returns false.
+    // Must return quickly. An exception means none of them started; it closes the flow
+    // (as from dispatch).
+    virtual void start(std::size_t stage, std::size_t n) {
+        (void)n;
+        throw std::logic_error("Flow: stage " + std::to_string(stage) +
+                               " is claimed but the host starts no workers");
+    }
     // After each wait: true means stop now (Ctrl-C); next() closes the flow and throws
     // FlowInterrupted.
     virtual bool check_interrupt() { return false; }
@@ -90,6 +113,7 @@ struct FlowStageStats {
     std::size_t parked = 0;      // done, waiting for room in the next stage's queue
     std::size_t busy = 0;        // capacity used: items (or batches) in flight or parked
     std::size_t done_total = 0;  // done() calls for items of this stage, failed included
+    std::size_t workers = 0;     // claimed stage: workers started and not yet ended
 };
 
 struct FlowStats {
@@ -121,6 +145,19 @@ public:
     void done(std::size_t stage, const std::vector<std::uint64_t>& ids,
               const std::vector<bool>& failed);
 
+    // Thread-safe; for the workers of a claimed stage (std::invalid_argument otherwise).
+    // try_claim: the next queued item, if there is one and the stage has capacity, without
+    // waiting. claim: the same, waiting up to `wait` for one (call it without any lock the
+    // driver's host takes); false: none came, or the flow is closed, or *stop became true
+    // (checked at each wake-up; notify_claimers() wakes them): the worker has ended and is
+    // counted out. worker_exit: a started worker ends without claim() saying so (n of
+    // them: workers that never ran, e.g. their pool shut down).
+    bool try_claim(std::size_t stage, std::uint64_t& id);
+    bool claim(std::size_t stage, std::chrono::nanoseconds wait, std::uint64_t& id,
+               const std::atomic<bool>* stop = nullptr);
+    void worker_exit(std::size_t stage, std::size_t n = 1);
+    void notify_claimers(std::size_t stage);
+
     // Thread-safe, idempotent: next() returns [] from then on, the host is not called
     // again (a call already running finishes), later done() calls are ignored.
     void close();
@@ -147,12 +184,16 @@ private:
         std::size_t in_flight = 0;       // items
         std::size_t busy = 0;            // capacity units (items or batches)
         std::size_t done_total = 0;
+        std::size_t workers = 0;  // claimed: started, not ended
+        // claimed: its workers wait here (a unique_ptr: a condition variable cannot move)
+        std::unique_ptr<std::condition_variable> claim_cv;
         std::unordered_map<std::uint64_t, std::size_t> unit_left;  // batch -> items on stage
         bool batched() const { return cfg.batch_size > 1; }
     };
     struct Dispatch {
         std::size_t stage;
         std::vector<std::uint64_t> ids;
+        std::size_t start = 0;  // claimed stage: workers to start (ids empty)
     };
 
     // All with mu_ held.
@@ -166,6 +207,12 @@ private:
     std::vector<Exit> take_exits();
     Clock::time_point wake_at(Clock::time_point now) const;
     bool is_closed() const;  // takes mu_
+    void start_workers(FlowHost& host, std::size_t stage, std::size_t n);  // takes mu_
+    Stage& claimed_stage(std::size_t stage, const char* what);
+    bool take_claim(Stage& s, std::uint64_t& id);
+    bool urgent() const;
+    void wake_driver(bool urgent);
+    void release_idle_workers();
 
     std::vector<Stage> stages_;
     const std::size_t read_ahead_;
@@ -174,7 +221,10 @@ private:
 
     mutable std::mutex mu_;
     std::condition_variable cv_;
-    std::uint64_t events_ = 0;  // done()/close() calls, for the waiter
+    // The driver's wait (see wake_driver): whether it is waiting, whether something urgent
+    // happened since, and when the first non-urgent event did (it then acts 1 ms later).
+    bool driver_waiting_ = false, urgent_ = false, pending_ = false;
+    Clock::time_point pending_since_{};
     std::unordered_map<std::uint64_t, Item> items_;  // pulled, not finished
     std::uint64_t pulled_ = 0, left_ = 0, next_unit_ = 0;
     bool exhausted_ = false, closed_ = false;

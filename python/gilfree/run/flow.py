@@ -9,8 +9,10 @@
                  only as far as the flow has room)
         dispatch(stage, ids) ◀───────────────────── ids may start on a stage:
           inline   runs them here, now
-          thread   pool.map_into(ids) ─────────────▶ C++ thread pool (its workers
-                                                     report flow.done in C++)
+        start(stage, n) ◀────────────────────────── a claimed (thread) stage needs workers:
+          thread   pool.serve(n) ──────────────────▶ C++ thread pool; its workers claim
+                                                     the stage's items from the flow and
+                                                     report flow.done, in C++
           async    one coroutine per item ─────────▶ the engine's event loop
           batch    one pool.submit per batch ──────▶ (a DualNode: full, or lingered)
           process  the stage's feeder thread ──────▶ _MapCall micro-batches on the
@@ -117,7 +119,8 @@ class Stream(_Lifecycle):
                         for k, st in enumerate(self.stages)]
         capacity = max(r.spec[0] * max(1, r.spec[2]) for r in self.runners)
         self.read_ahead = read_ahead or min(8192, max(64, 2 * capacity))
-        specs = [(r.spec[0], self.read_ahead, r.spec[2], r.spec[3]) for r in self.runners]
+        specs = [(r.spec[0], self.read_ahead, r.spec[2], r.spec[3], r.spec[4])
+                 for r in self.runners]
         self.flow = core().Flow(specs, self.read_ahead, ordered)
         self.total = total
         self.input_ended = False
@@ -132,13 +135,15 @@ class Stream(_Lifecycle):
             if self._shut_down():
                 return self._after_shutdown()
             try:
-                got = self.flow.next(self._pull, self._dispatch)
+                got = self.flow.next(self._pull, self._dispatch, self._start)
             except BaseException:
                 self.close()
                 raise
             finally:
                 self.rt.flush()
             if not got:
+                if self._shut_down():  # a stage could not start for it
+                    return self._after_shutdown()
                 self.close()
                 raise StopIteration
             self.ready.extend(got)
@@ -207,6 +212,16 @@ class Stream(_Lifecycle):
             for i in ids:
                 self.fail(i, self._shut_down_error(i))
             self.flow.done(stage, ids, [True] * len(ids))
+
+    def _start(self, stage: int, n: int) -> None:
+        try:
+            self.runners[stage].start(n)
+        except Exception:
+            if self.engine._shutdowns == self.generation:
+                raise
+            # Shut down meanwhile (its pool refused the workers): the stream ends with
+            # that error (Stream.__next__ -> _after_shutdown).
+            self.flow.close()
 
     def done(self, stage: int, ids: list[int], failed: list[bool]) -> None:
         """From any executor thread."""

@@ -2,8 +2,8 @@
 the flow scheduler dispatches to its stage and reports them done, from its own threads.
 
     inline   runs them in the iterating thread, at once
-    thread   ThreadPool.map_into: the pool claims the ids as map does and reports each
-             to the flow in C++
+    thread   a claimed stage: ThreadPool.serve starts workers that take the stage's
+             items from the flow themselves and report each done to it, in C++
     async    one coroutine per item on the engine's loop (async nodes, or a deadline)
     batch    a DualNode: one pool call per batch the flow sends (full, or lingered)
     process  a feeder thread hands the ProcessEngine's pool micro-batches (_MapCall):
@@ -66,13 +66,17 @@ def _all_steps(step: Any) -> Iterator[Any]:
 class _Runner:
     """Starts a stage's items on its executor; reports them done to the flow."""
 
-    #: (capacity, queue bound (set by the stream), batch size, linger seconds)
-    spec: tuple = (1, 0, 0, 0.0)
+    #: (capacity, queue bound (set by the stream), batch size, linger seconds, claimed)
+    spec: tuple = (1, 0, 0, 0.0, False)
 
     def __init__(self, stream: Any, k: int, stage: Stage):
         self.stream, self.k, self.stage = stream, k, stage
 
     def dispatch(self, ids: list[int]) -> None:
+        raise NotImplementedError
+
+    def start(self, n: int) -> None:
+        """A claimed stage: start ``n`` more workers (they claim the items)."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -95,7 +99,7 @@ class _Runner:
 
 
 class _InlineRunner(_Runner):
-    spec = (64, 0, 0, 0.0)
+    spec = (64, 0, 0, 0.0, False)
 
     def dispatch(self, ids: list[int]) -> None:
         rt = self.stream.work_rt
@@ -107,14 +111,14 @@ class _ThreadRunner(_Runner):
     def __init__(self, stream: Any, k: int, stage: Stage, threads: Any):
         super().__init__(stream, k, stage)
         self.pool = threads.pool
-        self.spec = (threads.max_workers, 0, 0, 0.0)
+        self.spec = (threads.max_workers, 0, 0, 0.0, True)
 
-    def dispatch(self, ids: list[int]) -> None:
-        # One hand-over for all of them; the pool's workers report each item to the flow
-        # in C++ (no Python callback per item). Ids a shutdown keeps from running are
-        # reported failed (EngineShutDown when they leave); a pool already shut down
-        # raises here, which Stream._dispatch turns into that error.
-        self.pool.map_into(self._call_id, ids, self.stream.flow, self.k)
+    def start(self, n: int) -> None:
+        # The workers claim the stage's items from the flow and report each one in C++ (no
+        # Python between two items but the stage's own). Items a shutdown keeps from
+        # running are reported failed (EngineShutDown when they leave); a pool already
+        # shut down raises here, which Stream._start turns into that error.
+        self.pool.serve(self._call_id, self.stream.flow, self.k, n)
 
     def _call_id(self, i: int) -> bool:
         """True if item ``i`` ran through the stage; False (error recorded) if not."""
@@ -130,7 +134,7 @@ class _LoopRunner(_Runner):
         self.loop = threads.loop_thread.loop
         self.offload = threads._offload(threads.pool)
         self.timeout = timeout
-        self.spec = (threads._concurrency(), 0, 0, 0.0)
+        self.spec = (threads._concurrency(), 0, 0, 0.0, False)
 
     async def _one(self, i: int) -> bool:
         s = self.stream
@@ -177,7 +181,7 @@ class _BatchRunner(_Runner):
         size = step.hints.get("batch_size") or stream.rt.batch_size or 32
         self.in_thread = stage.executor != INLINE
         self.pool = engine._lend(THREAD).pool if self.in_thread else None
-        self.spec = (4 if self.in_thread else 1, 0, size, LINGER_S)
+        self.spec = (4 if self.in_thread else 1, 0, size, LINGER_S, False)
 
     def _run(self, ids: list[int]) -> list[bool]:
         s = self.stream
@@ -227,7 +231,7 @@ class _ProcessRunner(_Runner):
         self.processes = processes
         self.timeout = stream.engine._item_timeout(stream.plan)
         self.part = StagePart(stage, stream.plan, stream.work_rt, base)
-        self.spec = (PROCESS_MICRO_BATCH * 2, 0, 0, 0.0)
+        self.spec = (PROCESS_MICRO_BATCH * 2, 0, 0, 0.0, False)
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         self.reported: set[int] = set()  # ids of the running micro-batch already done
         self.thread: threading.Thread | None = None
@@ -303,7 +307,7 @@ class _ProcessRunner(_Runner):
 
         out = self.processes._stage_map(part, rows, s.work_rt, skip=skip, timeout=self.timeout,
                                         offset=lo, deferred=True, stop=lambda: self.stopped,
-                                        on_placed=placed)
+                                        on_placed=placed, spread=True)
         rest = [i for i in ids if i not in reported]  # lost, timed out, or never ran
         if rest:
             s.done(k, rest, [self._take(i, out[i - lo]) for i in rest])
