@@ -314,7 +314,8 @@ class _MapCall:
     def __init__(self, engine: ProcessEngine, pool: Any, plan: Plan, base: dict,
                  rows: list[dict], rt: Runtime, *, stage: bool = False,
                  skip: set[int] = frozenset(), timeout: Any = "engine", offset: int = 0,
-                 deferred: bool = False, stop: Any = None, on_placed: Any = None):
+                 deferred: bool = False, stop: Any = None, on_placed: Any = None,
+                 spread: bool = False):
         self.engine, self.pool, self.plan, self.rows, self.rt = engine, pool, plan, rows, rt
         self.n = len(rows)
         self.out: list[Any] = [None] * self.n
@@ -333,6 +334,10 @@ class _MapCall:
         # on_placed(out, a, b): rows [a, b) just got their results (a streaming stage
         # hands them on at once instead of at the end of the map)
         self.on_placed = on_placed
+        # spread: two batches per worker instead of the planner's guided sizes (a streaming
+        # stage's micro-batch: small tail batches cost a round trip each, ~1 ms of worker
+        # time in W9, and the next micro-batch is already waiting to even the load out)
+        self.spread = spread
         self.timeout = engine._item_timeout(plan) if timeout == "engine" else timeout
         self.payload, self.payload_fds = remote.encode_payload(
             plan, base, RemoteOptions.of(rt, self.timeout))
@@ -350,6 +355,8 @@ class _MapCall:
             rt.emit("on_map_start", self.n)
         t0 = time.perf_counter()
         chunk = self.engine.batch_size or 0
+        if not chunk and self.spread:
+            chunk = max(1, -(-self.n // (2 * self.pool.workers)))
         align = _dual_batch_size(self.plan, rt)
         if align:
             # Each worker batches the items it holds: chunks that are whole multiples of
