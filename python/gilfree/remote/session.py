@@ -28,6 +28,7 @@ from typing import Any, Callable
 from . import transport
 from ..model.stateful import end_map, new_map
 from ..run.execute_fast import column_sources, column_step, map_columns
+from ..run.stages import Skipped
 from .messages import COLS, ROWS, Batch, Event, Part, Payload, RemoteOptions, Result
 
 #: Results larger than this per item are pickled in sub-batches of about SPILL_CHUNK.
@@ -246,9 +247,16 @@ class Session:
         plan, base, options = loaded.plan, loaded.base, loaded.options
         step, first, names, cols, failed = (loaded.column_step, batch.first, batch.names,
                                             batch.cols, batch.failed)
-        sources = column_sources(step, base, names, cols) if step and not failed else None
+        # Placeholders of items that failed in an earlier stage (Skipped) do not keep a
+        # batch off the column path: a streaming stage's micro-batches have many.
+        only_skipped = all(type(e) is Skipped for e in failed.values())
+        sources = column_sources(step, base, names, cols) if step and only_skipped else None
         if sources is not None:
             collect = options.collect
+            if failed:
+                def run(a: int, b: int) -> tuple:
+                    return _map_columns_around(step, sources, a, b, first, collect, failed)
+                return run
 
             def run(a: int, b: int) -> tuple:
                 return _map_columns(step, sources, a, b, first, collect)
@@ -278,6 +286,35 @@ def _map_columns(step: Any, sources: list, a: int, b: int, first: int,
         return (COLS, [out])
     o = step.out0
     return _encode_results([v if isinstance(v, BaseException) else {o: v} for v in out], [o])
+
+
+def _map_columns_around(step: Any, sources: list, a: int, b: int, first: int,
+                        collect: bool, skipped: dict) -> tuple:
+    """The column path over items [a, b) except the ``skipped`` placeholders (batch
+    offset -> Skipped): each run of other items in one go. A placeholder's slot holds None
+    among column results (the driver reads no result of an item it skipped), its Skipped
+    among rows when some item failed."""
+    out: list = []
+    failed = False
+    k = a
+    while k < b:
+        if k in skipped:
+            out.append(None)
+            k += 1
+            continue
+        stop = k + 1
+        while stop < b and stop not in skipped:
+            stop += 1
+        got, bad = map_columns(step, sources, k, stop, first, collect)
+        out.extend(got)
+        failed = failed or bad
+        k = stop
+    if not failed:
+        return (COLS, [out])
+    o = step.out0
+    return _encode_results([skipped[a + j] if a + j in skipped else
+                            v if isinstance(v, BaseException) else {o: v}
+                            for j, v in enumerate(out)], [o])
 
 
 def _encode_results(results: list, outputs: list[str]) -> tuple:

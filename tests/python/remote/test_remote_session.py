@@ -20,6 +20,7 @@ from gilfree.model.plan import compile_plan
 from gilfree.remote import driver
 from gilfree.remote.messages import COLS, ROWS, Event, Part, RemoteOptions, Result
 from gilfree.remote.session import Session, release_stateful
+from gilfree.run.stages import Skipped
 
 
 @node(output_name="y")
@@ -51,8 +52,11 @@ def sessions(monkeypatch):
             session.end_map(map_id)
 
 
-def _run(pipeline, xs, *, collect=False, shm=True, session=None, callbacks=None):
-    """One map of ``xs`` as one batch through a Session: (Result, results in order)."""
+def _run(pipeline, xs, *, collect=False, shm=True, session=None, callbacks=None,
+         first=0, skipped=()):
+    """One map of ``xs`` as one batch through a Session: (Result, results in order).
+    ``first``: the map item number of xs[0]; ``skipped``: offsets sent as Skipped
+    placeholders (items a streaming stage's micro-batch does not hold)."""
     plan = compile_plan(pipeline, {"x"})
     ctx = CallbackContext() if callbacks else None
     rt = Runtime(collect=collect, callbacks=callbacks, ctx=ctx)
@@ -60,7 +64,8 @@ def _run(pipeline, xs, *, collect=False, shm=True, session=None, callbacks=None)
     body, fds = driver.encode_payload(plan, {}, RemoteOptions.of(rt), shm=shm)
     session.load_payload("key", body, fds)
     rows = [{"x": x} for x in xs]
-    body, fds = driver.encode_batch(7, rows, 0, ["x"], driver.consumers(plan, ["x"]), shm=shm)
+    body, fds = driver.encode_batch(7, rows, first, ["x"], driver.consumers(plan, ["x"]),
+                                    failed={k: Skipped() for k in skipped}, shm=shm)
     out_body, out_fds = session.run_batch("key", body, fds, shm=shm)
     if not shm:
         assert out_fds == []
@@ -111,6 +116,29 @@ def test_each_failure_stays_with_its_item_under_collect():
                                   "pickle 'generator' object) of map item 1 (used by "
                                   "node(s) ['double']) to a worker process")
     assert isinstance(out[2], KeyError) and "'double' (map item 2)" in out[2].__notes__[-1]
+
+
+def test_skipped_placeholders_keep_the_batch_on_the_column_path(monkeypatch):
+    # The row path (execute_map_around) must not run: it is what placeholders used to
+    # force, at ~5 us an item more in W9's streaming process stage.
+    import gilfree.run.execute as execute
+
+    def no_row_path(*args, **kwargs):
+        raise AssertionError("the row path ran")
+
+    monkeypatch.setattr(execute, "execute_map_around", no_row_path)
+    xs = list(range(20))
+    result, out = _run(Pipeline([double]), xs, collect=True, skipped={0, 5, 6, 13, 19})
+    assert {p.mode for p in result.parts} == {COLS}
+    assert [out[k] for k in range(20) if k not in {0, 5, 6, 13, 19}] == [
+        {"y": 2 * x} for x in xs if x not in {0, 5, 6, 13, 19}]
+    # An item failing among placeholders: rows, each failure with its own item number
+    # (first + offset), each placeholder a Skipped.
+    result, out = _run(Pipeline([double]), [11, 12, 13, 14], collect=True, first=100,
+                       skipped={1})
+    assert ROWS in {p.mode for p in result.parts}
+    assert out[0] == {"y": 22} and isinstance(out[1], Skipped) and out[3] == {"y": 28}
+    assert isinstance(out[2], KeyError) and "(map item 102)" in out[2].__notes__[-1]
 
 
 def test_the_error_that_stops_a_batch_comes_back_with_the_worker_traceback():
