@@ -402,9 +402,10 @@ class _MapCall:
 
     # -- callbacks from C++ (driver thread, GIL held) -----------------------------------
     def make_batch(self, a: int, b: int) -> tuple[bytes, list[int]]:
-        skipped = ({k - a: Skipped() for k in self.skip[bisect_left(self.skip, a):
-                                                    bisect_left(self.skip, b)]}
-                   if self.skip else {})
+        # One placeholder object for the batch: pickled once, then by reference.
+        skipped = (dict.fromkeys((k - a for k in self.skip[bisect_left(self.skip, a):
+                                                           bisect_left(self.skip, b)]),
+                                 Skipped()) if self.skip else {})
         # Rows that do not pickle fail their items only (remote.encode_batch).
         return remote.encode_batch(self.map_id, self.rows[a:b], self.offset + a, self.names,
                                    self.consumers, failed=skipped)
