@@ -315,7 +315,7 @@ class _MapCall:
                  rows: list[dict], rt: Runtime, *, stage: bool = False,
                  skip: set[int] = frozenset(), timeout: Any = "engine", offset: int = 0,
                  deferred: bool = False, stop: Any = None, on_placed: Any = None,
-                 spread: bool = False):
+                 chunk: int = 0):
         self.engine, self.pool, self.plan, self.rows, self.rt = engine, pool, plan, rows, rt
         self.n = len(rows)
         self.out: list[Any] = [None] * self.n
@@ -334,10 +334,9 @@ class _MapCall:
         # on_placed(out, a, b): rows [a, b) just got their results (a streaming stage
         # hands them on at once instead of at the end of the map)
         self.on_placed = on_placed
-        # spread: two batches per worker instead of the planner's guided sizes (a streaming
-        # stage's micro-batch: small tail batches cost a round trip each, ~1 ms of worker
-        # time in W9, and the next micro-batch is already waiting to even the load out)
-        self.spread = spread
+        # chunk: items per worker batch instead of the planner's guided sizes (0: those;
+        # a streaming stage sizes its micro-batches' batches from the item time it saw)
+        self.chunk = chunk
         self.timeout = engine._item_timeout(plan) if timeout == "engine" else timeout
         self.payload, self.payload_fds = remote.encode_payload(
             plan, base, RemoteOptions.of(rt, self.timeout))
@@ -354,9 +353,7 @@ class _MapCall:
         if rt.callbacks and not self.stage:
             rt.emit("on_map_start", self.n)
         t0 = time.perf_counter()
-        chunk = self.engine.batch_size or 0
-        if not chunk and self.spread:
-            chunk = max(1, -(-self.n // (2 * self.pool.workers)))
+        chunk = self.engine.batch_size or self.chunk
         align = _dual_batch_size(self.plan, rt)
         if align:
             # Each worker batches the items it holds: chunks that are whole multiples of

@@ -35,6 +35,8 @@ LINGER_S = 0.01
 PROCESS_LINGER_S = 0.01
 #: Items a process stage hands the pool at once at most (one ``_MapCall`` each).
 PROCESS_MICRO_BATCH = 2048
+#: Worker time a process stage's worker batch aims at, once an item's time is known.
+PROCESS_BATCH_S = 0.02
 
 
 def runner(stream: Any, k: int, stage: Stage, base: dict) -> "_Runner":
@@ -234,6 +236,7 @@ class _ProcessRunner(_Runner):
         self.spec = (PROCESS_MICRO_BATCH * 2, 0, 0, 0.0, False)
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         self.reported: set[int] = set()  # ids of the running micro-batch already done
+        self.item_s = 0.0  # worker seconds an item took (the last micro-batch), 0: unknown
         self.thread: threading.Thread | None = None
         self.stopped = False
 
@@ -283,6 +286,17 @@ class _ProcessRunner(_Runner):
                     s.fail(i, exc)
                 s.done(k, left, [True] * len(left))
 
+    def _chunk(self, n: int) -> int:
+        """Items per worker batch of an ``n``-row micro-batch: about PROCESS_BATCH_S of
+        work each, at most two batches per worker. The planner's guided sizes (0, also
+        while the item time is unknown) end a micro-batch with batches of a few items,
+        each a round trip: ~5 us an item more of worker time in W9 (11 us items); items
+        of milliseconds (W8's parse) need them to keep both workers busy to the end."""
+        if not self.item_s:
+            return 0
+        most = -(-n // (2 * self.processes.workers))
+        return max(1, min(most, int(PROCESS_BATCH_S / self.item_s)))
+
     def _run(self, ids: list[int]) -> None:
         """One micro-batch; each item is reported to the flow as soon as its worker
         batch is back (a later stage starts on it while the rest still run)."""
@@ -305,9 +319,12 @@ class _ProcessRunner(_Runner):
             if done:
                 s.done(k, done, [self._take(i, out[i - lo]) for i in done])
 
+        t0 = time.perf_counter()
         out = self.processes._stage_map(part, rows, s.work_rt, skip=skip, timeout=self.timeout,
                                         offset=lo, deferred=True, stop=lambda: self.stopped,
-                                        on_placed=placed, spread=True)
+                                        on_placed=placed, chunk=self._chunk(len(rows)))
+        # An upper bound (the workers may have waited), fine for sizing batches.
+        self.item_s = (time.perf_counter() - t0) * self.processes.workers / len(ids)
         rest = [i for i in ids if i not in reported]  # lost, timed out, or never ran
         if rest:
             s.done(k, rest, [self._take(i, out[i - lo]) for i in rest])
