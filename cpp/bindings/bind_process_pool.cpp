@@ -151,7 +151,7 @@ public:
     void map(std::size_t n, const py::bytes& key, const py::bytes& payload_body,
              const std::vector<int>& payload_fds, const py::object& make_batch,
              const py::object& on_result, const py::object& on_lost, std::size_t chunk,
-             std::size_t depth, double item_timeout) {
+             std::size_t depth, double item_timeout, std::int64_t item_base) {
         MapRequest req;
         req.items = n;
         req.key = std::string(key);
@@ -163,6 +163,7 @@ public:
         req.chunk = chunk;
         req.depth = depth;
         req.item_timeout = item_timeout;
+        req.item_base = item_base;
         PyMapHost host(make_batch, on_result, on_lost);
         if (scheduler_.run(std::move(req), host) == MapScheduler::End::interrupted)
             throw py::error_already_set();  // PyErr_CheckSignals set it
@@ -244,7 +245,7 @@ See gilfree/engines/processes.py for the Python side of the protocol.)doc")
         .def("start", &PyProcessPool::start)
         .def("map", &PyProcessPool::map, "n"_a, "key"_a, "payload"_a, "payload_fds"_a,
              "make_batch"_a, "on_result"_a, "on_lost"_a, py::kw_only(), "chunk"_a = 0,
-             "depth"_a = 2, "item_timeout"_a = 0.0)
+             "depth"_a = 2, "item_timeout"_a = 0.0, "item_base"_a = 0)
         .def("shutdown", &PyProcessPool::shutdown, "grace"_a = 2.0)
         .def("kill_all", &PyProcessPool::kill_all)
         .def_property_readonly("pids", &PyProcessPool::pids)

@@ -112,3 +112,41 @@ def test_a_failing_node_in_a_process_stage_raises_at_its_item(run_case, engine_n
     assert rc == 0, err
     assert res["seen"] == list(range(7)), res
     assert any("'fragile'" in n and "map item 7" in n for n in res["notes"]), res
+
+
+@pytest.mark.parametrize("engine_name", [THREAD, PROCESS])
+def test_an_overdue_item_of_a_later_micro_batch_times_out(run_case, engine_name):
+    # A process stage sends the map's items in micro-batches numbered as the map numbers
+    # them: the pool must find the overdue item by that number (it did not, and such an
+    # item ran to its end, however long, with timeout= set).
+    rc, res, err = run_case("""
+        @node(output_name="y", executor="thread")
+        def pace(x):
+            return x
+
+        @node(output_name="z", executor="process")
+        def stuck(y):
+            if y == 600:
+                time.sleep(60)
+            return y
+
+        def slow_input():
+            for i in range(800):
+                time.sleep(0.0005)  # items come over time: many micro-batches
+                yield i
+
+        engine = make_engine(timeout=1.0)
+        p = Pipeline([pace, stuck])
+        t = time.perf_counter()
+        out = list(p.imap({"x": slow_input()}, map_over="x", engine=engine,
+                          on_error="collect"))
+        errors = {i: f"{type(r).__name__}: {r}" for i, r in enumerate(out)
+                  if isinstance(r, Exception)}
+        report(n=len(out), errors=errors, took=time.perf_counter() - t,
+               ok=all(r["z"] == i for i, r in enumerate(out) if i != 600))
+        engine.shutdown()
+    """, timeout=90)
+    assert rc == 0, err
+    assert res["n"] == 800 and list(res["errors"]) == ["600"], res
+    assert res["errors"]["600"].startswith("TimeoutError: map item 600 did not finish"), res
+    assert res["took"] < 20 and res["ok"], res

@@ -90,6 +90,9 @@ struct MapRequest {
     std::size_t chunk = 0;  // 0: guided chunks (ChunkPlanner), else a fixed size
     std::size_t depth = 2;  // batches queued per worker (at least 1)
     double item_timeout = 0;  // seconds; > 0: kill a worker whose item runs longer
+    // The number workers give (status page) to item 0 of this request: a streaming map
+    // sends its items in several requests, numbered as the map numbers them.
+    std::int64_t item_base = 0;
 };
 
 class MapScheduler {

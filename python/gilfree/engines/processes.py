@@ -363,7 +363,7 @@ class _MapCall:
         try:
             self.pool.map(self.n, self.key, self.payload, self.payload_fds, self.make_batch,
                           self.on_result, self.on_lost, chunk=chunk, depth=DEPTH,
-                          item_timeout=self.timeout or 0.0)
+                          item_timeout=self.timeout or 0.0, item_base=self.offset)
         finally:
             transport.close_fds(self.payload_fds)
             self.payload_fds = []
