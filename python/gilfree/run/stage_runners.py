@@ -31,8 +31,10 @@ from .stages import INLINE, PROCESS, THREAD, Stage, StagePart
 
 #: A batch stage sends a partial batch after its oldest item waited this long.
 LINGER_S = 0.01
-#: How long a process stage waits for more items before it starts a micro-batch.
+#: How long a process stage waits for more items before it starts a micro-batch, at
+#: most, and after the last item came (a burst is over).
 PROCESS_LINGER_S = 0.01
+PROCESS_QUIET_S = 0.002
 #: Items a process stage hands the pool at once at most (one ``_MapCall`` each).
 PROCESS_MICRO_BATCH = 2048
 #: Worker time a process stage's worker batch aims at, once an item's time is known.
@@ -260,11 +262,14 @@ class _ProcessRunner(_Runner):
             ids = list(ids)
             # Items reach this stage one by one as earlier stages finish them: wait a
             # moment for more, so that a micro-batch keeps every worker busy (a map per
-            # item would cost a pool round trip each).
+            # item would cost a pool round trip each): until none came for
+            # PROCESS_QUIET_S (a burst is over), PROCESS_LINGER_S at most.
             deadline = time.monotonic() + PROCESS_LINGER_S
             while len(ids) < PROCESS_MICRO_BATCH:
+                now = time.monotonic()
                 try:
-                    more = self.inbox.get(timeout=max(0.0, deadline - time.monotonic()))
+                    more = self.inbox.get(timeout=max(0.0, min(deadline - now,
+                                                               PROCESS_QUIET_S)))
                 except queue.Empty:
                     break
                 if more is None:
