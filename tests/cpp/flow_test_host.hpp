@@ -100,16 +100,21 @@ struct Host final : FlowHost {
     }
 };
 
-// next() until the end; a FlowInterrupted (the deadline) fails the test.
+// One next(); a FlowInterrupted (the deadline) fails the test.
+inline Exits next_or_fail(FlowScheduler& flow, FlowHost& host) {
+    try {
+        return flow.next(host);
+    } catch (const FlowInterrupted&) {
+        CHECK(!"the flow hung: deadline reached");
+    }
+    return {};
+}
+
+// next() until the end.
 inline Exits drain(FlowScheduler& flow, FlowHost& host) {
     Exits all;
     for (;;) {
-        Exits got;
-        try {
-            got = flow.next(host);
-        } catch (const FlowInterrupted&) {
-            CHECK(!"the flow hung: deadline reached");
-        }
+        const Exits got = next_or_fail(flow, host);
         if (got.empty()) return all;
         all.insert(all.end(), got.begin(), got.end());
     }

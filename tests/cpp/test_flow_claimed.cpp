@@ -192,13 +192,5 @@ int main(int argc, char** argv) {
         {"claimed_stage_without_workers", test_claimed_stage_without_workers},
         {"claimed_stress", test_claimed_stress},
     });
-    if (argc > 1)  // test_flow_claimed NAME...: only those
-        tests.erase(std::remove_if(tests.begin(), tests.end(),
-                                   [&](const test_support::NamedTest& t) {
-                                       return std::find_if(argv + 1, argv + argc, [&](char* a) {
-                                                  return std::string(a) == t.first;
-                                              }) == argv + argc;
-                                   }),
-                    tests.end());
-    return test_support::run_tests(tests);
+    return test_support::run_tests(tests, argc, argv);
 }

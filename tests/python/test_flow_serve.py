@@ -6,23 +6,13 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
 
 import pytest
 
 from gilfree._native import core
+from polling import wait_until
 
 _core = core()
-
-
-def wait_until(predicate, timeout: float = 10.0) -> bool:
-    """Wait for a condition (polled) with a deadline; no fixed sleeps as synchronisation."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.005)
-    return predicate()
 
 
 # --- ThreadPool.serve: workers that claim a Flow's items and report them in C++ ----------
