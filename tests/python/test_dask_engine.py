@@ -344,7 +344,11 @@ def test_dead_worker_follows_dask_retries_then_names_node_and_item(tmp_path):
         assert out[:2] == [{"y": 6}, {"y": 8}] and isinstance(out[2], ExecutionError)
         # The error kept in the results does not keep the map's futures (and so their
         # results, in the workers' memory) alive.
+        # The client drops released futures on its own event loop: poll, with a deadline.
         gc.collect()
+        deadline = time.monotonic() + 10
+        while client.futures and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert not client.futures, sorted(client.futures)
     finally:
         engine.shutdown()
