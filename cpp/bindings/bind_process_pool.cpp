@@ -8,6 +8,8 @@
 //   make_batch(a, b) -> (bytes, fds) ◀─ [GIL] host.make_batch ◀───────────── map_scheduler.hpp
 //   on_result(a, b, body, fds) ◀─────── [GIL] host.on_result ◀──────────────
 //   on_lost(a, b, info dict) ◀───────── [GIL] host.on_lost (exit info) ◀────
+//   stream(...): also next_range(most, ◀ [GIL] host.next_range / open ◀─────── (streaming)
+//       share), open(); wake() ───────▶ [no GIL] pool.wake: look again now
 //                                       [no GIL] host.unlocked(fill) ◀────── start workers
 //                                       [no GIL] host.wait_unlocked ◀─────── wait <= 50 ms,
 //                                       [GIL] PyErr_CheckSignals ─────────▶ interrupted: Ctrl-C
@@ -85,24 +87,49 @@ py::dict exit_info(const LostItems& why) {
 class PyMapHost final : public MapHost {
 public:
     PyMapHost(const py::object& make_batch, const py::object& on_result,
-              const py::object& on_lost)
-        : make_batch_(make_batch), on_result_(on_result), on_lost_(on_lost) {}
+              const py::object& on_lost, const py::object* next_range = nullptr,
+              const py::object* open = nullptr)
+        : make_batch_(make_batch), on_result_(on_result), on_lost_(on_lost),
+          next_range_(next_range), open_(open) {}
 
-    void make_batch(std::size_t start, std::size_t stop, Frame& batch) override {
-        py::tuple made = make_batch_(start, stop);
+    // A streaming map: next_range(most, share) -> (start, stop), or None (none ready),
+    // or a float (items held back: ask again within that many seconds); open() -> bool.
+    bool next_range(std::size_t most, std::size_t share, std::size_t& start,
+                    std::size_t& stop, double& ask_again_s) override {
+        py::object r = (*next_range_)(most, share);
+        if (r.is_none()) return false;
+        if (PyFloat_Check(r.ptr())) {
+            ask_again_s = r.cast<double>();
+            return false;
+        }
+        auto t = r.cast<std::pair<std::size_t, std::size_t>>();
+        start = t.first;
+        stop = t.second;
+        return true;
+    }
+    bool open() override { return open_ != nullptr && (*open_)().cast<bool>(); }
+
+    // A map's callbacks get (start, stop, ...); a stream's (start, stop, origin, ...).
+    void make_batch(std::size_t start, std::size_t stop, std::size_t origin,
+                    Frame& batch) override {
+        py::tuple made = streaming() ? make_batch_(start, stop, origin) : make_batch_(start, stop);
         batch.body = std::string(py::bytes(made[0]));
         batch.fds = adopt_fds(made[1].cast<std::vector<int>>());
     }
 
-    bool on_result(std::size_t start, std::size_t stop, Frame& result) override {
+    bool on_result(std::size_t start, std::size_t stop, std::size_t origin,
+                   Frame& result) override {
         py::bytes body(result.body);
         result.body.clear();
         py::list fds = release_fds(result.fds);
-        return on_result_(start, stop, body, fds).cast<bool>();
+        return (streaming() ? on_result_(start, stop, origin, body, fds)
+                            : on_result_(start, stop, body, fds)).cast<bool>();
     }
 
-    bool on_lost(std::size_t start, std::size_t stop, const LostItems& why) override {
-        return on_lost_(start, stop, exit_info(why)).cast<bool>();
+    bool on_lost(std::size_t start, std::size_t stop, std::size_t origin,
+                 const LostItems& why) override {
+        return (streaming() ? on_lost_(start, stop, origin, exit_info(why))
+                            : on_lost_(start, stop, exit_info(why))).cast<bool>();
     }
 
     void unlocked(const std::function<void()>& f) override {
@@ -119,6 +146,10 @@ private:
     const py::object& make_batch_;
     const py::object& on_result_;
     const py::object& on_lost_;
+    const py::object* next_range_;
+    const py::object* open_;
+
+    bool streaming() const { return next_range_ != nullptr; }
 };
 
 class PyProcessPool {
@@ -152,22 +183,35 @@ public:
              const std::vector<int>& payload_fds, const py::object& make_batch,
              const py::object& on_result, const py::object& on_lost, std::size_t chunk,
              std::size_t depth, double item_timeout, std::int64_t item_base) {
-        MapRequest req;
+        MapRequest req = request(key, payload_body, payload_fds);
         req.items = n;
-        req.key = std::string(key);
-        req.payload.kind = static_cast<std::uint32_t>(FrameKind::payload);
-        req.payload.key = req.key;
-        req.payload.body = std::string(payload_body);
-        // Borrowed: Python closes them after map(); the pool dups them per worker.
-        for (int fd : payload_fds) req.payload.fds.emplace_back(::dup(fd));
         req.chunk = chunk;
         req.depth = depth;
         req.item_timeout = item_timeout;
         req.item_base = item_base;
         PyMapHost host(make_batch, on_result, on_lost);
-        if (scheduler_.run(std::move(req), host) == MapScheduler::End::interrupted)
-            throw py::error_already_set();  // PyErr_CheckSignals set it
+        run(std::move(req), host);
     }
+
+    // A streaming map: batches of the items next_range(most, share) hands out, until
+    // open() says no more will come and the batches sent are back (map_scheduler.hpp).
+    // Items are numbered by the caller (item i is item i on the workers' status pages).
+    void stream(const py::bytes& key, const py::bytes& payload_body,
+                const std::vector<int>& payload_fds, const py::object& make_batch,
+                const py::object& on_result, const py::object& on_lost,
+                const py::object& next_range, const py::object& open, std::size_t chunk,
+                std::size_t depth, double item_timeout) {
+        MapRequest req = request(key, payload_body, payload_fds);
+        req.streaming = true;
+        req.chunk = chunk;
+        req.depth = depth;
+        req.item_timeout = item_timeout;
+        PyMapHost host(make_batch, on_result, on_lost, &next_range, &open);
+        run(std::move(req), host);
+    }
+
+    // Any thread: a stream() waiting for its next items looks again at once.
+    void wake() { pool_.wake(); }
 
     void shutdown(double grace) {
         pycall::GilRelease nogil;
@@ -191,6 +235,23 @@ public:
     bool is_shut_down() const { return pool_.is_shut_down(); }
 
 private:
+    static MapRequest request(const py::bytes& key, const py::bytes& payload_body,
+                              const std::vector<int>& payload_fds) {
+        MapRequest req;
+        req.key = std::string(key);
+        req.payload.kind = static_cast<std::uint32_t>(FrameKind::payload);
+        req.payload.key = req.key;
+        req.payload.body = std::string(payload_body);
+        // Borrowed: Python closes them after map(); the pool dups them per worker.
+        for (int fd : payload_fds) req.payload.fds.emplace_back(::dup(fd));
+        return req;
+    }
+
+    void run(MapRequest req, PyMapHost& host) {
+        if (scheduler_.run(std::move(req), host) == MapScheduler::End::interrupted)
+            throw py::error_already_set();  // PyErr_CheckSignals set it
+    }
+
     ProcessPool pool_;
     MapScheduler scheduler_;  // drives pool_; declared after it
 };
@@ -246,6 +307,10 @@ See gilfree/engines/processes.py for the Python side of the protocol.)doc")
         .def("map", &PyProcessPool::map, "n"_a, "key"_a, "payload"_a, "payload_fds"_a,
              "make_batch"_a, "on_result"_a, "on_lost"_a, py::kw_only(), "chunk"_a = 0,
              "depth"_a = 2, "item_timeout"_a = 0.0, "item_base"_a = 0)
+        .def("stream", &PyProcessPool::stream, "key"_a, "payload"_a, "payload_fds"_a,
+             "make_batch"_a, "on_result"_a, "on_lost"_a, "next_range"_a, "open"_a,
+             py::kw_only(), "chunk"_a = 0, "depth"_a = 2, "item_timeout"_a = 0.0)
+        .def("wake", &PyProcessPool::wake, py::call_guard<py::gil_scoped_release>())
         .def("shutdown", &PyProcessPool::shutdown, "grace"_a = 2.0)
         .def("kill_all", &PyProcessPool::kill_all)
         .def_property_readonly("pids", &PyProcessPool::pids)

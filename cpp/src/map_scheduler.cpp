@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstring>
 #include <deque>
 #include <optional>
@@ -32,8 +33,15 @@ struct MapScheduler::MapState {
     std::deque<InFlight> retry;
     std::set<std::size_t> retried;  // starts of batches already sent round again
     bool stopping = false;          // a MapHost call said stop: no new batches
+    // Streaming: next_range() said nothing is ready (asked again in the next round).
+    bool host_dry = false;
+    double ask_again_s = 0;   // streaming: the host holds items back until then, at most
+    double item_seconds = 0;  // streaming: what an item took, recent batches (0: unknown)
+    double timed_seconds = 0, timed_items = 0;  // their decaying sums
 
-    bool more() const { return !retry.empty() || !planner.exhausted(); }
+    bool more() const {
+        return !retry.empty() || (req.streaming ? !host_dry : !planner.exhausted());
+    }
 };
 
 MapScheduler::MapScheduler(WorkerSet& workers, std::size_t max_items_per_worker,
@@ -50,10 +58,17 @@ MapScheduler::End MapScheduler::run(MapRequest request, MapHost& host) {
 
     for (;;) {
         if (workers_.is_shut_down()) return End::shut_down;  // its batches died with it
+        // Streaming: asked before dispatching, so that "not open and nothing ready"
+        // after it means nothing more will come.
+        const bool open = m.req.streaming && !m.stopping && host.open();
+        m.host_dry = false;
+        m.ask_again_s = 0;
         // Work left (new chunks, or batches of a dead worker to run again): replace dead
         // workers first. Retries count too: when every worker was killed (all held
         // overdue items), nothing else would start a worker to run them.
-        if (!m.stopping && m.more()) {
+        // Only when one is missing: unlocked() lets the caller's lock (the GIL) go, and
+        // taking it back can cost a switch interval while other threads hold it.
+        if (!m.stopping && (m.more() || open) && workers_.live().size() < workers_.size()) {
             bool shut = false;
             host.unlocked([&] {
                 try {
@@ -67,13 +82,18 @@ MapScheduler::End MapScheduler::run(MapRequest request, MapHost& host) {
             if (shut) return End::shut_down;
         }
         if (!m.stopping) dispatch(m, host);
-        if (m.inflight.empty() && (m.stopping || !m.more())) return End::done;
+        if (m.inflight.empty() && (m.stopping || (!m.more() && !open))) return End::done;
 
         WorkerEvent ev;
         bool got = false, interrupted = false;
+        // A host holding items back for a fuller batch is asked again when it said.
+        auto wait = tick_;
+        if (m.ask_again_s > 0)
+            wait = std::min<std::chrono::nanoseconds>(
+                wait, std::chrono::nanoseconds(static_cast<std::int64_t>(m.ask_again_s * 1e9) + 1));
         host.wait_unlocked(
             [&] {
-                got = workers_.wait_event(ev, tick_);
+                got = workers_.wait_event(ev, wait);
                 return got;
             },
             interrupted);
@@ -102,16 +122,31 @@ void MapScheduler::dispatch(MapState& m, MapHost& host) {
             if (!m.more()) break;
             if (!workers_.accepts(w)) continue;
             if (workers_.in_flight(w) >= round) continue;
-            std::size_t a = 0, b = 0;
+            std::size_t a = 0, b = 0, origin = 0;
             if (!m.retry.empty()) {
                 a = m.retry.front().start;
                 b = m.retry.front().stop;
+                origin = m.retry.front().origin;
                 m.retry.pop_front();
+            } else if (m.req.streaming) {
+                // Idle workers share what is ready (a busy one has its next batch queued
+                // behind the running one: it needs items, not a share of them now).
+                std::size_t idle = 0;
+                for (std::uint64_t v : live)
+                    idle += workers_.accepts(v) && workers_.in_flight(v) == 0;
+                if (!host.next_range(stream_batch(m), std::max<std::size_t>(1, idle), a, b,
+                                     m.ask_again_s) ||
+                    b <= a) {
+                    m.host_dry = true;
+                    return;
+                }
+                origin = a;
             } else {
                 m.planner.next(a, b);
+                origin = a;
             }
             Frame f;
-            host.make_batch(a, b, f);
+            host.make_batch(a, b, origin, f);
             f.kind = static_cast<std::uint32_t>(FrameKind::batch);
             f.id = next_batch_id();
             f.key = m.req.key;
@@ -121,10 +156,10 @@ void MapScheduler::dispatch(MapState& m, MapHost& host) {
             // the caller's code): then the range goes back to the front of the queue,
             // not counted as a retry (it never ran).
             if (!workers_.send_batch(w, m.req.key, m.req.payload, std::move(f), b - a)) {
-                m.retry.push_front(InFlight{w, a, b, {}});
+                m.retry.push_front(InFlight{w, a, b, {}, origin});
                 continue;
             }
-            m.inflight[id] = InFlight{w, a, b, Clock::now()};
+            m.inflight[id] = InFlight{w, a, b, Clock::now(), origin};
         }
     }
 }
@@ -184,8 +219,8 @@ bool MapScheduler::handle(WorkerEvent& ev, MapState& m, MapHost& host) {
     if (it == m.inflight.end()) return true;  // stale: its map was abandoned
     const InFlight f = it->second;
     m.inflight.erase(it);
-    time_items(f, m.planner);
-    return host.on_result(f.start, f.stop, ev.frame);
+    time_items(f, ev.received, m);
+    return host.on_result(f.start, f.stop, f.origin, ev.frame);
 }
 
 bool MapScheduler::handle_exit(const WorkerEvent& ev, MapState& m, MapHost& host) {
@@ -237,12 +272,14 @@ bool MapScheduler::handle_exit(const WorkerEvent& ev, MapState& m, MapHost& host
         if (holds_overdue(f)) {
             // Killed for its timeout: only the overdue item fails; the items of the
             // batch around it (done or not, their results died with it) run again.
-            if (f.start < *overdue) m.retry.push_back(InFlight{0, f.start, *overdue, {}});
-            if (*overdue + 1 < f.stop) m.retry.push_back(InFlight{0, *overdue + 1, f.stop, {}});
+            if (f.start < *overdue)
+                m.retry.push_back(InFlight{0, f.start, *overdue, {}, f.origin});
+            if (*overdue + 1 < f.stop)
+                m.retry.push_back(InFlight{0, *overdue + 1, f.stop, {}, f.origin});
             LostItems t = why;
             t.timeout_s = m.req.item_timeout;
             t.progress.item = static_cast<std::int64_t>(*overdue);
-            keep_going = host.on_lost(*overdue, *overdue + 1, t) && keep_going;
+            keep_going = host.on_lost(*overdue, *overdue + 1, f.origin, t) && keep_going;
             continue;
         }
         // Only the batch it was running is its victim's; the ones queued behind it
@@ -253,20 +290,38 @@ bool MapScheduler::handle_exit(const WorkerEvent& ev, MapState& m, MapHost& host
             m.retry.push_back(f);
             continue;
         }
-        keep_going = host.on_lost(f.start, f.stop, why) && keep_going;
+        keep_going = host.on_lost(f.start, f.stop, f.origin, why) && keep_going;
     }
     return keep_going;
 }
 
 // What an item of this map takes, from a finished batch: it ran from when it was sent,
 // or from when the batch queued before it on the same worker came back.
-void MapScheduler::time_items(const InFlight& f, ChunkPlanner& planner) {
-    const auto now = Clock::now();
+void MapScheduler::time_items(const InFlight& f, Clock::time_point received, MapState& m) {
+    // When the result was read, not when the driver got round to it (a driver waiting
+    // for its lock would make items look slow, and batches small).
+    const auto now = received == Clock::time_point{} ? Clock::now() : received;
     auto& previous = last_result_[f.worker];
     const auto began = std::max(f.sent, previous);
     previous = now;
-    planner.observe_item_seconds(std::chrono::duration<double>(now - began).count() /
-                                 static_cast<double>(f.stop - f.start));
+    const double seconds = std::max(0.0, std::chrono::duration<double>(now - began).count());
+    const auto items = static_cast<double>(f.stop - f.start);
+    m.planner.observe_item_seconds(seconds / items);
+    // Streaming: recent batches' time per item, weighted by their items, sizes the next
+    // ones. A batch's time includes its round trip, so the first (one-item) batches
+    // overestimate and the sizes grow over a few batches.
+    m.timed_seconds = 0.5 * m.timed_seconds + seconds;
+    m.timed_items = 0.5 * m.timed_items + items;
+    m.item_seconds = m.timed_seconds / m.timed_items;
+}
+
+// Items per batch of a streaming map: the request's fixed chunk, else about
+// kStreamBatchSeconds of measured work, one item while nothing was measured.
+std::size_t MapScheduler::stream_batch(const MapState& m) {
+    if (m.req.chunk > 0) return m.req.chunk;
+    if (!(m.item_seconds > 0)) return 1;
+    const double n = std::floor(kStreamBatchSeconds / m.item_seconds);
+    return static_cast<std::size_t>(std::clamp(n, 1.0, static_cast<double>(kStreamBatchMax)));
 }
 
 std::string MapScheduler::describe_early_exit(const WorkerEvent& ev) {

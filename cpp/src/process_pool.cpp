@@ -135,6 +135,7 @@ struct PoolShared {
     std::condition_variable ev_cv;    // events arrived
     std::condition_variable exit_cv;  // a reader finished (worker reaped)
     std::deque<ProcessPool::Event> events;
+    bool woken = false;  // wake(): the next wait_event returns at once
     std::map<std::uint64_t, std::shared_ptr<WorkerProc>> live;     // accepting work
     std::vector<std::shared_ptr<WorkerProc>> all;                   // not yet reaped
     std::string init_body;
@@ -203,6 +204,7 @@ void reader_main(std::shared_ptr<PoolShared> s, std::shared_ptr<WorkerProc> w) {
             ok = false;  // a corrupt stream or I/O error: treat the worker as gone
         }
         if (!ok) break;
+        ev.received = std::chrono::steady_clock::now();
         ev.type = ProcessPool::Event::Type::frame;
         ev.worker = w->id;
         ev.pid = w->pid;
@@ -424,10 +426,23 @@ void ProcessPool::forget(std::uint64_t worker) {
 
 bool ProcessPool::wait_event(Event& out, std::chrono::nanoseconds timeout) {
     std::unique_lock<std::mutex> lk(s_->mu);
-    if (!s_->ev_cv.wait_for(lk, timeout, [&] { return !s_->events.empty(); })) return false;
+    if (!s_->ev_cv.wait_for(lk, timeout, [&] { return !s_->events.empty() || s_->woken; }))
+        return false;
+    if (s_->events.empty()) {
+        s_->woken = false;
+        return false;
+    }
     out = std::move(s_->events.front());
     s_->events.pop_front();
     return true;
+}
+
+void ProcessPool::wake() {
+    {
+        std::lock_guard<std::mutex> lk(s_->mu);
+        s_->woken = true;
+    }
+    s_->ev_cv.notify_all();
 }
 
 void ProcessPool::clear_events() {

@@ -148,6 +148,33 @@ class ProcessPool:
         raises KeyboardInterrupt. Returns early if the pool breaks (see `broken`) or is
         shut down, before or during the map (see `is_shut_down`; the items without a
         result are the caller's to report)."""
+    def stream(
+        self,
+        key: bytes,
+        payload: bytes,
+        payload_fds: list[int],
+        make_batch: Callable[[int, int, int], tuple[bytes, list[int]]],
+        on_result: Callable[[int, int, int, bytes, list[int]], bool],
+        on_lost: Callable[[int, int, int, dict[str, Any]], bool],
+        next_range: Callable[[int, int], tuple[int, int] | float | None],
+        open: Callable[[], bool],
+        *,
+        chunk: int = 0,
+        depth: int = 2,
+        item_timeout: float = 0.0,
+    ) -> None:
+        """A map whose items come while it runs: a worker with room gets
+        next_range(most, share) -> [start, stop) (None: none ready; a float: held back for
+        a fuller batch, ask again within that many seconds), `start` an item never sent
+        before, about `most` items (`chunk`, else ~20 ms of measured work) and a
+        `share`-th (the idle workers) of what is ready; ids of the range the caller leaves
+        out travel as its placeholders. The callbacks get the batch's `origin` (its start
+        when first sent; a batch sent again, whole or split around an overdue item, keeps
+        it) after start and stop. Returns once open() said False and every batch sent is
+        back; call wake() after making items ready so that a waiting stream looks at once.
+        Faults and timeouts as in map(); item numbers are the caller's."""
+    def wake(self) -> None:
+        """Any thread: a stream() waiting for items asks next_range again now."""
     def shutdown(self, grace: float = 2.0) -> None:
         """Kill the workers holding batches (a map in another thread ends) at once, ask
         the idle ones to quit, kill those still alive after `grace` seconds, reap all."""

@@ -32,17 +32,17 @@ public:
     std::function<bool(std::size_t, std::size_t)> on_result_hook;
     std::function<bool()> interrupt_hook;
 
-    void make_batch(std::size_t a, std::size_t b, Frame& f) override {
+    void make_batch(std::size_t a, std::size_t b, std::size_t, Frame& f) override {
         CHECK(a < b && b <= results.size());
         batches_made.emplace_back(a, b);
         f.body = std::to_string(a) + ":" + std::to_string(b);
     }
-    bool on_result(std::size_t a, std::size_t b, Frame& f) override {
+    bool on_result(std::size_t a, std::size_t b, std::size_t, Frame& f) override {
         CHECK(f.body == std::to_string(a) + ":" + std::to_string(b));  // the right range
         for (std::size_t i = a; i < b; ++i) ++results[i];
         return on_result_hook ? on_result_hook(a, b) : true;
     }
-    bool on_lost(std::size_t a, std::size_t b, const LostItems& why) override {
+    bool on_lost(std::size_t a, std::size_t b, std::size_t, const LostItems& why) override {
         for (std::size_t i = a; i < b; ++i) ++lost[i];
         lost_ranges.emplace_back(a, b);
         lost_why.push_back(why);

@@ -66,13 +66,18 @@ struct LostItems {
 class MapHost {
 public:
     virtual ~MapHost() = default;
-    // Body and descriptors of the BATCH frame for items [start, stop).
-    virtual void make_batch(std::size_t start, std::size_t stop, Frame& batch) = 0;
+    // Body and descriptors of the BATCH frame for items [start, stop). `origin`: the
+    // start of the batch these items were first sent in (a batch sent again, whole or in
+    // part, keeps it; a streaming host tells its batches apart by it).
+    virtual void make_batch(std::size_t start, std::size_t stop, std::size_t origin,
+                            Frame& batch) = 0;
     // The RESULT frame of [start, stop) (its body and descriptors may be taken). False:
     // stop dispatching; the batches in flight still come back and are reported.
-    virtual bool on_result(std::size_t start, std::size_t stop, Frame& result) = 0;
+    virtual bool on_result(std::size_t start, std::size_t stop, std::size_t origin,
+                           Frame& result) = 0;
     // Items [start, stop) are lost. False: stop dispatching, as above.
-    virtual bool on_lost(std::size_t start, std::size_t stop, const LostItems& why) = 0;
+    virtual bool on_lost(std::size_t start, std::size_t stop, std::size_t origin,
+                         const LostItems& why) = 0;
     // Runs `f` (it may block briefly: start processes) with the caller's lock released.
     virtual void unlocked(const std::function<void()>& f) { f(); }
     // Runs `poll` (it blocks up to one tick) with the caller's lock released, returns
@@ -81,6 +86,24 @@ public:
         interrupted = false;
         return poll();
     }
+
+    // -- a streaming map (MapRequest::streaming) --------------------------------------
+    // The next batch to send: items [start, stop), start one of them and never sent
+    // before (the batch's origin), about `most` of them ready, about a `share`-th of what
+    // is ready (`share`: the idle workers, at least 1); the host may leave ids of the
+    // range out (placeholders in its make_batch: not ready yet, or sent before). False
+    // if none is ready, or if the host holds the ready ones back to gather a fuller
+    // batch: then `ask_again_s` > 0 says when to ask again at the latest.
+    virtual bool next_range(std::size_t most, std::size_t share, std::size_t& start,
+                            std::size_t& stop, double& ask_again_s) {
+        (void)most, (void)share, (void)start, (void)stop, (void)ask_again_s;
+        return false;
+    }
+    // False once no more items will come (its input ended, it was closed, or it gives
+    // the pool back to another map): run() returns when what was sent is back. Items
+    // made ready meanwhile are still sent. Asked before each round of dispatching; the
+    // host wakes a waiting run() with WorkerSet::wake() when it has new items.
+    virtual bool open() { return false; }
 };
 
 struct MapRequest {
@@ -93,6 +116,10 @@ struct MapRequest {
     // The number workers give (status page) to item 0 of this request: a streaming map
     // sends its items in several requests, numbered as the map numbers them.
     std::int64_t item_base = 0;
+    // Streaming: `items` is unused; the host hands out ranges of ready items
+    // (MapHost::next_range) until it is no longer open(). A batch holds what is ready,
+    // up to `chunk` items or (chunk 0) about kStreamBatchSeconds of measured work.
+    bool streaming = false;
 };
 
 class MapScheduler {
@@ -108,6 +135,11 @@ public:
     // Workers in a row that may exit before READY before the pool counts as broken (one
     // killed from outside while it started is no reason to give up; three are).
     static constexpr int kMaxEarlyExits = 3;
+    // A streaming map's batches aim at this much work (seconds), once an item's time is
+    // known: long enough that a round trip (~0.1 ms) is noise, short enough that a
+    // later stage gets the items soon. Until then a batch holds one item.
+    static constexpr double kStreamBatchSeconds = 0.05;
+    static constexpr std::size_t kStreamBatchMax = 4096;
 
     // `max_items_per_worker` caps a chunk (0: no cap). `tick`: the longest wait for an
     // event, i.e. the Ctrl-C latency and how often overdue items are looked for.
@@ -125,6 +157,7 @@ private:
         std::uint64_t worker = 0;
         std::size_t start = 0, stop = 0;
         Clock::time_point sent{};
+        std::size_t origin = 0;  // the start of the batch this range was first sent in
     };
     struct MapState;
 
@@ -133,7 +166,8 @@ private:
     bool handle_exit(const WorkerEvent& ev, MapState& m, MapHost& host);
     void kill_overdue(MapState& m);
     void abandon(MapState& m);
-    void time_items(const InFlight& f, ChunkPlanner& planner);
+    void time_items(const InFlight& f, Clock::time_point received, MapState& m);
+    static std::size_t stream_batch(const MapState& m);
     static std::string describe_early_exit(const WorkerEvent& ev);
 
     WorkerSet& workers_;

@@ -84,6 +84,9 @@ struct WorkerEvent {
     int wait_status = -1;      // Type::exited: as from waitpid; -1 if unknown
     WorkerProgress progress;   // Type::exited: the status page at death
     bool expected = false;     // Type::exited: we asked it to go (retire, kill, shutdown)
+    // Type::frame: when the frame was read (its batch's time is not the time its event
+    // waited for the driver); the epoch if unknown.
+    std::chrono::steady_clock::time_point received{};
 };
 
 // The workers as MapScheduler sees them: ProcessPool below, a fake in tests/cpp.
@@ -102,6 +105,8 @@ public:
     virtual void forget(std::uint64_t worker) = 0;
     virtual WorkerProgress progress(std::uint64_t worker) const = 0;
     virtual bool wait_event(WorkerEvent& out, std::chrono::nanoseconds timeout) = 0;
+    // Any thread: a wait_event() in progress, or the next one, returns false at once.
+    virtual void wake() = 0;
     virtual void clear_events() = 0;
     virtual void kill(std::uint64_t worker) = 0;
     virtual bool is_shut_down() const = 0;
@@ -153,8 +158,9 @@ public:
     // What a live worker's status page says now (all -1 for an unknown worker).
     WorkerProgress progress(std::uint64_t worker) const override;
 
-    // Blocks at most `timeout` for the next event; false if none came.
+    // Blocks at most `timeout` for the next event; false if none came (or wake()).
     bool wait_event(Event& out, std::chrono::nanoseconds timeout) override;
+    void wake() override;
     // Drops queued events (after a map was abandoned), closing their descriptors.
     void clear_events() override;
 
