@@ -166,7 +166,7 @@ class ProcessPool:
         """A map whose items come while it runs: a worker with room gets
         next_range(most, share) -> [start, stop) (None: none ready; a float: held back for
         a fuller batch, ask again within that many seconds), `start` an item never sent
-        before, about `most` items (`chunk`, else ~20 ms of measured work) and a
+        before, about `most` items (`chunk`, else ~50 ms of measured work) and a
         `share`-th (the idle workers) of what is ready; ids of the range the caller leaves
         out travel as its placeholders. The callbacks get the batch's `origin` (its start
         when first sent; a batch sent again, whole or split around an overdue item, keeps
