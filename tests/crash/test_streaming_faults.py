@@ -115,10 +115,10 @@ def test_a_failing_node_in_a_process_stage_raises_at_its_item(run_case, engine_n
 
 
 @pytest.mark.parametrize("engine_name", [THREAD, PROCESS])
-def test_an_overdue_item_of_a_later_micro_batch_times_out(run_case, engine_name):
-    # A process stage sends the map's items in micro-batches numbered as the map numbers
-    # them: the pool must find the overdue item by that number (it did not, and such an
-    # item ran to its end, however long, with timeout= set).
+def test_an_overdue_item_of_a_later_batch_times_out(run_case, engine_name):
+    # A process stage sends the map's items in batches numbered as the map numbers them,
+    # over time: the pool must find the overdue item by that number (it did not once, and
+    # such an item ran to its end, however long, with timeout= set).
     rc, res, err = run_case("""
         @node(output_name="y", executor="thread")
         def pace(x):
@@ -132,7 +132,7 @@ def test_an_overdue_item_of_a_later_micro_batch_times_out(run_case, engine_name)
 
         def slow_input():
             for i in range(800):
-                time.sleep(0.0005)  # items come over time: many micro-batches
+                time.sleep(0.0005)  # items come over time: many batches
                 yield i
 
         engine = make_engine(timeout=1.0)

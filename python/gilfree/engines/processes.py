@@ -139,6 +139,7 @@ class ProcessEngine(Engine):
         self._lock = threading.Lock()  # one map at a time per pool
         self._mapping_thread: int | None = None
         self._pool_lock = threading.Lock()
+        self._waiting = 0  # maps waiting for _lock (a streaming stage gives it back)
 
     # -- the pool ---------------------------------------------------------------------
     @property
@@ -238,6 +239,19 @@ class ProcessEngine(Engine):
         return self._on_pool(lambda pool: _MapCall(self, pool, part.plan, part.shared, rows,
                                                    rt, stage=True, **call).run())
 
+    def _stage_stream(self, part: "StagePart", rt: Runtime, source: Any,
+                      timeout: float | None) -> None:
+        """A streaming map's process stage, for one busy spell: the items ``source``
+        has ready, until it is no longer open (engines/process_stream.py)."""
+        from .process_stream import StreamCall
+
+        self._on_pool(lambda pool: StreamCall(self, pool, part, rt, source, timeout).run())
+
+    @property
+    def waited_for(self) -> bool:
+        """Another map waits for the pool: a streaming stage gives it back."""
+        return self._waiting > 0
+
     def _on_pool(self, work: Any) -> Any:
         """``work(pool)`` for one map, with the pool to itself."""
         if self._mapping_thread == threading.get_ident():
@@ -245,7 +259,20 @@ class ProcessEngine(Engine):
             # the pool would deadlock, sharing it would mix the two maps' batches.
             raise RuntimeError("ProcessEngine.map was called from a callback of a map running "
                                "on the same engine; use another engine for the inner map")
-        with self._lock:  # maps from other threads take turns
+        if not self._lock.acquire(blocking=False):
+            # A streaming stage holding the pool gives it back when asked (waited_for):
+            # wake it, it may be waiting for items.
+            with self._pool_lock:
+                self._waiting += 1
+                pool = self._pool
+            try:
+                if pool is not None:
+                    pool.wake()
+                self._lock.acquire()
+            finally:
+                with self._pool_lock:
+                    self._waiting -= 1
+        try:  # maps from other threads take turns
             pool = self.pool
             broken = pool.broken
             if broken:
@@ -256,6 +283,8 @@ class ProcessEngine(Engine):
                 return work(pool)
             finally:
                 self._mapping_thread = None
+        finally:
+            self._lock.release()
 
     def __repr__(self) -> str:
         return f"ProcessEngine(workers={self.workers})"

@@ -6,9 +6,9 @@ the flow scheduler dispatches to its stage and reports them done, from its own t
              items from the flow themselves and report each done to it, in C++
     async    one coroutine per item on the engine's loop (async nodes, or a deadline)
     batch    a DualNode: one pool call per batch the flow sends (full, or lingered)
-    process  a feeder thread hands the ProcessEngine's pool micro-batches (_MapCall):
-             the id range of the ready items, the other ids of the range as skipped
-             placeholders; each worker batch's items are reported as they come back
+    process  a feeder thread runs the ProcessEngine's pool as a stream over the ready
+             ids (engines/process_stream.py): a worker with room takes a run of them;
+             each batch's items are reported as they come back
 
 Runners work with "collect" semantics: a failed item's error is recorded on the stream
 (``stream.fail``) and the item leaves the flow failed; the stream applies the policy.
@@ -17,7 +17,7 @@ Runners work with "collect" semantics: a failed item's error is recorded on the 
 from __future__ import annotations
 
 import asyncio
-import queue
+import heapq
 import threading
 import time
 from typing import Any, Callable, Iterator
@@ -31,14 +31,14 @@ from .stages import INLINE, PROCESS, THREAD, Stage, StagePart
 
 #: A batch stage sends a partial batch after its oldest item waited this long.
 LINGER_S = 0.01
-#: How long a process stage waits for more items before it starts a micro-batch, at
-#: most, and after the last item came (a burst is over).
-PROCESS_LINGER_S = 0.01
-PROCESS_QUIET_S = 0.002
-#: Items a process stage hands the pool at once at most (one ``_MapCall`` each).
-PROCESS_MICRO_BATCH = 2048
-#: Worker time a process stage's worker batch aims at, once an item's time is known.
-PROCESS_BATCH_S = 0.02
+#: Items a process stage holds at most (running in workers, or waiting for a worker).
+PROCESS_IN_FLIGHT = 4096
+#: How long ready items wait for more before a process stage sends a batch smaller than
+#: its measured size (~50 ms of work).
+PROCESS_LINGER_S = 0.02
+#: A process stage gives the pool back after this long with no item to run (a map on
+#: the same engine in another thread may be waiting; a waiting map also asks for it).
+PROCESS_IDLE_S = 0.05
 
 
 def runner(stream: Any, k: int, stage: Stage, base: dict) -> "_Runner":
@@ -82,6 +82,9 @@ class _Runner:
     def start(self, n: int) -> None:
         """A claimed stage: start ``n`` more workers (they claim the items)."""
         raise NotImplementedError
+
+    def begin(self) -> None:
+        """The stream is being iterated (its close() will come): threads may start."""
 
     def close(self) -> None:
         pass
@@ -225,114 +228,174 @@ def _serial(task: Callable[[int], None], n: int) -> None:
 
 
 class _ProcessRunner(_Runner):
-    """A process stage: its feeder thread hands the items ready for it to the
-    ProcessEngine's pool in micro-batches (one ``_MapCall`` each: the pool runs one map
-    at a time). A micro-batch is the id range of its items, the other ids of the range
-    travelling as skipped placeholders, so workers number items as the map does."""
+    """A process stage: the ids the flow dispatches wait in a heap; a feeder thread runs
+    the ProcessEngine's pool as a stream over them while there are any
+    (engines/process_stream.py): a worker with room takes the lowest ready ids, as many as
+    its measured share, and each batch's items go on to the next stage as soon as it is
+    back. No barrier: a worker never waits for another's batch. The pool serves one map
+    at a time: a spell ends when nothing came for PROCESS_IDLE_S, or at once when another
+    map waits for the pool."""
 
     def __init__(self, stream: Any, k: int, stage: Stage, processes: Any, base: dict):
         super().__init__(stream, k, stage)
         self.processes = processes
         self.timeout = stream.engine._item_timeout(stream.plan)
         self.part = StagePart(stage, stream.plan, stream.work_rt, base)
-        self.spec = (PROCESS_MICRO_BATCH * 2, 0, 0, 0.0, False)
-        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
-        self.reported: set[int] = set()  # ids of the running micro-batch already done
-        self.item_s = 0.0  # worker seconds an item took (the last micro-batch), 0: unknown
+        # The flow hands over what it has (bounded by the read-ahead): the heap holds the
+        # items while the workers are busy, so that each batch is as large as is ready.
+        self.spec = (PROCESS_IN_FLIGHT, 0, 0, 0.0, False)
+        self.lock = threading.Lock()  # ready, busy: the flow's thread and the feeder's
+        self.ready: list[int] = []  # heap of ids dispatched, not yet in a batch
+        self.arrived: dict[int, float] = {}  # the same ids: when they came (monotonic)
+        # > 0: the spell waits for items, and wants this many ready to look again
+        self.wanted = 0
+        self.sent: set[int] = set()  # ids in batches, not yet reported
+        self.members: dict[int, set[int]] = {}  # batch origin -> its ids not yet back
+        self.busy = False  # the feeder runs a spell (or is about to)
+        self.go = threading.Event()
+        self.idle_since: float | None = None
         self.thread: threading.Thread | None = None
         self.stopped = False
 
-    def dispatch(self, ids: list[int]) -> None:
-        self.inbox.put(ids)
+    def begin(self) -> None:
+        # Started before the first items come: Thread.start() waits for the new thread
+        # to run, which, among a burst of I/O threads returning, costs milliseconds.
         if self.thread is None:
             self.thread = threading.Thread(target=self._feed, daemon=True,
                                            name="gilfree-stream-process-stage")
             self.thread.start()
 
+    def dispatch(self, ids: list[int]) -> None:
+        now = time.monotonic()
+        with self.lock:
+            for i in ids:
+                heapq.heappush(self.ready, i)
+                self.arrived[i] = now
+            start, self.busy = not self.busy, True
+            # A spell waiting for items (not for a worker) looks again once there are as
+            # many as it wants; not at every dispatch: each wake costs it the GIL.
+            wake = not start and 0 < self.wanted <= len(self.ready)
+            if wake:
+                self.wanted = 0
+        if wake:
+            pool = self.processes._pool
+            if pool is not None:
+                pool.wake()
+        if not start:
+            return
+        self.begin()
+        self.go.set()
+
     def close(self) -> None:
         self.stopped = True
-        self.inbox.put(None)
+        self.go.set()
+        pool = self.processes._pool
+        if pool is not None:
+            pool.wake()
 
+    # -- the feeder thread ---------------------------------------------------------------
     def _feed(self) -> None:
         s, k = self.stream, self.k
         while True:
-            ids = self.inbox.get()
-            if ids is None or self.stopped:
-                return
-            ids = list(ids)
-            # Items reach this stage one by one as earlier stages finish them: wait a
-            # moment for more, so that a micro-batch keeps every worker busy (a map per
-            # item would cost a pool round trip each): until none came for
-            # PROCESS_QUIET_S (a burst is over), PROCESS_LINGER_S at most.
-            deadline = time.monotonic() + PROCESS_LINGER_S
-            while len(ids) < PROCESS_MICRO_BATCH:
-                now = time.monotonic()
-                try:
-                    more = self.inbox.get(timeout=max(0.0, min(deadline - now,
-                                                               PROCESS_QUIET_S)))
-                except queue.Empty:
-                    break
-                if more is None:
-                    self.stopped = True
-                    break
-                ids += more
+            self.go.wait()
+            self.go.clear()
             if self.stopped:
                 return
-            if s._shut_down():  # not a new pool for a map whose engine was shut down
-                for i in ids:
-                    s.fail(i, s._shut_down_error(i))
-                s.done(k, ids, [True] * len(ids))
-                continue
+            while self.processes.waited_for and not self.stopped:
+                time.sleep(0.001)  # another map asked for the pool: it goes first
+            self.idle_since = None
             try:
-                self._run(sorted(ids))
+                if s._shut_down():  # not a new pool for a map whose engine was shut down
+                    raise s._shut_down_error()
+                self.processes._stage_stream(self.part, s.work_rt, self, self.timeout)
             except BaseException as exc:  # the pool broke, the engine shut down
-                left = [i for i in ids if i not in self.reported]
+                with self.lock:
+                    left = sorted(self.sent) + self.ready
+                    self.sent.clear()
+                    self.members.clear()
+                    self.ready = []
+                    self.arrived.clear()
                 for i in left:
-                    s.fail(i, exc)
-                s.done(k, left, [True] * len(left))
+                    s.fail(i, exc if not s._shut_down() else s._shut_down_error(i))
+                if left:
+                    s.done(k, left, [True] * len(left))
+            with self.lock:
+                if not self.ready or self.stopped:
+                    self.busy = False
+                    continue
+            self.go.set()  # items came while the spell ended: another one
 
-    def _chunk(self, n: int) -> int:
-        """Items per worker batch of an ``n``-row micro-batch: about PROCESS_BATCH_S of
-        work each, at most two batches per worker. The planner's guided sizes (0, also
-        while the item time is unknown) end a micro-batch with batches of a few items,
-        each a round trip: ~5 us an item more of worker time in W9 (11 us items); items
-        of milliseconds (W8's parse) need them to keep both workers busy to the end."""
-        if not self.item_s:
-            return 0
-        most = -(-n // (2 * self.processes.workers))
-        return max(1, min(most, int(PROCESS_BATCH_S / self.item_s)))
+    # -- what StreamCall asks (the feeder thread, GIL held) -------------------------------
+    def open(self) -> bool:
+        if self.stopped or self.processes.waited_for:
+            return False
+        if self.ready:
+            self.idle_since = None
+            return True
+        now = time.monotonic()
+        if self.idle_since is None:
+            self.idle_since = now
+        return now - self.idle_since < PROCESS_IDLE_S
 
-    def _run(self, ids: list[int]) -> None:
-        """One micro-batch; each item is reported to the flow as soon as its worker
-        batch is back (a later stage starts on it while the rest still run)."""
-        s, part, k = self.stream, self.part, self.k
-        lo = ids[0]
-        wanted = set(ids)
-        rows, skip = [], set()
-        for j in range(lo, ids[-1] + 1):
-            v = s.values.get(j) if j in wanted else None
-            if v is None:
-                rows.append(dict.fromkeys(part.names))
-                skip.add(j - lo)
-            else:
-                rows.append(part.row(v, s.sigs.get(j)))
-        reported = self.reported = set()
+    def next_range(self, most: int, share: int) -> tuple[int, int] | float | None:
+        """The lowest ready ids, ``most`` of them at most and about a ``share``-th of
+        those ready, as the range from the first to the last; None if none is ready.
+        Fewer than that wait until the first has been ready for PROCESS_LINGER_S (the
+        seconds left are returned): a batch costs the driver a round trip whatever its
+        size, and items that trickle in would go one per batch. Ids of the range that are
+        not the batch's travel as placeholders; they are bounded by the batch's size."""
+        if self.stopped or self.processes.waited_for:
+            return None
+        with self.lock:
+            ready, arrived = self.ready, self.arrived
+            if not ready:
+                self.wanted = 1
+                return None
+            if len(ready) < most:
+                left = arrived[ready[0]] + PROCESS_LINGER_S - time.monotonic()
+                if left > 0:
+                    self.wanted = most
+                    return left
+            self.wanted = 0
+            take = min(most, max(1, -(-len(ready) // share)))
+            a = ready[0]
+            ids = []
+            # The range grows while it stays at most twice its ids (+ 16): placeholders
+            # (each a None per input) stay fewer than the batch's own items.
+            while ready and len(ids) < take and ready[0] - a < 2 * len(ids) + 16:
+                i = heapq.heappop(ready)
+                del arrived[i]
+                ids.append(i)
+            self.sent.update(ids)
+            self.members[a] = set(ids)
+        return a, ids[-1] + 1
 
-        def placed(out: list, a: int, b: int) -> None:
-            done = [lo + j for j in range(a, b) if lo + j in wanted]
-            reported.update(done)
-            if done:
-                s.done(k, done, [self._take(i, out[i - lo]) for i in done])
+    def row(self, i: int, origin: int) -> dict | None:
+        """Item ``i``'s row for the batch ``origin``; None: not one of its items."""
+        s = self.stream
+        if i not in self.members.get(origin, ()):
+            return None
+        v = s.values.get(i)
+        return None if v is None else self.part.row(v, s.sigs.get(i))
 
-        t0 = time.perf_counter()
-        out = self.processes._stage_map(part, rows, s.work_rt, skip=skip, timeout=self.timeout,
-                                        offset=lo, deferred=True, stop=lambda: self.stopped,
-                                        on_placed=placed, chunk=self._chunk(len(rows)))
-        # An upper bound (the workers may have waited), fine for sizing batches.
-        self.item_s = (time.perf_counter() - t0) * self.processes.workers / len(ids)
-        rest = [i for i in ids if i not in reported]  # lost, timed out, or never ran
-        if rest:
-            s.done(k, rest, [self._take(i, out[i - lo]) for i in rest])
+    def placed(self, out: dict, a: int, b: int, origin: int) -> None:
+        """Items [a, b) of batch ``origin`` are back (results or errors in ``out``): its
+        own go on to the flow, placeholders' slots are dropped."""
+        own = self.members.get(origin, set())
+        done, failed = [], []
+        for i in range(a, b):
+            result = out.pop(i, None)
+            if i in own:
+                done.append(i)
+                failed.append(self._take(i, result))
+        if not done:
+            return
+        with self.lock:
+            self.sent.difference_update(done)
+            own.difference_update(done)
+            if not own:
+                self.members.pop(origin, None)
+        self.stream.done(self.k, done, failed)
 
     def _take(self, i: int, result: Any) -> bool:
         """Item ``i``'s stage result into its values; True if it failed."""

@@ -1,19 +1,29 @@
-"""How a streaming map's process stage sizes its workers' batches (run/stage_runners.py,
-_ProcessRunner._chunk): guided by the planner until an item's time is known, then about
-PROCESS_BATCH_S of work per batch, at most two batches per worker per micro-batch."""
+"""A streaming map's process stage (run/stage_runners.py's _ProcessRunner, on the pool
+through engines/process_stream.py): workers take the ready items as they come, in
+batches sized by the measured item time; out-of-order items travel as placeholders of
+other batches; the pool goes back to other maps when they ask, and when the stage idles."""
 
 from __future__ import annotations
 
+import threading
 import time
 
-from gilfree import Pipeline, ThreadEngine, node
-from gilfree.engines import processes
+import pytest
+
+from gilfree import Pipeline, ProcessEngine, ThreadEngine, node
+from gilfree.engines import process_stream
 from gilfree.run import stage_runners
 
 
 @node(output_name="y", executor="thread")
 def nap(x):
-    time.sleep(0.001)  # items reach the process stage over time: several micro-batches
+    time.sleep(0.001)  # items reach the process stage over time
+    return x + 1
+
+
+@node(output_name="y", executor="thread")
+def uneven(x):
+    time.sleep(0.02 if x % 7 == 3 else 0.001)  # some items come late: gaps in the ids
     return x + 1
 
 
@@ -22,35 +32,137 @@ def square(y):
     return y * y
 
 
-def test_worker_batches_follow_the_measured_item_time(monkeypatch):
-    chunks = []
-    real = processes._MapCall.__init__
+def _record_batches(monkeypatch):
+    """(start, stop, origin, own ids) of every batch a stream's process stage makes."""
+    made = []
+    real = process_stream.StreamCall.make_batch
 
-    def spy(self, *args, **kwargs):
-        real(self, *args, **kwargs)
-        chunks.append((self.n, self.chunk))
+    def spy(self, a, b, origin):
+        made.append((a, b, origin, set(self.source.members.get(origin, ()))))
+        return real(self, a, b, origin)
 
-    monkeypatch.setattr(processes._MapCall, "__init__", spy)
-    runners = []
-    real_runner = stage_runners.runner
-    monkeypatch.setattr(stage_runners, "runner",
-                        lambda *a: runners.append(real_runner(*a)) or runners[-1])
-    from gilfree.run import flow
-    monkeypatch.setattr(flow, "runner", stage_runners.runner)
+    monkeypatch.setattr(process_stream.StreamCall, "make_batch", spy)
+    return made
+
+
+def test_batches_grow_once_an_item_is_timed(monkeypatch):
+    made = _record_batches(monkeypatch)
     with ThreadEngine() as engine:
         out = [r["z"] for r in Pipeline([nap, square]).imap(
             {"x": (i for i in range(3000))}, map_over="x", engine=engine)]
     assert out == [(i + 1) ** 2 for i in range(3000)]
-    assert len(chunks) >= 2 and chunks[0][1] == 0  # the first: item time unknown
-    proc = next(r for r in runners if isinstance(r, stage_runners._ProcessRunner))
-    assert proc.item_s > 0
-    workers = proc.processes.workers
-    for n, chunk in chunks[1:]:
-        assert 1 <= chunk <= -(-n // (2 * workers))
-    # the rule itself, for a known item time
-    proc.item_s = 0.001
-    assert proc._chunk(10_000) == int(stage_runners.PROCESS_BATCH_S / 0.001)
-    proc.item_s = 1e-7
-    assert proc._chunk(1000) == -(-1000 // (2 * workers))  # capped: two per worker
-    proc.item_s = 10.0
-    assert proc._chunk(1000) == 1
+    own = [ids for _, _, _, ids in made]
+    assert len(own[0]) == 1  # nothing measured yet: one item
+    assert max(len(ids) for ids in own) > 1  # then as many as ~20 ms of work, or ready
+    ids = sorted(i for batch in own for i in batch)
+    assert ids == list(range(3000))  # each item in exactly one batch
+
+
+def test_late_items_travel_as_placeholders_of_other_batches(monkeypatch):
+    made = _record_batches(monkeypatch)
+    with ThreadEngine() as engine:
+        out = list(Pipeline([uneven, square]).imap(
+            {"x": range(300)}, map_over="x", engine=engine, ordered=False))
+    assert sorted(r["z"] for r in out) == sorted((i + 1) ** 2 for i in range(300))
+    owners = {}
+    for a, b, origin, ids in made:
+        assert a == origin == min(ids) and b == max(ids) + 1
+        assert b - a <= 2 * len(ids) + 16  # placeholders fewer than its own items + 16
+        for i in ids:
+            assert i not in owners  # sent once (no retries here)
+            owners[i] = origin
+    assert sorted(owners) == list(range(300))
+    # Some range held an id that was not its own yet (a late one, sent later).
+    assert any(b - a > len(ids) for a, b, _, ids in made)
+
+
+def test_a_map_on_the_same_engine_inside_the_loop_gets_the_pool():
+    # The stream's process stage holds the pool while it has items; the consumer's own
+    # map on that engine asks for it and gets it (waiting for the stage would deadlock:
+    # the stage waits for the consumer to take results).
+    other = Pipeline([square])
+    got = []
+
+    def consume():
+        with ProcessEngine(workers=2) as engine:
+            for r in Pipeline([nap, square]).imap({"x": range(200)}, map_over="x",
+                                                  engine=engine):
+                got.append((r["z"], other.map({"y": [r["y"]]}, map_over="y",
+                                              engine=engine)[0]["z"]))
+
+    t = threading.Thread(target=consume, daemon=True)
+    t.start()
+    t.join(60)
+    assert not t.is_alive(), "the map inside the imap loop waited for the pool for ever"
+    assert got == [((i + 1) ** 2, (i + 1) ** 2) for i in range(200)]
+
+
+def test_two_streams_share_one_pool():
+    errors, results = [], {}
+
+    def run(k, engine):
+        try:
+            results[k] = [r["z"] for r in Pipeline([nap, square]).imap(
+                {"x": range(k * 1000, k * 1000 + 300)}, map_over="x", engine=engine)]
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    with ThreadEngine() as engine:
+        threads = [threading.Thread(target=run, args=(k, engine)) for k in (1, 2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    assert not errors and not any(t.is_alive() for t in threads)
+    for k in (1, 2):
+        assert results[k] == [(i + 1) ** 2 for i in range(k * 1000, k * 1000 + 300)]
+
+
+def test_an_idle_stage_gives_the_pool_back_and_takes_it_again(monkeypatch):
+    spells = []
+    real = process_stream.StreamCall.run
+
+    def spy(self):
+        spells.append(time.monotonic())
+        return real(self)
+
+    monkeypatch.setattr(process_stream.StreamCall, "run", spy)
+
+    def slow_source():
+        for i in range(4):
+            yield i
+            time.sleep(0.2)  # far longer than the stage's idle time
+
+    with ThreadEngine() as engine:
+        out = [r["z"] for r in Pipeline([nap, square]).imap(
+            {"x": slow_source()}, map_over="x", engine=engine)]
+        assert out == [(i + 1) ** 2 for i in range(4)]
+        # In between, a plain map on the lent process pool runs without waiting.
+        t0 = time.monotonic()
+        assert Pipeline([square]).map({"y": [3]}, map_over="y",
+                                       engine=engine._lend("process"))[0]["z"] == 9
+        assert time.monotonic() - t0 < 5
+    assert len(spells) >= 2  # idle between items: a spell each
+
+
+@pytest.mark.parametrize("policy", ["collect", "raise"])
+def test_a_failing_item_in_a_late_batch(policy):
+    @node(output_name="z", executor="process")
+    def picky(y):
+        if y == 151:
+            raise ValueError("no 151")
+        return y
+
+    pipeline = Pipeline([nap, picky])
+    with ThreadEngine() as engine:
+        it = pipeline.imap({"x": range(300)}, map_over="x", engine=engine, on_error=policy)
+        if policy == "raise":
+            with pytest.raises(ValueError, match="no 151") as info:
+                list(it)
+            assert any("map item 150" in n for n in getattr(info.value, "__notes__", []))
+        else:
+            out = list(it)
+            assert isinstance(out[150], ValueError)
+            assert [r["z"] for k, r in enumerate(out) if k != 150] == \
+                [i + 1 for i in range(300) if i != 150]
+

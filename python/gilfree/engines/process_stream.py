@@ -1,0 +1,101 @@
+"""A streaming map's process stage on a ProcessEngine's pool: one ``pool.stream()`` per
+busy spell of the stage (run/stage_runners.py's ``_ProcessRunner`` is its source).
+
+    source (the stage's runner)         StreamCall (its feeder thread)      C++ MapScheduler
+    items made ready: dispatch() ─────▶ pool.wake() ───────────────────────▶ looks again
+    next_range(most, share) ◀────────── a worker has room ◀──────────────── (streaming)
+      -> [a, b): the lowest ready ids
+    row(i, origin) ◀─────────────────── make_batch(a, b, origin): its rows ─▶ BATCH
+    placed(out, a, b, origin) ◀──────── on_result / on_lost ◀─────────────── RESULT, exit
+    open() ◀─────────────────────────── false: no new batches; returns when
+                                        what was sent is back
+
+Items are numbered by the stream (item i is item i on the workers' status pages, in
+their events and in error notes). A batch is the range from its lowest id to its highest:
+the ids in it that are not its own (still in an earlier stage, or sent in another batch)
+travel as placeholders, as in a staged map; its origin (lowest id) tells whose they are.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import EngineShutDown, ExecutionError
+from ..remote import driver as remote
+from ..remote import transport
+from ..remote.messages import RemoteOptions
+from ..run.stages import Skipped, StagePart
+from .processes import DEPTH, _dual_batch_size, _MapCall
+
+
+class _Slots(dict):
+    """``remote.place`` writes a batch's results as ``out[a:b] = [...]``: here the slots
+    of the ids in flight only, not a list as long as the stream."""
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        if isinstance(key, slice):
+            for k, v in enumerate(value, key.start):
+                dict.__setitem__(self, k, v)
+        else:
+            dict.__setitem__(self, key, value)
+
+
+class StreamCall(_MapCall):
+    """One busy spell of a process stage: batches of the ids ``source`` has ready, on
+    the pool, until ``source.open()`` says no more and what was sent is back."""
+
+    def __init__(self, engine: Any, pool: Any, part: StagePart, rt: Any, source: Any,
+                 timeout: float | None):
+        names = list(part.row({}, {} if part.ship_sigs else None))
+        super().__init__(engine, pool, part.plan, part.shared, [dict.fromkeys(names)], rt,
+                         stage=True, timeout=timeout, deferred=True,
+                         stop=lambda: source.stopped, on_placed=source.placed)
+        self.source = source
+        self.out = _Slots()
+
+    def run(self) -> None:
+        chunk = self.engine.batch_size or 0
+        align = _dual_batch_size(self.plan, self.rt)
+        if align:  # a DualNode's batch function gets whole batches where items allow
+            chunk = remote.whole_batches(chunk or align, align)
+        try:
+            self.pool.stream(self.key, self.payload, self.payload_fds, self.make_batch,
+                             self.on_result, self.on_lost, self.source.next_range,
+                             self.source.open, chunk=chunk, depth=DEPTH,
+                             item_timeout=self.timeout or 0.0)
+        finally:
+            transport.close_fds(self.payload_fds)
+            self.payload_fds = []
+        broken = self.pool.broken
+        if broken:
+            raise ExecutionError(f"ProcessEngine is broken: {broken}")
+        if self.pool.is_shut_down:  # its workers are gone: what was in flight is lost
+            raise EngineShutDown("ProcessEngine was shut down during the map")
+
+    # -- callbacks from C++ (the feeder thread, GIL held) ------------------------------
+    def make_batch(self, a: int, b: int, origin: int) -> tuple[bytes, list[int]]:
+        rows, skipped = [], {}
+        for i in range(a, b):
+            row = self.source.row(i, origin)
+            if row is None:  # not this batch's (or the stream was closed): a placeholder
+                skipped[i - a] = Skipped()
+                row = dict.fromkeys(self.names)
+            rows.append(row)
+        return remote.encode_batch(self.map_id, rows, a, self.names, self.consumers,
+                                   failed=skipped)
+
+    def on_result(self, a: int, b: int, origin: int, body: bytes, fds: list[int]) -> bool:
+        result = remote.decode_result(body, fds, a, b)
+        self._replay(result.events)
+        if result.error is not None:  # the batch as a whole failed: each item says so
+            for i in range(a, b):
+                self.out[i] = result.error
+        else:
+            remote.place(self.out, a, result.parts, self.plan.outputs)
+        self.source.placed(self.out, a, b, origin)
+        return not self.source.stopped
+
+    def on_lost(self, a: int, b: int, origin: int, info: dict) -> bool:
+        super().on_lost(a, b, info)  # collect: the items' errors into their slots
+        self.source.placed(self.out, a, b, origin)
+        return not self.source.stopped
