@@ -48,8 +48,7 @@ class StreamCall(_MapCall):
                  timeout: float | None):
         names = list(part.row({}, {} if part.ship_sigs else None))
         super().__init__(engine, pool, part.plan, part.shared, [dict.fromkeys(names)], rt,
-                         stage=True, timeout=timeout, deferred=True,
-                         stop=lambda: source.stopped, on_placed=source.placed)
+                         stage=True, timeout=timeout, deferred=True)
         self.source = source
         self.out = _Slots()
 

@@ -342,9 +342,8 @@ class _MapCall:
 
     def __init__(self, engine: ProcessEngine, pool: Any, plan: Plan, base: dict,
                  rows: list[dict], rt: Runtime, *, stage: bool = False,
-                 skip: set[int] = frozenset(), timeout: Any = "engine", offset: int = 0,
-                 deferred: bool = False, stop: Any = None, on_placed: Any = None,
-                 chunk: int = 0):
+                 skip: set[int] = frozenset(), timeout: Any = "engine",
+                 deferred: bool = False):
         self.engine, self.pool, self.plan, self.rows, self.rt = engine, pool, plan, rows, rt
         self.n = len(rows)
         self.out: list[Any] = [None] * self.n
@@ -355,17 +354,9 @@ class _MapCall:
         # are replayed. Items in ``skip`` failed earlier: they travel as placeholders.
         self.stage = stage
         self.skip = sorted(skip)
-        # A streaming map's stage (run/flow.py): rows[k] is map item offset + k, and the
-        # workers' events wait in rt.pending for the iterating thread (``deferred``).
-        self.offset = offset
+        # A streaming map's stage (process_stream.py): the workers' events wait in
+        # rt.pending for the iterating thread.
         self.deferred = deferred
-        self.stop = stop  # stop() true: dispatch no more batches (the stream was closed)
-        # on_placed(out, a, b): rows [a, b) just got their results (a streaming stage
-        # hands them on at once instead of at the end of the map)
-        self.on_placed = on_placed
-        # chunk: items per worker batch instead of the planner's guided sizes (0: those;
-        # a streaming stage sizes its micro-batches' batches from the item time it saw)
-        self.chunk = chunk
         self.timeout = engine._item_timeout(plan) if timeout == "engine" else timeout
         self.payload, self.payload_fds = remote.encode_payload(
             plan, base, RemoteOptions.of(rt, self.timeout))
@@ -382,7 +373,7 @@ class _MapCall:
         if rt.callbacks and not self.stage:
             rt.emit("on_map_start", self.n)
         t0 = time.perf_counter()
-        chunk = self.engine.batch_size or self.chunk
+        chunk = self.engine.batch_size or 0
         align = _dual_batch_size(self.plan, rt)
         if align:
             # Each worker batches the items it holds: chunks that are whole multiples of
@@ -392,7 +383,7 @@ class _MapCall:
         try:
             self.pool.map(self.n, self.key, self.payload, self.payload_fds, self.make_batch,
                           self.on_result, self.on_lost, chunk=chunk, depth=DEPTH,
-                          item_timeout=self.timeout or 0.0, item_base=self.offset)
+                          item_timeout=self.timeout or 0.0)
         finally:
             transport.close_fds(self.payload_fds)
             self.payload_fds = []
@@ -421,9 +412,9 @@ class _MapCall:
                 "callback) during this map")
         if not self.rt.collect:
             raise EngineShutDown(f"{what}: {len(left)} of {self.n} map items did not finish "
-                                 f"(the first is map item {self.offset + left[0]})")
+                                 f"(the first is map item {left[0]})")
         for i in left:
-            self.out[i] = EngineShutDown(f"{what}, before map item {self.offset + i} "
+            self.out[i] = EngineShutDown(f"{what}, before map item {i} "
                                          "finished")
 
     # -- callbacks from C++ (driver thread, GIL held) -----------------------------------
@@ -433,7 +424,7 @@ class _MapCall:
                                                            bisect_left(self.skip, b)]),
                                  Skipped()) if self.skip else {})
         # Rows that do not pickle fail their items only (remote.encode_batch).
-        return remote.encode_batch(self.map_id, self.rows[a:b], self.offset + a, self.names,
+        return remote.encode_batch(self.map_id, self.rows[a:b], a, self.names,
                                    self.consumers, failed=skipped)
 
     def on_result(self, a: int, b: int, body: bytes, fds: list[int]) -> bool:
@@ -446,9 +437,7 @@ class _MapCall:
         if bad is not None and not self.rt.collect:
             self.errors[bad] = self.out[bad]
             return False
-        if self.on_placed is not None:
-            self.on_placed(self.out, a, b)
-        return self.stop is None or not self.stop()
+        return True
 
     def on_lost(self, a: int, b: int, info: dict) -> bool:
         if info.get("timeout"):
@@ -459,8 +448,7 @@ class _MapCall:
         if info["signal"] == signal.SIGKILL:
             how += " (the OOM killer, or someone, sent it)"
         node = self._node_of(info)
-        off = self.offset
-        item = info["item"] if a <= info["item"] - off < b else None
+        item = info["item"] if a <= info["item"] < b else None
         where = ""
         if node is not None:
             where += f" while running node {node!r}"
@@ -468,12 +456,12 @@ class _MapCall:
             where += f" on map item {item}"
         for i in range(a, b):
             err = WorkerDied(
-                f"worker process {info['pid']} {how}{where}; map item {off + i} was in its "
-                f"batch (items {off + a}..{off + b - 1}) and is lost. The pool starts a "
+                f"worker process {info['pid']} {how}{where}; map item {i} was in its "
+                f"batch (items {a}..{b - 1}) and is lost. The pool starts a "
                 "replacement. If it ran out of memory, use fewer workers or smaller batches "
                 "(batch_size=)")
             if node is not None:
-                err.add_note(f"gilfree: raised in node {node!r} (map item {off + i})")
+                err.add_note(f"gilfree: raised in node {node!r} (map item {i})")
             if not self._fail_item(i, err):
                 return False
         return True
@@ -487,7 +475,7 @@ class _MapCall:
         """Item ``i`` ran past the deadline; its worker was killed (the pool starts a
         replacement and runs the rest of that batch again)."""
         node = self._node_of(info)
-        item = self.offset + i
+        item = i
         err = TimeoutError(f"map item {item} did not finish within {info['timeout']} s"
                            + (f" (node {node!r})" if node else "") + f"; its worker process "
                            f"{info['pid']} was stopped and is replaced")

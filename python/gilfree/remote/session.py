@@ -248,7 +248,7 @@ class Session:
         step, first, names, cols, failed = (loaded.column_step, batch.first, batch.names,
                                             batch.cols, batch.failed)
         # Placeholders of items that failed in an earlier stage (Skipped) do not keep a
-        # batch off the column path: a streaming stage's micro-batches have many.
+        # batch off the column path: a streaming stage's batches may have many.
         only_skipped = all(type(e) is Skipped for e in failed.values())
         sources = column_sources(step, base, names, cols) if step and only_skipped else None
         if sources is not None:
