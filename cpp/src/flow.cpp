@@ -227,6 +227,10 @@ std::vector<FlowScheduler::Exit> FlowScheduler::next(FlowHost& host) {
     } release{*this};
     try {
         bool may_pull = true;  // false after pull() read nothing: wait for an event first
+        // The last pull() read fewer items than it was asked for, and the input goes on:
+        // the source is slower than the flow (a generator over a queue, a socket). What
+        // has finished goes to the consumer before the next pull, which may block.
+        bool source_lags = false;
         for (;;) {
             std::vector<Dispatch> plan;
             std::size_t room = 0;
@@ -250,6 +254,10 @@ std::vector<FlowScheduler::Exit> FlowScheduler::next(FlowHost& host) {
                     // let the flow run dry while items keep finishing (the consumer's
                     // next call would find results again, and again skip the input).
                     room = (exhausted_ || !may_pull) ? 0 : pull_room();
+                    if (room > 0 && source_lags) {
+                        std::vector<Exit> exits = take_exits();
+                        if (!exits.empty()) return exits;
+                    }
                     if (room == 0) {
                         std::vector<Exit> exits = take_exits();
                         if (!exits.empty()) return exits;
@@ -282,6 +290,7 @@ std::vector<FlowScheduler::Exit> FlowScheduler::next(FlowHost& host) {
                 }
                 exhausted_ = exhausted_ || exhausted;
                 may_pull = n > 0 || exhausted_;
+                source_lags = n < room && !exhausted_;
                 if (exhausted_) release_idle_workers();
                 continue;
             }

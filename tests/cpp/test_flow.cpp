@@ -212,6 +212,27 @@ void test_input_read_while_items_leave() {
     CHECK(left == 100);
 }
 
+// A source that hands over fewer items than asked for (it is slow: a generator over a
+// queue) is not read again before the items that finished go to the consumer.
+void test_lagging_source_results_first() {
+    FlowScheduler flow({stage(4, 4)}, 64, true, kTick);
+    Host host;
+    host.on_pull = [&](std::size_t) -> std::pair<std::size_t, bool> {
+        ++host.given;
+        return {1, host.given == 5};  // one item per pull, five in all
+    };
+    host.on_dispatch = [&](std::size_t k, const Ids& ids) { flow.done(k, ids, {}); };
+    std::uint64_t left = 0;
+    for (;;) {
+        const std::size_t pulls = host.pulls.size();
+        const Exits got = flow.next(host);
+        if (got.empty()) break;
+        CHECK(host.pulls.size() - pulls <= 2);  // not read up to the read-ahead first
+        left += got.size();
+    }
+    CHECK(left == 5);
+}
+
 // ---- exit order ----------------------------------------------------------------------
 
 void exit_order(bool ordered, const std::vector<Exits>& expected) {
@@ -506,6 +527,7 @@ int main(int argc, char** argv) {
         {"backpressure_queue_bounds", test_backpressure_queue_bounds},
         {"backpressure_read_ahead", test_backpressure_read_ahead},
         {"read_ahead_counts_finished_items", test_read_ahead_counts_finished_items},
+        {"lagging_source_results_first", test_lagging_source_results_first},
         {"input_read_while_items_leave", test_input_read_while_items_leave},
         {"ordered_exit", test_ordered_exit},
         {"unordered_exit", test_unordered_exit},

@@ -82,7 +82,9 @@ struct FlowStage {
 class FlowHost {
 public:
     virtual ~FlowHost() = default;
-    // Read up to k (>= 1) more items; returns (n_read <= k, input exhausted).
+    // Read up to k (>= 1) more items; returns (n_read <= k, input exhausted). Reading
+    // fewer while the input goes on says the source is slow: next() then returns the
+    // items that finished before it reads again.
     virtual std::pair<std::size_t, bool> pull(std::size_t k) = 0;
     // Start `ids` on `stage`; must return quickly (done() may be called from inside).
     virtual void dispatch(std::size_t stage, const std::vector<std::uint64_t>& ids) = 0;

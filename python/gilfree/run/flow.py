@@ -5,8 +5,9 @@
       next(stream) ──────────────────────────────▶ flow.next(pull, dispatch): waits
                                                     without the GIL (Ctrl-C <= 50 ms)
         pull(k): read k rows of the input ◀──────── room for k more items (read_ahead,
-                 (lazily: a generator is read        stage 0's queue): backpressure
-                 only as far as the flow has room)
+                 (lazily: a generator is read        stage 0's queue): backpressure; a
+                 only as far as the flow has room;   pull that read fewer (a slow source)
+                 fewer after 5 ms or a slow read)    returns finished items first
         dispatch(stage, ids) ◀───────────────────── ids may start on a stage:
           inline   runs them here, now
         start(stage, n) ◀────────────────────────── a claimed (thread) stage needs workers:
@@ -15,8 +16,8 @@
                                                      report flow.done, in C++
           async    one coroutine per item ─────────▶ the engine's event loop
           batch    one pool.submit per batch ──────▶ (a DualNode: full, or lingered)
-          process  the stage's feeder thread ──────▶ _MapCall micro-batches on the
-                                                     ProcessEngine's pool
+          process  the stage's feeder thread ──────▶ pool.stream(): a worker with room
+                                                     takes the lowest ready ids
         (the runners: run/stage_runners.py) report flow.done(stage, ids, failed)
       ◀── [(id, failed)]: the result (or error) is built here, events queued by the
           executors are delivered here, then yielded (in input order, or as they finish)
@@ -42,6 +43,13 @@ from .stage_runners import runner
 from .stages import INLINE, compile_stages
 
 _ALL_INLINE = {"thread": INLINE, "async": INLINE, "process": INLINE}
+#: One read of the input stops after this long even with room for more items (their
+#: work starts, and a slow source's finished items are returned before it is read again).
+PULL_BUDGET_S = 0.005
+#: A read of one input item that took this long marks the source as slow for
+#: SLOW_SOURCE_S: it is read one item at a time meanwhile (see Stream._pull).
+SLOW_READ_S = 0.001
+SLOW_SOURCE_S = 0.05
 
 
 class _Lifecycle:
@@ -124,11 +132,14 @@ class Stream(_Lifecycle):
         self.flow = core().Flow(specs, self.read_ahead, ordered)
         self.total = total
         self.input_ended = False
+        self.slow_read_at = float("-inf")  # when a read of the input last took long
 
     # -- the iterator ------------------------------------------------------------------
     def __next__(self) -> Any:
         if not self.announced and not self.closed:
             self._begin()
+            for r in self.runners:
+                r.begin()
         while not self.ready:
             if self.closed:
                 raise StopIteration
@@ -182,9 +193,19 @@ class Stream(_Lifecycle):
 
     # -- what the flow asks for (consumer thread, GIL held) -----------------------------
     def _pull(self, k: int) -> tuple[int, bool]:
+        """Up to ``k`` more items from the input. Fewer once PULL_BUDGET_S has passed, and
+        one at a time while the source is slow (a read took SLOW_READ_S, at most
+        SLOW_SOURCE_S ago: a generator over a queue, whose next read would wait too): the
+        items read start now, and those finished reach the consumer before the input is
+        read again. The first item of a slow source waits for the read of the second."""
         rt, plan = self.rt, self.plan
         n = 0
+        before = time.perf_counter()
+        until = before + PULL_BUDGET_S
+        if before - self.slow_read_at < SLOW_SOURCE_S:
+            k = 1
         for row in self.rows:
+            got = time.perf_counter()
             i = self.next_id
             self.next_id += 1
             v = self.base.copy()
@@ -192,13 +213,17 @@ class Stream(_Lifecycle):
             self.values[i] = v
             self.sigs[i] = {} if rt.tracing else None
             self.cached[i] = True
-            self.started[i] = time.perf_counter()
+            self.started[i] = got
             if rt.callbacks:
                 rt.emit("on_map_item_start", i)
                 rt.emit("on_pipeline_start", plan.pipeline_id, dict(v))
             n += 1
-            if n == k:
+            if got - before > SLOW_READ_S:
+                self.slow_read_at = got
                 return n, False
+            if n == k or got > until:
+                return n, False
+            before = time.perf_counter()
         self.input_ended = True
         return n, True
 
