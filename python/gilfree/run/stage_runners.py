@@ -351,18 +351,28 @@ class _ProcessRunner(_Runner):
             if not ready:
                 self.wanted = 1
                 return None
-            if len(ready) < most:
-                left = arrived[ready[0]] + PROCESS_LINGER_S - time.monotonic()
+            a = ready[0]
+            take = min(most, max(1, -(-len(ready) // share)))
+            # A stage with a DualNode takes consecutive ids only: a worker calls the batch
+            # function once per run of items between placeholders, each call with its
+            # fixed cost. Its ids come out of order from an earlier stage: the run from
+            # the lowest lingers like a small batch, for the ids missing in it.
+            consecutive = self.part.plan.has_batch
+            if consecutive:
+                run = 1
+                while run < take and a + run in arrived:
+                    run += 1
+            if (run < take) if consecutive else (len(ready) < most):
+                left = arrived[a] + PROCESS_LINGER_S - time.monotonic()
                 if left > 0:
                     self.wanted = most
                     return left
             self.wanted = 0
-            take = min(most, max(1, -(-len(ready) // share)))
-            a = ready[0]
             ids = []
-            # The range grows while it stays at most twice its ids (+ 16): placeholders
-            # (each a None per input) stay fewer than the batch's own items.
-            while ready and len(ids) < take and ready[0] - a < 2 * len(ids) + 16:
+            # Otherwise the range grows while it stays at most twice its ids (+ 16):
+            # placeholders (each a None per input) stay fewer than the batch's own items.
+            while ready and len(ids) < take and ready[0] - a < (
+                    len(ids) + 1 if consecutive else 2 * len(ids) + 16):
                 i = heapq.heappop(ready)
                 del arrived[i]
                 ids.append(i)

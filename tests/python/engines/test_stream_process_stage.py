@@ -23,7 +23,7 @@ def nap(x):
 
 @node(output_name="y", executor="thread")
 def uneven(x):
-    time.sleep(0.02 if x % 7 == 3 else 0.001)  # some items come late: gaps in the ids
+    time.sleep(0.05 if x % 7 == 3 else 0.001)  # some come late: gaps in the ids
     return x + 1
 
 
@@ -166,3 +166,30 @@ def test_a_failing_item_in_a_late_batch(policy):
             assert [r["z"] for k, r in enumerate(out) if k != 150] == \
                 [i + 1 for i in range(300) if i != 150]
 
+
+
+def _one_size(y):
+    return 1
+
+
+def _batch_sizes(y):
+    return [len(y)] * len(y)  # each item says how large its call of the batch function was
+
+
+def test_a_dualnode_in_a_process_stage_gets_consecutive_items(monkeypatch):
+    # A worker calls the batch function once per run of items between placeholders: a
+    # stage with a DualNode takes consecutive ready ids only (no placeholders), and
+    # items that come in order go in whole batches.
+    from gilfree import DualNode
+
+    made = _record_batches(monkeypatch)
+    sizes = DualNode("size", _one_size, _batch_sizes, executor="process", batch_size=16)
+    with ThreadEngine() as engine:
+        for pipeline in (Pipeline([uneven, square, sizes]), Pipeline([nap, square, sizes])):
+            list(pipeline.imap({"x": range(20)}, map_over="x", engine=engine))  # warm
+            made.clear()
+            out = list(pipeline.imap({"x": range(300)}, map_over="x", engine=engine))
+            assert [r["z"] for r in out] == [(i + 1) ** 2 for i in range(300)]
+            assert all(b - a == len(ids) for a, b, _, ids in made), made
+    calls = sum(1 / r["size"] for r in out)  # in order (nap): an item of n counts 1/n
+    assert calls <= 300 / 8, f"{calls:.0f} calls of the batch function for 300 items"
