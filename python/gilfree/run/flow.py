@@ -46,10 +46,8 @@ _ALL_INLINE = {"thread": INLINE, "async": INLINE, "process": INLINE}
 #: One read of the input stops after this long even with room for more items (their
 #: work starts, and a slow source's finished items are returned before it is read again).
 PULL_BUDGET_S = 0.005
-#: A read of one input item that took this long marks the source as slow for
-#: SLOW_SOURCE_S: it is read one item at a time meanwhile (see Stream._pull).
+#: A read of one input item that took this long ends the read (see Stream._pull).
 SLOW_READ_S = 0.001
-SLOW_SOURCE_S = 0.05
 
 
 class _Lifecycle:
@@ -132,7 +130,6 @@ class Stream(_Lifecycle):
         self.flow = core().Flow(specs, self.read_ahead, ordered)
         self.total = total
         self.input_ended = False
-        self.slow_read_at = float("-inf")  # when a read of the input last took long
 
     # -- the iterator ------------------------------------------------------------------
     def __next__(self) -> Any:
@@ -193,17 +190,16 @@ class Stream(_Lifecycle):
 
     # -- what the flow asks for (consumer thread, GIL held) -----------------------------
     def _pull(self, k: int) -> tuple[int, bool]:
-        """Up to ``k`` more items from the input. Fewer once PULL_BUDGET_S has passed, and
-        one at a time while the source is slow (a read took SLOW_READ_S, at most
-        SLOW_SOURCE_S ago: a generator over a queue, whose next read would wait too): the
-        items read start now, and those finished reach the consumer before the input is
-        read again. The first item of a slow source waits for the read of the second."""
+        """Up to ``k`` more items from the input; fewer once PULL_BUDGET_S has passed, or
+        right after a read that took SLOW_READ_S (a slow source, e.g. a generator over a
+        queue: its next read would likely wait too): the items read start now, and those
+        finished reach the consumer before the input is read again. An item of a source
+        that blocks may still wait for the read of the next one. (A read that only
+        waited for the GIL looks slow too: that pull ends early, nothing else changes.)"""
         rt, plan = self.rt, self.plan
         n = 0
         before = time.perf_counter()
         until = before + PULL_BUDGET_S
-        if before - self.slow_read_at < SLOW_SOURCE_S:
-            k = 1
         for row in self.rows:
             got = time.perf_counter()
             i = self.next_id
@@ -218,10 +214,7 @@ class Stream(_Lifecycle):
                 rt.emit("on_map_item_start", i)
                 rt.emit("on_pipeline_start", plan.pipeline_id, dict(v))
             n += 1
-            if got - before > SLOW_READ_S:
-                self.slow_read_at = got
-                return n, False
-            if n == k or got > until:
+            if n == k or got > until or got - before > SLOW_READ_S:
                 return n, False
             before = time.perf_counter()
         self.input_ended = True
