@@ -120,4 +120,16 @@ inline Exits drain(FlowScheduler& flow, FlowHost& host) {
     }
 }
 
+// True if flow.next(host) throws an E whose message is `what` (a host call's exception
+// going through unchanged).
+template <class E>
+bool next_throws(FlowScheduler& flow, FlowHost& host, const std::string& what) {
+    try {
+        flow.next(host);
+    } catch (const E& e) {
+        return std::string(e.what()) == what;
+    }
+    return false;
+}
+
 }  // namespace flow_test

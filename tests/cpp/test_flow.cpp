@@ -412,26 +412,14 @@ void test_host_exceptions_close_the_flow() {
         host.on_pull = [](std::size_t) -> std::pair<std::size_t, bool> {
             throw std::runtime_error("source broke");
         };
-        bool thrown = false;
-        try {
-            flow.next(host);
-        } catch (const std::runtime_error& e) {
-            thrown = std::string(e.what()) == "source broke";
-        }
-        CHECK(thrown && flow.stats().closed);
+        CHECK(next_throws<std::runtime_error>(flow, host, "source broke") && flow.stats().closed);
         CHECK(flow.next(host).empty() && host.pulls.size() == 1);
     }
     {
         FlowScheduler flow({stage(2, 2)}, 4, true, kTick);
         Host host;
         host.on_dispatch = [](std::size_t, const Ids&) { throw std::logic_error("no executor"); };
-        bool thrown = false;
-        try {
-            flow.next(host);
-        } catch (const std::logic_error& e) {
-            thrown = std::string(e.what()) == "no executor";
-        }
-        CHECK(thrown && flow.stats().closed);
+        CHECK(next_throws<std::logic_error>(flow, host, "no executor") && flow.stats().closed);
     }
     {  // a pull that reads more than asked is an error, not a silent overrun
         FlowScheduler flow({stage(2, 2)}, 4, true, kTick);

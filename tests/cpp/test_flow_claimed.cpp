@@ -138,13 +138,7 @@ void test_claimed_stage_without_workers() {
     FlowScheduler flow({claimed(2, 4)}, 4, true, kTick);
     Host host;  // its start() records, then the base class throws
     host.on_start = [&](std::size_t, std::size_t) { throw std::runtime_error("no threads"); };
-    bool thrown = false;
-    try {
-        flow.next(host);
-    } catch (const std::runtime_error& e) {
-        thrown = std::string(e.what()) == "no threads";
-    }
-    CHECK(thrown && flow.stats().closed);
+    CHECK(next_throws<std::runtime_error>(flow, host, "no threads") && flow.stats().closed);
     bool refused = false;
     try {
         FlowStage bad = claimed(2, 4);
