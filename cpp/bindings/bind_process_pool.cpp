@@ -5,9 +5,10 @@
 //   Python caller (processes.py)       PyProcessPool / PyMapHost           MapScheduler (plain C++)
 //   map(n, key, payload, make_batch, ─▶ [GIL] MapRequest ─────────────────▶ run(): dispatch and
 //       on_result, on_lost, ...)                                              fault policy, see
-//   make_batch(a, b) -> (bytes, fds) ◀─ [GIL] host.make_batch ◀───────────── map_scheduler.hpp
-//   on_result(a, b, body, fds) ◀─────── [GIL] host.on_result ◀──────────────
-//   on_lost(a, b, info dict) ◀───────── [GIL] host.on_lost (exit info) ◀────
+//   make_batch(a, b, origin) ◀───────── [GIL] host.make_batch ◀───────────── map_scheduler.hpp
+//       -> (bytes, fds)
+//   on_result(a, b, origin, body, fds) ◀ [GIL] host.on_result ◀──────────────
+//   on_lost(a, b, origin, info dict) ◀─ [GIL] host.on_lost (exit info) ◀────
 //   stream(...): also next_range(most, ◀ [GIL] host.next_range / open ◀─────── (streaming)
 //       share), open(); wake() ───────▶ [no GIL] pool.wake: look again now
 //                                       [no GIL] host.unlocked(fill) ◀────── start workers
@@ -109,10 +110,9 @@ public:
     }
     bool open() override { return open_ != nullptr && (*open_)().cast<bool>(); }
 
-    // A map's callbacks get (start, stop, ...); a stream's (start, stop, origin, ...).
     void make_batch(std::size_t start, std::size_t stop, std::size_t origin,
                     Frame& batch) override {
-        py::tuple made = streaming() ? make_batch_(start, stop, origin) : make_batch_(start, stop);
+        py::tuple made = make_batch_(start, stop, origin);
         batch.body = std::string(py::bytes(made[0]));
         batch.fds = adopt_fds(made[1].cast<std::vector<int>>());
     }
@@ -122,14 +122,12 @@ public:
         py::bytes body(result.body);
         result.body.clear();
         py::list fds = release_fds(result.fds);
-        return (streaming() ? on_result_(start, stop, origin, body, fds)
-                            : on_result_(start, stop, body, fds)).cast<bool>();
+        return on_result_(start, stop, origin, body, fds).cast<bool>();
     }
 
     bool on_lost(std::size_t start, std::size_t stop, std::size_t origin,
                  const LostItems& why) override {
-        return (streaming() ? on_lost_(start, stop, origin, exit_info(why))
-                            : on_lost_(start, stop, exit_info(why))).cast<bool>();
+        return on_lost_(start, stop, origin, exit_info(why)).cast<bool>();
     }
 
     void unlocked(const std::function<void()>& f) override {
@@ -148,8 +146,6 @@ private:
     const py::object& on_lost_;
     const py::object* next_range_;
     const py::object* open_;
-
-    bool streaming() const { return next_range_ != nullptr; }
 };
 
 class PyProcessPool {
@@ -182,13 +178,12 @@ public:
     void map(std::size_t n, const py::bytes& key, const py::bytes& payload_body,
              const std::vector<int>& payload_fds, const py::object& make_batch,
              const py::object& on_result, const py::object& on_lost, std::size_t chunk,
-             std::size_t depth, double item_timeout, std::int64_t item_base) {
+             std::size_t depth, double item_timeout) {
         MapRequest req = request(key, payload_body, payload_fds);
         req.items = n;
         req.chunk = chunk;
         req.depth = depth;
         req.item_timeout = item_timeout;
-        req.item_base = item_base;
         PyMapHost host(make_batch, on_result, on_lost);
         run(std::move(req), host);
     }
@@ -306,7 +301,7 @@ See gilfree/engines/processes.py for the Python side of the protocol.)doc")
         .def("start", &PyProcessPool::start)
         .def("map", &PyProcessPool::map, "n"_a, "key"_a, "payload"_a, "payload_fds"_a,
              "make_batch"_a, "on_result"_a, "on_lost"_a, py::kw_only(), "chunk"_a = 0,
-             "depth"_a = 2, "item_timeout"_a = 0.0, "item_base"_a = 0)
+             "depth"_a = 2, "item_timeout"_a = 0.0)
         .def("stream", &PyProcessPool::stream, "key"_a, "payload"_a, "payload_fds"_a,
              "make_batch"_a, "on_result"_a, "on_lost"_a, "next_range"_a, "open"_a,
              py::kw_only(), "chunk"_a = 0, "depth"_a = 2, "item_timeout"_a = 0.0)

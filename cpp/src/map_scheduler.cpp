@@ -177,10 +177,10 @@ void MapScheduler::kill_overdue(MapState& m) {
         if (!p.in_phase(WorkerPhase::batch) || p.batch != static_cast<std::int64_t>(id) ||
             p.item_started_ns <= 0 || now - p.item_started_ns <= limit_ns)
             continue;
-        const std::int64_t item = p.item - m.req.item_base;  // this request's index
-        if (item < static_cast<std::int64_t>(f.start) || item >= static_cast<std::int64_t>(f.stop))
+        if (p.item < static_cast<std::int64_t>(f.start) ||
+            p.item >= static_cast<std::int64_t>(f.stop))
             continue;
-        timed_out_[f.worker] = static_cast<std::size_t>(item);
+        timed_out_[f.worker] = static_cast<std::size_t>(p.item);
         workers_.kill(f.worker);
     }
 }

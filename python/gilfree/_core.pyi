@@ -128,9 +128,9 @@ class ProcessPool:
         key: bytes,
         payload: bytes,
         payload_fds: list[int],
-        make_batch: Callable[[int, int], tuple[bytes, list[int]]],
-        on_result: Callable[[int, int, bytes, list[int]], bool],
-        on_lost: Callable[[int, int, dict[str, Any]], bool],
+        make_batch: Callable[[int, int, int], tuple[bytes, list[int]]],
+        on_result: Callable[[int, int, int, bytes, list[int]], bool],
+        on_lost: Callable[[int, int, int, dict[str, Any]], bool],
         *,
         chunk: int = 0,
         depth: int = 2,
@@ -147,7 +147,8 @@ class ProcessPool:
         step); batches queued behind it run again. Ctrl-C kills the busy workers and
         raises KeyboardInterrupt. Returns early if the pool breaks (see `broken`) or is
         shut down, before or during the map (see `is_shut_down`; the items without a
-        result are the caller's to report)."""
+        result are the caller's to report). The callbacks get the batch's range and its
+        origin (see stream(); a map's batches never overlap, so it can be ignored)."""
     def stream(
         self,
         key: bytes,
@@ -170,9 +171,9 @@ class ProcessPool:
         `share`-th (the idle workers) of what is ready; ids of the range the caller leaves
         out travel as its placeholders. The callbacks get the batch's `origin` (its start
         when first sent; a batch sent again, whole or split around an overdue item, keeps
-        it) after start and stop. Returns once open() said False and every batch sent is
-        back; call wake() after making items ready so that a waiting stream looks at once.
-        Faults and timeouts as in map(); item numbers are the caller's."""
+        it) after start and stop, as in map(). Returns once open() said False and every
+        batch sent is back; call wake() after making items ready so that a waiting stream
+        looks at once. Faults and timeouts as in map(); item numbers are the caller's."""
     def wake(self) -> None:
         """Any thread: a stream() waiting for items asks next_range again now."""
     def shutdown(self, grace: float = 2.0) -> None:

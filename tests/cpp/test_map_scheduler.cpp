@@ -192,33 +192,6 @@ void test_overdue_item_is_killed_and_rest_rerun() {
     CHECK(host.results[first_a] == 1 && host.results[first_b - 1] == 1);
 }
 
-// The same with the items numbered from 1000 on the workers' status pages (a streaming
-// map's later micro-batch): the overdue one is found all the same.
-void test_overdue_item_found_with_an_item_base() {
-    FakeWorkers pool(2);
-    std::size_t first_a = 0;
-    bool stuck = false;
-    pool.script = [&](FakeWorkers& f) {
-        if (!stuck) {
-            const Sent s = f.workers.at(1).queue.front();
-            first_a = s.start;
-            f.start_front(1, 1000 + s.start + 1, /*started_ns=*/1);  // numbered from 1000
-            stuck = true;
-        }
-        for (std::uint64_t id : f.busy())
-            if (id != 1) f.finish_front(id);
-    };
-    MapScheduler sched(pool, 0, 1ms);
-    Host host(100);
-    MapRequest req = request(100, "k", 10, 2, 0.5);
-    req.item_base = 1000;
-    CHECK(sched.run(std::move(req), host) == MapScheduler::End::done);
-    CHECK(pool.kills == 1);
-    CHECK(host.each_once());
-    CHECK(host.lost_ranges.size() == 1);
-    CHECK(host.lost_ranges[0] == std::make_pair(first_a + 1, first_a + 2));  // this map's
-}
-
 // An item within its time is not killed, however long the map waits.
 void test_item_within_timeout_is_not_killed() {
     FakeWorkers pool(1);
@@ -384,7 +357,6 @@ int main() {
         {"crash_loses_only_the_running_batch", test_crash_loses_only_the_running_batch},
         {"retried_batch_goes_round_only_once", test_retried_batch_goes_round_only_once},
         {"overdue_item_is_killed_and_rest_rerun", test_overdue_item_is_killed_and_rest_rerun},
-        {"overdue_item_found_with_an_item_base", test_overdue_item_found_with_an_item_base},
         {"item_within_timeout_is_not_killed", test_item_within_timeout_is_not_killed},
         {"broken_after_repeated_start_failures", test_broken_after_repeated_start_failures},
         {"stale_results_of_an_abandoned_map_are_dropped",

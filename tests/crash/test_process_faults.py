@@ -36,7 +36,7 @@ def test_worker_that_dies_while_its_next_batch_is_being_made_loses_nothing(run_c
         original = processes._MapCall.make_batch
         killed = []
 
-        def make_batch(self, a, b):
+        def make_batch(self, a, b, origin):
             if not killed:
                 for pid in engine.pids:
                     os.kill(pid, signal.SIGKILL)
@@ -44,7 +44,7 @@ def test_worker_that_dies_while_its_next_batch_is_being_made_loses_nothing(run_c
                 deadline = time.monotonic() + 10
                 while set(engine.pids) & set(killed) and time.monotonic() < deadline:
                     time.sleep(0.01)
-            return original(self, a, b)
+            return original(self, a, b, origin)
 
         processes._MapCall.make_batch = make_batch
         out = p.map({"x": list(range(20))}, map_over="x", engine=engine)

@@ -113,9 +113,6 @@ struct MapRequest {
     std::size_t chunk = 0;  // 0: guided chunks (ChunkPlanner), else a fixed size
     std::size_t depth = 2;  // batches queued per worker (at least 1)
     double item_timeout = 0;  // seconds; > 0: kill a worker whose item runs longer
-    // The number workers give (status page) to item 0 of this request: a streaming map
-    // sends its items in several requests, numbered as the map numbers them.
-    std::int64_t item_base = 0;
     // Streaming: `items` is unused; the host hands out ranges of ready items
     // (MapHost::next_range) until it is no longer open(). A batch holds what is ready,
     // up to `chunk` items or (chunk 0) about kStreamBatchSeconds of measured work.

@@ -95,6 +95,6 @@ class StreamCall(_MapCall):
         return not self.source.stopped
 
     def on_lost(self, a: int, b: int, origin: int, info: dict) -> bool:
-        super().on_lost(a, b, info)  # collect: the items' errors into their slots
+        super().on_lost(a, b, origin, info)  # collect: the items' errors into their slots
         self.source.placed(self.out, a, b, origin)
         return not self.source.stopped

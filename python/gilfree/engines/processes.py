@@ -418,7 +418,8 @@ class _MapCall:
                                          "finished")
 
     # -- callbacks from C++ (driver thread, GIL held) -----------------------------------
-    def make_batch(self, a: int, b: int) -> tuple[bytes, list[int]]:
+    # origin: a map's batches never overlap, so it is only a stream's (process_stream.py)
+    def make_batch(self, a: int, b: int, origin: int) -> tuple[bytes, list[int]]:
         # One placeholder object for the batch: pickled once, then by reference.
         skipped = (dict.fromkeys((k - a for k in self.skip[bisect_left(self.skip, a):
                                                            bisect_left(self.skip, b)]),
@@ -427,7 +428,7 @@ class _MapCall:
         return remote.encode_batch(self.map_id, self.rows[a:b], a, self.names,
                                    self.consumers, failed=skipped)
 
-    def on_result(self, a: int, b: int, body: bytes, fds: list[int]) -> bool:
+    def on_result(self, a: int, b: int, origin: int, body: bytes, fds: list[int]) -> bool:
         result = remote.decode_result(body, fds, a, b)
         self._replay(result.events)
         if result.error is not None:
@@ -439,7 +440,7 @@ class _MapCall:
             return False
         return True
 
-    def on_lost(self, a: int, b: int, info: dict) -> bool:
+    def on_lost(self, a: int, b: int, origin: int, info: dict) -> bool:
         if info.get("timeout"):
             return self._timed_out(a, info)
         how = (f"was killed by {_signal_name(info['signal'])}" if info["signal"] is not None

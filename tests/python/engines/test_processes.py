@@ -337,9 +337,9 @@ def test_a_map_of_slow_items_ends_with_single_item_batches(monkeypatch):
     ranges = []
     on_result = processes._MapCall.on_result
 
-    def record(self, a, b, body, fds):
+    def record(self, a, b, origin, body, fds):
         ranges.append((a, b))
-        return on_result(self, a, b, body, fds)
+        return on_result(self, a, b, origin, body, fds)
 
     monkeypatch.setattr(processes._MapCall, "on_result", record)
     with ProcessEngine(workers=2) as engine:
