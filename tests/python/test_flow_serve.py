@@ -121,8 +121,13 @@ def test_serve_workers_a_shutdown_dropped_before_they_started_are_counted_out():
     ran = []
     flow = _core.Flow([_claimed(20, 20)], read_ahead=20, ordered=False)
 
+    calls = []
+
     def start(k, n):
         pool.serve(lambda i: ran.append(i) or True, flow, k, n)
+        calls.append(n)
+        if len(calls) > 1:
+            return  # the driver asked again before the shutdown landed: one more ticket
         # a pool of 1 thread takes 1 worker; the flow counts the others out at once
         assert flow.stats()["stages"][0]["workers"] == 1
         threading.Thread(target=lambda: (pool.shutdown(False), gate.set())).start()
