@@ -155,32 +155,38 @@ class Engine:
                 lent = self._lent[kind] = cls(timeout=self.timeout)
             return lent
 
-    def _placement(self, stage: Stage, plan: Plan, rt: Runtime, base: dict) -> Placement:
-        """Where ``stage`` runs (stages.py): threads, the loop, processes or here."""
+    def _placement(self, stage: Stage, plan: Plan, rt: Runtime, base: dict,
+                   first: int = 0) -> Placement:
+        """Where ``stage`` runs (stages.py): threads, the loop, processes or here.
+        ``first``: the map's index of the first row (error notes name map items)."""
         where = stage.executor
         if where == INLINE:
             return Placement()
         timeout = self._item_timeout(plan)
         if where == PROCESS:
             return Placement(remote=self._lend(PROCESS)._remote_stage(stage, plan, rt, base,
-                                                                      timeout))
+                                                                      timeout, first))
         threads = self._lend(THREAD)
         if where == THREAD and timeout is None:
             return Placement(pfor=threads._pfor(rt))
         return Placement(pfor=threads._pfor(rt), async_items=threads._items(rt, plan, timeout))
 
     def _staged_map(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime,
-                    stages: list[Stage], remote_base: dict | None = None) -> list:
+                    stages: list[Stage], remote_base: dict | None = None, *,
+                    first: int = 0, announce: bool = True) -> list:
         """A map whose stages run on different executors, one stage after another.
         ``remote_base`` is what worker processes get of the shared inputs (default:
-        ``base``; ThreadEngine's per-thread @stateful proxies stay in this process)."""
+        ``base``; ThreadEngine's per-thread @stateful proxies stay in this process).
+        ``first``/``announce``: the rows are a part of a larger map (AutoEngine: the
+        rows after the ones it measured), numbered from ``first``, announced by it."""
         if rt.batch_size is None and plan.has_batch:
             from .threads import auto_batch_size
 
             rt.batch_size = auto_batch_size(len(rows))
         shipped = base if remote_base is None else remote_base
-        return execute_map(plan, base, rows, rt, stages=stages,
-                           place=lambda st: self._placement(st, plan, rt, shipped))
+        return execute_map(plan, base, rows, rt, stages=stages, first_index=first,
+                           announce=announce,
+                           place=lambda st: self._placement(st, plan, rt, shipped, first))
 
     def _runtime(self, plan: Plan, options: dict[str, Any]) -> Runtime:
         on_error = options.pop("on_error", None)

@@ -210,10 +210,16 @@ class ProcessEngine(Engine):
         stages = self._stages(plan, rows)
         if stages is not None:
             return self._staged_map(plan, base, rows, rt, stages)
-        return self._on_pool(lambda pool: _MapCall(self, pool, plan, base, rows, rt).run())
+        return self._map_rows(plan, base, rows, rt)
+
+    def _map_rows(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime,
+                  first: int = 0, announce: bool = True) -> list:
+        """One map on the pool; ``first``/``announce`` as in ``Engine._staged_map``."""
+        return self._on_pool(lambda pool: _MapCall(self, pool, plan, base, rows, rt,
+                                                   first=first, announce=announce).run())
 
     def _remote_stage(self, stage: Stage, plan: Plan, rt: Runtime, base: dict,
-                      timeout: float | None) -> Any:
+                      timeout: float | None, first: int = 0) -> Any:
         """Runs ``stage`` of a map with several executors in the workers (stages.py's
         ``Placement.remote``): only the values it reads go, only what later stages or
         the caller need comes back; items failed in earlier stages are skipped."""
@@ -223,7 +229,7 @@ class ProcessEngine(Engine):
             skip = {i for i, err in enumerate(failed) if err is not None}
             rows = [part.row(v, s) for v, s in zip(values, sigs)]
             r = rt if rt.collect == collect else _with_collect(rt, collect)
-            out = self._stage_map(part, rows, r, skip=skip, timeout=timeout)
+            out = self._stage_map(part, rows, r, skip=skip, timeout=timeout, first=first)
             for i, result in enumerate(out):
                 if i in skip:
                     continue
@@ -343,9 +349,12 @@ class _MapCall:
     def __init__(self, engine: ProcessEngine, pool: Any, plan: Plan, base: dict,
                  rows: list[dict], rt: Runtime, *, stage: bool = False,
                  skip: set[int] = frozenset(), timeout: Any = "engine",
-                 deferred: bool = False):
+                 deferred: bool = False, first: int = 0, announce: bool = True):
         self.engine, self.pool, self.plan, self.rows, self.rt = engine, pool, plan, rows, rt
         self.n = len(rows)
+        # The map's number of rows[0]: the rows may be a part of a larger map (AutoEngine
+        # ran the first items itself, and announces the map). The pool numbers them from 0.
+        self.first, self.announce = first, announce and not stage
         self.out: list[Any] = [None] * self.n
         self.errors: dict[int, BaseException] = {}  # batch start -> error (raise policy)
         self.path = list(rt.ctx.hierarchy_path) if rt.ctx is not None else []
@@ -359,7 +368,7 @@ class _MapCall:
         self.deferred = deferred
         self.timeout = engine._item_timeout(plan) if timeout == "engine" else timeout
         self.payload, self.payload_fds = remote.encode_payload(
-            plan, base, RemoteOptions.of(rt, self.timeout))
+            plan, base, RemoteOptions.of(rt, self.timeout, first))
         self.key = transport.content_key(self.payload, self.payload_fds)
         # Which map a batch belongs to (the payload's key may be an earlier map's: equal
         # payloads are shipped once): a worker starts a new map for @stateful objects
@@ -370,7 +379,7 @@ class _MapCall:
 
     def run(self) -> list:
         rt = self.rt
-        if rt.callbacks and not self.stage:
+        if rt.callbacks and self.announce:
             rt.emit("on_map_start", self.n)
         t0 = time.perf_counter()
         chunk = self.engine.batch_size or 0
@@ -391,7 +400,7 @@ class _MapCall:
                 _trim_heap()
             if not self.deferred:
                 rt.flush()
-            if rt.callbacks and not self.stage:
+            if rt.callbacks and self.announce:
                 rt.emit("on_map_end", time.perf_counter() - t0)
         broken = self.pool.broken
         if broken:
@@ -412,9 +421,9 @@ class _MapCall:
                 "callback) during this map")
         if not self.rt.collect:
             raise EngineShutDown(f"{what}: {len(left)} of {self.n} map items did not finish "
-                                 f"(the first is map item {left[0]})")
+                                 f"(the first is map item {self.first + left[0]})")
         for i in left:
-            self.out[i] = EngineShutDown(f"{what}, before map item {i} "
+            self.out[i] = EngineShutDown(f"{what}, before map item {self.first + i} "
                                          "finished")
 
     # -- callbacks from C++ (driver thread, GIL held) -----------------------------------
@@ -449,7 +458,7 @@ class _MapCall:
         if info["signal"] == signal.SIGKILL:
             how += " (the OOM killer, or someone, sent it)"
         node = self._node_of(info)
-        item = info["item"] if a <= info["item"] < b else None
+        item = self.first + info["item"] if a <= info["item"] < b else None
         where = ""
         if node is not None:
             where += f" while running node {node!r}"
@@ -457,12 +466,12 @@ class _MapCall:
             where += f" on map item {item}"
         for i in range(a, b):
             err = WorkerDied(
-                f"worker process {info['pid']} {how}{where}; map item {i} was in its "
-                f"batch (items {a}..{b - 1}) and is lost. The pool starts a "
-                "replacement. If it ran out of memory, use fewer workers or smaller batches "
-                "(batch_size=)")
+                f"worker process {info['pid']} {how}{where}; map item {self.first + i} was "
+                f"in its batch (items {self.first + a}..{self.first + b - 1}) and is lost. "
+                "The pool starts a replacement. If it ran out of memory, use fewer workers "
+                "or smaller batches (batch_size=)")
             if node is not None:
-                err.add_note(f"gilfree: raised in node {node!r} (map item {i})")
+                err.add_note(f"gilfree: raised in node {node!r} (map item {self.first + i})")
             if not self._fail_item(i, err):
                 return False
         return True
@@ -476,7 +485,7 @@ class _MapCall:
         """Item ``i`` ran past the deadline; its worker was killed (the pool starts a
         replacement and runs the rest of that batch again)."""
         node = self._node_of(info)
-        item = i
+        item = self.first + i
         err = TimeoutError(f"map item {item} did not finish within {info['timeout']} s"
                            + (f" (node {node!r})" if node else "") + f"; its worker process "
                            f"{info['pid']} was stopped and is replaced")

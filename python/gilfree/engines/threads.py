@@ -378,25 +378,28 @@ class ThreadEngine(Engine):
     def _execute_run(self, plan: Plan, values: dict, rt: Runtime) -> dict:
         return execute_run(plan, self._scoped(values), rt, pfor=self._pfor(rt))
 
-    def _execute_map(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime) -> list:
+    def _execute_map(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime, *,
+                     first: int = 0, announce: bool = True) -> list:
+        # first/announce: the rows are a part of a larger map (Engine._staged_map)
         stages = self._stages(plan, rows)
         if stages is not None:
-            return self._staged_map(plan, self._scoped(base), rows, rt, stages, base)
+            return self._staged_map(plan, self._scoped(base), rows, rt, stages, base,
+                                    first=first, announce=announce)
         base = self._scoped(base)
         if rt.batch_size is None and plan.has_batch:
             rt.batch_size = auto_batch_size(len(rows))
         if not rows:
-            return execute_map(plan, base, rows, rt)
+            return execute_map(plan, base, rows, rt, first_index=first, announce=announce)
         timeout = self._item_timeout(plan)
         if timeout is not None:
             # Waiting with a deadline needs something that can stop waiting: items go
             # through the engine's event loop, their calls to the pool (as AsyncEngine).
-            return execute_map(plan, base, rows, rt, pfor=self._pfor(rt),
-                               async_items=self._items(rt, plan, timeout))
+            return execute_map(plan, base, rows, rt, pfor=self._pfor(rt), first_index=first,
+                               announce=announce, async_items=self._items(rt, plan, timeout))
         if untraced(plan, rt):
             pool = self.pool
             try:
-                out = pool.map(fast_row_function(plan, base), list(enumerate(rows)),
+                out = pool.map(fast_row_function(plan, base, first), list(enumerate(rows)),
                                stop_on_error=not rt.collect)
             except _pool_shut_down() as exc:
                 if not pool.is_shut_down:
@@ -405,10 +408,11 @@ class ThreadEngine(Engine):
             if rt.collect and pool.is_shut_down:
                 # Items that never ran hold the pool's PoolShutDown: say which engine.
                 shut_down = _pool_shut_down()
-                out = [self._shut_down_error(i) if isinstance(r, shut_down) else r
+                out = [self._shut_down_error(first + i) if isinstance(r, shut_down) else r
                        for i, r in enumerate(out)]
             return out
-        return execute_map(plan, base, rows, rt, pfor=self._pfor(rt))
+        return execute_map(plan, base, rows, rt, pfor=self._pfor(rt), first_index=first,
+                           announce=announce)
 
     def __repr__(self) -> str:
         return f"ThreadEngine(max_workers={self.max_workers})"

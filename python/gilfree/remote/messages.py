@@ -37,12 +37,17 @@ class RemoteOptions:
     events: bool = False  # callbacks are on: record events for the driver to replay
     path: tuple = ()  # the driver's pipeline path (nested maps) the events are under
     timeout: float | None = None  # per-item timeout (ProcessEngine kills overdue items)
+    # Added to a batch's item numbers where users see them (error notes, events): the
+    # map's rows are a part of a larger map (AutoEngine ran the first items itself).
+    # Status pages keep the batch's own numbers: the pool reads them.
+    offset: int = 0
 
     @classmethod
-    def of(cls, rt: Any, timeout: float | None = None) -> "RemoteOptions":
+    def of(cls, rt: Any, timeout: float | None = None, offset: int = 0) -> "RemoteOptions":
         path = tuple(rt.ctx.hierarchy_path) if rt.ctx is not None else ()
         return cls(cache=rt.cache, retries=rt.retries, batch_size=rt.batch_size,
-                   collect=rt.collect, events=bool(rt.callbacks), path=path, timeout=timeout)
+                   collect=rt.collect, events=bool(rt.callbacks), path=path, timeout=timeout,
+                   offset=offset)
 
     def runtime(self, recorder: Any = None) -> Any:
         """The worker's Runtime: the driver's policy, ``recorder`` its only callback."""

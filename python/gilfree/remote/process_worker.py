@@ -68,8 +68,8 @@ class _StatusPage(Watch):
 
     def event(self, name: str, args: tuple, steps: dict[str, int]) -> None:
         status = self.status
-        if name == "on_map_item_start":
-            status[SLOT_ITEM] = args[0] - 1  # the first step's wrapper adds one
+        if name == "on_map_item_start":  # (the event's number is the user's)
+            status[SLOT_ITEM] = args[0] - self.offset - 1  # the first step's wrapper adds one
         elif name == "on_node_start":
             status[SLOT_STEP] = steps.get(args[0], -1)
         elif name == "on_node_cached" and steps.get(args[0]) == 0:

@@ -66,6 +66,9 @@ class Watch:
     """Where a worker is, told as it goes; the default tells nobody. Each method runs on
     the hot path of its phase: keep overrides to a few stores."""
 
+    #: What the running batch adds to item numbers in events (RemoteOptions.offset).
+    offset = 0
+
     def loading(self) -> None:
         """A payload is being unpickled."""
 
@@ -199,8 +202,9 @@ class Session:
             if options.events:
                 recorder = Recorder(watch, plan)
             run = self._runner(loaded, batch, recorder)
-            n, first = batch.size, batch.first
-            watch.at_item(first)
+            n, first = batch.size, batch.first + options.offset
+            watch.offset = options.offset
+            watch.at_item(batch.first)
             # Sub-batches: pickled (large buffers copied out) as soon as they finish, so
             # that a batch of big arrays never lives in this process all at once.
             # (DualNode batches are not split: their batch function wants whole batches.)
@@ -245,8 +249,8 @@ class Session:
     def _runner(self, loaded: _Loaded, batch: Batch,
                 recorder: Recorder | None) -> Callable[[int, int], tuple]:
         plan, base, options = loaded.plan, loaded.base, loaded.options
-        step, first, names, cols, failed = (loaded.column_step, batch.first, batch.names,
-                                            batch.cols, batch.failed)
+        step, names, cols, failed = loaded.column_step, batch.names, batch.cols, batch.failed
+        first = batch.first + options.offset  # item numbers as users see them
         # Placeholders of items that failed in an earlier stage (Skipped) do not keep a
         # batch off the column path: a streaming stage's batches may have many.
         only_skipped = all(type(e) is Skipped for e in failed.values())
@@ -273,7 +277,7 @@ class Session:
             # Rows the driver could not pickle fail in their slots; the rest run around.
             results = execute_map_around(plan, base, rows[a:b], rt, first + a, sub,
                                          options.collect,
-                                         lambda k: at_item(first + a + k))
+                                         lambda k: at_item(batch.first + a + k))
             return _encode_results(results, plan.outputs)
         return run
 
