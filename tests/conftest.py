@@ -13,7 +13,7 @@ from mixed_engines import CYCLES, mixed
 #: DaskEngine runs when dask.distributed is installed (``pip install "dask[distributed]"``).
 _HAS_DASK = importlib.util.find_spec("distributed") is not None
 ENGINE_NAMES = [n for n in ("SeqEngine", "ThreadEngine", "AsyncEngine", "ProcessEngine",
-                            "DaftEngine", "DaskEngine")
+                            "AutoEngine", "DaftEngine", "DaskEngine")
                 if hasattr(_engines, n) and (n != "DaskEngine" or _HAS_DASK)]
 
 

@@ -10,6 +10,8 @@ CYCLES = {
     "ThreadEngine": ("process", "inline", "thread", "async"),
     "AsyncEngine": ("process", "inline", "async"),
     "ProcessEngine": ("thread", "process", "async", "inline"),
+    # AutoEngine: the user's hints win over its choices (the other nodes it places)
+    "AutoEngine": ("process", "inline", "thread", "async"),
 }
 
 

@@ -32,7 +32,7 @@ _PUBLIC = {
     "DiskCache": ".cache", "DualNode": ".model.batch", "Pipeline": ".model.pipeline",
     "PipelineNode": ".model.nested", "ProgressCallback": ".run.progress",
     # Every engine, as in gilfree.engines (each module still loads on first use).
-    "AsyncEngine": ".engines", "DaftEngine": ".engines", "DaskEngine": ".engines",
+    "AsyncEngine": ".engines", "AutoEngine": ".engines", "DaftEngine": ".engines", "DaskEngine": ".engines",
     "Engine": ".engines",
     "ProcessEngine": ".engines", "SeqEngine": ".engines", "ThreadEngine": ".engines",
     # HyperNodes' other top-level names: its node protocol and its drawing API.
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from .model.batch import DualNode
     from .cache import DiskCache
     from .callbacks import CallbackContext, PipelineCallback
-    from .engines import (AsyncEngine, DaftEngine, DaskEngine, Engine, ProcessEngine,
+    from .engines import (AsyncEngine, AutoEngine, DaftEngine, DaskEngine, Engine, ProcessEngine,
                           SeqEngine, ThreadEngine)
     from .errors import (CycleError, DependencyError, EngineShutDown, ExecutionError, GilfreeError,
                          HyperNodesError, SerializationError)

@@ -57,7 +57,8 @@ def build_pipeline() -> Pipeline:
 
 
 def available_engines() -> list[str]:
-    order = ["SeqEngine", "ThreadEngine", "AsyncEngine", "ProcessEngine", "DaskEngine"]
+    order = ["SeqEngine", "ThreadEngine", "AsyncEngine", "ProcessEngine", "AutoEngine",
+             "DaskEngine"]
     return [n for n in order if hasattr(engines_module, n)]
 
 
@@ -102,7 +103,7 @@ def format_table(rows: list[dict], items: int) -> str:
             lines.append(f"{r['engine']:<14}  unavailable: {r['error']}")
             continue
         speedup = f"{base / r['warm']:.1f}x" if base else "-"
-        builds = r["builds"] if r["engine"] in ("SeqEngine", "ThreadEngine", "AsyncEngine") else "per worker"
+        builds = "per worker" if r["engine"] in ("ProcessEngine", "DaskEngine") else r["builds"]
         lines.append(f"{r['engine']:<14}{r['cold']:>10.3f}{r['warm']:>10.3f}{speedup:>9}"
                      f"{builds!s:>15}{'yes' if r['same'] else 'NO':>13}")
     lines += ["", "* builds counted in this process, over both runs (cold + warm).",

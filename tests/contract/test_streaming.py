@@ -97,7 +97,8 @@ def test_tiny_read_ahead_still_finishes(engine, ordered, read_ahead):
 def _stages_stream(engine):
     """Skip where a map's stages cannot overlap: SeqEngine runs everything inline, one
     item at a time; DaskEngine and DaftEngine stream in windows, each window one map."""
-    if type(engine).__name__ not in ("ThreadEngine", "AsyncEngine", "ProcessEngine"):
+    if type(engine).__name__ not in ("ThreadEngine", "AsyncEngine", "ProcessEngine",
+                                     "AutoEngine"):
         pytest.skip(f"{type(engine).__name__} does not overlap stages")
 
 

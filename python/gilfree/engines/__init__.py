@@ -13,15 +13,16 @@ from .seq import SeqEngine
 
 if TYPE_CHECKING:
     from .aio import AsyncEngine
+    from .auto import AutoEngine
     from .daft_engine import DaftEngine
     from .dask_engine import DaskEngine
     from .processes import ProcessEngine
     from .threads import ThreadEngine
 
-_LAZY = {"AsyncEngine": ".aio", "DaftEngine": ".daft_engine", "DaskEngine": ".dask_engine",
+_LAZY = {"AsyncEngine": ".aio", "AutoEngine": ".auto", "DaftEngine": ".daft_engine", "DaskEngine": ".dask_engine",
          "ProcessEngine": ".processes", "ThreadEngine": ".threads"}
 
-__all__ = ["AsyncEngine", "DaftEngine", "DaskEngine", "Engine", "ProcessEngine", "SeqEngine",
+__all__ = ["AsyncEngine", "AutoEngine", "DaftEngine", "DaskEngine", "Engine", "ProcessEngine", "SeqEngine",
            "ThreadEngine"]
 
 __getattr__, __dir__ = lazy_names(__name__, globals(), _LAZY, __all__)

@@ -1,0 +1,268 @@
+"""``AutoEngine``: every node on the executor that suits it, chosen from measurements.
+
+    engine.map(pipeline, ...)
+      a sync node this engine has not measured?
+        yes: the first PROBE_ITEMS items run here, one after another (they are the map's
+             own items: no call runs twice), every call of those nodes timed: wall
+             time, the thread's CPU time, and how often a helper thread got the GIL
+             meanwhile (_Ticker)
+      per node (choose(), per map: a node's measurements are kept, the choice also
+      depends on the map's size):
+        an executor= hint (the node's, or engine.configure) -> that, always
+        async def                      -> the event loop
+        DualNode                       -> batches on threads (ThreadEngine's batch size)
+        nested pipeline                -> threads (it runs whole; not measured)
+        a call under CHEAP_S           -> inline, in the stage of a neighbour (fused)
+        mostly waiting (CPU < WAITING) -> threads (started on demand)
+        CPU that releases the GIL      -> threads, one per core at most
+        CPU that holds the GIL         -> processes when the map's work pays for them,
+                                          else inline
+      the other items run as one map with those executors: ThreadEngine's paths
+      (stages.py), a ProcessEngine of this engine's own for "process" nodes.
+
+``imap`` uses what earlier maps measured; a node nobody measured yet runs on threads
+there (a stream does not wait to measure). ``explain()`` shows the choices of the last
+map and the numbers behind them.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from ..model.plan import DUAL, PIPE, Plan, Step
+from ..run.execute import Runtime, execute_map
+from ..run.stages import ASYNC, INLINE, PROCESS, THREAD
+from .explain import Choice, Explanation, Measure
+from .threads import ThreadEngine, limit_concurrency, usable_cores
+
+#: Items of a map that run here, timed, when some node has not been measured: the
+#: fastest of these calls counts (the first may build a @stateful object).
+PROBE_ITEMS = 2
+#: A call shorter than this stays inline: a hand-over to a thread or a process costs
+#: more (W4's "x + 1" is ~0.1 us; a thread pool hand-over ~1-3 us).
+CHEAP_S = 10e-6
+#: A call whose thread CPU time is under this share of its wall time mostly waits.
+WAITING = 0.5
+#: GIL test: a call this long or longer says whether it let the helper thread run.
+GIL_TEST_MIN_S = 0.003
+#: Helper runs per ms of a call at or above which the call released the GIL. The helper
+#: sleeps 0.5 ms between runs: ~1.7 runs/ms beside a call that releases the GIL, ~0.2
+#: beside one that holds it (it gets the GIL at each 5 ms switch interval).
+RELEASED_RUNS_PER_MS = 0.8
+#: CPU work of a map (items x CPU per call) below which worker processes do not pay
+#: for the transfers and the hand-over (a warm pool; starting one costs ~50 ms more).
+PROCESS_MIN_WORK_S = 0.05
+
+
+class _Ticker:
+    """A helper thread that wakes every 0.5 ms and counts the times it got the GIL."""
+
+    def __init__(self) -> None:
+        self.runs = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name="gilfree-auto-gil-probe")
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.0005):
+            self.runs += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _timed(func: Any, calls: list, ticker: _Ticker) -> Any:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        runs, w0, c0 = ticker.runs, time.perf_counter(), time.thread_time()
+        try:
+            return func(*args, **kwargs)
+        finally:
+            calls.append((time.perf_counter() - w0, time.thread_time() - c0,
+                          ticker.runs - runs))
+    return call
+
+
+def _key(step: Step) -> tuple[str, str]:
+    return step.name, step.code_hash
+
+
+class AutoEngine(ThreadEngine):
+    """Runs each node on the executor that suits it, measured on the first items.
+
+    No configuration needed. ``max_workers`` caps the driver's threads (I/O nodes),
+    ``workers`` the worker processes (pure-Python CPU nodes); the other options are
+    ThreadEngine's. An ``executor=`` hint on a node, or ``engine.configure(name,
+    executor=...)``, always wins. ``explain()`` tells what was chosen and why.
+    """
+
+    def __init__(self, max_workers: int | None = None, batch_size: int | None = None, *,
+                 workers: int | None = None, **options: Any):
+        super().__init__(max_workers, batch_size, **options)
+        if workers is not None and (not isinstance(workers, int) or workers < 1):
+            raise ValueError(f"AutoEngine: workers={workers!r} must be a positive integer")
+        self.workers = workers or usable_cores()
+        self._measures: dict[tuple[str, str], Measure] = {}
+        self._last: Explanation | None = None
+
+    def _lend(self, kind: str) -> Any:
+        if kind != PROCESS:
+            return super()._lend(kind)
+        from .processes import ProcessEngine
+
+        with self._lent_lock:
+            lent = self._lent.get(kind)
+            if lent is None:
+                lent = self._lent[kind] = ProcessEngine(self.workers, timeout=self.timeout)
+            return lent
+
+    # -- map ----------------------------------------------------------------------------
+    def _execute_map(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime, *,
+                     first: int = 0, announce: bool = True) -> list:
+        t0 = time.perf_counter()
+        unmeasured = [s for s in plan.steps if self._needs_probe(s)]
+        if not unmeasured or not rows or self._item_timeout(plan) is not None:
+            # (A probe runs here, where no deadline could stop it: with a timeout,
+            # unmeasured nodes run on threads.)
+            choices = self._place(plan, len(rows))
+            out = self._run_rows(plan, base, rows, rt, first, announce)
+        else:
+            announce = announce and bool(rt.callbacks)
+            if announce:
+                rt.emit("on_map_start", len(rows))
+            try:
+                k = min(len(rows), PROBE_ITEMS)
+                out = self._probe(plan, base, rows[:k], rt, unmeasured, first)
+                choices = self._place(plan, len(rows) - k)
+                out += self._run_rows(plan, base, rows[k:], rt, first + k, False)
+            finally:
+                if announce:
+                    rt.emit("on_map_end", time.perf_counter() - t0)
+        self._last = Explanation(choices, len(rows), time.perf_counter() - t0)
+        return out
+
+    def _needs_probe(self, step: Step) -> bool:
+        return (step.kind not in (DUAL, PIPE) and not step.is_async
+                and not step.hints.get("executor") and _key(step) not in self._measures)
+
+    def _probe(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime,
+               steps: list[Step], first: int) -> list:
+        """The first rows, here, one after another, with ``steps``' calls timed."""
+        calls: dict[str, list] = {s.name: [] for s in steps}
+        funcs = [s.func for s in steps]
+        ticker = _Ticker()
+        try:
+            for s in steps:
+                s.func = _timed(s.func, calls[s.name], ticker)
+            return execute_map(plan, self._scoped(base), rows, rt, first_index=first,
+                               announce=False)
+        finally:
+            ticker.stop()
+            for s, f in zip(steps, funcs):
+                s.func = f
+                if calls[s.name]:  # (none: its items failed earlier, or the cache had it)
+                    self._measures[_key(s)] = Measure.of(calls[s.name])
+
+    def _run_rows(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime,
+                  first: int, announce: bool) -> list:
+        kinds = {s.hints.get("executor") for s in plan.steps}
+        if rows and kinds == {INLINE}:
+            return execute_map(plan, self._scoped(base), rows, rt, first_index=first,
+                               announce=announce)
+        if rows and kinds == {PROCESS}:
+            return self._lend(PROCESS)._map_rows(plan, base, rows, rt, first, announce)
+        return super()._execute_map(plan, base, rows, rt, first=first, announce=announce)
+
+    # -- imap ---------------------------------------------------------------------------
+    def _stream(self, plan: Plan, base: dict, rows: Iterator[dict], rt: Runtime,
+                ordered: bool, read_ahead: int | None, total: int | None,
+                mapped: set[str]) -> Iterator[Any]:
+        self._last = Explanation(self._place(plan, total), total, None)
+        return super()._stream(plan, base, rows, rt, ordered, read_ahead, total, mapped)
+
+    # -- choosing -----------------------------------------------------------------------
+    def _place(self, plan: Plan, items: int | None) -> list[Choice]:
+        """Choose each top-level node's executor and write it into its hints."""
+        choices = [self.choose(s, items) for s in plan.steps]
+        _fuse(choices)
+        for step, c in zip(plan.steps, choices):
+            step.hints = {**step.hints, "executor": c.executor}
+            if c.threads_cap and not step.hints.get("max_concurrency"):
+                step.hints["max_concurrency"] = c.threads_cap
+                limit_concurrency(step)
+            c.concurrency = self._concurrency_of(c, step)
+        return choices
+
+    def choose(self, step: Step, items: int | None) -> Choice:
+        """Where ``step`` runs in a map of ``items`` items (None: unknown), and why."""
+        name, m = step.name, self._measures.get(_key(step))
+        hinted = step.hints.get("executor")
+        if hinted:
+            return Choice(name, hinted, "hinted by the user (executor=)", m, user=True)
+        if step.is_async:
+            return Choice(name, ASYNC, "async def: awaits on the event loop")
+        if step.kind == DUAL:
+            return Choice(name, THREAD, "DualNode: batches on threads", batch=True)
+        if step.kind == PIPE:
+            return Choice(name, THREAD, "nested pipeline: runs whole on threads "
+                                        "(not measured)")
+        if m is None:
+            return Choice(name, THREAD, "not measured yet (imap, a timeout, or its items "
+                                        "failed): threads")
+        if m.wall < CHEAP_S:
+            return Choice(name, INLINE, f"cheap ({m.wall * 1e6:.1f} us per call): inline",
+                          m, cheap=True)
+        if m.cpu < WAITING * m.wall:
+            return Choice(name, THREAD, f"waits ({m.cpu_share:.0%} CPU): threads", m)
+        if m.releases_gil(GIL_TEST_MIN_S, RELEASED_RUNS_PER_MS):
+            return Choice(name, THREAD, "CPU that releases the GIL: threads, one per core",
+                          m, threads_cap=usable_cores())
+        work = m.cpu * items if items is not None else None
+        if self.workers > 1 and (work is None or work >= PROCESS_MIN_WORK_S):
+            return Choice(name, PROCESS, f"pure-Python CPU ({m.cpu_share:.0%} CPU, holds "
+                                         "the GIL): worker processes", m)
+        return Choice(name, INLINE, f"pure-Python CPU, but the map's work "
+                                    f"({(work or 0) * 1e3:.1f} ms) does not pay for "
+                                    "processes: inline", m)
+
+    def _concurrency_of(self, c: Choice, step: Step) -> str:
+        if c.executor == PROCESS:
+            return f"{self.workers} worker processes"
+        if c.executor == INLINE:
+            return "1 (the calling thread)"
+        if step.kind == DUAL:
+            return "batches: " + (f"{self.batch_size} items" if self.batch_size else
+                                  "a few per core (auto_batch_size)")
+        if step.hints.get("max_concurrency"):
+            return f"<= {step.hints['max_concurrency']} threads"
+        what = "coroutines" if c.executor == ASYNC else "threads, started on demand"
+        return f"<= {self.max_workers} {what}"
+
+    def explain(self) -> Explanation:
+        """What the last map (or imap) ran where, and the measurements behind it."""
+        if self._last is None:
+            return Explanation([], None, None)
+        return self._last
+
+    def __repr__(self) -> str:
+        return f"AutoEngine(max_workers={self.max_workers}, workers={self.workers})"
+
+
+def _fuse(choices: list[Choice]) -> None:
+    """Cheap nodes join the stage of their nearest neighbour that runs on threads or
+    processes (the previous one first), so that they add no hand-over of their own; with
+    none, they stay inline."""
+    for k, c in enumerate(choices):
+        if not c.cheap:
+            continue
+        before = [o for o in reversed(choices[:k]) if not o.cheap][:1]
+        after = [o for o in choices[k + 1:] if not o.cheap][:1]
+        for other in before + after:
+            if other.executor in (THREAD, PROCESS) and not other.batch:
+                c.executor = other.executor
+                c.reason = c.reason.replace(": inline", f": joins the stage of {other.node!r}")
+                break

@@ -1,0 +1,108 @@
+"""What ``AutoEngine.explain()`` returns: per node, where it ran and why.
+
+    >>> print(engine.explain())
+    node   executor  concurrency                      per call (measured)       why
+    fetch  thread    <= 256 threads, started on ...   10.1 ms, 1% CPU           waits ...
+
+A plain-text table for ``print``, an HTML table for notebooks (``_repr_html_``), and
+``rows`` (a list of dicts) for code.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Measure:
+    """A node's calls on the first items of a map: the fastest one counts (the first
+    call may build a @stateful object or warm a cache)."""
+    wall: float  # seconds
+    cpu: float  # the calling thread's CPU seconds during that call
+    helper_runs: int  # times a helper thread got the GIL during that call
+    calls: int
+
+    @classmethod
+    def of(cls, calls: list[tuple[float, float, int]]) -> "Measure":
+        wall, cpu, runs = min(calls)
+        return cls(wall, cpu, runs, len(calls))
+
+    @property
+    def cpu_share(self) -> float:
+        return min(1.0, self.cpu / self.wall) if self.wall > 0 else 0.0
+
+    def releases_gil(self, min_s: float, runs_per_ms: float) -> bool:
+        """Whether the call let other threads run Python (numpy, C extensions): only a
+        call of ``min_s`` or longer can tell; a shorter one counts as holding it."""
+        return self.wall >= min_s and self.helper_runs / (self.wall * 1e3) >= runs_per_ms
+
+    def describe(self) -> str:
+        wall = (f"{self.wall * 1e3:.2f} ms" if self.wall >= 1e-3 else
+                f"{self.wall * 1e6:.1f} us")
+        return f"{wall}, {self.cpu_share:.0%} CPU ({self.calls} calls timed)"
+
+
+@dataclass
+class Choice:
+    """Where one node runs in a map, and why."""
+    node: str
+    executor: str
+    reason: str
+    measure: Measure | None = None
+    user: bool = False  # the user's executor= hint
+    cheap: bool = False  # inline by its cost (it may join a neighbour's stage)
+    batch: bool = False  # a DualNode: a stage of its own
+    threads_cap: int | None = None
+    concurrency: str = ""
+
+    def row(self) -> dict[str, Any]:
+        m = self.measure
+        return {"node": self.node, "executor": self.executor,
+                "concurrency": self.concurrency,
+                "measured": m.describe() if m is not None else "-",
+                "why": self.reason,
+                "wall_s": m.wall if m else None, "cpu_s": m.cpu if m else None}
+
+
+_COLUMNS = ("node", "executor", "concurrency", "measured", "why")
+
+
+@dataclass
+class Explanation:
+    """The choices of one map (``items`` items in ``seconds``; None: not known, e.g. a
+    stream still running)."""
+    choices: list[Choice] = field(default_factory=list)
+    items: int | None = None
+    seconds: float | None = None
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        return [c.row() for c in self.choices]
+
+    def summary(self) -> str:
+        if not self.choices:
+            return "no map has run on this engine yet"
+        if self.items is None or self.seconds is None:
+            return "last map: a stream (imap); items and time are not known"
+        rate = f", {self.items / self.seconds:,.0f} items/s" if self.seconds > 0 else ""
+        return f"last map: {self.items} items in {self.seconds * 1e3:.1f} ms{rate}"
+
+    def __str__(self) -> str:
+        rows = [[str(r[c]) for c in _COLUMNS] for r in self.rows]
+        widths = [max([len(c)] + [len(r[k]) for r in rows]) for k, c in enumerate(_COLUMNS)]
+
+        def line(cells: Any) -> str:
+            return "  ".join(v.ljust(w) for v, w in zip(cells, widths)).rstrip()
+        return "\n".join([line(_COLUMNS), *(line(r) for r in rows), self.summary()])
+
+    def __repr__(self) -> str:
+        return str(self)
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th>{c}</th>" for c in _COLUMNS)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r[c]))}</td>"
+                                        for c in _COLUMNS) + "</tr>" for r in self.rows)
+        return (f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+                f"<p>{html.escape(self.summary())}</p>")

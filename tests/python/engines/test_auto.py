@@ -1,0 +1,288 @@
+"""AutoEngine: what it chooses per node, from what it measures, and that the map it
+splits (measured items here, the rest on the chosen executors) stays one map."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import time
+
+import pytest
+
+from gilfree import AutoEngine, DualNode, Pipeline, PipelineCallback, node, stateful
+from gilfree.engines import auto
+
+PAGE = os.urandom(1 << 23)  # hashing 8 MiB takes ~15-30 ms, with the GIL released
+
+
+def spin(n: int) -> int:
+    s = 0
+    for i in range(n):
+        s += i % 7
+    return s
+
+
+@node(output_name="y")
+def plus_one(x):
+    return x + 1
+
+
+@node(output_name="slept")
+def wait_a_bit(y):
+    time.sleep(0.005)
+    return y
+
+
+@node(output_name="burned")
+def burn(slept):
+    return spin(60_000) + slept  # ~4-8 ms of pure Python
+
+
+@node(output_name="digest")
+def digest(x):
+    return hashlib.sha256(PAGE).hexdigest()[:8] + str(x)
+
+
+@node(output_name="pid")
+def pid_of(burned):
+    return os.getpid()
+
+
+def executors(engine):
+    return {r["node"]: r["executor"] for r in engine.explain().rows}
+
+
+@pytest.fixture
+def engine():
+    e = AutoEngine()
+    yield e
+    e.shutdown()
+
+
+def test_explain_before_any_map(engine):
+    assert "no map has run" in str(engine.explain())
+
+
+def test_each_node_gets_the_executor_that_suits_it(engine):
+    p = Pipeline([plus_one, wait_a_bit, burn, pid_of])
+    out = p.map({"x": list(range(40))}, map_over="x", engine=engine)
+    assert [r["y"] for r in out] == list(range(1, 41))
+    assert executors(engine) == {"plus_one": "thread", "wait_a_bit": "thread",
+                                 "burn": "process", "pid_of": "process"}
+    # The measured items ran here; the others in the worker processes.
+    pids = [r["pid"] for r in out]
+    assert pids[:auto.PROBE_ITEMS] == [os.getpid()] * auto.PROBE_ITEMS
+    assert os.getpid() not in pids[auto.PROBE_ITEMS:]
+    why = {r["node"]: r["why"] for r in engine.explain().rows}
+    assert "cheap" in why["plus_one"] and "joins the stage of 'wait_a_bit'" in why["plus_one"]
+    assert "waits" in why["wait_a_bit"]
+    assert "holds the GIL" in why["burn"]
+    text = str(engine.explain())
+    assert "last map: 40 items" in text and "items/s" in text
+    assert "<table>" in engine.explain()._repr_html_()
+
+
+def test_measurements_are_kept_no_item_runs_twice(engine):
+    calls = []
+
+    @node(output_name="y")
+    def counted(x):
+        calls.append(x)
+        time.sleep(0.002)
+        return x
+
+    p = Pipeline([counted])
+    assert p.map({"x": list(range(30))}, map_over="x", engine=engine) == \
+        [{"y": i} for i in range(30)]
+    assert sorted(calls) == list(range(30))
+    measured = dict(engine._measures)
+    calls.clear()
+    p.map({"x": list(range(30))}, map_over="x", engine=engine)
+    assert sorted(calls) == list(range(30))
+    assert engine._measures == measured  # not measured again
+
+
+def test_cpu_that_releases_the_gil_goes_to_threads_one_per_core(engine):
+    p = Pipeline([digest])
+    out = p.map({"x": list(range(6))}, map_over="x", engine=engine)
+    assert [r["digest"][8:] for r in out] == [str(i) for i in range(6)]
+    row = engine.explain().rows[0]
+    assert row["executor"] == "thread", row
+    assert "releases the GIL" in row["why"]
+    assert f"<= {auto.usable_cores()} threads" == row["concurrency"]
+
+
+def test_a_small_map_of_cpu_work_stays_inline(engine):
+    @node(output_name="s")
+    def small(x):
+        return spin(3_000) + x  # ~0.2 ms: 4 items are far from paying for processes
+
+    out = Pipeline([small]).map({"x": [1, 2, 3, 4]}, map_over="x", engine=engine)
+    assert [r["s"] for r in out] == [spin(3_000) + x for x in [1, 2, 3, 4]]
+    row = engine.explain().rows[0]
+    assert row["executor"] == "inline" and "does not pay" in row["why"], row
+
+
+def test_cheap_nodes_alone_stay_inline(engine):
+    out = Pipeline([plus_one]).map({"x": list(range(100))}, map_over="x", engine=engine)
+    assert out == [{"y": i + 1} for i in range(100)]
+    assert executors(engine) == {"plus_one": "inline"}
+
+
+def test_async_and_batch_nodes(engine):
+    @node(output_name="a")
+    async def fetch(x):
+        await asyncio.sleep(0.001)
+        return x
+
+    def one(a):
+        return a * 2
+
+    def many(a):
+        return [v * 2 for v in a]
+
+    p = Pipeline([fetch, DualNode("b", one, many)])
+    out = p.map({"x": list(range(10))}, map_over="x", engine=engine)
+    assert [r["b"] for r in out] == [2 * i for i in range(10)]
+    assert executors(engine) == {"fetch": "async", "one": "thread"}
+
+
+def test_the_users_hints_win(engine):
+    hinted = node(output_name="burned", executor="thread")(burn.func)
+    engine.configure("wait_a_bit", executor="inline")
+    p = Pipeline([plus_one, wait_a_bit, hinted])
+    p.map({"x": list(range(8))}, map_over="x", engine=engine)
+    rows = {r["node"]: r for r in engine.explain().rows}
+    assert rows["burn"]["executor"] == "thread" and "hinted" in rows["burn"]["why"]
+    assert rows["wait_a_bit"]["executor"] == "inline"
+
+
+def test_one_map_for_callbacks_and_item_numbers(engine):
+    events = []
+
+    class Record(PipelineCallback):
+        def on_map_start(self, total, *a):
+            events.append(("start", total))
+
+        def on_map_item_start(self, i, *a):
+            events.append(("item", i))
+
+        def on_map_end(self, *a):
+            events.append(("end",))
+
+    @node(output_name="burned")
+    def fails_at_five(slept):
+        if slept == 5:
+            raise ValueError("five")
+        return spin(60_000)
+
+    e = AutoEngine(callbacks=[Record()], on_error="collect")
+    try:
+        p = Pipeline([wait_a_bit, fails_at_five])
+        out = p.map({"y": list(range(40))}, map_over="y", engine=e)
+        assert executors(e) == {"wait_a_bit": "thread", "fails_at_five": "process"}
+    finally:
+        e.shutdown()
+    assert isinstance(out[5], ValueError)
+    assert any("map item 5" in n for n in out[5].__notes__), out[5].__notes__
+    assert all(not isinstance(r, BaseException) for k, r in enumerate(out) if k != 5)
+    assert events[0] == ("start", 40) and events[-1] == ("end",)
+    assert sorted(i for kind, *i in events if kind == "item") == [[i] for i in range(40)]
+
+
+def test_an_error_under_raise_names_its_item(engine):
+    @node(output_name="slept")
+    def fails_at_seven(y):
+        time.sleep(0.002)
+        if y == 7:
+            raise KeyError("seven")
+        return y
+
+    with pytest.raises(KeyError) as info:
+        Pipeline([fails_at_seven]).map({"y": list(range(12))}, map_over="y", engine=engine)
+    assert any("map item 7" in n for n in info.value.__notes__)
+
+
+@stateful
+class Model:
+    def __init__(self, log: str):
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+
+    def __call__(self, x):
+        return spin(60_000) + x
+
+
+@node(output_name="scored")
+def score(x, model):
+    return model(x)
+
+
+def test_stateful_objects_are_built_once_per_process(engine, tmp_path):
+    log = tmp_path / "inits"
+    model = Model(str(log))
+    out = Pipeline([score]).map({"x": list(range(40)), "model": model}, map_over="x",
+                                engine=engine)
+    assert [r["scored"] for r in out] == [spin(60_000) + x for x in range(40)]
+    assert executors(engine) == {"score": "process"}
+    pids = log.read_text().split()
+    assert len(pids) == len(set(pids))  # once per process: here (measured) and workers
+    assert str(os.getpid()) in pids
+
+
+def test_with_a_timeout_nothing_is_measured_here():
+    e = AutoEngine(timeout=5)
+    try:
+        out = Pipeline([wait_a_bit]).map({"y": [1, 2, 3]}, map_over="y", engine=e)
+        assert out == [{"slept": v} for v in [1, 2, 3]]
+        row = e.explain().rows[0]
+        assert row["executor"] == "thread" and "not measured" in row["why"]
+    finally:
+        e.shutdown()
+
+
+def test_imap_uses_what_maps_measured(engine):
+    p = Pipeline([wait_a_bit, burn])
+    out = list(p.imap({"y": iter(range(6))}, map_over="y", engine=engine))
+    assert [r["burned"] for r in out] == [spin(60_000) + i for i in range(6)]
+    assert executors(engine)["burn"] == "thread"  # nothing measured yet: threads
+    assert "a stream" in str(engine.explain())
+    p.map({"y": list(range(6))}, map_over="y", engine=engine)
+    out = list(p.imap({"y": iter(range(6))}, map_over="y", engine=engine))
+    assert [r["burned"] for r in out] == [spin(60_000) + i for i in range(6)]
+    assert executors(engine) == {"wait_a_bit": "thread", "burn": "process"}
+
+
+def test_bad_options_are_refused():
+    with pytest.raises(ValueError, match="workers=0"):
+        AutoEngine(workers=0)
+    with pytest.raises(TypeError, match="did you mean 'workers'"):
+        AutoEngine(worker=2)
+
+
+DRIVER = os.getpid()
+
+
+@node(output_name="burned")
+def dies_at_nine(slept):
+    if slept == 9 and os.getpid() != DRIVER:
+        os._exit(3)
+    return spin(60_000)
+
+
+@pytest.mark.parametrize("with_callbacks", [False, True])
+def test_a_dead_worker_names_the_maps_item(with_callbacks):
+    from gilfree.engines.processes import WorkerDied
+
+    e = AutoEngine(on_error="collect", callbacks=[PipelineCallback()] if with_callbacks else None)
+    try:
+        out = Pipeline([wait_a_bit, dies_at_nine]).map({"y": list(range(40))}, map_over="y",
+                                                       engine=e)
+        assert executors(e)["dies_at_nine"] == "process"
+    finally:
+        e.shutdown()
+    assert isinstance(out[9], WorkerDied), out[9]
+    assert "on map item 9" in str(out[9]) and "map item 9 was in its batch" in str(out[9])
+    lost = [k for k, r in enumerate(out) if isinstance(r, BaseException)]
+    assert 9 in lost and all(isinstance(out[k], WorkerDied) for k in lost)
