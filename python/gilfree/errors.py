@@ -46,3 +46,15 @@ def annotate(exc: BaseException, node_name: str, item_index: int | None = None) 
     if any(n.startswith("gilfree: ") for n in notes):
         return  # the innermost node already said where it failed
     exc.add_note(f"gilfree: raised {where}")
+
+
+def renumber_item(exc: BaseException, old: int, new: int) -> None:
+    """Make gilfree's own "raised in node" note of ``exc`` name map item ``new`` instead
+    of ``old`` (an item of one big map that stands for an item of a smaller one: the
+    inner maps of a nested pipeline run as one, run/fanout.py)."""
+    notes = getattr(exc, "__notes__", None)
+    said = f" (map item {old})"
+    for k, note in enumerate(notes or ()):
+        if note.startswith("gilfree: raised ") and note.endswith(said):
+            notes[k] = f"{note[:-len(said)]} (map item {new})"
+            return

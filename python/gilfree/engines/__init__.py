@@ -19,10 +19,10 @@ if TYPE_CHECKING:
     from .processes import ProcessEngine
     from .threads import ThreadEngine
 
-_LAZY = {"AsyncEngine": ".aio", "AutoEngine": ".auto", "DaftEngine": ".daft_engine", "DaskEngine": ".dask_engine",
-         "ProcessEngine": ".processes", "ThreadEngine": ".threads"}
+_LAZY = {"AsyncEngine": ".aio", "AutoEngine": ".auto", "DaftEngine": ".daft_engine",
+         "DaskEngine": ".dask_engine", "ProcessEngine": ".processes", "ThreadEngine": ".threads"}
 
-__all__ = ["AsyncEngine", "AutoEngine", "DaftEngine", "DaskEngine", "Engine", "ProcessEngine", "SeqEngine",
-           "ThreadEngine"]
+__all__ = ["AsyncEngine", "AutoEngine", "DaftEngine", "DaskEngine", "Engine", "ProcessEngine",
+           "SeqEngine", "ThreadEngine"]
 
 __getattr__, __dir__ = lazy_names(__name__, globals(), _LAZY, __all__)

@@ -63,7 +63,7 @@ class AsyncEngine(ThreadEngine):
     # and an async node awaits on its worker thread's own loop.
 
     def _execute_map(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime) -> list:
-        stages = self._stages(plan, rows)
+        stages = self._stages(plan, rows, rt)
         if stages is not None:
             return self._staged_map(plan, self._scoped(base), rows, rt, stages, base)
         if self._pool_only(plan):

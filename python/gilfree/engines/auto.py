@@ -29,15 +29,16 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any, Iterator
 
 from ..model.plan import DUAL, PIPE, Plan, Step
 from ..run.execute import Runtime, execute_map
-from ..run.stages import ASYNC, INLINE, PROCESS, THREAD
+from ..run.stages import ASYNC, INLINE, PROCESS, THREAD, is_fanout
 from .explain import Choice, Explanation, Measure
 from .threads import ThreadEngine, limit_concurrency, usable_cores
 
+#: explain()'s executor for a nested map whose inner items run as one map (fanout.py)
+FANOUT = "fan-out"
 #: Items of a map that run here, timed, when some node has not been measured: the
 #: fastest of these calls counts (the first may build a @stateful object).
 PROBE_ITEMS = 2
@@ -108,6 +109,8 @@ class AutoEngine(ThreadEngine):
         self.workers = workers or usable_cores()
         self._measures: dict[tuple[str, str], Measure] = {}
         self._last: Explanation | None = None
+        self._depth = threading.local()  # maps inside a map (nested maps, run/fanout.py)
+        self._inner: list[Choice] = []
 
     def _lend(self, kind: str) -> Any:
         if kind != PROCESS:
@@ -124,25 +127,39 @@ class AutoEngine(ThreadEngine):
     def _execute_map(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime, *,
                      first: int = 0, announce: bool = True) -> list:
         t0 = time.perf_counter()
+        fanout = not rt.tracing and any(is_fanout(s) for s in plan.steps)
         unmeasured = [s for s in plan.steps if self._needs_probe(s)]
-        if not unmeasured or not rows or self._item_timeout(plan) is not None:
-            # (A probe runs here, where no deadline could stop it: with a timeout,
-            # unmeasured nodes run on threads.)
-            choices = self._place(plan, len(rows))
-            out = self._run_rows(plan, base, rows, rt, first, announce)
-        else:
-            announce = announce and bool(rt.callbacks)
-            if announce:
-                rt.emit("on_map_start", len(rows))
-            try:
-                k = min(len(rows), PROBE_ITEMS)
-                out = self._probe(plan, base, rows[:k], rt, unmeasured, first)
-                choices = self._place(plan, len(rows) - k)
-                out += self._run_rows(plan, base, rows[k:], rt, first + k, False)
-            finally:
+        depth = self._depth.value = getattr(self._depth, "value", 0) + 1
+        if depth == 1:
+            self._inner: list[Choice] = []
+        try:
+            if not unmeasured or not rows or fanout or self._item_timeout(plan) is not None:
+                # (Measured items run here, where no deadline could stop them; and an
+                # item here would run its whole nested map here: the inner map measures.)
+                choices = self._place(plan, len(rows), fanout)
+                out = self._run_rows(plan, base, rows, rt, first, announce)
+            else:
+                announce = announce and bool(rt.callbacks)
                 if announce:
-                    rt.emit("on_map_end", time.perf_counter() - t0)
-        self._last = Explanation(choices, len(rows), time.perf_counter() - t0)
+                    rt.emit("on_map_start", len(rows))
+                try:
+                    k = min(len(rows), PROBE_ITEMS)
+                    out = self._probe(plan, base, rows[:k], rt, unmeasured, first)
+                    choices = self._place(plan, len(rows) - k, fanout)
+                    out += self._run_rows(plan, base, rows[k:], rt, first + k, False)
+                finally:
+                    if announce:
+                        rt.emit("on_map_end", time.perf_counter() - t0)
+        finally:
+            self._depth.value = depth - 1
+        if depth == 1:
+            self._last = Explanation(choices + self._inner, len(rows),
+                                     time.perf_counter() - t0)
+        else:  # a nested map's inner items (run/fanout.py): shown under its pipeline
+            label = getattr(plan.pipeline, "label", "nested")
+            for c in choices:
+                c.node = f"{label}/{c.node}"
+            self._inner += choices
         return out
 
     def _needs_probe(self, step: Step) -> bool:
@@ -185,11 +202,14 @@ class AutoEngine(ThreadEngine):
         return super()._stream(plan, base, rows, rt, ordered, read_ahead, total, mapped)
 
     # -- choosing -----------------------------------------------------------------------
-    def _place(self, plan: Plan, items: int | None) -> list[Choice]:
+    def _place(self, plan: Plan, items: int | None, fanout: bool = False) -> list[Choice]:
         """Choose each top-level node's executor and write it into its hints."""
-        choices = [self.choose(s, items) for s in plan.steps]
+        choices = [self.choose(s, items, fanout) for s in plan.steps]
         _fuse(choices)
         for step, c in zip(plan.steps, choices):
+            if c.executor == FANOUT:  # no executor: a stage of its own (stages.py)
+                c.concurrency = "its inner items: one map on this engine"
+                continue
             step.hints = {**step.hints, "executor": c.executor}
             if c.threads_cap and not step.hints.get("max_concurrency"):
                 step.hints["max_concurrency"] = c.threads_cap
@@ -197,8 +217,9 @@ class AutoEngine(ThreadEngine):
             c.concurrency = self._concurrency_of(c, step)
         return choices
 
-    def choose(self, step: Step, items: int | None) -> Choice:
-        """Where ``step`` runs in a map of ``items`` items (None: unknown), and why."""
+    def choose(self, step: Step, items: int | None, fanout: bool = False) -> Choice:
+        """Where ``step`` runs in a map of ``items`` items (None: unknown), and why;
+        ``fanout``: nested maps run as one map (run/fanout.py)."""
         name, m = step.name, self._measures.get(_key(step))
         hinted = step.hints.get("executor")
         if hinted:
@@ -207,12 +228,15 @@ class AutoEngine(ThreadEngine):
             return Choice(name, ASYNC, "async def: awaits on the event loop")
         if step.kind == DUAL:
             return Choice(name, THREAD, "DualNode: batches on threads", batch=True)
+        if fanout and is_fanout(step):
+            return Choice(name, FANOUT, "nested pipeline with map_over: the inner items of "
+                                        "all items run as one map", batch=True)
         if step.kind == PIPE:
             return Choice(name, THREAD, "nested pipeline: runs whole on threads "
                                         "(not measured)")
         if m is None:
-            return Choice(name, THREAD, "not measured yet (imap, a timeout, or its items "
-                                        "failed): threads")
+            return Choice(name, THREAD, "not measured (imap, a timeout, a map with a nested "
+                                        "map, or its items failed): threads")
         if m.wall < CHEAP_S:
             return Choice(name, INLINE, f"cheap ({m.wall * 1e6:.1f} us per call): inline",
                           m, cheap=True)

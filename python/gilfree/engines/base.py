@@ -16,7 +16,8 @@ from ..run.execute import Runtime, execute_map, execute_run
 from ..model.mapping import expand_rows, normalize_map_over, stream_rows
 from ..model.node import validate_hints
 from ..model.plan import Plan, compile_plan
-from ..run.stages import INLINE, PROCESS, THREAD, Placement, Stage, compile_stages, is_mixed
+from ..run.stages import (INLINE, PROCESS, THREAD, Placement, Stage, compile_stages, is_fanout,
+                          is_mixed)
 from ..model.stateful import end_map, is_stateful, new_map
 
 
@@ -131,14 +132,20 @@ class Engine:
                                        or self.default_executor is not None)
 
     # -- per-node executors (stages.py) -----------------------------------------------
-    def _stages(self, plan: Plan, rows: list[dict]) -> list[Stage] | None:
+    def _stages(self, plan: Plan, rows: list[dict], rt: Runtime | None = None
+                ) -> list[Stage] | None:
         """The map's stages when some node runs on another executor than this engine's
-        own kind; None for a map that runs as one stage (the plain paths)."""
+        own kind, or a nested pipeline maps (without cache or callbacks: its inner items
+        then run as one map, run/fanout.py); None for a map that runs as one stage (the
+        plain paths)."""
         default = self.default_executor
-        if default is None or not rows or not any(s.hints.get("executor") for s in plan.steps):
+        if default is None or not rows:
             return None
-        stages = compile_stages(plan, default, self.executor_aliases, set(rows[0]))
-        return stages if is_mixed(stages, default) else None
+        fanout = rt is not None and not rt.tracing and any(is_fanout(s) for s in plan.steps)
+        if not fanout and not any(s.hints.get("executor") for s in plan.steps):
+            return None
+        stages = compile_stages(plan, default, self.executor_aliases, set(rows[0]), fanout)
+        return stages if fanout or is_mixed(stages, default) else None
 
     def _lend(self, kind: str) -> "Engine":
         """The engine that runs this engine's ``kind`` stages: itself when that is its
@@ -160,6 +167,12 @@ class Engine:
         """Where ``stage`` runs (stages.py): threads, the loop, processes or here.
         ``first``: the map's index of the first row (error notes name map items)."""
         where = stage.executor
+        if stage.kind == "fanout":
+            from ..run.fanout import run_fanout
+
+            def fanout(step: Any, values: list, failed: list, collect: bool) -> None:
+                run_fanout(step, values, failed, rt, collect, first, self._execute_map)
+            return Placement(fanout=fanout)
         if where == INLINE:
             return Placement()
         timeout = self._item_timeout(plan)
@@ -306,7 +319,7 @@ class Engine:
         return execute_run(plan, values, rt)
 
     def _execute_map(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime) -> list:
-        stages = self._stages(plan, rows)
+        stages = self._stages(plan, rows, rt)
         if stages is not None:
             return self._staged_map(plan, base, rows, rt, stages)
         return execute_map(plan, base, rows, rt)

@@ -207,7 +207,7 @@ class ProcessEngine(Engine):
     def _execute_map(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime) -> list:
         if not rows:
             return execute_map(plan, base, rows, rt)
-        stages = self._stages(plan, rows)
+        stages = self._stages(plan, rows, rt)
         if stages is not None:
             return self._staged_map(plan, base, rows, rt, stages)
         return self._map_rows(plan, base, rows, rt)

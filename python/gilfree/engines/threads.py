@@ -381,7 +381,7 @@ class ThreadEngine(Engine):
     def _execute_map(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime, *,
                      first: int = 0, announce: bool = True) -> list:
         # first/announce: the rows are a part of a larger map (Engine._staged_map)
-        stages = self._stages(plan, rows)
+        stages = self._stages(plan, rows, rt)
         if stages is not None:
             return self._staged_map(plan, self._scoped(base), rows, rt, stages, base,
                                     first=first, announce=announce)

@@ -265,9 +265,11 @@ def execute_map(plan: Plan, base: dict, rows: list[dict], rt: Runtime, *,
         if not interleave:
             for i in range(n):
                 start(i, rt)
-        for kind, payload, (run_on, async_on, remote) in segments:
+        for kind, payload, (run_on, async_on, remote, fanout) in segments:
             try:
-                if remote is not None:
+                if fanout is not None:
+                    fanout(payload, values, failed, collect)
+                elif remote is not None:
                     remote(values, sigs, failed, cached, collect)
                 elif kind == "batch":
                     _run_batch(payload, values, sigs, failed, cached, varying, base, rt,

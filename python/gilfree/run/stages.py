@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple
 
-from ..model.plan import DUAL, FUNC, Plan, Step, _segments
+from ..model.plan import DUAL, FUNC, PIPE, Plan, Step, _segments
 
 INLINE, THREAD, ASYNC, PROCESS = "inline", "thread", "async", "process"
 #: The key under which a remote stage's items carry their values' cache signatures to
@@ -35,7 +35,9 @@ class Stage:
 
     def __init__(self, executor: str, kind: str, steps: list[Step], index: int):
         self.executor = executor
-        self.kind = kind  # "items" (per-item steps) or "batch" (one DualNode step)
+        # "items" (per-item steps), "batch" (one DualNode step) or "fanout" (one nested
+        # pipeline with map_over: the inner items of all items as one map, fanout.py)
+        self.kind = kind
         self.steps = steps
         self.index = index
         self.row_names: list[str] = []   # per-item values the stage reads
@@ -45,8 +47,9 @@ class Stage:
 
     @property
     def payload(self) -> Any:
-        """What ``execute_map``'s segment loop runs: the steps, or the DualNode step."""
-        return self.steps[0] if self.kind == "batch" else self.steps
+        """What ``execute_map``'s segment loop runs: the steps, or the DualNode (nested)
+        step."""
+        return self.steps if self.kind == "items" else self.steps[0]
 
     def __repr__(self) -> str:
         return f"Stage({self.executor}:{[s.name for s in self.steps]})"
@@ -57,10 +60,12 @@ class Placement(NamedTuple):
     calling thread), ``async_items`` runs items as coroutines on a loop, ``remote`` ships
     the stage to worker processes: ``remote(values, sigs, failed, cached, collect)``
     runs the stage for every live item, storing outputs in ``values`` or errors in
-    ``failed`` (raising the first error unless ``collect``)."""
+    ``failed`` (raising the first error unless ``collect``); ``fanout(step, values,
+    failed, collect)`` runs a "fanout" stage the same way (fanout.py)."""
     pfor: Any = None
     async_items: Any = None
     remote: Callable | None = None
+    fanout: Callable | None = None
 
 
 class Skipped(Exception):
@@ -76,17 +81,27 @@ def executor_of(step: Step, default: str, same: dict[str, str]) -> str:
     return same.get(want, want)
 
 
+def is_fanout(step: Step) -> bool:
+    """A nested pipeline with ``map_over`` and no executor hint: with ``fanout``, its
+    inner items run as one map (fanout.py). A hinted one runs whole where it says."""
+    return step.kind == PIPE and bool(step.map_over) and not step.hints.get("executor")
+
+
 def compile_stages(plan: Plan, default: str, same: dict[str, str] | None = None,
-                   varying: set[str] | None = None) -> list[Stage]:
+                   varying: set[str] | None = None, fanout: bool = False) -> list[Stage]:
     """Cut ``plan``'s top-level steps into stages; fill in what each reads and keeps.
 
     ``varying`` holds the names that differ per item (mapped inputs and every output of
-    the plan); the rest come from the map's shared inputs."""
+    the plan); the rest come from the map's shared inputs. ``fanout``: nested maps
+    (``is_fanout``) are stages of their own."""
     same = same or {}
     stages: list[Stage] = []
     for step in plan.steps:
         where = executor_of(step, default, same)
-        if where == PROCESS and stages and stages[-1].executor == PROCESS:
+        if fanout and is_fanout(step):
+            stages.append(Stage(where, "fanout", [step], len(stages)))
+        elif where == PROCESS and stages and stages[-1].executor == PROCESS \
+                and stages[-1].kind != "fanout":
             # Worker processes run a plan's per-item and batch steps alike: one trip.
             stages[-1].steps.append(step)
             stages[-1].kind = "items"

@@ -237,7 +237,7 @@ def test_with_a_timeout_nothing_is_measured_here():
         out = Pipeline([wait_a_bit]).map({"y": [1, 2, 3]}, map_over="y", engine=e)
         assert out == [{"slept": v} for v in [1, 2, 3]]
         row = e.explain().rows[0]
-        assert row["executor"] == "thread" and "not measured" in row["why"]
+        assert row["executor"] == "thread" and "not measured" in row["why"], row
     finally:
         e.shutdown()
 

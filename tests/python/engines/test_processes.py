@@ -229,12 +229,14 @@ def test_large_arrays_travel_through_shared_memory(engine):
     assert a.base is not None and a.flags.writeable
 
 
-def test_nested_map_runs_inside_the_worker(engine):
+def test_nested_map_runs_in_the_workers(engine):
+    # The inner items of all outer items run as one map over the workers (fan-out, see
+    # test_fanout.py), not inside the worker of their outer item: none runs here.
     inner = Pipeline([whoami], name="inner").as_node(
         input_mapping={"xs": "x"}, map_over="xs", output_mapping={"pid": "pids"})
     out = Pipeline([inner]).map({"xs": [[1, 2], [3]]}, map_over="xs", engine=engine)
     assert [len(r["pids"]) for r in out] == [2, 1]
-    assert all(len(set(r["pids"])) == 1 and os.getpid() not in r["pids"] for r in out)
+    assert all(os.getpid() not in r["pids"] for r in out)
 
 
 def test_main_module_code_travels_by_value(tmp_path):

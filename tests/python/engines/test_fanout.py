@@ -1,0 +1,132 @@
+"""Nested maps as one map of all inner items (run/fanout.py): spread over the workers,
+same results, errors and item numbers as one inner map per outer item."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from gilfree import AutoEngine, Pipeline, PipelineCallback, ProcessEngine, SeqEngine, node
+from gilfree.engines import AsyncEngine, ThreadEngine
+
+
+def spin(n: int) -> int:
+    s = 0
+    for i in range(n):
+        s += i % 7
+    return s
+
+
+@node(output_name="samples")
+def make_samples(task, per_task):
+    return [task * 100 + k for k in range(per_task)]
+
+
+@node(output_name="scored")
+def score(sample, scale):
+    spin(20_000)
+    if sample == 203 and scale == 7:  # the error cases pass scale=7
+        raise ValueError("sample 203")
+    return (sample * scale, os.getpid())
+
+
+@node(output_name="total")
+def summarize(scores):
+    return sum(s for s, _ in scores)
+
+
+def pipeline():
+    inner = Pipeline([score], name="per_sample").as_node(
+        input_mapping={"samples": "sample"}, output_mapping={"scored": "scores"},
+        map_over="samples")
+    return Pipeline([make_samples, inner, summarize], name="per_task")
+
+
+def run(engine, tasks, per_task, scale=1, **options):
+    return pipeline().map({"task": tasks, "per_task": per_task, "scale": scale},
+                          map_over="task", engine=engine, **options)
+
+
+ENGINES = [ProcessEngine, AutoEngine, ThreadEngine, AsyncEngine]
+
+
+@pytest.mark.parametrize("cls", ENGINES, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("shape", [(1, 24), (3, 7), (12, 2), (2, 0)])
+def test_same_results_as_one_inner_map_per_item(cls, shape):
+    tasks, per_task = list(range(shape[0])), shape[1]
+    expected = [{"total": sum((t * 100 + k) for k in range(per_task)), "samples":
+                 [t * 100 + k for k in range(per_task)]} for t in tasks]
+    with cls() as engine:
+        out = run(engine, tasks, per_task)
+    assert [{"total": r["total"], "samples": r["samples"]} for r in out] == expected
+    assert all(len(r["scores"]) == per_task for r in out)
+
+
+def test_one_outer_item_uses_every_worker():
+    with ProcessEngine(workers=2) as engine:
+        out = run(engine, [0], 40)
+    pids = {pid for _, pid in out[0]["scores"]}
+    assert len(pids) == 2 and os.getpid() not in pids
+
+
+def test_inner_inputs_that_differ_per_item_travel_with_their_rows():
+    p = pipeline()
+    with ProcessEngine() as engine:
+        out = p.map({"task": [0, 1, 3], "per_task": 3, "scale": [1, 10, 100]},
+                    map_over=["task", "scale"], engine=engine)
+    assert [r["total"] for r in out] == [0 + 1 + 2, 10 * (100 + 101 + 102),
+                                         100 * (300 + 301 + 302)]
+
+
+@pytest.mark.parametrize("cls", [ProcessEngine, ThreadEngine], ids=lambda c: c.__name__)
+def test_an_inner_error_fails_its_outer_item_and_names_both_items(cls):
+    with cls() as engine:
+        out = run(engine, [0, 1, 2, 3], 5, scale=7, on_error="collect")
+        assert [r["total"] for k, r in enumerate(out) if k != 2] == [70, 3570, 10570]
+        err = out[2]
+        assert isinstance(err, ValueError)
+        notes = err.__notes__
+        assert "gilfree: raised in node 'score' (map item 3)" in notes, notes
+        assert "gilfree: inside nested pipeline 'per_sample' (map item 2)" in notes, notes
+        with pytest.raises(ValueError, match="sample 203") as info:
+            run(engine, [0, 1, 2, 3], 5, scale=7)
+        assert "gilfree: inside nested pipeline 'per_sample' (map item 2)" in \
+            info.value.__notes__
+    with SeqEngine() as seq:  # the same notes as an inner map per item
+        assert run(seq, [0, 1, 2, 3], 5, scale=7, on_error="collect")[2].__notes__ == notes
+
+
+def test_with_callbacks_each_item_runs_its_own_inner_map():
+    starts = []
+
+    class Count(PipelineCallback):
+        def on_nested_pipeline_start(self, *args):
+            starts.append(args)
+
+    with ProcessEngine(callbacks=[Count()]) as engine:
+        out = run(engine, [0, 1, 2], 4)
+    assert [r["total"] for r in out] == [6, 406, 806]
+    assert len(starts) == 3  # one inner map per outer item: its events stay as they were
+
+
+def test_auto_engine_explains_the_fan_out():
+    with AutoEngine() as engine:
+        out = run(engine, [0], 120)  # ~80 ms of work: enough to pay for processes
+        rows = {r["node"]: r for r in engine.explain().rows}
+    assert out[0]["total"] == sum(range(120))
+    assert rows["per_sample"]["executor"] == "fan-out"
+    assert rows["per_sample/score"]["executor"] == "process", rows
+    pids = {pid for _, pid in out[0]["scores"][2:]}  # the first two were measured here
+    assert os.getpid() not in pids
+
+
+def test_a_hinted_nested_pipeline_runs_whole_where_it_says():
+    inner = Pipeline([score], name="per_sample").as_node(
+        input_mapping={"samples": "sample"}, output_mapping={"scored": "scores"},
+        map_over="samples", executor="process")
+    p = Pipeline([make_samples, inner, summarize])
+    with ThreadEngine() as engine:
+        out = p.map({"task": [0], "per_task": 12, "scale": 1}, map_over="task",
+                    engine=engine)
+    assert len({pid for _, pid in out[0]["scores"]}) == 1  # one worker ran it all
