@@ -18,7 +18,8 @@ from harness import Candidate, optional
 #: Set by ``run.py --tiny``: workloads shrink their item counts (the smoke test).
 TINY = False
 #: The gilfree engines a workload runs when it runs "every engine that exists".
-ENGINE_NAMES = ("SeqEngine", "ThreadEngine", "AsyncEngine", "ProcessEngine", "DaskEngine")
+ENGINE_NAMES = ("SeqEngine", "ThreadEngine", "AsyncEngine", "ProcessEngine", "AutoEngine",
+                "DaskEngine")
 
 
 def size(n: int) -> int:

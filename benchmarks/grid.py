@@ -1,8 +1,14 @@
-"""Sweep one engine's knobs on one workload; print a ranked table and each knob's effect.
+"""Sweep engines' knobs on one workload; print a ranked table and each knob's effect.
 
     python benchmarks/grid.py --workload W5 --engine ProcessEngine
     python benchmarks/grid.py --workload W1 --engine ThreadEngine --max-workers 16,64,256,auto
     python benchmarks/grid.py --workload W2 --engine AsyncEngine --max-concurrency 8,64,auto
+    python benchmarks/grid.py --workload W8 --engine all --quick    # every local engine
+
+``--engine`` takes one engine, several (comma-separated) or ``all`` (SeqEngine,
+ThreadEngine, AsyncEngine, ProcessEngine): the engine is then a knob too.  Unless
+``--no-auto``, ``AutoEngine()`` with no settings runs in the same rounds, and the report
+puts its time beside the best grid point (issue 17's bar: within 10% of it).
 
 The knobs are the engine's own options among ``workers`` / ``n_workers``,
 ``max_workers``, ``batch_size`` and ``max_concurrency`` (an option of the engine where
@@ -112,7 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workload", required=True, help="e.g. W5")
-    ap.add_argument("--engine", required=True, help="a gilfree.engines class, e.g. ProcessEngine")
+    ap.add_argument("--engine", required=True,
+                    help="gilfree.engines classes, comma-separated (e.g. ProcessEngine), or all")
+    ap.add_argument("--no-auto", action="store_true",
+                    help="leave out the AutoEngine() row (no settings) beside the grid")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--calls", type=int, default=2, help="timed warm calls per round")
     ap.add_argument("--quick", action="store_true", help="fewer values per knob, 2 rounds")
@@ -124,24 +133,39 @@ def main(argv: list[str] | None = None) -> int:
     hypernodes_peer.SKIP = "not used by grid.py"
     from gilfree import engines
 
-    cls = getattr(engines, args.engine, None)
-    if cls is None:
-        raise SystemExit(f"gilfree.engines has no {args.engine}")
-    init, hint_knobs = knobs_of(cls)
+    names = (["SeqEngine", "ThreadEngine", "AsyncEngine", "ProcessEngine"]
+             if args.engine == "all" else args.engine.split(","))
     asked = {k: parse_values(getattr(args, k)) for k in KNOBS if getattr(args, k)}
-    for k in asked:
-        if k not in init + hint_knobs:
-            raise SystemExit(f"{args.engine} has no {k!r} option or hint "
-                             f"(it has: {', '.join(init + hint_knobs) or 'none'})")
-    names = list(dict.fromkeys(init + hint_knobs))
-    space = {k: asked.get(k) or default_values(k, args.quick) for k in names}
+    configs, knobs, space = [], {}, {}
+    for name in names:
+        cls = getattr(engines, name, None)
+        if cls is None:
+            raise SystemExit(f"gilfree.engines has no {name}")
+        init, hint_knobs = knobs_of(cls)
+        knobs[name] = (cls, init, hint_knobs)
+        own = list(dict.fromkeys(init + hint_knobs))
+        if len(names) == 1:
+            for k in asked:
+                if k not in own:
+                    raise SystemExit(f"{name} has no {k!r} option or hint "
+                                     f"(it has: {', '.join(own) or 'none'})")
+        values = {k: asked.get(k) or default_values(k, args.quick) for k in own}
+        for k, v in values.items():
+            space.setdefault(k, [])
+            space[k] += [x for x in v if x not in space[k]]
+        configs += [{"engine": name, **dict(zip(values, combo))}
+                    for combo in itertools.product(*values.values())]
+    if not args.no_auto and hasattr(engines, "AutoEngine"):
+        configs.append({"engine": "AutoEngine"})
+        knobs["AutoEngine"] = (engines.AutoEngine, [], [])
+    space = {"engine": list(knobs), **space}
     rounds = 2 if args.quick and args.rounds == 3 else args.rounds
-    run, check, title = workload(args.workload, args.engine)
-    configs = [dict(zip(space, combo)) for combo in itertools.product(*space.values())]
+    run, check, title = workload(args.workload, names[0])
     print(f"{args.workload} ({title}) on {args.engine}: {len(configs)} configurations x "
           f"{rounds} rounds x ({args.calls} warm calls + 1 first call)", flush=True)
 
     def make(cfg):
+        cls, init, hint_knobs = knobs[cfg["engine"]]
         opts = {k: v for k, v in cfg.items() if k in init and v is not None}
         hints = {k: v for k, v in cfg.items() if k in hint_knobs and v is not None}
         return hinted(cls, hints)(**opts)
@@ -191,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     print(md)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    base = out / f"grid-{args.workload.upper()}-{args.engine}"
+    base = out / f"grid-{args.workload.upper()}-{args.engine.replace(',', '+')}"
     base.with_suffix(".md").write_text(md)
     base.with_suffix(".json").write_text(json.dumps(
         {"command": " ".join(["python benchmarks/grid.py", *argv]),
@@ -204,8 +228,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def render(args, title, space, rows, configs, errors, items, rounds) -> str:
     knobs = list(space)
-    best = rows[0]["median"] if rows else None
-    auto = next((r for r in rows if all(v is None for v in r["config"].values())), None)
+    grid = [r for r in rows if r["config"]["engine"] != "AutoEngine"]
+    best = grid[0]["median"] if grid else None
+    auto = next((r for r in rows if r["config"]["engine"] == "AutoEngine"), None)
+    default = next((r for r in grid if all(v is None for k, v in r["config"].items()
+                                            if k != "engine")), None)
     lines = [f"# Grid: {args.workload} ({title}) on {args.engine}", "",
              f"Command: `python benchmarks/grid.py {' '.join(sys.argv[1:])}`  ",
              f"{len(configs)} configurations, {rounds} rounds, {args.calls} warm calls per "
@@ -215,11 +242,11 @@ def render(args, title, space, rows, configs, errors, items, rounds) -> str:
              "|---:|" + "---|" * len(knobs) + "---:|---:|---:|---:|---:|"]
     for n, r in enumerate(rows, 1):
         thr = f"{items / r['median']:,.0f}" if items else "-"
-        lines.append(f"| {n} | " + " | ".join(fmt(r["config"][k]) for k in knobs) +
+        lines.append(f"| {n} | " + " | ".join(fmt(r["config"].get(k, "-")) for k in knobs) +
                      f" | {r['median'] * 1e3:.1f} | {r['min'] * 1e3:.1f} | "
                      f"{r['cold'] * 1e3:.1f} | {thr} | {r['median'] / best:.2f}x |")
     for i, e in errors.items():
-        lines.append("| - | " + " | ".join(fmt(configs[i][k]) for k in knobs) +
+        lines.append("| - | " + " | ".join(fmt(configs[i].get(k, "-")) for k in knobs) +
                      f" | failed: {e} | | | | |")
     lines += ["", "Effect of each knob (geometric mean of the warm medians over the other "
               "knobs, so one pathological setting of another knob does not drown it; "
@@ -227,7 +254,7 @@ def render(args, title, space, rows, configs, errors, items, rounds) -> str:
     for k in knobs:
         means = {}
         for v in space[k]:
-            vals = [r["median"] for r in rows if r["config"][k] == v]
+            vals = [r["median"] for r in grid if r["config"].get(k, "-") == v]
             if vals:
                 means[v] = statistics.geometric_mean(vals)
         if not means:
@@ -243,11 +270,15 @@ def render(args, title, space, rows, configs, errors, items, rounds) -> str:
         lines += ["", f"Noise: the warm samples of one configuration spread by "
                   f"{statistics.median(spreads) * 100:.0f}% of their median (median over "
                   "configurations): differences smaller than that are not findings."]
+    where = ", ".join(f"{k}={fmt(v)}" for k, v in grid[0]["config"].items()) if grid else ""
+    if default and best and len(knobs) > 1:
+        lines += ["", f"{default['config']['engine']} with all defaults: rank "
+                  f"{rows.index(default) + 1} of {len(rows)}, {default['median'] * 1e3:.1f} ms "
+                  f"= {default['median'] / best:.2f}x the best grid point ({where})."]
     if auto and best:
-        rank = rows.index(auto) + 1
-        lines += ["", f"All defaults (auto): rank {rank} of {len(rows)}, "
-                  f"{auto['median'] * 1e3:.1f} ms = {auto['median'] / best:.2f}x the best "
-                  f"({', '.join(f'{k}={fmt(v)}' for k, v in rows[0]['config'].items())})."]
+        lines += ["", f"**AutoEngine() (no settings): {auto['median'] * 1e3:.1f} ms = "
+                  f"{auto['median'] / best:.2f}x the best grid point** ({where}, "
+                  f"{best * 1e3:.1f} ms); bar: <= 1.10x."]
     return "\n".join(lines) + "\n"
 
 

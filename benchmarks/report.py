@@ -21,20 +21,24 @@ DOCS_PAGE = HERE.parent / "docs" / "benchmarks.md"
 #: Two lines per workload (what runs; what gilfree must reach), from workloads.md.
 DESCRIPTIONS = {
     "W1": "200 items whose node blocks in `time.sleep(0.010)` (a network call). Limit ~10 ms "
-          "(all at once).\nBar: `ThreadEngine()` with no tuning, warm <= 13 ms, cold <= 25 ms.",
+          "(all at once).\nBar: `ThreadEngine()` with no tuning, warm <= 13 ms, cold <= 25 ms; "
+          "`AutoEngine()` warm within 1.15x of `ThreadEngine()` warm.",
     "W2": "200 items of `await asyncio.sleep(0.010)`. Limit ~10 ms.\n"
-          "Bar: `AsyncEngine()` <= 13 ms.",
+          "Bar: `AsyncEngine()` <= 13 ms; `AutoEngine()` warm within 1.15x of it.",
     "W2b": "20,000 trivial `async def` items: the per-item cost of async dispatch.\n"
            "Bar: `AsyncEngine()` <= 10 us/item (asyncio.gather: ~16 us).",
     "W3": "400 items of ~4 ms pure-Python arithmetic (GIL-bound). Limit: loop time / cores.\n"
-          "Bar: `ProcessEngine()` >= 0.97 x cores warm, >= 0.92 x cores cold.",
+          "Bar: `ProcessEngine()` >= 0.97 x cores warm, >= 0.92 x cores cold; "
+          "`AutoEngine()` warm within 1.15x of `ProcessEngine()` warm.",
     "W4": "20,000 items of `x + 1`: what the engine itself costs per item. Limit: a Python call.\n"
-          "Bar per item: SeqEngine <= 2 us, ThreadEngine <= 3 us, ProcessEngine <= 2 us.",
+          "Bar per item: SeqEngine <= 2 us, ThreadEngine <= 3 us, ProcessEngine <= 2 us; "
+          "AutoEngine within 1.5x of SeqEngine.",
     "W5": "10,000 items through a model whose `__init__` takes 50 ms and whose call is ~0.06 ms "
           "of pure Python.\nBar: `ProcessEngine()` with `@stateful` >= 1.85x the loop on 2 "
-          "cores, one init per worker.",
+          "cores, one init per worker; `AutoEngine()` warm within 1.15x of it.",
     "W6": "200 passages through a DualNode encoder: singular 10 ms/call, batch 10 ms + "
-          "0.05 ms/item.\nBar: `pipeline.map` with automatic batch size <= 15 ms.",
+          "0.05 ms/item.\nBar: `pipeline.map` with automatic batch size <= 15 ms; "
+          "`AutoEngine()` warm within 1.15x of `ThreadEngine()` warm.",
     "W7": "1,000 items each returning a 1 MiB float64 numpy array from a worker process.\n"
           "Bar: `ProcessEngine()` >= 2x the best peer's throughput; the in-process floor "
           "beside it.",
@@ -43,7 +47,7 @@ DESCRIPTIONS = {
           "parse on processes) honoured in one map, <= 1.10x the hand-tuned stage-wise "
           "peer (the `hinted` rows); streaming (`imap`, the `hinted, streaming` rows) "
           "<= 0.95x that peer and <= 1.15x the parse-bound limit row (parse loop / cores, "
-          "same run); with no configuration, 1.00x (AutoEngine: not built yet).",
+          "same run); with no configuration (`AutoEngine()`, warm), <= 1.00x that peer.",
     "W9": "1,000,000 items from a generator through an I/O stage (2 ms `time.sleep`, "
           "`executor=\"thread\"`) and a CPU stage (~11 us pure Python, "
           "`executor=\"process\"`), results consumed as they come; each call in a fresh "
@@ -51,9 +55,14 @@ DESCRIPTIONS = {
           "VmHWM, in each row's note).\nBar: `ThreadEngine()` `imap` over the generator: "
           "peak driver RSS <= 150 MiB above baseline, throughput >= 1/1.2 of `map` on the "
           "materialised list.",
+    **{wid: f"An outer map over {shape} tasks x samples whose nested pipeline maps over its "
+               "samples (~2 ms of pure Python each).\nBar: `ProcessEngine()` and `AutoEngine()` "
+               ">= 1.85x the sequential loop on 2 cores (warm)."
+       for wid, shape in (("W10a", "1 x 400"), ("W10b", "3 x 134"), ("W10c", "400 x 5"))},
 }
-EXPECTED = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9")
-ENGINES = ("SeqEngine", "ThreadEngine", "AsyncEngine", "ProcessEngine", "DaskEngine")
+EXPECTED = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9", "W10a", "W10b", "W10c")
+ENGINES = ("SeqEngine", "ThreadEngine", "AsyncEngine", "ProcessEngine", "AutoEngine",
+           "DaskEngine")
 COLORS = {"gilfree": "#1f77b4", "peer": "#8c8c8c", "baseline": "#d62728",
           "hypernodes": "#ff7f0e"}
 

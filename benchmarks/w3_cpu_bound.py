@@ -130,6 +130,8 @@ def candidates(quick: bool) -> list[Candidate]:
     ]
     if hasattr(engines, "ProcessEngine"):
         bar_rows = engine_pair("ProcessEngine()", engines.ProcessEngine, run_pipeline, check)
+        if hasattr(engines, "AutoEngine"):  # its bar: within 1.15x of ProcessEngine, warm
+            bar_rows += engine_pair("AutoEngine()", engines.AutoEngine, run_pipeline, check)
         for c in bar_rows:
             c.key = True
         out += bar_rows

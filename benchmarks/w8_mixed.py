@@ -4,7 +4,7 @@ pure Python) -> encode (a DualNode as in W6: 10 ms per call, batch 10 ms + 0.05 
 Physical limit ~0.5 s: the parse stage on 2 cores (500 x 2 ms / 2); fetch and encode
 overlap or batch away.  Bars (workloads.md): the pipeline with executor hints (fetch on
 threads, parse on processes: the "hinted" rows) <= 1.10x the hand-tuned peer; with no
-configuration (AutoEngine, not built yet) 1.00x.  The hand-tuned peer is stage-wise: a
+configuration (the ``AutoEngine()`` row) 1.00x.  The hand-tuned peer is stage-wise: a
 ThreadPoolExecutor(200) fetches, a multiprocessing.Pool parses in chunks, batches of 32
 encode in 7 threads.
 
@@ -170,7 +170,8 @@ def candidates(quick: bool) -> list[Candidate]:
     # the stage-wise peer (and the parse-bound limit): in --quick too they get all their
     # rounds (one-second rows, too close for one sample each).
     for c in out:
-        if c.mode == "warm" and (c.label.startswith(("ThreadEngine", "AsyncEngine", "stage"))
+        if c.mode == "warm" and (c.label.startswith(("ThreadEngine", "AsyncEngine", "AutoEngine",
+                                                      "stage"))
                                  or "streaming" in c.label):
             c.key = True
     out += thread_pool_pair(200, lambda ex: list(ex.map(chain, urls)), check_plain,
