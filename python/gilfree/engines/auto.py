@@ -20,18 +20,21 @@
       the other items run as one map with those executors: ThreadEngine's paths
       (stages.py), a ProcessEngine of this engine's own for "process" nodes.
 
-``imap`` uses what earlier maps measured; a node nobody measured yet runs on threads
-there (a stream does not wait to measure). ``explain()`` shows the choices of the last
-map and the numbers behind them.
+``imap`` measures the same way: its first items run here, timed, and come first; the
+rest streams (run/flow.py, numbered on from them). ``explain()`` shows the choices of
+the last map and the numbers behind them.
 """
 
 from __future__ import annotations
 
+import copy
+import itertools
 import threading
 import time
 from typing import Any, Iterator
 
 from ..model.plan import DUAL, PIPE, Plan, Step
+from ..model.stateful import end_map, new_map
 from ..run.execute import Runtime, execute_map
 from ..run.stages import ASYNC, INLINE, PROCESS, THREAD, is_fanout
 from .explain import Choice, Explanation, Measure
@@ -198,8 +201,55 @@ class AutoEngine(ThreadEngine):
     def _stream(self, plan: Plan, base: dict, rows: Iterator[dict], rt: Runtime,
                 ordered: bool, read_ahead: int | None, total: int | None,
                 mapped: set[str]) -> Iterator[Any]:
-        self._last = Explanation(self._place(plan, total), total, None)
-        return super()._stream(plan, base, rows, rt, ordered, read_ahead, total, mapped)
+        unmeasured = [s for s in plan.steps if self._needs_probe(s)]
+        if not unmeasured or self._item_timeout(plan) is not None:
+            self._last = Explanation(self._place(plan, total), total, None)
+            return super()._stream(plan, base, rows, rt, ordered, read_ahead, total, mapped)
+        return self._probed_stream(plan, base, rows, rt, ordered, read_ahead, total, mapped,
+                                   unmeasured)
+
+    def _probed_stream(self, plan: Plan, base: dict, rows: Iterator[dict], rt: Runtime,
+                       ordered: bool, read_ahead: int | None, total: int | None,
+                       mapped: set[str], unmeasured: list[Step]) -> Iterator[Any]:
+        """imap with a node not measured yet: the first items run here, timed (as in a
+        map), and come first; the rest streams, numbered on from them, on the executors
+        chosen. The map is announced here, and ended by the stream (or here, if the
+        consumer stops before it starts)."""
+        from ..run.flow import Stream, iterate
+
+        t0 = time.perf_counter()
+        generation = self._shutdowns
+        if rt.callbacks:
+            rt.emit("on_map_start", total)
+        stream = None
+        try:
+            head = list(itertools.islice(rows, PROBE_ITEMS))
+            measured_rt = copy.copy(rt)
+            measured_rt.collect = True  # the policy is applied as each result is yielded
+            number = new_map()
+            try:
+                out = self._probe(plan, base, head, measured_rt, unmeasured, 0) if head else []
+            finally:
+                end_map(number)
+            self._last = Explanation(self._place(plan, None if total is None else
+                                                 total - len(head)), total, None)
+            for result in out:
+                if isinstance(result, BaseException) and not rt.collect:
+                    raise result
+                yield result
+            if self._shutdowns != generation:  # shutdown() meanwhile: no new item starts
+                ahead = next(rows, None)
+                if ahead is None and rt.collect:
+                    return  # (the measured items were all of them)
+                raise self._shut_down_error()
+            stream = Stream(self, plan, self._scoped(base), rows, rt, ordered=ordered,
+                            read_ahead=read_ahead, collect=rt.collect, total=total,
+                            mapped=mapped, remote_base=base, offset=len(head),
+                            announce=False)
+            yield from iterate(stream)
+        finally:
+            if stream is None and rt.callbacks:  # (a stream ends the map itself)
+                rt.emit("on_map_end", time.perf_counter() - t0)
 
     # -- choosing -----------------------------------------------------------------------
     def _place(self, plan: Plan, items: int | None, fanout: bool = False) -> list[Choice]:
@@ -235,8 +285,8 @@ class AutoEngine(ThreadEngine):
             return Choice(name, THREAD, "nested pipeline: runs whole on threads "
                                         "(not measured)")
         if m is None:
-            return Choice(name, THREAD, "not measured (imap, a timeout, a map with a nested "
-                                        "map, or its items failed): threads")
+            return Choice(name, THREAD, "not measured (a timeout, a map with a nested map, "
+                                        "or its items failed): threads")
         if m.wall < CHEAP_S:
             return Choice(name, INLINE, f"cheap ({m.wall * 1e6:.1f} us per call): inline",
                           m, cheap=True)

@@ -48,7 +48,8 @@ class StreamCall(_MapCall):
                  timeout: float | None):
         names = list(part.row({}, {} if part.ship_sigs else None))
         super().__init__(engine, pool, part.plan, part.shared, [dict.fromkeys(names)], rt,
-                         stage=True, timeout=timeout, deferred=True)
+                         stage=True, timeout=timeout, deferred=True,
+                         first=source.stream.offset)
         self.source = source
         self.out = _Slots()
 

@@ -61,13 +61,18 @@ class _Lifecycle:
     collect: bool
     announced = closed = False
     map_number = 0
+    #: The map's number of this stream's first item, and whether it says on_map_start:
+    #: the stream may be the rest of a map whose first items ran before it (AutoEngine
+    #: measured them), which announced the map.
+    offset = 0
+    announce = True
 
     def _begin(self) -> None:
         self.announced = True
         self.generation = self.engine._shutdowns
         self.t_map = time.perf_counter()
         self.map_number = new_map()
-        if self.rt.callbacks:
+        if self.rt.callbacks and self.announce:
             self.rt.emit("on_map_start", self.total)
 
     def _end(self) -> None:
@@ -81,7 +86,7 @@ class _Lifecycle:
 
     def _shut_down_error(self, i: int | None = None) -> EngineShutDown:
         what = ("items that had not run to their end did not run" if i is None else
-                f"map item {i} did not run to its end")
+                f"map item {self.offset + i} did not run to its end")
         return EngineShutDown(f"{self.engine!r} was shut down during the map: {what}")
 
     def __iter__(self) -> Any:
@@ -99,10 +104,12 @@ class Stream(_Lifecycle):
 
     def __init__(self, engine: Any, plan: Any, base: dict, rows: Iterator[dict], rt: Runtime,
                  *, ordered: bool, read_ahead: int | None, collect: bool,
-                 total: int | None, mapped: set[str], remote_base: dict | None = None):
+                 total: int | None, mapped: set[str], remote_base: dict | None = None,
+                 offset: int = 0, announce: bool = True):
         from .._native import core
 
         self.engine, self.plan, self.base, self.rt = engine, plan, base, rt
+        self.offset, self.announce = offset, announce
         self.collect = collect
         self.rows = rows
         self.work_rt = copy.copy(rt)
@@ -211,7 +218,7 @@ class Stream(_Lifecycle):
             self.cached[i] = True
             self.started[i] = got
             if rt.callbacks:
-                rt.emit("on_map_item_start", i)
+                rt.emit("on_map_item_start", self.offset + i)
                 rt.emit("on_pipeline_start", plan.pipeline_id, dict(v))
             n += 1
             if n == k or got > until or got - before > SLOW_READ_S:
@@ -255,12 +262,13 @@ class Stream(_Lifecycle):
         values = self.values.pop(i, None)
         sigs = self.sigs.pop(i, None)
         cached = self.cached.pop(i, False)
+        n = self.offset + i  # the item's number in the map
         if failed or values is None:
             exc = self.errors.pop(i, None) or (
                 self._shut_down_error(i) if self._shut_down() else
-                EngineShutDown(f"map item {i} did not run to its end"))
+                EngineShutDown(f"map item {n} did not run to its end"))
             if rt.callbacks:
-                rt.emit("on_map_item_end", i, time.perf_counter() - started)
+                rt.emit("on_map_item_end", n, time.perf_counter() - started)
             if self.collect:
                 return exc
             self.close()
@@ -270,9 +278,9 @@ class Stream(_Lifecycle):
             now = time.perf_counter()
             rt.emit("on_pipeline_end", self.plan.pipeline_id, out, now - started)
             if cached and self.plan.steps and sigs is not None:
-                rt.emit("on_map_item_cached", i,
+                rt.emit("on_map_item_cached", n,
                         hash_strings(*(sigs.get(o, "") for o in self.plan.outputs)))
-            rt.emit("on_map_item_end", i, now - started)
+            rt.emit("on_map_item_end", n, now - started)
         return out
 
 

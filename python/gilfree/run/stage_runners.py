@@ -97,7 +97,7 @@ class _Runner:
             return False
         try:
             for step in self.stage.steps:
-                if not run_step(step, v, rt, i, s.sigs.get(i)):
+                if not run_step(step, v, rt, s.offset + i, s.sigs.get(i)):
                     s.cached[i] = False
         except Exception as exc:
             s.fail(i, exc)
@@ -151,14 +151,15 @@ class _LoopRunner(_Runner):
         r = s.work_rt.worker_view()
         try:
             for step in self.stage.steps:
-                work = arun_step(step, v, r, i, s.sigs.get(i), self.offload)
+                work = arun_step(step, v, r, s.offset + i, s.sigs.get(i), self.offload)
                 hit = await (work if self.timeout is None else
                              asyncio.wait_for(work, self.timeout))
                 if not hit:
                     s.cached[i] = False
         except asyncio.TimeoutError:
-            err = TimeoutError(f"map item {i} did not finish within {self.timeout} s")
-            err.add_note(f"gilfree: timeout={self.timeout} s (map item {i})")
+            n = s.offset + i
+            err = TimeoutError(f"map item {n} did not finish within {self.timeout} s")
+            err.add_note(f"gilfree: timeout={self.timeout} s (map item {n})")
             s.fail(i, err)
             return False
         except Exception as exc:
@@ -198,7 +199,7 @@ class _BatchRunner(_Runner):
         cached = [s.cached.get(i, False) for i in live]
         rt = s.work_rt.worker_view() if self.in_thread else s.work_rt
         _run_batch(self.stage.steps[0], values, [s.sigs.get(i) for i in live], failed,
-                   cached, s.varying, s.base, rt, True, live, _serial)
+                   cached, s.varying, s.base, rt, True, [s.offset + i for i in live], _serial)
         for i, err, hit in zip(live, failed, cached):
             s.cached[i] = hit
             if err is not None:
@@ -216,7 +217,7 @@ class _BatchRunner(_Runner):
             if not ok:
                 for i in ids:
                     s.fail(i, flags if isinstance(flags, BaseException) else
-                           EngineShutDown(f"map item {i} did not run to its end"))
+                           EngineShutDown(f"map item {s.offset + i} did not run to its end"))
                 flags = [True] * len(ids)
             s.done(k, ids, flags)
         self.pool.submit(lambda: self._run(ids), done)

@@ -242,16 +242,83 @@ def test_with_a_timeout_nothing_is_measured_here():
         e.shutdown()
 
 
-def test_imap_uses_what_maps_measured(engine):
-    p = Pipeline([wait_a_bit, burn])
-    out = list(p.imap({"y": iter(range(6))}, map_over="y", engine=engine))
-    assert [r["burned"] for r in out] == [spin(60_000) + i for i in range(6)]
-    assert executors(engine)["burn"] == "thread"  # nothing measured yet: threads
+def test_imap_measures_its_first_items_and_streams_the_rest(engine):
+    p = Pipeline([wait_a_bit, burn, pid_of])
+    out = list(p.imap({"y": iter(range(8))}, map_over="y", engine=engine))
+    assert [r["burned"] for r in out] == [spin(60_000) + i for i in range(8)]
+    assert executors(engine) == {"wait_a_bit": "thread", "burn": "process",
+                                 "pid_of": "process"}
+    pids = [r["pid"] for r in out]
+    assert pids[:auto.PROBE_ITEMS] == [os.getpid()] * auto.PROBE_ITEMS
+    assert os.getpid() not in pids[auto.PROBE_ITEMS:]
     assert "a stream" in str(engine.explain())
-    p.map({"y": list(range(6))}, map_over="y", engine=engine)
-    out = list(p.imap({"y": iter(range(6))}, map_over="y", engine=engine))
-    assert [r["burned"] for r in out] == [spin(60_000) + i for i in range(6)]
-    assert executors(engine) == {"wait_a_bit": "thread", "burn": "process"}
+    measured = dict(engine._measures)
+    out = list(p.imap({"y": iter(range(8))}, map_over="y", engine=engine, ordered=False))
+    assert sorted(r["burned"] for r in out) == [spin(60_000) + i for i in range(8)]
+    assert os.getpid() not in [r["pid"] for r in out]  # measured before: all streamed
+    assert engine._measures == measured
+
+
+@pytest.mark.parametrize("policy", ["collect", "raise"])
+def test_imap_one_map_for_callbacks_and_item_numbers(policy):
+    events = []
+
+    class Record(PipelineCallback):
+        def on_map_start(self, total, *a):
+            events.append(("start", total))
+
+        def on_map_item_start(self, i, *a):
+            events.append(("item", i))
+
+        def on_map_end(self, *a):
+            events.append(("end",))
+
+    @node(output_name="burned")
+    def fails_at_six(slept):
+        if slept == 6:
+            raise ValueError("six")
+        return spin(60_000)
+
+    e = AutoEngine(callbacks=[Record()], on_error=policy)
+    try:
+        p = Pipeline([wait_a_bit, fails_at_six])
+        it = p.imap({"y": iter(range(10))}, map_over="y", engine=e)
+        if policy == "collect":
+            out = list(it)
+            assert isinstance(out[6], ValueError)
+            assert all(not isinstance(r, BaseException) for k, r in enumerate(out) if k != 6)
+            err = out[6]
+        else:
+            with pytest.raises(ValueError) as info:
+                list(it)
+            err = info.value
+        assert any("map item 6" in n for n in err.__notes__), err.__notes__
+    finally:
+        e.shutdown()
+    assert events[0] == ("start", None) and events[-1] == ("end",)
+    assert sum(1 for ev in events if ev[0] == "start") == 1
+    assert sum(1 for ev in events if ev[0] == "end") == 1
+    items = [ev[1] for ev in events if ev[0] == "item"]
+    assert items[:2] == [0, 1] and len(items) == len(set(items))
+    if policy == "collect":
+        assert sorted(items) == list(range(10))
+
+
+def test_imap_closed_after_the_measured_items_ends_the_map(engine):
+    ends = []
+
+    class End(PipelineCallback):
+        def on_map_end(self, *a):
+            ends.append(a)
+
+    e = AutoEngine(callbacks=[End()])
+    try:
+        it = Pipeline([wait_a_bit]).imap({"y": iter(range(100))}, map_over="y", engine=e)
+        assert next(it) == {"slept": 0}
+        it.close()
+    finally:
+        e.shutdown()
+    assert len(ends) == 1
 
 
 def test_bad_options_are_refused():
