@@ -9,6 +9,8 @@
 ThreadEngine, AsyncEngine, ProcessEngine): the engine is then a knob too.  Unless
 ``--no-auto``, ``AutoEngine()`` with no settings runs in the same rounds, and the report
 puts its time beside the best grid point (issue 17's bar: within 10% of it).
+``python benchmarks/grid.py --summary`` gathers the grids in ``--out`` into one table
+(``grid-summary.md``): per workload, the best grid point and AutoEngine() beside it.
 
 The knobs are the engine's own options among ``workers`` / ``n_workers``,
 ``max_workers``, ``batch_size`` and ``max_concurrency`` (an option of the engine where
@@ -117,8 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--workload", required=True, help="e.g. W5")
-    ap.add_argument("--engine", required=True,
+    ap.add_argument("--summary", action="store_true",
+                    help="only gather the grid-*.json in --out into grid-summary.md")
+    ap.add_argument("--workload", help="e.g. W5")
+    ap.add_argument("--engine",
                     help="gilfree.engines classes, comma-separated (e.g. ProcessEngine), or all")
     ap.add_argument("--no-auto", action="store_true",
                     help="leave out the AutoEngine() row (no settings) beside the grid")
@@ -130,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.add_argument(f"--{k.replace('_', '-')}", default=None,
                         help=f"comma-separated {k} values ('auto' = the default)")
     args = ap.parse_args(argv)
+    if args.summary:
+        return summary(Path(args.out))
+    if not args.workload or not args.engine:
+        ap.error("--workload and --engine are required (or --summary)")
     hypernodes_peer.SKIP = "not used by grid.py"
     from gilfree import engines
 
@@ -219,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     base.with_suffix(".md").write_text(md)
     base.with_suffix(".json").write_text(json.dumps(
         {"command": " ".join(["python benchmarks/grid.py", *argv]),
+         "workload": args.workload.upper(), "title": title,
          "when": dt.datetime.now().isoformat(timespec="seconds"), "space": space,
          "rows": rows, "errors": {str(configs[i]): e for i, e in errors.items()}},
         indent=1, default=str))
@@ -280,6 +289,34 @@ def render(args, title, space, rows, configs, errors, items, rounds) -> str:
                   f"{auto['median'] / best:.2f}x the best grid point** ({where}, "
                   f"{best * 1e3:.1f} ms); bar: <= 1.10x."]
     return "\n".join(lines) + "\n"
+
+
+def summary(out: Path) -> int:
+    """grid-summary.md: per grid in ``out``, its best point and AutoEngine() beside it."""
+    lines = ["# Grids: AutoEngine() beside the best hand-set configuration", "",
+             "Each row is one `benchmarks/grid.py` run (its command below the table); warm "
+             "medians. Bar (issue 17): AutoEngine() <= 1.10x the best grid point.", "",
+             "| workload | engines searched | best grid point | best ms | AutoEngine() ms "
+             "| AutoEngine / best |", "|---|---|---|---:|---:|---:|"]
+    commands = []
+    for path in sorted(out.glob("grid-*.json"), key=lambda p: p.stat().st_mtime):
+        data = json.loads(path.read_text())
+        rows = data.get("rows", [])
+        grid = [r for r in rows if r["config"].get("engine") != "AutoEngine"]
+        auto = next((r for r in rows if r["config"].get("engine") == "AutoEngine"), None)
+        if not grid or auto is None:
+            continue
+        best = min(grid, key=lambda r: r["median"])
+        where = ", ".join(f"{k}={fmt(v)}" for k, v in best["config"].items())
+        engines_ = ", ".join(dict.fromkeys(r["config"]["engine"] for r in grid))
+        lines.append(f"| {data.get('workload', path.stem)} | {engines_} | {where} | "
+                     f"{best['median'] * 1e3:.1f} | {auto['median'] * 1e3:.1f} | "
+                     f"{auto['median'] / best['median']:.2f}x |")
+        commands.append(f"- `{data['command']}` ({data['when']})")
+    text = "\n".join(lines + ["", "Commands:", "", *commands]) + "\n"
+    (out / "grid-summary.md").write_text(text)
+    print(text)
+    return 0
 
 
 if __name__ == "__main__":
