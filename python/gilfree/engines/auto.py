@@ -80,14 +80,25 @@ class _Ticker:
         self._thread.join()
 
 
+def _queued_s() -> float:
+    """Seconds this thread has spent runnable but waiting for a core (Linux schedstat:
+    preemption by other processes, not waiting for I/O); 0.0 where it is not told."""
+    try:
+        with open("/proc/thread-self/schedstat", "rb") as f:
+            return int(f.read().split()[1]) * 1e-9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def _timed(func: Any, calls: list, ticker: _Ticker) -> Any:
     def call(*args: Any, **kwargs: Any) -> Any:
+        q0 = _queued_s()
         runs, w0, c0 = ticker.runs, time.perf_counter(), time.thread_time()
         try:
             return func(*args, **kwargs)
         finally:
-            calls.append((time.perf_counter() - w0, time.thread_time() - c0,
-                          ticker.runs - runs))
+            wall, cpu = time.perf_counter() - w0, time.thread_time() - c0
+            calls.append((wall, cpu, ticker.runs - runs, _queued_s() - q0))
     return call
 
 
@@ -290,7 +301,7 @@ class AutoEngine(ThreadEngine):
         if m.wall < CHEAP_S:
             return Choice(name, INLINE, f"cheap ({m.wall * 1e6:.1f} us per call): inline",
                           m, cheap=True)
-        if m.cpu < WAITING * m.wall:
+        if m.cpu_share < WAITING:
             return Choice(name, THREAD, f"waits ({m.cpu_share:.0%} CPU): threads", m)
         if m.releases_gil(GIL_TEST_MIN_S, RELEASED_RUNS_PER_MS):
             return Choice(name, THREAD, "CPU that releases the GIL: threads, one per core",

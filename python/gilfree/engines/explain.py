@@ -23,15 +23,17 @@ class Measure:
     cpu: float  # the calling thread's CPU seconds during that call
     helper_runs: int  # times a helper thread got the GIL during that call
     calls: int
+    queued: float = 0.0  # seconds of that call spent waiting for a core (preempted)
+    #: The highest share of CPU time in the time a call did not wait for a core, over
+    #: the calls timed: a computing call that other processes (or threads holding the
+    #: GIL) slowed down still counts as computing if one call ran undisturbed.
+    cpu_share: float = 0.0
 
     @classmethod
-    def of(cls, calls: list[tuple[float, float, int]]) -> "Measure":
-        wall, cpu, runs = min(calls)
-        return cls(wall, cpu, runs, len(calls))
-
-    @property
-    def cpu_share(self) -> float:
-        return min(1.0, self.cpu / self.wall) if self.wall > 0 else 0.0
+    def of(cls, calls: list[tuple[float, float, int, float]]) -> "Measure":
+        wall, cpu, runs, queued = min(calls)
+        share = max(_share(w, c, q) for w, c, _, q in calls)
+        return cls(wall, cpu, runs, len(calls), queued, share)
 
     def releases_gil(self, min_s: float, runs_per_ms: float) -> bool:
         """Whether the call let other threads run Python (numpy, C extensions): only a
@@ -41,7 +43,9 @@ class Measure:
     def describe(self) -> str:
         wall = (f"{self.wall * 1e3:.2f} ms" if self.wall >= 1e-3 else
                 f"{self.wall * 1e6:.1f} us")
-        return f"{wall}, {self.cpu_share:.0%} CPU ({self.calls} calls timed)"
+        queued = (f", {self.queued / self.wall:.0%} waiting for a core"
+                  if self.wall > 0 and self.queued > 0.1 * self.wall else "")
+        return f"{wall}, {self.cpu_share:.0%} CPU{queued} ({self.calls} calls timed)"
 
 
 @dataclass
@@ -64,6 +68,11 @@ class Choice:
                 "measured": m.describe() if m is not None else "-",
                 "why": self.reason,
                 "wall_s": m.wall if m else None, "cpu_s": m.cpu if m else None}
+
+
+def _share(wall: float, cpu: float, queued: float) -> float:
+    ran = wall - min(queued, wall)
+    return min(1.0, cpu / ran) if ran > 0 else 1.0
 
 
 _COLUMNS = ("node", "executor", "concurrency", "measured", "why")

@@ -353,3 +353,13 @@ def test_a_dead_worker_names_the_maps_item(with_callbacks):
     assert "on map item 9" in str(out[9]) and "map item 9 was in its batch" in str(out[9])
     lost = [k for k, r in enumerate(out) if isinstance(r, BaseException)]
     assert 9 in lost and all(isinstance(out[k], WorkerDied) for k in lost)
+
+
+def test_a_computing_call_slowed_by_a_busy_machine_still_counts_as_computing():
+    from gilfree.engines.explain import Measure
+
+    # 4 ms of wall, 1.3 ms on a core, 2.6 ms runnable but waiting for one: it computes.
+    busy = Measure.of([(0.004, 0.0013, 0, 0.0026), (0.005, 0.0012, 0, 0.0037)])
+    assert busy.cpu_share > 0.9
+    # A call that sleeps: 10 ms of wall, 0.1 ms of CPU, not waiting for a core.
+    assert Measure.of([(0.010, 0.0001, 0, 0.0)]).cpu_share < 0.05
