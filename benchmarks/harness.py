@@ -218,9 +218,21 @@ def _warm(c: Candidate, quick: bool) -> None:
             c.first_call = time.perf_counter() - t0
             if c.check is not None and not c.check(result):
                 c.error = "wrong result"
+            _note_choices(c)
     except Exception as exc:
         _fail(c, exc)
     c.pids |= set(descendants()) - before
+
+
+def _note_choices(c: Candidate) -> None:
+    """An AutoEngine says in its row's note where its first call put each node (its
+    warm calls keep those choices): a surprising time can be read against them."""
+    explain = getattr(c.state, "explain", None)
+    if explain is None:
+        return
+    chose = ", ".join(f"{r['node']}: {r['executor']}" for r in explain().rows)
+    if chose:
+        c.note = ((c.note + " ") if c.note else "") + f"(chose {chose})"
 
 
 def measure(candidates: list[Candidate], rounds: int, *, quick: bool = False,
