@@ -158,30 +158,41 @@ def test_the_users_hints_win(engine):
     assert rows["wait_a_bit"]["executor"] == "inline"
 
 
+class Record(PipelineCallback):
+    """Map starts, item starts and map ends, in order."""
+
+    def __init__(self, events: list):
+        self.events = events
+
+    def on_map_start(self, total, *a):
+        self.events.append(("start", total))
+
+    def on_map_item_start(self, i, *a):
+        self.events.append(("item", i))
+
+    def on_map_end(self, *a):
+        self.events.append(("end",))
+
+
+def fails_at(bad: int):
+    """A CPU node (worker processes, once measured) whose item ``bad`` raises."""
+    @node(output_name="burned")
+    def fails(slept):
+        if slept == bad:
+            raise ValueError(f"item {bad}")
+        return spin(60_000)
+    return fails
+
+
 def test_one_map_for_callbacks_and_item_numbers(engine):
     events = []
 
-    class Record(PipelineCallback):
-        def on_map_start(self, total, *a):
-            events.append(("start", total))
-
-        def on_map_item_start(self, i, *a):
-            events.append(("item", i))
-
-        def on_map_end(self, *a):
-            events.append(("end",))
-
-    @node(output_name="burned")
-    def fails_at_five(slept):
-        if slept == 5:
-            raise ValueError("five")
-        return spin(60_000)
-
-    e = AutoEngine(callbacks=[Record()], on_error="collect")
+    fails_at_five = fails_at(5)
+    e = AutoEngine(callbacks=[Record(events)], on_error="collect")
     try:
         p = Pipeline([wait_a_bit, fails_at_five])
         out = p.map({"y": list(range(40))}, map_over="y", engine=e)
-        assert executors(e) == {"wait_a_bit": "thread", "fails_at_five": "process"}
+        assert executors(e) == {"wait_a_bit": "thread", "fails": "process"}
     finally:
         e.shutdown()
     assert isinstance(out[5], ValueError)
@@ -263,23 +274,8 @@ def test_imap_measures_its_first_items_and_streams_the_rest(engine):
 def test_imap_one_map_for_callbacks_and_item_numbers(policy):
     events = []
 
-    class Record(PipelineCallback):
-        def on_map_start(self, total, *a):
-            events.append(("start", total))
-
-        def on_map_item_start(self, i, *a):
-            events.append(("item", i))
-
-        def on_map_end(self, *a):
-            events.append(("end",))
-
-    @node(output_name="burned")
-    def fails_at_six(slept):
-        if slept == 6:
-            raise ValueError("six")
-        return spin(60_000)
-
-    e = AutoEngine(callbacks=[Record()], on_error=policy)
+    fails_at_six = fails_at(6)
+    e = AutoEngine(callbacks=[Record(events)], on_error=policy)
     try:
         p = Pipeline([wait_a_bit, fails_at_six])
         it = p.imap({"y": iter(range(10))}, map_over="y", engine=e)
