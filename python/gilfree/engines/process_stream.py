@@ -25,7 +25,7 @@ from ..remote import driver as remote
 from ..remote import transport
 from ..remote.messages import RemoteOptions
 from ..run.stages import Skipped, StagePart
-from .processes import DEPTH, _dual_batch_size, _MapCall
+from .process_map import DEPTH, _dual_batch_size, _MapCall
 
 
 class _Slots(dict):
