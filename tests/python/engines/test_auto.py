@@ -13,14 +13,9 @@ import pytest
 from gilfree import AutoEngine, DualNode, Pipeline, PipelineCallback, node, stateful
 from gilfree.engines import auto
 
+from cpu_busy import spin
+
 PAGE = os.urandom(1 << 23)  # hashing 8 MiB takes ~15-30 ms, with the GIL released
-
-
-def spin(n: int) -> int:
-    s = 0
-    for i in range(n):
-        s += i % 7
-    return s
 
 
 @node(output_name="y")

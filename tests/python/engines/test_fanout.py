@@ -10,12 +10,7 @@ import pytest
 from gilfree import AutoEngine, Pipeline, PipelineCallback, ProcessEngine, SeqEngine, node
 from gilfree.engines import AsyncEngine, ThreadEngine
 
-
-def spin(n: int) -> int:
-    s = 0
-    for i in range(n):
-        s += i % 7
-    return s
+from cpu_busy import spin
 
 
 @node(output_name="samples")
