@@ -390,7 +390,7 @@ public:
     void end_wait() { pool_.end_wait(); }
 
     py::list map(const py::object& fn, const py::object& items, const py::object& on_complete,
-                  bool stop_on_error) {
+                  bool stop_on_error, std::size_t parallelism) {
         // A snapshot: the caller may mutate its list while we run.
         auto snapshot = py::reinterpret_steal<py::tuple>(pycall::to_tuple(items.ptr()));
         if (!snapshot) throw py::error_already_set();
@@ -413,7 +413,10 @@ public:
                 [&] {
                     if (!submitted) {
                         try {
-                            pool_.submit(batch, batch->size());
+                            // Fewer tickets than items: each ticket claims items
+                            // until none are left, so at most `parallelism` run at once.
+                            pool_.submit(batch, parallelism ? std::min(parallelism, batch->size())
+                                                            : batch->size());
                         } catch (const std::runtime_error&) {
                             if (pool_.is_shut_down())  // by another thread, just now
                                 throw PoolShutDownError("ThreadPool is shut down");
@@ -565,8 +568,10 @@ and retire after idle_timeout seconds without work. See map().)doc")
         .def(py::init<std::size_t, double, std::size_t>(), "max_workers"_a,
              "idle_timeout"_a = 10.0, "max_abandoned"_a = ThreadPool::kDefaultMaxAbandoned)
         .def("map", &PyThreadPool::map, "fn"_a, "items"_a, py::kw_only(),
-             "on_complete"_a = py::none(), "stop_on_error"_a = true, R"doc(
+             "on_complete"_a = py::none(), "stop_on_error"_a = true, "parallelism"_a = 0,
+             R"doc(
 Call fn(item) for every item on the pool's threads; return the results in input order.
+parallelism > 0: at most that many of the items run at once (0: up to max_workers).
 
 on_complete(index, result_or_exception, ok) runs in the calling thread, in completion
 order. With stop_on_error, the first failure (lowest index) is re-raised after running

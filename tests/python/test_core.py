@@ -253,6 +253,25 @@ def test_map_from_a_worker_runs_inline():
         assert p.map(outer, list(range(6))) == [10 + x for x in range(6)]
 
 
+def test_map_parallelism_bounds_the_items_running_at_once(pool):
+    lock, running, most = threading.Lock(), [0], [0]
+
+    def slow(x):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.005)
+        with lock:
+            running[0] -= 1
+        return x * 2
+
+    assert pool.map(slow, list(range(20)), parallelism=3) == [2 * x for x in range(20)]
+    assert most[0] == 3
+    most[0] = 0
+    assert pool.map(slow, list(range(20))) == [2 * x for x in range(20)]
+    assert most[0] > 3  # 0: up to max_workers (16)
+
+
 def test_shutdown_is_idempotent_and_final():
     p = _core.ThreadPool(4)
     assert p.map(lambda x: x, [1, 2, 3]) == [1, 2, 3]

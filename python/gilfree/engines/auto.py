@@ -13,12 +13,14 @@
         DualNode                       -> batches on threads (ThreadEngine's batch size)
         nested pipeline                -> threads (it runs whole; not measured)
         a call under CHEAP_S           -> inline, in the stage of a neighbour (fused)
-        mostly waiting (CPU < WAITING) -> threads (started on demand)
+        mostly waiting (CPU < WAITING) -> threads, as many as Little's law says
+                                          (auto_threads.py)
         CPU that releases the GIL      -> threads, one per core at most
         CPU that holds the GIL         -> processes when the map's work pays for them,
                                           else inline
       the other items run as one map with those executors: ThreadEngine's paths
-      (stages.py), a ProcessEngine of this engine's own for "process" nodes.
+      (stages.py), a ProcessEngine of this engine's own for "process" nodes; the map
+      times each of its stages (items/s per stage in explain()).
 
 ``imap`` measures the same way: its first items run here, timed, and come first; the
 rest streams (run/flow.py, numbered on from them). ``explain()`` shows the choices of
@@ -36,8 +38,9 @@ from typing import Any, Iterator
 from ..model.plan import DUAL, PIPE, Plan, Step
 from ..model.stateful import end_map, new_map
 from ..run.execute import Runtime, execute_map
-from ..run.stages import ASYNC, INLINE, PROCESS, THREAD, is_fanout
-from .explain import Choice, Explanation, Measure
+from ..run.stages import ASYNC, INLINE, PROCESS, STAGE_THREADS, THREAD, is_fanout
+from .auto_threads import size_threads
+from .explain import Choice, Explanation, Measure, time_stages
 from .threads import ThreadEngine, limit_concurrency, usable_cores
 
 #: explain()'s executor for a nested map whose inner items run as one map (fanout.py)
@@ -146,6 +149,8 @@ class AutoEngine(ThreadEngine):
         depth = self._depth.value = getattr(self._depth, "value", 0) + 1
         if depth == 1:
             self._inner: list[Choice] = []
+        timed: list = []
+        outer_times, rt.stage_times = rt.stage_times, (plan, timed)
         try:
             if not unmeasured or not rows or fanout or self._item_timeout(plan) is not None:
                 # (Measured items run here, where no deadline could stop them; and an
@@ -166,6 +171,8 @@ class AutoEngine(ThreadEngine):
                         rt.emit("on_map_end", time.perf_counter() - t0)
         finally:
             self._depth.value = depth - 1
+            rt.stage_times = outer_times
+        time_stages(choices, timed)
         if depth == 1:
             self._last = Explanation(choices + self._inner, len(rows),
                                      time.perf_counter() - t0)
@@ -214,7 +221,7 @@ class AutoEngine(ThreadEngine):
                 mapped: set[str]) -> Iterator[Any]:
         unmeasured = [s for s in plan.steps if self._needs_probe(s)]
         if not unmeasured or self._item_timeout(plan) is not None:
-            self._last = Explanation(self._place(plan, total), total, None)
+            self._last = Explanation(self._place(plan, total, streaming=True), total, None)
             return super()._stream(plan, base, rows, rt, ordered, read_ahead, total, mapped)
         return self._probed_stream(plan, base, rows, rt, ordered, read_ahead, total, mapped,
                                    unmeasured)
@@ -243,7 +250,8 @@ class AutoEngine(ThreadEngine):
             finally:
                 end_map(number)
             self._last = Explanation(self._place(plan, None if total is None else
-                                                 total - len(head)), total, None)
+                                                 total - len(head), streaming=True),
+                                     total, None)
             for result in out:
                 if isinstance(result, BaseException) and not rt.collect:
                     raise result
@@ -263,10 +271,14 @@ class AutoEngine(ThreadEngine):
                 rt.emit("on_map_end", time.perf_counter() - t0)
 
     # -- choosing -----------------------------------------------------------------------
-    def _place(self, plan: Plan, items: int | None, fanout: bool = False) -> list[Choice]:
-        """Choose each top-level node's executor and write it into its hints."""
+    def _place(self, plan: Plan, items: int | None, fanout: bool = False,
+               streaming: bool = False) -> list[Choice]:
+        """Choose each top-level node's executor and write it into its hints
+        (``streaming``: an imap, whose stages overlap)."""
         choices = [self.choose(s, items, fanout) for s in plan.steps]
         _fuse(choices)
+        size_threads(choices, items, streaming, self.workers, self.max_workers,
+                     usable_cores())
         for step, c in zip(plan.steps, choices):
             if c.executor == FANOUT:  # no executor: a stage of its own (stages.py)
                 c.concurrency = "its inner items: one map on this engine"
@@ -275,6 +287,10 @@ class AutoEngine(ThreadEngine):
             if c.threads_cap and not step.hints.get("max_concurrency"):
                 step.hints["max_concurrency"] = c.threads_cap
                 limit_concurrency(step)
+            if c.executor == THREAD and not c.user:
+                c.threads = c.threads or c.threads_cap
+                if c.threads:
+                    step.hints[STAGE_THREADS] = c.threads
             c.concurrency = self._concurrency_of(c, step)
         return choices
 
@@ -302,7 +318,8 @@ class AutoEngine(ThreadEngine):
             return Choice(name, INLINE, f"cheap ({m.wall * 1e6:.1f} us per call): inline",
                           m, cheap=True)
         if m.cpu_share < WAITING:
-            return Choice(name, THREAD, f"waits ({m.cpu_share:.0%} CPU): threads", m)
+            return Choice(name, THREAD, f"waits ({m.cpu_share:.0%} CPU): threads", m,
+                          waiting=True)
         if m.releases_gil(GIL_TEST_MIN_S, RELEASED_RUNS_PER_MS):
             return Choice(name, THREAD, "CPU that releases the GIL: threads, one per core",
                           m, threads_cap=usable_cores())
@@ -315,6 +332,8 @@ class AutoEngine(ThreadEngine):
                                     "processes: inline", m)
 
     def _concurrency_of(self, c: Choice, step: Step) -> str:
+        if c.joins:
+            return f"in the stage of {c.joins!r}"
         if c.executor == PROCESS:
             return f"{self.workers} worker processes"
         if c.executor == INLINE:
@@ -324,6 +343,8 @@ class AutoEngine(ThreadEngine):
                                   "a few per core (auto_batch_size)")
         if step.hints.get("max_concurrency"):
             return f"<= {step.hints['max_concurrency']} threads"
+        if c.threads:
+            return f"<= {c.threads} threads, started on demand"
         what = "coroutines" if c.executor == ASYNC else "threads, started on demand"
         return f"<= {self.max_workers} {what}"
 
@@ -348,6 +369,6 @@ def _fuse(choices: list[Choice]) -> None:
         after = [o for o in choices[k + 1:] if not o.cheap][:1]
         for other in before + after:
             if other.executor in (THREAD, PROCESS) and not other.batch:
-                c.executor = other.executor
+                c.executor, c.joins = other.executor, other.node
                 c.reason = c.reason.replace(": inline", f": joins the stage of {other.node!r}")
                 break

@@ -1,8 +1,8 @@
 """What ``AutoEngine.explain()`` returns: per node, where it ran and why.
 
     >>> print(engine.explain())
-    node   executor  concurrency                      per call (measured)       why
-    fetch  thread    <= 256 threads, started on ...   10.1 ms, 1% CPU           waits ...
+    node   executor  concurrency             measured                 items/s  why
+    fetch  thread    <= 198 threads, ...     10.12 ms, 2% CPU (...)   6,843    waits ...
 
 A plain-text table for ``print``, an HTML table for notebooks (``_repr_html_``), and
 ``rows`` (a list of dicts) for code.
@@ -58,16 +58,40 @@ class Choice:
     user: bool = False  # the user's executor= hint
     cheap: bool = False  # inline by its cost (it may join a neighbour's stage)
     batch: bool = False  # a DualNode: a stage of its own
-    threads_cap: int | None = None
+    threads_cap: int | None = None  # CPU that releases the GIL: one call per core
+    waiting: bool = False  # mostly waits: threads sized by Little's law (auto_threads.py)
+    threads: int | None = None  # the threads its stage uses (None: the engine's)
+    joins: str | None = None  # a cheap node: the neighbour whose stage it runs in
     concurrency: str = ""
+    #: (items, seconds) of its stage in the last map: the stages of a map run one after
+    #: another, so each has a time of its own (None: not timed, e.g. a stream)
+    stage: tuple[int, float] | None = None
+
+    @property
+    def items_per_s(self) -> float | None:
+        if self.stage is None or self.stage[1] <= 0:
+            return None
+        return self.stage[0] / self.stage[1]
 
     def row(self) -> dict[str, Any]:
-        m = self.measure
+        m, rate = self.measure, self.items_per_s
         return {"node": self.node, "executor": self.executor,
                 "concurrency": self.concurrency,
                 "measured": m.describe() if m is not None else "-",
+                "items/s": f"{rate:,.0f}" if rate is not None else "-",
                 "why": self.reason,
-                "wall_s": m.wall if m else None, "cpu_s": m.cpu if m else None}
+                "wall_s": m.wall if m else None, "cpu_s": m.cpu if m else None,
+                "items_per_s": rate}
+
+
+def time_stages(choices: list[Choice], timed: list[tuple[list[str], int, float]]) -> None:
+    """Give each choice the (items, seconds) of the stage its node ran in (the map's
+    stage times: run/execute.py's ``Runtime.stage_times``)."""
+    by_node = {c.node: c for c in choices}
+    for names, items, seconds in timed:
+        for name in names:
+            if name in by_node:
+                by_node[name].stage = (items, seconds)
 
 
 def _share(wall: float, cpu: float, queued: float) -> float:
@@ -75,7 +99,7 @@ def _share(wall: float, cpu: float, queued: float) -> float:
     return min(1.0, cpu / ran) if ran > 0 else 1.0
 
 
-_COLUMNS = ("node", "executor", "concurrency", "measured", "why")
+_COLUMNS = ("node", "executor", "concurrency", "measured", "items/s", "why")
 
 
 @dataclass

@@ -37,6 +37,7 @@ from ..run.async_bridge import run_coroutine
 from ..errors import EngineShutDown, ExecutionError
 from ..run.execute import Runtime, execute_map, execute_run, fast_row_function
 from ..run.execute_fast import untraced
+from ..run.stages import steps_threads
 from ..model.plan import DUAL, FUNC, Plan
 from ..model.stateful import is_stateful
 from .base import Engine
@@ -191,7 +192,10 @@ class ThreadEngine(Engine):
                                                self.max_abandoned)
             return self._pool
 
-    def _pfor(self, rt: Runtime) -> Callable[[Callable[[int], None], int], None]:
+    def _pfor(self, rt: Runtime, threads: int | None = None
+              ) -> Callable[[Callable[[int], None], int], None]:
+        """Runs a map's per-item tasks on the pool; ``threads``: at most that many at
+        once (AutoEngine's choice for a stage; None: up to max_workers)."""
         pool = self.pool
 
         def pfor(task: Callable[[int], None], n: int) -> None:
@@ -200,7 +204,8 @@ class ThreadEngine(Engine):
             elif n:
                 on_complete = (lambda *_: rt.flush()) if rt.callbacks else None
                 try:
-                    pool.map(task, list(range(n)), on_complete=on_complete, stop_on_error=True)
+                    pool.map(task, list(range(n)), on_complete=on_complete, stop_on_error=True,
+                             parallelism=threads or 0)
                 except _pool_shut_down() as exc:
                     if not pool.is_shut_down:
                         raise
@@ -396,11 +401,12 @@ class ThreadEngine(Engine):
             # through the engine's event loop, their calls to the pool (as AsyncEngine).
             return execute_map(plan, base, rows, rt, pfor=self._pfor(rt), first_index=first,
                                announce=announce, async_items=self._items(rt, plan, timeout))
+        threads = steps_threads(plan.steps)  # (AutoEngine's choice, if any)
         if untraced(plan, rt):
             pool = self.pool
             try:
                 out = pool.map(fast_row_function(plan, base, first), list(enumerate(rows)),
-                               stop_on_error=not rt.collect)
+                               stop_on_error=not rt.collect, parallelism=threads or 0)
             except _pool_shut_down() as exc:
                 if not pool.is_shut_down:
                     raise
@@ -411,8 +417,8 @@ class ThreadEngine(Engine):
                 out = [self._shut_down_error(first + i) if isinstance(r, shut_down) else r
                        for i, r in enumerate(out)]
             return out
-        return execute_map(plan, base, rows, rt, pfor=self._pfor(rt), first_index=first,
-                           announce=announce)
+        return execute_map(plan, base, rows, rt, pfor=self._pfor(rt, threads),
+                           first_index=first, announce=announce)
 
     def __repr__(self) -> str:
         return f"ThreadEngine(max_workers={self.max_workers})"

@@ -182,8 +182,12 @@ def execute_map(plan: Plan, base: dict, rows: list[dict], rt: Runtime, *,
     if stages is None:
         shared = Placement(pfor, async_items)
         segments = [(kind, payload, shared) for kind, payload in plan.segments]
+        names = [[s.name for s in (p if isinstance(p, list) else [p])]
+                 for _, p in plan.segments]
     else:
         segments = [(st.kind, st.payload, place(st)) for st in stages]
+        names = [[s.name for s in st.steps] for st in stages]
+    timed = rt.stage_times[1] if rt.stage_times and rt.stage_times[0] is plan else None
     n = len(rows)
     announce = announce and bool(rt.callbacks)  # False: a window of a streaming map
     if announce:
@@ -265,7 +269,10 @@ def execute_map(plan: Plan, base: dict, rows: list[dict], rt: Runtime, *,
         if not interleave:
             for i in range(n):
                 start(i, rt)
-        for kind, payload, (run_on, async_on, remote, fanout) in segments:
+        for k, (kind, payload, (run_on, async_on, remote, fanout)) in enumerate(segments):
+            counted = False
+            if timed is not None:
+                t_stage, alive = time.perf_counter(), failed.count(None)
             try:
                 if fanout is not None:
                     fanout(payload, values, failed, collect)
@@ -280,7 +287,7 @@ def execute_map(plan: Plan, base: dict, rows: list[dict], rt: Runtime, *,
                                  finish if interleave else None, collect)
                 else:
                     (run_on or _serial_pfor)(items_task(payload, run_on is not None), n)
-                    continue  # items_task counted the items that got through
+                    counted = True  # items_task counted the items that got through
             except EngineShutDown as exc:
                 if not collect:
                     raise
@@ -288,6 +295,10 @@ def execute_map(plan: Plan, base: dict, rows: list[dict], rt: Runtime, *,
                 break
             finally:
                 rt.flush()
+            if timed is not None:
+                timed.append((names[k], alive, time.perf_counter() - t_stage))
+            if counted:
+                continue
             for i in range(n):
                 passed[i] += 1
         if not interleave:

@@ -21,7 +21,7 @@ class Runtime:
     """What one engine call carries down to every step: cache, callbacks, policy."""
 
     __slots__ = ("cache", "callbacks", "ctx", "retries", "batch_size", "collect", "tracing",
-                 "engine", "queue", "pending")
+                 "engine", "queue", "pending", "stage_times")
 
     def __copy__(self) -> "Runtime":
         new = Runtime.__new__(Runtime)
@@ -43,6 +43,9 @@ class Runtime:
         self.tracing = cache is not None or bool(self.callbacks)
         self.queue: deque | None = None  # set on worker views: events wait for the driver
         self.pending: deque = deque()  # the driver's inbox of worker events
+        # (plan, [(stage's node names, items in, seconds)]): execute_map times the
+        # stages of that plan's map into it (AutoEngine.explain()'s items/s per stage).
+        self.stage_times: tuple[Any, list] | None = None
 
     def emit(self, event: str, *args: Any) -> None:
         q = self.queue

@@ -27,7 +27,7 @@ from .execute import run_step
 from .execute_async import arun_step
 from .execute_batch import _run_batch
 from .runtime import Runtime
-from .stages import INLINE, PROCESS, THREAD, Stage, StagePart
+from .stages import INLINE, PROCESS, THREAD, Stage, StagePart, stage_threads
 
 #: A batch stage sends a partial batch after its oldest item waited this long.
 LINGER_S = 0.01
@@ -118,7 +118,8 @@ class _ThreadRunner(_Runner):
     def __init__(self, stream: Any, k: int, stage: Stage, threads: Any):
         super().__init__(stream, k, stage)
         self.pool = threads.pool
-        self.spec = (threads.max_workers, 0, 0, 0.0, True)
+        self.spec = (min(threads.max_workers, stage_threads(stage) or threads.max_workers),
+                     0, 0, 0.0, True)
 
     def start(self, n: int) -> None:
         # The workers claim the stage's items from the flow and report each one in C++ (no

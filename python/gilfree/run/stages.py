@@ -22,6 +22,9 @@ from typing import Any, Callable, NamedTuple
 from ..model.plan import DUAL, FUNC, PIPE, Plan, Step, _segments
 
 INLINE, THREAD, ASYNC, PROCESS = "inline", "thread", "async", "process"
+#: A step hint only AutoEngine writes: how many threads the step's stage should use (a
+#: thread stage's pool.map parallelism, a streaming thread stage's workers).
+STAGE_THREADS = "_stage_threads"
 #: The key under which a remote stage's items carry their values' cache signatures to
 #: the workers and back (with a cache only).
 SIGS = "__gilfree_sigs__"
@@ -125,6 +128,18 @@ def compile_stages(plan: Plan, default: str, same: dict[str, str] | None = None,
         stage.base_names = [a for a in reads if a not in varying]
         needed_later = (needed_later - made) | set(reads)
     return stages
+
+
+def stage_threads(stage: Stage) -> int | None:
+    """The most threads ``stage`` should use (the largest its steps ask for); None:
+    as many as the engine has."""
+    return steps_threads(stage.steps)
+
+
+def steps_threads(steps: list[Step]) -> int | None:
+    """``stage_threads`` of steps that run as one stage (a map's whole plan)."""
+    asked = [s.hints[STAGE_THREADS] for s in steps if s.hints.get(STAGE_THREADS)]
+    return max(asked) if asked else None
 
 
 def is_mixed(stages: list[Stage], default: str) -> bool:

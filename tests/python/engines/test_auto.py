@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import os
+import threading
 import time
 
 import pytest
 
 from gilfree import AutoEngine, DualNode, Pipeline, PipelineCallback, node, stateful
-from gilfree.engines import auto
+from gilfree.engines import auto, auto_threads
 
 from cpu_busy import spin
 
@@ -106,6 +108,65 @@ def test_cpu_that_releases_the_gil_goes_to_threads_one_per_core(engine):
     assert row["executor"] == "thread", row
     assert "releases the GIL" in row["why"]
     assert f"<= {auto.usable_cores()} threads" == row["concurrency"]
+
+
+def test_cpu_that_releases_the_gil_uses_one_thread_per_core(engine):
+    @node(output_name="thread")
+    def digest_where(x):
+        hashlib.sha256(PAGE).hexdigest()
+        return threading.get_ident()
+
+    out = Pipeline([digest_where]).map({"x": list(range(10))}, map_over="x", engine=engine)
+    # The stage's pool.map runs on at most one thread per core (not a thread per item,
+    # most of them waiting for a lock).
+    assert len({r["thread"] for r in out[auto.PROBE_ITEMS:]}) <= auto.usable_cores()
+
+
+def test_waiting_nodes_get_threads_by_littles_law(engine):
+    lock, running, most = threading.Lock(), [0], [0]
+
+    @node(output_name="slept")
+    def wait_counted(y):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.005)
+        with lock:
+            running[0] -= 1
+        return y
+
+    p = Pipeline([wait_counted, burn])
+    items = list(range(80))
+    # A map: the waiting stage runs alone, all its items in one call's time.
+    p.map({"y": items}, map_over="y", engine=engine)
+    wait = engine.explain().choices[0]
+    assert wait.threads == min(80 - auto.PROBE_ITEMS, engine.max_workers)
+    assert "Little's law: its 78 items in one call's time" in wait.reason
+    # A stream: the stages overlap; the waiting stage keeps pace with the process stage
+    # (its measured pace x 5 ms x HEADROOM), not more.
+    most[0] = 0
+    out = list(p.imap({"y": items}, map_over="y", engine=engine))
+    assert [r["burned"] - r["slept"] for r in out] == [spin(60_000)] * 80
+    wait, cpu = engine.explain().choices
+    pace = engine.workers / cpu.measure.wall
+    assert wait.threads == max(auto.usable_cores(), min(
+        engine.max_workers, math.ceil(pace * wait.measure.wall * auto_threads.HEADROOM)))
+    assert "the pace of 'burn'" in wait.reason
+    assert wait.concurrency == f"<= {wait.threads} threads, started on demand"
+    assert most[0] <= wait.threads < 40
+
+
+def test_explain_has_items_per_second_per_stage(engine):
+    p = Pipeline([wait_a_bit, burn])
+    p.map({"y": list(range(30))}, map_over="y", engine=engine)
+    wait, cpu = engine.explain().choices
+    # Each stage's items (those after the measured ones) and its own time.
+    assert wait.stage[0] == cpu.stage[0] == 30 - auto.PROBE_ITEMS
+    assert 0 < wait.stage[1] and 0 < cpu.stage[1]
+    rows = engine.explain().rows
+    assert all(r["items_per_s"] > 0 and r["items/s"] != "-" for r in rows), rows
+    # The waiting stage (5 ms on threads) is much faster than 6 ms of CPU on 2 workers.
+    assert wait.items_per_s > cpu.items_per_s
 
 
 def test_a_small_map_of_cpu_work_stays_inline(engine):
