@@ -134,6 +134,7 @@ py::dict stats(const FlowScheduler& flow) {
         x["busy"] = s.busy;
         x["done_total"] = s.done_total;
         x["workers"] = s.workers;
+        x["capacity"] = s.capacity;
         stages.append(x);
     }
     d["stages"] = stages;
@@ -182,6 +183,8 @@ void bind_flow(py::module_& m) {
             [](FlowScheduler& flow, std::size_t stage, const std::vector<std::uint64_t>& ids,
                const std::vector<bool>& failed) { flow.done(stage, ids, failed); },
             py::arg("stage"), py::arg("ids"), py::arg("failed") = std::vector<bool>{})
+        .def("set_capacity", &FlowScheduler::set_capacity, py::arg("stage"),
+             py::arg("capacity"))
         .def("close", &FlowScheduler::close)
         .def("stats", &stats);
 }

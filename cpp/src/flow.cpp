@@ -471,6 +471,20 @@ void FlowScheduler::worker_exit(std::size_t stage, std::size_t n) {
     if (!closed_ && !s.queue.empty()) wake_driver(true);
 }
 
+void FlowScheduler::set_capacity(std::size_t stage, std::size_t capacity) {
+    std::lock_guard<std::mutex> lk(mu_);
+    Stage& s = claimed_stage(stage, "set_capacity");
+    if (capacity == 0)
+        throw std::invalid_argument("Flow.set_capacity: " + stage_name(stage) +
+                                    ": capacity must be >= 1");
+    const bool grew = capacity > s.cfg.capacity;
+    s.cfg.capacity = capacity;
+    if (grew && !closed_ && !s.queue.empty()) {
+        s.claim_cv->notify_all();  // workers waiting for capacity
+        wake_driver(true);         // and more of them, for the queued items
+    }
+}
+
 void FlowScheduler::notify_claimers(std::size_t stage) {
     std::lock_guard<std::mutex> lk(mu_);
     claimed_stage(stage, "notify_claimers").claim_cv->notify_all();
@@ -502,6 +516,7 @@ FlowStats FlowScheduler::stats() const {
         x.busy = s.busy;
         x.done_total = s.done_total;
         x.workers = s.workers;
+        x.capacity = s.cfg.capacity;
         st.stages.push_back(x);
     }
     return st;

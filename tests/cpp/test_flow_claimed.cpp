@@ -175,6 +175,46 @@ void test_claimed_stress() {
     CHECK(w0.most.load() <= 8 && w2.most.load() <= 5);
 }
 
+// set_capacity re-sizes a claimed stage while it runs (AutoEngine: Little's law with the
+// latency of the moment): grown, the driver starts workers for the queued items and
+// more run at once; shrunk, workers over the new capacity claim nothing more.
+void test_set_capacity_resizes_a_claimed_stage() {
+    const std::size_t n = 300;
+    FlowScheduler flow({claimed(2, 300)}, 300, true, kTick);
+    Host host;
+    host.total = n;
+    std::atomic<std::size_t> most_after_shrink{0};
+    std::atomic<bool> shrunk{false};
+    ClaimWorkers workers(flow, 0, 2ms, [&](std::uint64_t id) {
+        if (id == 20) flow.set_capacity(0, 8);  // from a worker: thread-safe
+        if (id == 200) {
+            flow.set_capacity(0, 1);
+            shrunk = true;
+        }
+        std::this_thread::sleep_for(1ms);
+        return true;
+    });
+    host.on_start = [&](std::size_t, std::size_t m) {
+        if (shrunk) {
+            // Workers the driver starts after the shrink fit the new capacity.
+            most_after_shrink = std::max<std::size_t>(most_after_shrink, m);
+        }
+        workers.start(m);
+    };
+    const Exits out = drain(flow, host);
+    CHECK(out.size() == n);
+    CHECK(workers.most.load() > 2 && workers.most.load() <= 8);
+    CHECK(most_after_shrink.load() <= 1);
+    CHECK(flow.stats().stages[0].capacity == 1);
+    bool invalid = false;
+    try {
+        flow.set_capacity(0, 0);
+    } catch (const std::invalid_argument&) {
+        invalid = true;
+    }
+    CHECK(invalid);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -185,6 +225,7 @@ int main(int argc, char** argv) {
         {"close_wakes_claimers", test_close_wakes_claimers},
         {"claimed_stage_without_workers", test_claimed_stage_without_workers},
         {"claimed_stress", test_claimed_stress},
+        {"set_capacity_resizes_a_claimed_stage", test_set_capacity_resizes_a_claimed_stage},
     });
     return test_support::run_tests(tests, argc, argv);
 }

@@ -116,6 +116,7 @@ struct FlowStageStats {
     std::size_t busy = 0;        // capacity used: items (or batches) in flight or parked
     std::size_t done_total = 0;  // done() calls for items of this stage, failed included
     std::size_t workers = 0;     // claimed stage: workers started and not yet ended
+    std::size_t capacity = 0;    // its capacity now (set_capacity may change it)
 };
 
 struct FlowStats {
@@ -159,6 +160,13 @@ public:
                const std::atomic<bool>* stop = nullptr);
     void worker_exit(std::size_t stage, std::size_t n = 1);
     void notify_claimers(std::size_t stage);
+
+    // Thread-safe. A claimed stage's capacity from now on (>= 1; std::invalid_argument
+    // otherwise): the caller re-sized it from what it measured (AutoEngine: Little's law
+    // with the stage's latency of the moment). Larger: the driver starts workers for
+    // queued items at its next round. Smaller: running items finish; workers over the
+    // new capacity claim nothing more and end after their idle wait.
+    void set_capacity(std::size_t stage, std::size_t capacity);
 
     // Thread-safe, idempotent: next() returns [] from then on, the host is not called
     // again (a call already running finishes), later done() calls are ignored.

@@ -38,9 +38,9 @@ from typing import Any, Iterator
 from ..model.plan import DUAL, PIPE, Plan, Step
 from ..model.stateful import end_map, new_map
 from ..run.execute import Runtime, execute_map
-from ..run.stages import ASYNC, INLINE, PROCESS, STAGE_THREADS, THREAD, is_fanout
+from ..run.stages import ASYNC, INLINE, PROCESS, STAGE_PACE, STAGE_THREADS, THREAD, is_fanout
 from .auto_threads import size_threads
-from .explain import Choice, Explanation, Measure, time_stages
+from .explain import Choice, Explanation, Measure, resized, time_stages
 from .threads import ThreadEngine, limit_concurrency, usable_cores
 
 #: explain()'s executor for a nested map whose inner items run as one map (fanout.py)
@@ -222,6 +222,7 @@ class AutoEngine(ThreadEngine):
         unmeasured = [s for s in plan.steps if self._needs_probe(s)]
         if not unmeasured or self._item_timeout(plan) is not None:
             self._last = Explanation(self._place(plan, total, streaming=True), total, None)
+            rt.on_resize = resized(self._last.choices)
             return super()._stream(plan, base, rows, rt, ordered, read_ahead, total, mapped)
         return self._probed_stream(plan, base, rows, rt, ordered, read_ahead, total, mapped,
                                    unmeasured)
@@ -252,6 +253,7 @@ class AutoEngine(ThreadEngine):
             self._last = Explanation(self._place(plan, None if total is None else
                                                  total - len(head), streaming=True),
                                      total, None)
+            rt.on_resize = resized(self._last.choices)
             for result in out:
                 if isinstance(result, BaseException) and not rt.collect:
                     raise result
@@ -291,6 +293,8 @@ class AutoEngine(ThreadEngine):
                 c.threads = c.threads or c.threads_cap
                 if c.threads:
                     step.hints[STAGE_THREADS] = c.threads
+                if c.pace:
+                    step.hints[STAGE_PACE] = c.pace
             c.concurrency = self._concurrency_of(c, step)
         return choices
 

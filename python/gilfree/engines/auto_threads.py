@@ -12,7 +12,11 @@ node has to keep up with:
                                         1 / call; GIL-releasing threads: cores / call),
                                         with HEADROOM for its jitter: more threads would
                                         only pile finished items in front of it
-                                        (a fast stage must not flood a slow one)
+                                        (a fast stage must not flood a slow one); and
+                                        while the stream runs, the stage re-sizes itself
+                                        with its latency of the moment (a server that
+                                        slows down gets more threads: STAGE_PACE,
+                                        run/stage_runners.py)
 
 Either way at least one per core and at most the engine's ``max_workers``. (A waiting
 call's own CPU time is no guide to how many fit beside each other under the GIL: the
@@ -56,6 +60,7 @@ def size_threads(choices: list[Choice], items: int | None, streaming: bool, work
                  and (rate := capacity(o, workers)) is not None]
         if streaming and paces:
             rate, slowest = min(paces)
+            c.pace = rate * HEADROOM  # the stream re-sizes it by its latency as it runs
             want = math.ceil(rate * latency * HEADROOM)
             why = (f"Little's law: the pace of {slowest!r} ({rate:,.0f} items/s) x "
                    f"{latency * 1e3:.1f} ms x {HEADROOM:g}")

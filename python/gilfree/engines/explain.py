@@ -62,6 +62,7 @@ class Choice:
     waiting: bool = False  # mostly waits: threads sized by Little's law (auto_threads.py)
     threads: int | None = None  # the threads its stage uses (None: the engine's)
     joins: str | None = None  # a cheap node: the neighbour whose stage it runs in
+    pace: float | None = None  # a waiting node in a stream: items/s it has to sustain
     concurrency: str = ""
     #: (items, seconds) of its stage in the last map: the stages of a map run one after
     #: another, so each has a time of its own (None: not timed, e.g. a stream)
@@ -82,6 +83,18 @@ class Choice:
                 "why": self.reason,
                 "wall_s": m.wall if m else None, "cpu_s": m.cpu if m else None,
                 "items_per_s": rate}
+
+
+def resized(choices: list[Choice]) -> Any:
+    """The ``Runtime.on_resize`` of a stream: a waiting node's stage re-sized itself
+    (Little's law with its latency of the moment); its row says so."""
+    def on_resize(names: list[str], threads: int, latency: float) -> None:
+        for c in choices:
+            if c.node in names and c.waiting:
+                c.threads = threads
+                c.concurrency = (f"<= {threads} threads (re-sized while running: "
+                                 f"{latency * 1e3:.1f} ms per call)")
+    return on_resize
 
 
 def time_stages(choices: list[Choice], timed: list[tuple[list[str], int, float]]) -> None:

@@ -29,7 +29,6 @@ Pure-Python CPU work does not get faster on threads: use ProcessEngine for that.
 from __future__ import annotations
 
 import math
-import os
 import threading
 from typing import Any, Callable
 
@@ -37,6 +36,7 @@ from ..run.async_bridge import run_coroutine
 from ..errors import EngineShutDown, ExecutionError
 from ..run.execute import Runtime, execute_map, execute_run, fast_row_function
 from ..run.execute_fast import untraced
+from ..run.cores import usable_cores  # noqa: F401 - the engines import it from here
 from ..run.stages import steps_threads
 from ..model.plan import DUAL, FUNC, Plan
 from ..model.stateful import is_stateful
@@ -49,13 +49,6 @@ DEFAULT_MAX_WORKERS = 256
 #: Past that, stuck threads count against max_workers again, and items that cannot get
 #: a thread time out saying so.
 DEFAULT_MAX_ABANDONED = 1024
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def auto_batch_size(n_items: int) -> int:

@@ -14,6 +14,8 @@
           thread   pool.serve(n) ──────────────────▶ C++ thread pool; its workers claim
                                                      the stage's items from the flow and
                                                      report flow.done, in C++
+        (before each flow.next: a thread stage with a pace to keep (AutoEngine) re-sizes
+         itself by its latency of the moment: runner.adapt -> flow.set_capacity)
           async    one coroutine per item ─────────▶ the engine's event loop
           batch    one pool.submit per batch ──────▶ (a DualNode: full, or lingered)
           process  the stage's feeder thread ──────▶ pool.stream(): a worker with room
@@ -130,6 +132,8 @@ class Stream(_Lifecycle):
                                          engine.executor_aliases, mapped)
         self.runners = [runner(self, k, st, remote_base if remote_base is not None else base)
                         for k, st in enumerate(self.stages)]
+        # Thread stages that re-size themselves as their latency changes (AutoEngine).
+        self.adaptive = [r for r in self.runners if getattr(r, "pace", None)]
         capacity = max(r.spec[0] * max(1, r.spec[2]) for r in self.runners)
         self.read_ahead = read_ahead or min(8192, max(64, 2 * capacity))
         specs = [(r.spec[0], self.read_ahead, r.spec[2], r.spec[3], r.spec[4])
@@ -149,6 +153,10 @@ class Stream(_Lifecycle):
                 raise StopIteration
             if self._shut_down():
                 return self._after_shutdown()
+            if self.adaptive:
+                now = time.perf_counter()
+                for r in self.adaptive:
+                    r.adapt(now)
             try:
                 got = self.flow.next(self._pull, self._dispatch, self._start)
             except BaseException:

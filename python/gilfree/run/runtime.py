@@ -21,7 +21,7 @@ class Runtime:
     """What one engine call carries down to every step: cache, callbacks, policy."""
 
     __slots__ = ("cache", "callbacks", "ctx", "retries", "batch_size", "collect", "tracing",
-                 "engine", "queue", "pending", "stage_times")
+                 "engine", "queue", "pending", "stage_times", "on_resize")
 
     def __copy__(self) -> "Runtime":
         new = Runtime.__new__(Runtime)
@@ -46,6 +46,9 @@ class Runtime:
         # (plan, [(stage's node names, items in, seconds)]): execute_map times the
         # stages of that plan's map into it (AutoEngine.explain()'s items/s per stage).
         self.stage_times: tuple[Any, list] | None = None
+        # on_resize(node names, threads, latency s): a stream's stage re-sized itself
+        # (stage_runners._ThreadRunner.adapt; AutoEngine.explain() shows it).
+        self.on_resize: Callable[[list[str], int, float], None] | None = None
 
     def emit(self, event: str, *args: Any) -> None:
         q = self.queue

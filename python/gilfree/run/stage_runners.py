@@ -18,21 +18,29 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import math
+import statistics
 import threading
 import time
+from collections import deque
 from typing import Any, Callable, Iterator
 
 from ..errors import EngineShutDown
+from .cores import usable_cores
 from .execute import run_step
 from .execute_async import arun_step
 from .execute_batch import _run_batch
 from .runtime import Runtime
-from .stages import INLINE, PROCESS, THREAD, Stage, StagePart, stage_threads
+from .stages import INLINE, PROCESS, THREAD, Stage, StagePart, stage_pace, stage_threads
 
 #: A batch stage sends a partial batch after its oldest item waited this long.
 LINGER_S = 0.01
 #: Items a process stage holds at most (running in workers, or waiting for a worker).
 PROCESS_IN_FLIGHT = 4096
+#: A re-sized thread stage (STAGE_PACE) looks at its latency this often, over its last
+#: LATENCY_CALLS calls (at least MIN_CALLS of them), and changes its threads only by
+#: more than RESIZE_BY (either way): a stage does not flap between two sizes.
+ADAPT_S, LATENCY_CALLS, MIN_CALLS, RESIZE_BY = 0.05, 64, 8, 0.25
 #: How long ready items wait for more before a process stage sends a batch smaller than
 #: its measured size (~50 ms of work).
 PROCESS_LINGER_S = 0.02
@@ -118,8 +126,15 @@ class _ThreadRunner(_Runner):
     def __init__(self, stream: Any, k: int, stage: Stage, threads: Any):
         super().__init__(stream, k, stage)
         self.pool = threads.pool
-        self.spec = (min(threads.max_workers, stage_threads(stage) or threads.max_workers),
-                     0, 0, 0.0, True)
+        self.threads = min(threads.max_workers, stage_threads(stage) or threads.max_workers)
+        self.spec = (self.threads, 0, 0, 0.0, True)
+        # Re-sized by Little's law (threads = pace x latency) while it runs, between at
+        # least one per core and the engine's max_workers; None: a fixed size.
+        self.pace = stage_pace(stage)
+        self.most = threads.max_workers
+        self.least = min(usable_cores(), self.most)
+        self.latencies: deque = deque(maxlen=LATENCY_CALLS)  # appends are atomic
+        self.adapted_at = 0.0
 
     def start(self, n: int) -> None:
         # The workers claim the stage's items from the flow and report each one in C++ (no
@@ -130,7 +145,31 @@ class _ThreadRunner(_Runner):
 
     def _call_id(self, i: int) -> bool:
         """True if item ``i`` ran through the stage; False (error recorded) if not."""
-        return self.run_items(i, self.stream.work_rt.worker_view())
+        if self.pace is None:
+            return self.run_items(i, self.stream.work_rt.worker_view())
+        t0 = time.perf_counter()
+        try:
+            return self.run_items(i, self.stream.work_rt.worker_view())
+        finally:
+            self.latencies.append(time.perf_counter() - t0)
+
+    def adapt(self, now: float) -> None:
+        """Little's law again, with the stage's latency of the moment: a call that got
+        slower (a server under load) gets more threads, one that got faster fewer. Runs
+        in the iterating thread, at most every ADAPT_S."""
+        if self.pace is None or now - self.adapted_at < ADAPT_S \
+                or len(self.latencies) < MIN_CALLS:
+            return
+        self.adapted_at = now
+        latency = statistics.median(list(self.latencies))
+        want = max(self.least, min(self.most, math.ceil(self.pace * latency)))
+        if abs(want - self.threads) <= RESIZE_BY * self.threads:
+            return
+        self.threads = want
+        self.stream.flow.set_capacity(self.k, want)
+        on_resize = self.stream.rt.on_resize
+        if on_resize is not None:
+            on_resize([s.name for s in self.stage.steps], want, latency)
 
 
 class _LoopRunner(_Runner):

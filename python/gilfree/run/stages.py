@@ -25,6 +25,10 @@ INLINE, THREAD, ASYNC, PROCESS = "inline", "thread", "async", "process"
 #: A step hint only AutoEngine writes: how many threads the step's stage should use (a
 #: thread stage's pool.map parallelism, a streaming thread stage's workers).
 STAGE_THREADS = "_stage_threads"
+#: With it, in a stream (AutoEngine): the items per second the stage has to sustain
+#: (the slowest stage's pace, headroom included). The stage then re-sizes itself by
+#: Little's law as its latency changes (stage_runners._ThreadRunner.adapt).
+STAGE_PACE = "_stage_pace"
 #: The key under which a remote stage's items carry their values' cache signatures to
 #: the workers and back (with a cache only).
 SIGS = "__gilfree_sigs__"
@@ -134,6 +138,12 @@ def stage_threads(stage: Stage) -> int | None:
     """The most threads ``stage`` should use (the largest its steps ask for); None:
     as many as the engine has."""
     return steps_threads(stage.steps)
+
+
+def stage_pace(stage: Stage) -> float | None:
+    """The pace ``stage`` must keep up with (STAGE_PACE); None: it is not re-sized."""
+    asked = [s.hints[STAGE_PACE] for s in stage.steps if s.hints.get(STAGE_PACE)]
+    return max(asked) if asked else None
 
 
 def steps_threads(steps: list[Step]) -> int | None:

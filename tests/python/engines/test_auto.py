@@ -156,6 +156,33 @@ def test_waiting_nodes_get_threads_by_littles_law(engine):
     assert most[0] <= wait.threads < 40
 
 
+def test_a_stream_resizes_a_waiting_stage_when_its_latency_changes(engine):
+    lock, running, most = threading.Lock(), [0], [0]
+
+    @node(output_name="slept")
+    def slows_down(y):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        # The measured items are quick; the rest take 20x longer (a server under load).
+        time.sleep(0.001 if y < auto.PROBE_ITEMS else 0.02)
+        with lock:
+            running[0] -= 1
+        return y
+
+    p = Pipeline([slows_down, burn])
+    out = list(p.imap({"y": list(range(120))}, map_over="y", engine=engine))
+    assert [r["slept"] for r in out] == list(range(120))
+    wait = engine.explain().choices[0]
+    # Sized from a 1 ms call, it started at one thread per core; at 20 ms per call,
+    # Little's law wants about 20x more, and the stage grew while the stream ran.
+    started = max(auto.usable_cores(), min(engine.max_workers, math.ceil(
+        wait.pace * wait.measure.wall)))
+    assert "re-sized while running" in wait.concurrency, wait.concurrency
+    assert wait.threads > started
+    assert most[0] > started
+
+
 def test_explain_has_items_per_second_per_stage(engine):
     p = Pipeline([wait_a_bit, burn])
     p.map({"y": list(range(30))}, map_over="y", engine=engine)
