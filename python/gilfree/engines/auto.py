@@ -1,7 +1,7 @@
 """``AutoEngine``: every node on the executor that suits it, chosen from measurements.
 
     engine.map(pipeline, ...)
-      a sync node this engine has not measured?
+      a sync node (or a DualNode) this engine has not measured?
         yes: the first PROBE_ITEMS items run here, one after another (they are the map's
              own items: no call runs twice), every call of those nodes timed: wall
              time, the thread's CPU time, and how often a helper thread got the GIL
@@ -10,7 +10,9 @@
       depends on the map's size):
         an executor= hint (the node's, or engine.configure) -> that, always
         async def                      -> the event loop
-        DualNode                       -> batches on threads (ThreadEngine's batch size)
+        DualNode                       -> batches on threads: at most MAX_BATCH_S of its
+                                          measured work per batch; one at a time if
+                                          its batch call holds the GIL
         nested pipeline                -> threads (it runs whole; not measured)
         a call under CHEAP_S           -> inline, in the stage of a neighbour (fused)
         mostly waiting (CPU < WAITING) -> threads, as many as Little's law says
@@ -41,7 +43,7 @@ from ..run.execute import Runtime, execute_map
 from ..run.stages import ASYNC, INLINE, PROCESS, STAGE_PACE, STAGE_THREADS, THREAD, is_fanout
 from .auto_threads import size_threads
 from .explain import Choice, Explanation, Measure, resized, time_stages
-from .threads import ThreadEngine, limit_concurrency, usable_cores
+from .threads import ThreadEngine, auto_batch_size, limit_concurrency, usable_cores
 
 #: explain()'s executor for a nested map whose inner items run as one map (fanout.py)
 FANOUT = "fan-out"
@@ -59,6 +61,11 @@ GIL_TEST_MIN_S = 0.003
 #: sleeps 0.5 ms between runs: ~1.7 runs/ms beside a call that releases the GIL, ~0.2
 #: beside one that holds it (it gets the GIL at each 5 ms switch interval).
 RELEASED_RUNS_PER_MS = 0.8
+#: A DualNode's batch holds at most this much measured work (seconds): a huge map does
+#: not make huge batches (memory, and the first results wait for a whole batch).
+MAX_BATCH_S = 0.5
+#: A DualNode's batch size in a stream (its length is not known), as stage_runners has.
+STREAM_BATCH = 32
 #: CPU work of a map (items x CPU per call) below which worker processes do not pay
 #: for the transfers and the hand-over (a warm pool; starting one costs ~50 ms more).
 PROCESS_MIN_WORK_S = 0.05
@@ -184,26 +191,36 @@ class AutoEngine(ThreadEngine):
         return out
 
     def _needs_probe(self, step: Step) -> bool:
-        return (step.kind not in (DUAL, PIPE) and not step.is_async
+        if step.kind == DUAL and (step.hints.get("batch_size") or self.batch_size):
+            return False  # (its batch size is given: nothing to choose)
+        return (step.kind != PIPE and not step.is_async
                 and not step.hints.get("executor") and _key(step) not in self._measures)
 
     def _probe(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime,
                steps: list[Step], first: int) -> list:
         """The first rows, here, one after another, with ``steps``' calls timed."""
         calls: dict[str, list] = {s.name: [] for s in steps}
-        funcs = [s.func for s in steps]
+        funcs = [s.batch if s.kind == DUAL else s.func for s in steps]
         ticker = _Ticker()
         try:
-            for s in steps:
-                s.func = _timed(s.func, calls[s.name], ticker)
+            for s in steps:  # (a DualNode: its batch call over the measured items)
+                if s.kind == DUAL:
+                    s.batch = _timed(s.batch, calls[s.name], ticker)
+                else:
+                    s.func = _timed(s.func, calls[s.name], ticker)
             return execute_map(plan, self._scoped(base), rows, rt, first_index=first,
                                announce=False)
         finally:
             ticker.stop()
             for s, f in zip(steps, funcs):
-                s.func = f
+                if s.kind == DUAL:
+                    s.batch = f
+                else:
+                    s.func = f
                 if calls[s.name]:  # (none: its items failed earlier, or the cache had it)
-                    self._measures[_key(s)] = Measure.of(calls[s.name])
+                    m = self._measures[_key(s)] = Measure.of(calls[s.name])
+                    if s.kind == DUAL:
+                        m.items = len(rows)  # one batch call over the measured items
 
     def _run_rows(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime,
                   first: int, announce: bool) -> list:
@@ -286,6 +303,8 @@ class AutoEngine(ThreadEngine):
                 c.concurrency = "its inner items: one map on this engine"
                 continue
             step.hints = {**step.hints, "executor": c.executor}
+            if c.batch_size and not step.hints.get("batch_size"):
+                step.hints["batch_size"] = c.batch_size
             if c.threads_cap and not step.hints.get("max_concurrency"):
                 step.hints["max_concurrency"] = c.threads_cap
                 limit_concurrency(step)
@@ -308,7 +327,7 @@ class AutoEngine(ThreadEngine):
         if step.is_async:
             return Choice(name, ASYNC, "async def: awaits on the event loop")
         if step.kind == DUAL:
-            return Choice(name, THREAD, "DualNode: batches on threads", batch=True)
+            return _batches(step, m, items)
         if fanout and is_fanout(step):
             return Choice(name, FANOUT, "nested pipeline with map_over: the inner items of "
                                         "all items run as one map", batch=True)
@@ -343,8 +362,10 @@ class AutoEngine(ThreadEngine):
         if c.executor == INLINE:
             return "1 (the calling thread)"
         if step.kind == DUAL:
-            return "batches: " + (f"{self.batch_size} items" if self.batch_size else
-                                  "a few per core (auto_batch_size)")
+            size = step.hints.get("batch_size") or self.batch_size
+            return ("batches: " + (f"{size} items" if size else
+                                   "a few per core (auto_batch_size)")
+                    + (", one at a time" if c.threads_cap == 1 else ""))
         if step.hints.get("max_concurrency"):
             return f"<= {step.hints['max_concurrency']} threads"
         if c.threads:
@@ -360,6 +381,29 @@ class AutoEngine(ThreadEngine):
 
     def __repr__(self) -> str:
         return f"AutoEngine(max_workers={self.max_workers}, workers={self.workers})"
+
+
+def _batches(step: Step, m: Measure | None, items: int | None) -> Choice:
+    """A DualNode: batches on threads. Measured (one batch call over the measured
+    items), its batch size keeps a call under MAX_BATCH_S of work (ThreadEngine's "a few
+    batches per core" otherwise: a huge map would make huge batches), and a batch
+    function that holds the GIL gets one batch at a time (threads would only take turns).
+    """
+    if m is None:
+        return Choice(step.name, THREAD, "DualNode: batches on threads", batch=True)
+    per_item = m.wall / max(1, m.items)
+    size = auto_batch_size(items) if items else STREAM_BATCH
+    most = max(1, int(MAX_BATCH_S / per_item)) if per_item > 0 else size
+    size = min(size, most)
+    holds = m.cpu_share >= WAITING and not m.releases_gil(GIL_TEST_MIN_S,
+                                                          RELEASED_RUNS_PER_MS)
+    why = (f"DualNode: batches of {size} on threads (a batch of {m.items} took "
+           f"{m.wall * 1e3:.2f} ms"
+           + (f"; at most {MAX_BATCH_S:g} s of work per batch" if size == most else "")
+           + ("; it holds the GIL: one batch at a time)" if holds else
+              "; it waits or releases the GIL: several at once)"))
+    return Choice(step.name, THREAD, why, m, batch=True, batch_size=size,
+                  threads_cap=1 if holds else None)
 
 
 def _fuse(choices: list[Choice]) -> None:

@@ -38,7 +38,7 @@ def capacity(c: Choice, workers: int) -> float | None:
     """Items per second the stage of ``c`` can take, from its measurement; None where
     not known (not measured, a DualNode, the loop, a waiting node: it scales)."""
     m = c.measure
-    if m is None or m.wall <= 0 or c.cheap or c.waiting:
+    if m is None or m.wall <= 0 or c.cheap or c.waiting or c.batch:
         return None
     if c.executor == PROCESS:
         return workers / m.wall

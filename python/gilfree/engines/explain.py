@@ -28,6 +28,7 @@ class Measure:
     #: the calls timed: a computing call that other processes (or threads holding the
     #: GIL) slowed down still counts as computing if one call ran undisturbed.
     cpu_share: float = 0.0
+    items: int = 1  # items per timed call (a DualNode's batch call: the measured items)
 
     @classmethod
     def of(cls, calls: list[tuple[float, float, int, float]]) -> "Measure":
@@ -45,7 +46,10 @@ class Measure:
                 f"{self.wall * 1e6:.1f} us")
         queued = (f", {self.queued / self.wall:.0%} waiting for a core"
                   if self.wall > 0 and self.queued > 0.1 * self.wall else "")
-        return f"{wall}, {self.cpu_share:.0%} CPU{queued} ({self.calls} calls timed)"
+        calls = f"{self.calls} call{'s' if self.calls != 1 else ''}"
+        if self.items > 1:
+            calls += f" of {self.items} items"
+        return f"{wall}, {self.cpu_share:.0%} CPU{queued} ({calls} timed)"
 
 
 @dataclass
@@ -63,6 +67,7 @@ class Choice:
     threads: int | None = None  # the threads its stage uses (None: the engine's)
     joins: str | None = None  # a cheap node: the neighbour whose stage it runs in
     pace: float | None = None  # a waiting node in a stream: items/s it has to sustain
+    batch_size: int | None = None  # a measured DualNode: the batch size chosen
     concurrency: str = ""
     #: (items, seconds) of its stage in the last map: the stages of a map run one after
     #: another, so each has a time of its own (None: not timed, e.g. a stream)

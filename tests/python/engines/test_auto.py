@@ -149,11 +149,13 @@ def test_waiting_nodes_get_threads_by_littles_law(engine):
     assert [r["burned"] - r["slept"] for r in out] == [spin(60_000)] * 80
     wait, cpu = engine.explain().choices
     pace = engine.workers / cpu.measure.wall
-    assert wait.threads == max(auto.usable_cores(), min(
+    initial = max(auto.usable_cores(), min(
         engine.max_workers, math.ceil(pace * wait.measure.wall * auto_threads.HEADROOM)))
-    assert "the pace of 'burn'" in wait.reason
-    assert wait.concurrency == f"<= {wait.threads} threads, started on demand"
-    assert most[0] <= wait.threads < 40
+    assert "the pace of 'burn'" in wait.reason and f"= {initial} threads" in wait.reason
+    # (The stream may re-size it as the calls' latency moves: see the next test.)
+    assert wait.concurrency.startswith(f"<= {wait.threads} threads")
+    # Far fewer calls at once than the 78 items the stream had room to start.
+    assert most[0] < 40 and wait.threads < 40
 
 
 def test_a_stream_resizes_a_waiting_stage_when_its_latency_changes(engine):
@@ -229,6 +231,58 @@ def test_async_and_batch_nodes(engine):
     out = p.map({"x": list(range(10))}, map_over="x", engine=engine)
     assert [r["b"] for r in out] == [2 * i for i in range(10)]
     assert executors(engine) == {"fetch": "async", "one": "thread"}
+
+
+def test_a_dualnode_batch_size_from_its_measured_call(engine, monkeypatch):
+    sizes = []
+
+    def one(x):
+        return x
+
+    def many(x):
+        sizes.append(len(x))
+        time.sleep(0.002 * len(x))  # 2 ms per item, the GIL released
+        return list(x)
+
+    monkeypatch.setattr(auto, "MAX_BATCH_S", 0.01)  # ~5 items of this one's work
+    p = Pipeline([DualNode("y", one, many)])
+    out = p.map({"x": list(range(60))}, map_over="x", engine=engine)
+    assert out == [{"y": i} for i in range(60)]
+    assert sizes[0] == auto.PROBE_ITEMS  # the measured batch
+    row = engine.explain().choices[0]
+    assert 3 <= row.batch_size <= 5, row  # 0.01 s / (~2 ms per item)
+    assert row.batch_size < auto_threads_batch(60 - auto.PROBE_ITEMS)
+    assert max(sizes[1:]) == row.batch_size and sum(sizes) == 60
+    assert "several at once" in row.reason and "at most 0.01 s" in row.reason
+
+
+def auto_threads_batch(n):
+    from gilfree.engines.threads import auto_batch_size
+    return auto_batch_size(n)
+
+
+def test_a_dualnode_that_holds_the_gil_runs_one_batch_at_a_time(engine):
+    lock, running, most = threading.Lock(), [0], [0]
+
+    def one(x):
+        return x
+
+    def many(x):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        spin(20_000 * len(x))  # pure Python: threads would only take turns
+        with lock:
+            running[0] -= 1
+        return list(x)
+
+    p = Pipeline([DualNode("y", one, many)])
+    out = p.map({"x": list(range(40))}, map_over="x", engine=engine)
+    assert out == [{"y": i} for i in range(40)]
+    row = engine.explain().choices[0]
+    assert "holds the GIL: one batch at a time" in row.reason, row.reason
+    assert row.concurrency.endswith("one at a time")
+    assert most[0] == 1
 
 
 def test_the_users_hints_win(engine):
