@@ -16,6 +16,7 @@ from gilfree import AutoEngine, DualNode, Pipeline, PipelineCallback, node, stat
 from gilfree.engines import auto, auto_threads
 
 from cpu_busy import spin
+from peak import Peak
 
 PAGE = os.urandom(1 << 23)  # hashing 8 MiB takes ~15-30 ms, with the GIL released
 
@@ -123,16 +124,12 @@ def test_cpu_that_releases_the_gil_uses_one_thread_per_core(engine):
 
 
 def test_waiting_nodes_get_threads_by_littles_law(engine):
-    lock, running, most = threading.Lock(), [0], [0]
+    peak = Peak()
 
     @node(output_name="slept")
     def wait_counted(y):
-        with lock:
-            running[0] += 1
-            most[0] = max(most[0], running[0])
-        time.sleep(0.005)
-        with lock:
-            running[0] -= 1
+        with peak:
+            time.sleep(0.005)
         return y
 
     p = Pipeline([wait_counted, burn])
@@ -144,7 +141,7 @@ def test_waiting_nodes_get_threads_by_littles_law(engine):
     assert "Little's law: its 78 items in one call's time" in wait.reason
     # A stream: the stages overlap; the waiting stage keeps pace with the process stage
     # (its measured pace x 5 ms x HEADROOM), not more.
-    most[0] = 0
+    peak.most = 0
     out = list(p.imap({"y": items}, map_over="y", engine=engine))
     assert [r["burned"] - r["slept"] for r in out] == [spin(60_000)] * 80
     wait, cpu = engine.explain().choices
@@ -155,21 +152,17 @@ def test_waiting_nodes_get_threads_by_littles_law(engine):
     # (The stream may re-size it as the calls' latency moves: see the next test.)
     assert wait.concurrency.startswith(f"<= {wait.threads} threads")
     # Far fewer calls at once than the 78 items the stream had room to start.
-    assert most[0] < 40 and wait.threads < 40
+    assert peak.most < 40 and wait.threads < 40
 
 
 def test_a_stream_resizes_a_waiting_stage_when_its_latency_changes(engine):
-    lock, running, most = threading.Lock(), [0], [0]
+    peak = Peak()
 
     @node(output_name="slept")
     def slows_down(y):
-        with lock:
-            running[0] += 1
-            most[0] = max(most[0], running[0])
-        # The measured items are quick; the rest take 20x longer (a server under load).
-        time.sleep(0.001 if y < auto.PROBE_ITEMS else 0.02)
-        with lock:
-            running[0] -= 1
+        with peak:
+            # The measured items are quick; the rest take 20x longer (a server under load).
+            time.sleep(0.001 if y < auto.PROBE_ITEMS else 0.02)
         return y
 
     p = Pipeline([slows_down, burn])
@@ -182,7 +175,7 @@ def test_a_stream_resizes_a_waiting_stage_when_its_latency_changes(engine):
         wait.pace * wait.measure.wall)))
     assert "re-sized while running" in wait.concurrency, wait.concurrency
     assert wait.threads > started
-    assert most[0] > started
+    assert peak.most > started
 
 
 def test_explain_has_items_per_second_per_stage(engine):
@@ -262,18 +255,14 @@ def auto_threads_batch(n):
 
 
 def test_a_dualnode_that_holds_the_gil_runs_one_batch_at_a_time(engine):
-    lock, running, most = threading.Lock(), [0], [0]
+    peak = Peak()
 
     def one(x):
         return x
 
     def many(x):
-        with lock:
-            running[0] += 1
-            most[0] = max(most[0], running[0])
-        spin(20_000 * len(x))  # pure Python: threads would only take turns
-        with lock:
-            running[0] -= 1
+        with peak:
+            spin(20_000 * len(x))  # pure Python: threads would only take turns
         return list(x)
 
     p = Pipeline([DualNode("y", one, many)])
@@ -282,7 +271,7 @@ def test_a_dualnode_that_holds_the_gil_runs_one_batch_at_a_time(engine):
     row = engine.explain().choices[0]
     assert "holds the GIL: one batch at a time" in row.reason, row.reason
     assert row.concurrency.endswith("one at a time")
-    assert most[0] == 1
+    assert peak.most == 1
 
 
 def test_the_users_hints_win(engine):
