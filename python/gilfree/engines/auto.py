@@ -31,7 +31,6 @@ the last map and the numbers behind them.
 
 from __future__ import annotations
 
-import copy
 import itertools
 import threading
 import time
@@ -40,6 +39,7 @@ from typing import Any, Iterator
 from ..model.plan import DUAL, PIPE, Plan, Step
 from ..model.stateful import end_map, new_map
 from ..run.execute import Runtime, execute_map
+from ..run.stage_runners import STREAM_BATCH_SIZE
 from ..run.stages import ASYNC, INLINE, PROCESS, STAGE_PACE, STAGE_THREADS, THREAD, is_fanout
 from .auto_threads import size_threads
 from .explain import Choice, Explanation, Measure, resized, time_stages
@@ -64,8 +64,6 @@ RELEASED_RUNS_PER_MS = 0.8
 #: A DualNode's batch holds at most this much measured work (seconds): a huge map does
 #: not make huge batches (memory, and the first results wait for a whole batch).
 MAX_BATCH_S = 0.5
-#: A DualNode's batch size in a stream (its length is not known), as stage_runners has.
-STREAM_BATCH = 32
 #: CPU work of a map (items x CPU per call) below which worker processes do not pay
 #: for the transfers and the hand-over (a warm pool; starting one costs ~50 ms more).
 PROCESS_MIN_WORK_S = 0.05
@@ -200,23 +198,19 @@ class AutoEngine(ThreadEngine):
                steps: list[Step], first: int) -> list:
         """The first rows, here, one after another, with ``steps``' calls timed."""
         calls: dict[str, list] = {s.name: [] for s in steps}
-        funcs = [s.batch if s.kind == DUAL else s.func for s in steps]
+        # What is timed: a node's call; a DualNode's batch call over the measured items.
+        attrs = ["batch" if s.kind == DUAL else "func" for s in steps]
+        funcs = [getattr(s, a) for s, a in zip(steps, attrs)]
         ticker = _Ticker()
         try:
-            for s in steps:  # (a DualNode: its batch call over the measured items)
-                if s.kind == DUAL:
-                    s.batch = _timed(s.batch, calls[s.name], ticker)
-                else:
-                    s.func = _timed(s.func, calls[s.name], ticker)
+            for s, a, f in zip(steps, attrs, funcs):
+                setattr(s, a, _timed(f, calls[s.name], ticker))
             return execute_map(plan, self._scoped(base), rows, rt, first_index=first,
                                announce=False)
         finally:
             ticker.stop()
-            for s, f in zip(steps, funcs):
-                if s.kind == DUAL:
-                    s.batch = f
-                else:
-                    s.func = f
+            for s, a, f in zip(steps, attrs, funcs):
+                setattr(s, a, f)
                 if calls[s.name]:  # (none: its items failed earlier, or the cache had it)
                     m = self._measures[_key(s)] = Measure.of(calls[s.name])
                     if s.kind == DUAL:
@@ -238,8 +232,7 @@ class AutoEngine(ThreadEngine):
                 mapped: set[str]) -> Iterator[Any]:
         unmeasured = [s for s in plan.steps if self._needs_probe(s)]
         if not unmeasured or self._item_timeout(plan) is not None:
-            self._last = Explanation(self._place(plan, total, streaming=True), total, None)
-            rt.on_resize = resized(self._last.choices)
+            self._place_stream(plan, total, total, rt)
             return super()._stream(plan, base, rows, rt, ordered, read_ahead, total, mapped)
         return self._probed_stream(plan, base, rows, rt, ordered, read_ahead, total, mapped,
                                    unmeasured)
@@ -260,17 +253,14 @@ class AutoEngine(ThreadEngine):
         stream = None
         try:
             head = list(itertools.islice(rows, PROBE_ITEMS))
-            measured_rt = copy.copy(rt)
-            measured_rt.collect = True  # the policy is applied as each result is yielded
+            measured_rt = rt.with_collect()  # the policy is applied as each is yielded
             number = new_map()
             try:
                 out = self._probe(plan, base, head, measured_rt, unmeasured, 0) if head else []
             finally:
                 end_map(number)
-            self._last = Explanation(self._place(plan, None if total is None else
-                                                 total - len(head), streaming=True),
-                                     total, None)
-            rt.on_resize = resized(self._last.choices)
+            self._place_stream(plan, None if total is None else total - len(head), total,
+                               rt)
             for result in out:
                 if isinstance(result, BaseException) and not rt.collect:
                     raise result
@@ -289,6 +279,13 @@ class AutoEngine(ThreadEngine):
             if stream is None and rt.callbacks:  # (a stream ends the map itself)
                 rt.emit("on_map_end", time.perf_counter() - t0)
 
+    def _place_stream(self, plan: Plan, items: int | None, total: int | None,
+                      rt: Runtime) -> None:
+        """_place for a stream of ``items`` more items; explain() shows it, and the
+        re-sizing of its waiting stages as they happen (rt.on_resize)."""
+        self._last = Explanation(self._place(plan, items, streaming=True), total, None)
+        rt.on_resize = resized(self._last.choices)
+
     # -- choosing -----------------------------------------------------------------------
     def _place(self, plan: Plan, items: int | None, fanout: bool = False,
                streaming: bool = False) -> list[Choice]:
@@ -305,6 +302,8 @@ class AutoEngine(ThreadEngine):
             step.hints = {**step.hints, "executor": c.executor}
             if c.batch_size and not step.hints.get("batch_size"):
                 step.hints["batch_size"] = c.batch_size
+            # A node's cap (max_concurrency: a lock per call) and its stage's threads:
+            # the stage may hold other thread nodes (a waiting one wants more threads).
             if c.threads_cap and not step.hints.get("max_concurrency"):
                 step.hints["max_concurrency"] = c.threads_cap
                 limit_concurrency(step)
@@ -392,7 +391,7 @@ def _batches(step: Step, m: Measure | None, items: int | None) -> Choice:
     if m is None:
         return Choice(step.name, THREAD, "DualNode: batches on threads", batch=True)
     per_item = m.wall / max(1, m.items)
-    size = auto_batch_size(items) if items else STREAM_BATCH
+    size = auto_batch_size(items) if items else STREAM_BATCH_SIZE
     most = max(1, int(MAX_BATCH_S / per_item)) if per_item > 0 else size
     size = min(size, most)
     holds = m.cpu_share >= WAITING and not m.releases_gil(GIL_TEST_MIN_S,

@@ -16,8 +16,8 @@ from ..run.execute import Runtime, execute_map, execute_run
 from ..model.mapping import expand_rows, normalize_map_over, stream_rows
 from ..model.node import validate_hints
 from ..model.plan import Plan, compile_plan
-from ..run.stages import (INLINE, PROCESS, THREAD, Placement, Stage, compile_stages, is_fanout,
-                          is_mixed, stage_threads)
+from ..run.stages import (INLINE, PROCESS, STAGE_THREADS, THREAD, Placement, Stage,
+                          compile_stages, is_fanout, is_mixed, largest_hint)
 from ..model.stateful import end_map, is_stateful, new_map
 
 
@@ -181,7 +181,7 @@ class Engine:
                                                                       timeout, first))
         threads = self._lend(THREAD)
         if where == THREAD and timeout is None:
-            return Placement(pfor=threads._pfor(rt, stage_threads(stage)))
+            return Placement(pfor=threads._pfor(rt, largest_hint(stage.steps, STAGE_THREADS)))
         return Placement(pfor=threads._pfor(rt), async_items=threads._items(rt, plan, timeout))
 
     def _staged_map(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime,

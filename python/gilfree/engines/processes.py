@@ -207,7 +207,7 @@ class ProcessEngine(Engine):
         def remote(values: list, sigs: list, failed: list, cached: list, collect: bool) -> None:
             skip = {i for i, err in enumerate(failed) if err is not None}
             rows = [part.row(v, s) for v, s in zip(values, sigs)]
-            r = rt if rt.collect == collect else _with_collect(rt, collect)
+            r = rt if rt.collect == collect else rt.with_collect(collect)
             out = self._stage_map(part, rows, r, skip=skip, timeout=timeout, first=first)
             for i, result in enumerate(out):
                 if i in skip:
@@ -273,11 +273,3 @@ class ProcessEngine(Engine):
 
     def __repr__(self) -> str:
         return f"ProcessEngine(workers={self.workers})"
-
-
-def _with_collect(rt: Runtime, collect: bool) -> Runtime:
-    import copy
-
-    r = copy.copy(rt)
-    r.collect = collect
-    return r

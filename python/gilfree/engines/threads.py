@@ -37,7 +37,7 @@ from ..errors import EngineShutDown, ExecutionError
 from ..run.execute import Runtime, execute_map, execute_run, fast_row_function
 from ..run.execute_fast import untraced
 from ..run.cores import usable_cores  # noqa: F401 - the engines import it from here
-from ..run.stages import steps_threads
+from ..run.stages import STAGE_THREADS, largest_hint
 from ..model.plan import DUAL, FUNC, Plan
 from ..model.stateful import is_stateful
 from .base import Engine
@@ -394,7 +394,7 @@ class ThreadEngine(Engine):
             # through the engine's event loop, their calls to the pool (as AsyncEngine).
             return execute_map(plan, base, rows, rt, pfor=self._pfor(rt), first_index=first,
                                announce=announce, async_items=self._items(rt, plan, timeout))
-        threads = steps_threads(plan.steps)  # (AutoEngine's choice, if any)
+        threads = largest_hint(plan.steps, STAGE_THREADS)  # (AutoEngine's, if any)
         if untraced(plan, rt):
             pool = self.pool
             try:

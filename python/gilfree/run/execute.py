@@ -182,12 +182,13 @@ def execute_map(plan: Plan, base: dict, rows: list[dict], rt: Runtime, *,
     if stages is None:
         shared = Placement(pfor, async_items)
         segments = [(kind, payload, shared) for kind, payload in plan.segments]
-        names = [[s.name for s in (p if isinstance(p, list) else [p])]
-                 for _, p in plan.segments]
     else:
         segments = [(st.kind, st.payload, place(st)) for st in stages]
-        names = [[s.name for s in st.steps] for st in stages]
     timed = rt.stage_times[1] if rt.stage_times and rt.stage_times[0] is plan else None
+    if timed is not None:  # (AutoEngine's explain(): items/s per stage)
+        names = ([[s.name for s in st.steps] for st in stages] if stages is not None else
+                 [[s.name for s in (p if isinstance(p, list) else [p])]
+                  for _, p in plan.segments])
     n = len(rows)
     announce = announce and bool(rt.callbacks)  # False: a window of a streaming map
     if announce:

@@ -22,7 +22,6 @@ keys are per outer item): those run each nested map inside its item, as before.
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Callable
 
 from ..errors import renumber_item
@@ -54,8 +53,7 @@ def run_fanout(step: Step, values: list[dict], failed: list, rt: Any, collect: b
             continue
         parts.append((i, base, rows))
     shared, flat = _lay_out(parts)
-    flat_rt = copy.copy(rt)
-    flat_rt.collect = True  # each outer item takes its own inner errors
+    flat_rt = rt.with_collect()  # each outer item takes its own inner errors
     results = map_rows(step.inner, shared, flat, flat_rt) if flat else []
     at = 0
     for i, _, rows in parts:

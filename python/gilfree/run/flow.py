@@ -32,7 +32,6 @@ finish in the background and their results are dropped.
 
 from __future__ import annotations
 
-import copy
 import time
 from collections import deque
 from typing import Any, Iterator
@@ -114,8 +113,7 @@ class Stream(_Lifecycle):
         self.offset, self.announce = offset, announce
         self.collect = collect
         self.rows = rows
-        self.work_rt = copy.copy(rt)
-        self.work_rt.collect = True  # executors keep going; the policy is applied here
+        self.work_rt = rt.with_collect()  # executors keep going; the policy is applied here
         self.values: dict[int, dict] = {}
         self.sigs: dict[int, dict | None] = {}
         self.cached: dict[int, bool] = {}
@@ -312,8 +310,7 @@ class WindowStream(_Lifecycle):
                  rt: Runtime, *, window: int, collect: bool, total: int | None):
         self.engine, self.plan, self.base, self.rows, self.rt = engine, plan, base, rows, rt
         self.window, self.collect, self.total = window, collect, total
-        self.work_rt = copy.copy(rt)
-        self.work_rt.collect = True
+        self.work_rt = rt.with_collect()
         self.buffer: deque = deque()
         self.first = 0
         self.exhausted = False

@@ -59,6 +59,13 @@ class Runtime:
             return
         _deliver(self.callbacks, event, args, self.ctx)
 
+    def with_collect(self, collect: bool = True) -> "Runtime":
+        """A copy under another error policy ("collect": failed items hold their
+        exceptions; the caller applies its own policy to them)."""
+        new = copy.copy(self)
+        new.collect = collect
+        return new
+
     def worker_view(self) -> "Runtime":
         """A copy for code running on another thread: its events queue for the driver,
         and it has its own pipeline path (nested pipelines push and pop on it)."""

@@ -31,10 +31,13 @@ from .execute import run_step
 from .execute_async import arun_step
 from .execute_batch import _run_batch
 from .runtime import Runtime
-from .stages import INLINE, PROCESS, THREAD, Stage, StagePart, stage_pace, stage_threads
+from .stages import (INLINE, PROCESS, STAGE_PACE, STAGE_THREADS, THREAD, Stage, StagePart,
+                     largest_hint)
 
 #: A batch stage sends a partial batch after its oldest item waited this long.
 LINGER_S = 0.01
+#: A batch stage's batch size when neither the node nor the engine says.
+STREAM_BATCH_SIZE = 32
 #: Items a process stage holds at most (running in workers, or waiting for a worker).
 PROCESS_IN_FLIGHT = 4096
 #: A re-sized thread stage (STAGE_PACE) looks at its latency this often, over its last
@@ -126,15 +129,16 @@ class _ThreadRunner(_Runner):
     def __init__(self, stream: Any, k: int, stage: Stage, threads: Any):
         super().__init__(stream, k, stage)
         self.pool = threads.pool
-        self.threads = min(threads.max_workers, stage_threads(stage) or threads.max_workers)
+        self.most = threads.max_workers
+        self.threads = min(self.most, largest_hint(stage.steps, STAGE_THREADS) or self.most)
         self.spec = (self.threads, 0, 0, 0.0, True)
         # Re-sized by Little's law (threads = pace x latency) while it runs, between at
         # least one per core and the engine's max_workers; None: a fixed size.
-        self.pace = stage_pace(stage)
-        self.most = threads.max_workers
-        self.least = min(usable_cores(), self.most)
-        self.latencies: deque = deque(maxlen=LATENCY_CALLS)  # appends are atomic
-        self.adapted_at = 0.0
+        self.pace = largest_hint(stage.steps, STAGE_PACE)
+        if self.pace is not None:
+            self.least = min(usable_cores(), self.most)
+            self.latencies: deque = deque(maxlen=LATENCY_CALLS)  # appends are atomic
+            self.adapted_at = 0.0
 
     def start(self, n: int) -> None:
         # The workers claim the stage's items from the flow and report each one in C++ (no
@@ -226,7 +230,7 @@ class _BatchRunner(_Runner):
     def __init__(self, stream: Any, k: int, stage: Stage, engine: Any):
         super().__init__(stream, k, stage)
         step = stage.steps[0]
-        size = step.hints.get("batch_size") or stream.rt.batch_size or 32
+        size = step.hints.get("batch_size") or stream.rt.batch_size or STREAM_BATCH_SIZE
         self.in_thread = stage.executor != INLINE
         self.pool = engine._lend(THREAD).pool if self.in_thread else None
         self.spec = (4 if self.in_thread else 1, 0, size, LINGER_S, False)

@@ -134,21 +134,10 @@ def compile_stages(plan: Plan, default: str, same: dict[str, str] | None = None,
     return stages
 
 
-def stage_threads(stage: Stage) -> int | None:
-    """The most threads ``stage`` should use (the largest its steps ask for); None:
-    as many as the engine has."""
-    return steps_threads(stage.steps)
-
-
-def stage_pace(stage: Stage) -> float | None:
-    """The pace ``stage`` must keep up with (STAGE_PACE); None: it is not re-sized."""
-    asked = [s.hints[STAGE_PACE] for s in stage.steps if s.hints.get(STAGE_PACE)]
-    return max(asked) if asked else None
-
-
-def steps_threads(steps: list[Step]) -> int | None:
-    """``stage_threads`` of steps that run as one stage (a map's whole plan)."""
-    asked = [s.hints[STAGE_THREADS] for s in steps if s.hints.get(STAGE_THREADS)]
+def largest_hint(steps: list[Step], key: str) -> Any:
+    """The largest value of hint ``key`` among steps that run as one stage (STAGE_THREADS:
+    the threads it should use; STAGE_PACE: the pace it must keep); None: none asks."""
+    asked = [s.hints[key] for s in steps if s.hints.get(key)]
     return max(asked) if asked else None
 
 
