@@ -1,5 +1,5 @@
-"""Counts how many calls run at once, for the engine tests: ``with peak:`` around a
-node's work, then ``peak.most``."""
+"""Counts how many calls run at once, for the tests of pools and engines: ``with peak:``
+around a call's work, then ``peak.most``."""
 
 from __future__ import annotations
 

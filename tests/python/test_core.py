@@ -16,6 +16,7 @@ import weakref
 import pytest
 
 from gilfree._native import core
+from peak import Peak
 from polling import wait_until
 
 _core = core()
@@ -254,22 +255,18 @@ def test_map_from_a_worker_runs_inline():
 
 
 def test_map_parallelism_bounds_the_items_running_at_once(pool):
-    lock, running, most = threading.Lock(), [0], [0]
+    peak = Peak()
 
     def slow(x):
-        with lock:
-            running[0] += 1
-            most[0] = max(most[0], running[0])
-        time.sleep(0.005)
-        with lock:
-            running[0] -= 1
+        with peak:
+            time.sleep(0.005)
         return x * 2
 
     assert pool.map(slow, list(range(20)), parallelism=3) == [2 * x for x in range(20)]
-    assert most[0] == 3
-    most[0] = 0
+    assert peak.most == 3
+    peak.most = 0
     assert pool.map(slow, list(range(20))) == [2 * x for x in range(20)]
-    assert most[0] > 3  # 0: up to max_workers (16)
+    assert peak.most > 3  # 0: up to max_workers (16)
 
 
 def test_shutdown_is_idempotent_and_final():

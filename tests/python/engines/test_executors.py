@@ -14,6 +14,7 @@ from gilfree import (AsyncEngine, DualNode, Pipeline, ProcessEngine, SeqEngine, 
                      node, stateful)
 from gilfree.model.plan import compile_plan
 from gilfree.run.stages import compile_stages
+from peak import Peak
 
 LOCAL_ENGINES = [ThreadEngine, AsyncEngine, ProcessEngine]
 
@@ -395,23 +396,19 @@ def test_a_hint_inside_a_nested_pipeline_is_reported_once():
 
 
 def test_max_concurrency_bounds_a_thread_node_in_a_process_engine_map():
-    running, peak, lock = [0], [0], threading.Lock()
+    peak = Peak()
 
     @node(output_name="y", executor="thread", max_concurrency=2)
     def limited(x):
-        with lock:
-            running[0] += 1
-            peak[0] = max(peak[0], running[0])
-        time.sleep(0.02)
-        with lock:
-            running[0] -= 1
+        with peak:
+            time.sleep(0.02)
         return x
 
     with ProcessEngine() as engine, warnings.catch_warnings():
         warnings.simplefilter("error")  # honoured: no "cannot honour" warning
         out = Pipeline([limited]).map({"x": list(range(12))}, map_over="x", engine=engine)
     assert [r["y"] for r in out] == list(range(12))
-    assert peak[0] == 2
+    assert peak.most == 2
 
 
 def test_max_concurrency_of_a_node_in_worker_processes_is_reported():

@@ -15,6 +15,7 @@ import pytest
 
 from gilfree import DualNode, Pipeline, PipelineCallback, node, stateful
 from gilfree.engines import AsyncEngine, ThreadEngine
+from peak import Peak
 
 
 def test_blocking_items_overlap():
@@ -88,21 +89,17 @@ def test_stateful_shared_by_default_and_per_thread_on_request():
 
 
 def test_max_concurrency_hint_is_honoured():
-    active, peak, lock = [0], [0], threading.Lock()
+    peak = Peak()
 
     @node(output_name="y", max_concurrency=2)
     def gpu(x):
-        with lock:
-            active[0] += 1
-            peak[0] = max(peak[0], active[0])
-        time.sleep(0.005)
-        with lock:
-            active[0] -= 1
+        with peak:
+            time.sleep(0.005)
         return x
 
     with ThreadEngine() as engine:
         Pipeline([gpu]).map({"x": list(range(20))}, map_over="x", engine=engine)
-    assert peak[0] == 2
+    assert peak.most == 2
 
 
 def test_dual_node_batches_overlap_with_auto_size():
