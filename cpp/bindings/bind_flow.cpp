@@ -21,6 +21,8 @@
 //   inline code inside dispatch):        scheduler's mutex, which is never held while
 //   flow.done(stage, ids, failed) ─────▶ anyone waits for the GIL] done()
 //   flow.close() / flow.stats() [any thread] ───────────────────────────▶ close() / stats()
+//   flow.drained(stage) [a process stage's feeder] ─────────────────────▶ drained(): no
+//                                                                          more items can come
 //   workers of a claimed stage: C++ (ThreadPool.serve, bind_thread_pool.cpp) calls
 //   claim() without the GIL; flow.claim(stage, wait_s) here is the same for tests and
 //   Python workers (the GIL released while it waits)
@@ -185,6 +187,7 @@ void bind_flow(py::module_& m) {
             py::arg("stage"), py::arg("ids"), py::arg("failed") = std::vector<bool>{})
         .def("set_capacity", &FlowScheduler::set_capacity, py::arg("stage"),
              py::arg("capacity"))
+        .def("drained", &FlowScheduler::drained, py::arg("stage"))
         .def("close", &FlowScheduler::close)
         .def("stats", &stats);
 }

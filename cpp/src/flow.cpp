@@ -501,6 +501,13 @@ void FlowScheduler::close() {
     cv_.notify_all();
 }
 
+bool FlowScheduler::drained(std::size_t stage) const {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (stage >= stages_.size())
+        throw std::out_of_range("Flow.drained: no stage " + std::to_string(stage));
+    return upstream_empty(stage);
+}
+
 FlowStats FlowScheduler::stats() const {
     std::lock_guard<std::mutex> lk(mu_);
     FlowStats st;

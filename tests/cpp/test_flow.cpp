@@ -300,6 +300,41 @@ void test_batch_final_partial_waits_for_upstream() {
     CHECK((sizes_on(host, 1) == std::vector<std::size_t>{3}));
 }
 
+// drained(k): no more items can reach stage k (a process stage then sends what it holds
+// instead of lingering): only once the input is exhausted and earlier stages are empty.
+void test_drained_once_nothing_more_can_come() {
+    FlowScheduler flow({stage(4, 4), stage(4, 4)}, 100, true, kTick);
+    Host host;
+    host.total = 3;
+    Ids stage0;
+    std::vector<bool> seen;  // drained(1) at each stage-1 dispatch
+    host.on_dispatch = [&](std::size_t k, const Ids& ids) {
+        if (k == 0) {
+            stage0.insert(stage0.end(), ids.begin(), ids.end());
+            CHECK(!flow.drained(1));  // stage 0 holds items
+            return;
+        }
+        seen.push_back(flow.drained(1));
+        flow.done(k, ids, {});
+    };
+    host.before_wait = [&] {  // stage 0 finishes one item per wait
+        CHECK(!stage0.empty());
+        const std::uint64_t id = stage0.front();
+        stage0.erase(stage0.begin());
+        flow.done(0, {id}, {});
+    };
+    CHECK(drain(flow, host).size() == 3);
+    CHECK((seen == std::vector<bool>{false, false, true}));
+    CHECK(flow.drained(0) && flow.drained(1));
+    bool threw = false;
+    try {
+        flow.drained(2);
+    } catch (const std::out_of_range&) {
+        threw = true;
+    }
+    CHECK(threw);
+}
+
 // The source gives 3 items, then nothing (not exhausted) until a batch was sent: only the
 // linger deadline can send that partial batch.
 void test_batch_linger() {
@@ -522,6 +557,7 @@ int main(int argc, char** argv) {
         {"batch_full_and_final_partial", test_batch_full_and_final_partial},
         {"batch_final_partial_waits_for_upstream", test_batch_final_partial_waits_for_upstream},
         {"batch_linger", test_batch_linger},
+        {"drained_once_nothing_more_can_come", test_drained_once_nothing_more_can_come},
         {"failed_items_skip_later_stages", test_failed_items_skip_later_stages},
         {"close_mid_run", test_close_mid_run},
         {"close_from_dispatch", test_close_from_dispatch},

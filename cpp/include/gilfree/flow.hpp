@@ -174,6 +174,11 @@ public:
 
     FlowStats stats() const;
 
+    // Thread-safe. True once no more items can reach `stage`: the input is exhausted and
+    // every earlier stage is empty. A stage that batches on its own (a process stage)
+    // then sends what it holds instead of waiting for more.
+    bool drained(std::size_t stage) const;
+
 private:
     using Clock = std::chrono::steady_clock;
     enum class Where : std::uint8_t { queued, in_flight, parked };

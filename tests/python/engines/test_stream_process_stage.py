@@ -193,3 +193,18 @@ def test_a_dualnode_in_a_process_stage_gets_consecutive_items(monkeypatch):
             assert all(b - a == len(ids) for a, b, _, ids in made), made
     calls = sum(1 / r["size"] for r in out)  # in order (nap): an item of n counts 1/n
     assert calls <= 300 / 8, f"{calls:.0f} calls of the batch function for 300 items"
+
+
+def test_the_last_items_go_without_waiting_for_more(monkeypatch):
+    # Ready items fewer than a batch wait for more (PROCESS_LINGER_S), unless none can
+    # come: the input ended and the earlier stages are empty. With a linger of 60 s, the
+    # tail of this stream still goes at once.
+    monkeypatch.setattr(stage_runners, "PROCESS_LINGER_S", 60.0)
+    made = _record_batches(monkeypatch)
+    with ThreadEngine() as engine:
+        t0 = time.monotonic()
+        out = list(Pipeline([nap, square]).imap({"x": range(30)}, map_over="x",
+                                               engine=engine))
+        waited = time.monotonic() - t0
+    assert [r["z"] for r in out] == [(x + 1) ** 2 for x in range(30)]
+    assert made and waited < 30  # not 60 s: the tail waiting for items that cannot come
