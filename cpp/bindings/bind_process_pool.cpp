@@ -79,6 +79,7 @@ py::dict exit_info(const LostItems& why) {
     info["item"] = why.progress.item;
     info["step"] = why.progress.step;
     info["phase"] = why.progress.phase;
+    info["beside_step"] = why.beside_step;
     if (why.timeout_s > 0) info["timeout"] = why.timeout_s;
     return info;
 }

@@ -282,15 +282,26 @@ bool MapScheduler::handle_exit(const WorkerEvent& ev, MapState& m, MapHost& host
             keep_going = host.on_lost(*overdue, *overdue + 1, f.origin, t) && keep_going;
             continue;
         }
-        // Only the batch it was running is its victim's; the ones queued behind it
-        // never started. Those run again (once: a batch whose payload kills every
-        // worker that loads it must not go round for ever).
-        const bool running = static_cast<std::int64_t>(id) == ev.progress.batch;
-        if (!running && m.retried.insert(f.start).second) {
+        // Only the batches it was running are its victim's: the one whose items ran
+        // and the one whose batch calls ran beside them (either may have killed it);
+        // the ones queued behind never started. Those run again (once: a batch whose
+        // payload kills every worker that loads it must not go round for ever).
+        const WorkerProgress& p = ev.progress;
+        const bool items = static_cast<std::int64_t>(id) == p.batch;
+        const bool tail = p.tail_batch >= 0 && static_cast<std::int64_t>(id) == p.tail_batch;
+        if (!items && !tail && m.retried.insert(f.start).second) {
             m.retry.push_back(f);
             continue;
         }
-        keep_going = host.on_lost(f.start, f.stop, f.origin, why) && keep_going;
+        LostItems lost_why = why;
+        if (tail) {  // its batch calls ran: no item of it in particular
+            lost_why.progress.step = p.tail_step;
+            lost_why.progress.item = -1;
+            lost_why.beside_step = p.batch >= 0 ? p.step : -1;
+        } else if (items && p.tail_batch >= 0) {
+            lost_why.beside_step = p.tail_step;
+        }
+        keep_going = host.on_lost(f.start, f.stop, f.origin, lost_why) && keep_going;
     }
     return keep_going;
 }

@@ -100,6 +100,8 @@ struct WorkerProc {
         p.step = v[slot(StatusSlot::step)];
         p.phase = v[slot(StatusSlot::phase)];
         p.item_started_ns = v[slot(StatusSlot::item_started_ns)];
+        p.tail_batch = v[slot(StatusSlot::tail_batch)];
+        p.tail_step = v[slot(StatusSlot::tail_step)];
         return p;
     }
 

@@ -109,6 +109,47 @@ void test_dead_workers_batch_runs_elsewhere() {
     CHECK(sched.broken().empty());  // it had been ready: not an early exit
 }
 
+// A worker runs one batch's batch calls (a DualNode that waits) beside the next batch's
+// items, and dies: either may have killed it, so both are lost, each told which step
+// ran beside it; the one whose batch calls ran names no item. The rest complete.
+void test_batch_calls_beside_the_next_items_lose_both() {
+    FakeWorkers pool(1);
+    bool died = false;
+    Sent calls{}, items{};
+    pool.script = [&](FakeWorkers& f) {
+        auto& w = f.workers.at(f.workers.rbegin()->first);
+        if (!died && w.live && w.queue.size() == 2) {
+            calls = w.queue[0], items = w.queue[1];
+            w.page.batch = static_cast<std::int64_t>(items.id);
+            w.page.item = static_cast<std::int64_t>(items.start);
+            w.page.step = 0;
+            w.page.phase = static_cast<std::int64_t>(WorkerPhase::batch);
+            w.page.tail_batch = static_cast<std::int64_t>(calls.id);
+            w.page.tail_step = 1;
+            f.die(f.workers.rbegin()->first, SIGSEGV, false);
+            died = true;
+            return;
+        }
+        f.finish_all_fronts();
+    };
+    MapScheduler sched(pool, 0, 1ms);
+    Host host(40);
+    CHECK(sched.run(request(40, "k", 4), host) == MapScheduler::End::done);
+    CHECK(died);
+    CHECK(host.each_once());
+    CHECK(host.lost_ranges.size() == 2);
+    for (std::size_t k = 0; k < host.lost_ranges.size(); ++k) {
+        const LostItems& why = host.lost_why[k];
+        if (host.lost_ranges[k] == std::make_pair(calls.start, calls.stop)) {
+            CHECK(why.progress.step == 1 && why.progress.item == -1 && why.beside_step == 0);
+        } else {
+            CHECK(host.lost_ranges[k] == std::make_pair(items.start, items.stop));
+            CHECK(why.progress.step == 0 && why.beside_step == 1);
+            CHECK(why.progress.item == static_cast<std::int64_t>(items.start));
+        }
+    }
+}
+
 // One worker, depth 2, batches of one item. The first two times `when` says so (it is
 // given the batches the worker holds), the worker dies: inside its oldest batch if
 // `running`, else before it started one (its status page names none: e.g. while it
@@ -354,6 +395,8 @@ int main() {
     const std::vector<test_support::NamedTest> tests = {
         {"every_item_once_in_chunks", test_every_item_once_in_chunks},
         {"dead_workers_batch_runs_elsewhere", test_dead_workers_batch_runs_elsewhere},
+        {"batch_calls_beside_the_next_items_lose_both",
+         test_batch_calls_beside_the_next_items_lose_both},
         {"crash_loses_only_the_running_batch", test_crash_loses_only_the_running_batch},
         {"retried_batch_goes_round_only_once", test_retried_batch_goes_round_only_once},
         {"overdue_item_is_killed_and_rest_rerun", test_overdue_item_is_killed_and_rest_rerun},

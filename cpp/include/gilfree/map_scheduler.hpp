@@ -60,6 +60,9 @@ struct LostItems {
     int wait_status = -1;   // as from waitpid; -1 if unknown
     WorkerProgress progress;  // its status page at death; for a timeout, item = that item
     double timeout_s = 0;     // > 0: killed because item progress.item ran longer than this
+    // The plan step that ran beside the lost batch in that worker, -1: none (a batch's
+    // batch calls and the next batch's items run at once: either may have killed it).
+    std::int64_t beside_step = -1;
 };
 
 // What run() needs from its caller. Called on the thread that called run().

@@ -56,7 +56,11 @@ enum class StatusSlot : std::size_t {
     step = 2,             // index of the plan step it runs
     phase = 3,            // a WorkerPhase
     item_started_ns = 4,  // CLOCK_MONOTONIC ns when the item started
-    count = 5,
+    // A batch whose batch calls (DualNodes that wait) run on another thread of the
+    // worker while `batch`'s items run (-1: none), and the plan step of its first call.
+    tail_batch = 5,
+    tail_step = 6,
+    count = 7,
 };
 enum class WorkerPhase : std::int64_t { idle = 0, payload = 1, batch = 2, send = 3 };
 constexpr std::size_t slot(StatusSlot s) noexcept { return static_cast<std::size_t>(s); }
@@ -70,6 +74,8 @@ struct WorkerProgress {
     // CLOCK_MONOTONIC ns when the current item started (-1: not recorded). The worker
     // records it only for maps with a per-item timeout.
     std::int64_t item_started_ns = -1;
+    std::int64_t tail_batch = -1;  // see StatusSlot::tail_batch
+    std::int64_t tail_step = -1;
 
     bool in_phase(WorkerPhase p) const noexcept { return phase == static_cast<std::int64_t>(p); }
 };

@@ -19,7 +19,7 @@ from bisect import bisect_left
 from typing import TYPE_CHECKING, Any
 
 from ..errors import EngineShutDown, ExecutionError
-from ..model.plan import Plan
+from ..model.plan import DUAL, Plan
 from ..remote import driver as remote
 from ..remote import transport
 from ..remote.messages import RemoteOptions
@@ -202,10 +202,17 @@ class _MapCall:
         node = self._node_of(info)
         item = self.first + info["item"] if a <= info["item"] < b else None
         where = ""
-        if node is not None:
+        if node is not None and self._is_batch_call(info):
+            where += f" while running the batch call of node {node!r}"
+            item = None  # the batch call is all of its items'
+        elif node is not None:
             where += f" while running node {node!r}"
         if item is not None:
             where += f" on map item {item}"
+        beside = self._node_of({"step": info.get("beside_step", -1)})
+        if beside is not None:  # either may have killed it: both batches are lost
+            where += (f" (node {beside!r} of another batch ran beside it in that "
+                      "process: a DualNode's waiting batch call overlaps the next batch)")
         for i in range(a, b):
             err = WorkerDied(
                 f"worker process {info['pid']} {how}{where}; map item {self.first + i} was "
@@ -222,6 +229,10 @@ class _MapCall:
         """The node a dead worker's status page says it was running, if any."""
         steps, step = self.plan.steps, info["step"]
         return steps[step].name if 0 <= step < len(steps) else None
+
+    def _is_batch_call(self, info: dict) -> bool:
+        steps, step = self.plan.steps, info["step"]
+        return 0 <= step < len(steps) and steps[step].kind == DUAL
 
     def _timed_out(self, i: int, info: dict) -> bool:
         """Item ``i`` ran past the deadline; its worker was killed (the pool starts a

@@ -1,15 +1,18 @@
 """The main loop of a ProcessEngine worker process (started by ``_core.ProcessPool``).
 
-    driver (ProcessPool)                       this process (single-threaded)
+    driver (ProcessPool)                       this process (its main thread)
     INIT    sys.path, cwd, initializer ──────▶ set up, run initializer once ── READY ──▶
                                                 (or INIT_FAILED + traceback, exit 1)
     PAYLOAD key, Payload ────────────────────▶ session: unpickled once, kept by key (LRU
     DROP    key ─────────────────────────────▶ owned by the driver: it says what to forget)
-    BATCH   key, Batch (map id, first index, ─▶ session.run_batch ──────── RESULT ───────▶
-            input columns)                      Result: sub-batches, each pickled when
-                                                done (large buffers appended to one
+    BATCH   key, Batch (map id, first index, ─▶ session.start_batch: run_items, ─ RESULT ─▶
+            input columns)                      finish: Result: sub-batches, each pickled
+                                                when done (large buffers appended to one
                                                 memfd); recorded callback events, or the
                                                 error that stopped the batch
+                                                A batch whose DualNode calls wait (Job.beside):
+                                                finish on the tail thread while the next
+                                                batch's items run here; answers in order
     QUIT, or end of stream ──────────────────▶ tear down @stateful objects, exit 0
 
 The messages (``remote/messages.py``) and what a worker does with them (the session,
@@ -18,7 +21,8 @@ module carries frames and keeps the status page current (``_StatusPage``).
 
 Started by posix_spawn (``main``) or forked by the forkserver (``zygote.py``, which
 imported all this once). argv: ``3 4 <parent pid>``: fd 3 is the socket to the driver,
-fd 4 the status page (int64 slots SLOT_*: batch id, item, step, phase, item start) that
+fd 4 the status page (int64 slots SLOT_*: batch id, item, step, phase, item start, the
+batch whose DualNode calls run beside it and their step) that
 the driver reads if this process dies, to say which node and item it was running (and,
 under a per-item timeout, since when). This process dies with its parent:
 PR_SET_PDEATHSIG(SIGKILL), checked against the parent pid given, and end of stream on
@@ -30,8 +34,10 @@ from __future__ import annotations
 
 import mmap
 import os
+import queue
 import signal
 import sys
+import threading
 import traceback
 from time import monotonic_ns
 from typing import Any
@@ -41,6 +47,9 @@ from .session import Session, Watch, release_stateful
 #: The status page's int64 slots and phases; the driver reads them by the same names
 #: (StatusSlot and WorkerPhase in cpp/include/gilfree/process_pool.hpp).
 SLOT_BATCH, SLOT_ITEM, SLOT_STEP, SLOT_PHASE, SLOT_STARTED = 0, 1, 2, 3, 4
+#: A batch whose batch calls run beside the next batch's items (the tail thread), and
+#: the step of its first batch call: after a death, both batches are the victim's.
+SLOT_TAIL, SLOT_TAIL_STEP = 5, 6
 PHASE_IDLE, PHASE_PAYLOAD, PHASE_BATCH, PHASE_SEND = 0, 1, 2, 3
 
 
@@ -78,10 +87,20 @@ class _StatusPage(Watch):
 
 def _track_steps(plan: Any, status: Any, timed: bool = False) -> None:
     """Wrap the top-level steps so that the status page says which step runs and which
-    item: the first step runs once per item, in order (the recorder keeps the count
+    item (a DualNode's batch call: which step): the first step runs once per item, in order (the recorder keeps the count
     right when callbacks are on, cached steps included). Specialised by call shape: this
     runs once per item and step, on the hot path (~0.2 us)."""
+    main = threading.get_ident()
     for k, step in enumerate(plan.steps):
+        if step.batch is not None:
+            # A DualNode's batch call says so too (the tail thread's calls are on the
+            # page's tail slots already: this thread's step is another batch's).
+            def batch_tracked(*args: Any, f: Any = step.batch, k: int = k,
+                              **kwargs: Any) -> Any:
+                if threading.get_ident() == main:
+                    status[SLOT_STEP] = k
+                return f(*args, **kwargs)
+            step.batch = batch_tracked
         f = step.func
         if f is None:
             continue
@@ -120,7 +139,13 @@ class Worker:
         self.k = kinds
         # Payloads stay until the driver drops them (it owns the LRU); one map at a time:
         # a pool runs one map at a time, so a new map id means the previous map is over.
-        self.session = Session(_StatusPage(status), max_payloads=None, max_maps=1)
+        self.session = Session(_StatusPage(status), max_payloads=None, max_maps=1,
+                               overlap=True)
+        # The tail thread: runs a batch's waiting batch calls and sends its answer while
+        # this thread runs the next batch's items (Job.beside); one batch at a time.
+        self.tails: queue.SimpleQueue | None = None
+        self.tail_idle = threading.Event()
+        self.tail_idle.set()
 
     def send(self, kind: str, ident: int, body: bytes, fds: list[int]) -> None:
         self.ch.send(self.k[kind], ident, b"", body, fds)
@@ -147,16 +172,54 @@ class Worker:
 
     def run_batch(self, ident: int, key: bytes, body: bytes, fds: list[int]) -> None:
         st = self.status
+        job = self.session.start_batch(key, body, fds)
+        if not job.beside:  # it runs alone
+            self.tail_idle.wait()
         st[SLOT_BATCH], st[SLOT_STEP], st[SLOT_PHASE] = ident, -1, PHASE_BATCH
-        out, out_fds = self.session.run_batch(key, body, fds)
-        self.send("result", ident, out, out_fds)
+        job.run_items()
+        if not self.tail_idle.is_set():  # answers leave in the order the batches came
+            st[SLOT_BATCH] = -1  # its items are done: a death now is not theirs (rerun)
+            self.tail_idle.wait()
+            st[SLOT_BATCH] = ident
+        if job.beside and job.error is None:
+            if self.tails is None:
+                self.tails = queue.SimpleQueue()
+                threading.Thread(target=self._tail_loop, daemon=True,
+                                 name="gilfree-worker-batch-calls").start()
+            st[SLOT_TAIL_STEP] = job.tail_step
+            st[SLOT_TAIL] = ident
+            self.tail_idle.clear()
+            self.tails.put((ident, job))
+        else:
+            out, out_fds = job.finish()
+            self.send("result", ident, out, out_fds)
         st[SLOT_BATCH], st[SLOT_ITEM], st[SLOT_STEP], st[SLOT_STARTED] = -1, -1, -1, -1
         st[SLOT_PHASE] = PHASE_IDLE
+
+    def _tail_loop(self) -> None:
+        st = self.status
+        while True:
+            ident, job = self.tails.get()
+            try:
+                out, out_fds = job.finish(tell=False)
+                self.send("result", ident, out, out_fds)
+            except BaseException:  # no answer can come now: die, so the driver knows
+                traceback.print_exc()
+                sys.stderr.flush()
+                os._exit(1)
+            st[SLOT_TAIL], st[SLOT_TAIL_STEP] = -1, -1
+            self.tail_idle.set()
 
     def teardown(self) -> None:
         release_stateful()
 
     def loop(self) -> None:
+        try:
+            self._loop()
+        finally:
+            self.tail_idle.wait()  # @stateful objects are torn down after their last use
+
+    def _loop(self) -> None:
         k = self.k
         session = self.session
         while True:

@@ -21,6 +21,7 @@ is built once per worker process, across batches, maps and engines.
 from __future__ import annotations
 
 import threading
+import time
 import traceback
 from collections import OrderedDict
 from typing import Any, Callable
@@ -28,11 +29,13 @@ from typing import Any, Callable
 from . import transport
 from ..model.stateful import end_map, new_map
 from ..run.execute_fast import column_sources, column_step, map_columns
-from ..run.stages import Skipped
+from ..run.stages import Skipped, split_at_batch
 from .messages import COLS, ROWS, Batch, Event, Part, Payload, RemoteOptions, Result
 
 #: Results larger than this per item are pickled in sub-batches of about SPILL_CHUNK.
 SPILL_ITEM, SPILL_CHUNK = 64 * 1024, 4 * 1024 * 1024
+#: Batch calls shorter than this are not worth another thread (Job.beside).
+OVERLAP_MIN_S = 0.001
 
 # -- @stateful objects: one per key per process -------------------------------------------
 _REGISTRY: dict[str, Any] = {}  # stateful key -> this process's object
@@ -111,12 +114,23 @@ class Recorder:
 
 
 class _Loaded:
-    __slots__ = ("plan", "base", "options", "column_step", "error")
+    __slots__ = ("plan", "base", "options", "column_step", "error", "split", "overlap")
 
-    def __init__(self, payload: Payload | None, error: BaseException | None = None):
+    def __init__(self, payload: Payload | None, error: BaseException | None = None,
+                 overlap: bool = False):
         self.plan, self.base, self.options = payload if payload else (None, None, None)
         self.column_step = column_step(self.plan, self.options) if payload else None
         self.error = error
+        # (per-item steps, the batch calls that end the plan): with ``overlap``, a batch's
+        # batch calls may run beside the next batch's items (Job). Not with callbacks (the
+        # events of one batch come in order), a per-item timeout (the status page times
+        # one item), or a cache (the batch calls' keys chain on their inputs' keys).
+        options = self.options
+        self.split = (split_at_batch(self.plan, set(self.base)) if overlap and payload
+                      and not options.events and not options.timeout and options.cache is None
+                      else None)
+        # Whether they do: measured on the map's first batch here (None until then).
+        self.overlap: bool | None = None
 
 
 class Session:
@@ -125,8 +139,9 @@ class Session:
     (None: until dropped). Thread-safe where Dask's worker threads share it."""
 
     def __init__(self, watch: Watch | None = None, max_payloads: int | None = None,
-                 max_maps: int = 1):
+                 max_maps: int = 1, overlap: bool = False):
         self.watch = watch or Watch()
+        self.overlap = overlap  # batch calls may run beside the next batch (Job.beside)
         self.max_payloads, self.max_maps = max_payloads, max_maps
         self.payloads: OrderedDict[Any, _Loaded] = OrderedDict()
         # map id -> stateful.new_map()'s number: a @stateful constructor that fails is
@@ -145,7 +160,7 @@ class Session:
             try:
                 payload = transport.loads(body, fds)
                 self.watch.loaded(payload.plan, payload.options)
-                loaded = _Loaded(payload)
+                loaded = _Loaded(payload, overlap=self.overlap)
             except Exception as exc:
                 err = transport.serialization_error(
                     "the pipeline or its inputs", "to the workers (a worker could not "
@@ -186,65 +201,13 @@ class Session:
                   shm: bool = True) -> tuple[bytes, list[int]]:
         """Run a Batch with the payload kept under ``key``: the pickled Result and its
         memfds (``shm``: large buffers in a memfd; else all in the bytes)."""
-        watch = self.watch
-        spill = transport.Spill(shm)
-        parts: list = []
-        error = recorder = None
-        try:
-            loaded = self.payloads.get(key)
-            if loaded is None or loaded.error is not None:
-                transport.close_fds(fds)  # the batch's buffers: nobody maps them now
-                raise (loaded.error.with_traceback(None) if loaded is not None else
-                       KeyError(f"no payload {key!r} in this worker"))
-            batch: Batch = transport.loads(body, fds)
-            self.begin_map(batch.map_id)
-            plan, options = loaded.plan, loaded.options
-            if options.events:
-                recorder = Recorder(watch, plan)
-            run = self._runner(loaded, batch, recorder)
-            n, first = batch.size, batch.first + options.offset
-            watch.offset = options.offset
-            watch.at_item(batch.first)
-            # Sub-batches: pickled (large buffers copied out) as soon as they finish, so
-            # that a batch of big arrays never lives in this process all at once.
-            # (DualNode batches are not split: their batch function wants whole batches.)
-            a, size = 0, (n if plan.has_batch else 1)
-            while a < n:
-                b = min(n, a + size)
-                before = spill.size
-                encoded = run(a, b)
-                watch.items_done()
-                parts.append(_part(spill, b - a, encoded, plan, first + a))
-                if a == 0:
-                    per_item = (spill.size - before) / (b - a)
-                    size = n if per_item < SPILL_ITEM else max(1, int(SPILL_CHUNK // per_item))
-                a = b
-        except Exception as exc:
-            error = exc
-        watch.sending()
-        events = recorder.events if recorder is not None else []
-        if error is not None:
-            spill.close()
-            spill = transport.Spill(shm)
-            reply = Result(None, transport.box_exception(error), events)
-        else:
-            reply = Result(parts, None, events)
-        try:
-            try:
-                body = spill.body(reply)
-            except Exception:
-                # An event argument that cannot travel is told to callbacks as its repr, a
-                # dict's (inputs, outputs) value by value: every event still arrives (a
-                # progress bar counts it). Outputs themselves were checked in _part. The
-                # answer goes into the same spill: the parts' buffers are in its memfd, at
-                # the offsets their pickles name (a fresh spill gave them other arrays).
-                events = [Event(e.name, tuple(_portable(a) for a in e.args), e.path)
-                          for e in events]
-                body = spill.body(reply._replace(events=events))
-            return body, spill.fds()
-        except BaseException:
-            spill.close()
-            raise
+        job = self.start_batch(key, body, fds, shm)
+        job.run_items()
+        return job.finish()
+
+    def start_batch(self, key: Any, body: bytes, fds: list[int], shm: bool = True) -> "Job":
+        """A Batch to run in two steps (``Job``); ``run_batch`` runs both at once."""
+        return Job(self, key, body, fds, shm)
 
     def _runner(self, loaded: _Loaded, batch: Batch,
                 recorder: Recorder | None) -> Callable[[int, int], tuple]:
@@ -267,8 +230,7 @@ class Session:
             return run
         from ..run.execute import execute_map_around
 
-        n = batch.size
-        rows = [dict(zip(names, vals)) for vals in zip(*cols)] if cols else [{}] * n
+        rows = _rows(batch)
         rt = options.runtime(recorder)
         at_item = self.watch.at_item
 
@@ -280,6 +242,145 @@ class Session:
                                          lambda k: at_item(batch.first + a + k))
             return _encode_results(results, plan.outputs)
         return run
+
+
+class Job:
+    """One Batch in a worker: ``run_items()`` runs its items, ``finish()`` makes its
+    answer (the pickled Result and its memfds).
+
+    A plan that ends in DualNodes after per-item steps (``_Loaded.split``) runs in two
+    parts: the per-item steps in ``run_items``, the batch calls in ``finish``. When the
+    first batch of a map here showed that its batch calls mostly wait (a model on a GPU,
+    a service: thread CPU time at most half their wall time), ``beside`` is True: the
+    worker (process_worker.py) may run ``finish`` on another thread while the next
+    batch's items run, so the process keeps its core busy through the wait."""
+
+    def __init__(self, session: Session, key: Any, body: bytes, fds: list[int], shm: bool):
+        self.session, self.watch = session, session.watch
+        self.spill = transport.Spill(shm)
+        self.parts: list = []
+        self.error: BaseException | None = None
+        self.recorder: Recorder | None = None
+        self.head: list | None = None  # a split plan's per-item results
+        self.beside = False
+        try:
+            loaded = session.payloads.get(key)
+            if loaded is None or loaded.error is not None:
+                transport.close_fds(fds)  # the batch's buffers: nobody maps them now
+                raise (loaded.error.with_traceback(None) if loaded is not None else
+                       KeyError(f"no payload {key!r} in this worker"))
+            self.batch: Batch = transport.loads(body, fds)
+            session.begin_map(self.batch.map_id)
+        except Exception as exc:
+            self.error = exc
+            return
+        self.loaded = loaded
+        self.beside = loaded.split is not None and loaded.overlap is True
+
+    @property
+    def tail_step(self) -> int:
+        """The index in the plan of the first batch call ``finish`` makes."""
+        return len(self.loaded.split[0].steps)
+
+    def run_items(self) -> None:
+        if self.error is not None:
+            return
+        loaded, batch, watch = self.loaded, self.batch, self.watch
+        plan, options = loaded.plan, loaded.options
+        try:
+            if options.events:
+                self.recorder = Recorder(watch, plan)
+            n, first = batch.size, batch.first + options.offset
+            watch.offset = options.offset
+            watch.at_item(batch.first)
+            if loaded.split is not None:
+                self.rows = _rows(batch)
+                self.head = self._around(loaded.split[0], self.rows, batch.failed, True)
+                return
+            run = self.session._runner(loaded, batch, self.recorder)
+            # Sub-batches: pickled (large buffers copied out) as soon as they finish, so
+            # that a batch of big arrays never lives in this process all at once.
+            # (DualNode batches are not split: their batch function wants whole batches.)
+            a, size = 0, (n if plan.has_batch else 1)
+            while a < n:
+                b = min(n, a + size)
+                before = self.spill.size
+                encoded = run(a, b)
+                watch.items_done()
+                self.parts.append(_part(self.spill, b - a, encoded, plan, first + a))
+                if a == 0:
+                    per_item = (self.spill.size - before) / (b - a)
+                    size = n if per_item < SPILL_ITEM else max(1, int(SPILL_CHUNK // per_item))
+                a = b
+        except Exception as exc:
+            self.error = exc
+
+    def _around(self, plan: Any, rows: list, failed: dict, tell: bool) -> list:
+        from ..run.execute import execute_map_around
+
+        options, batch = self.loaded.options, self.batch
+        watch = self.watch
+        return execute_map_around(plan, self.loaded.base, rows, options.runtime(None),
+                                  batch.first + options.offset, failed, options.collect,
+                                  (lambda k: watch.at_item(batch.first + k)) if tell else None)
+
+    def _run_tail(self) -> None:
+        """A split plan's batch calls over the items its per-item steps left alive."""
+        loaded, head = self.loaded, self.head
+        failed = {k: r for k, r in enumerate(head) if isinstance(r, BaseException)}
+        rows = [{} if k in failed else {**row, **r}
+                for k, (row, r) in enumerate(zip(self.rows, head))]
+        wall, cpu = time.perf_counter(), time.thread_time()
+        out = self._around(loaded.split[1], rows, failed, False)
+        if loaded.overlap is None:
+            wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
+            loaded.overlap = wall >= OVERLAP_MIN_S and cpu <= wall / 2
+        results = [o if isinstance(o, BaseException) else {**r, **o}
+                   for r, o in zip(head, out)]
+        plan = loaded.plan
+        self.parts.append(_part(self.spill, len(results),
+                                _encode_results(results, plan.outputs), plan,
+                                self.batch.first + loaded.options.offset))
+
+    def finish(self, tell: bool = True) -> tuple[bytes, list[int]]:
+        """The answer; ``tell``: say so on the status page (not from another thread: the
+        page is the next batch's by then)."""
+        if self.error is None and self.head is not None:
+            try:
+                self._run_tail()
+            except Exception as exc:
+                self.error = exc
+        if tell:
+            self.watch.sending()
+        spill = self.spill
+        events = self.recorder.events if self.recorder is not None else []
+        if self.error is not None:
+            spill.close()
+            spill = transport.Spill(spill.shm)
+            reply = Result(None, transport.box_exception(self.error), events)
+        else:
+            reply = Result(self.parts, None, events)
+        try:
+            try:
+                body = spill.body(reply)
+            except Exception:
+                # An event argument that cannot travel is told to callbacks as its repr, a
+                # dict's (inputs, outputs) value by value: every event still arrives (a
+                # progress bar counts it). Outputs themselves were checked in _part. The
+                # answer goes into the same spill: the parts' buffers are in its memfd, at
+                # the offsets their pickles name (a fresh spill gave them other arrays).
+                events = [Event(e.name, tuple(_portable(a) for a in e.args), e.path)
+                          for e in events]
+                body = spill.body(reply._replace(events=events))
+            return body, spill.fds()
+        except BaseException:
+            spill.close()
+            raise
+
+
+def _rows(batch: Batch) -> list[dict]:
+    names, cols = batch.names, batch.cols
+    return [dict(zip(names, vals)) for vals in zip(*cols)] if cols else [{}] * batch.size
 
 
 # -- the column path and result encoding ----------------------------------------------

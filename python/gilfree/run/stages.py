@@ -151,21 +151,57 @@ def stage_plan(plan: Plan, stage: Stage, ship_sigs: bool = False) -> Plan:
     outputs it keeps, and a light stand-in for the pipeline (its id and label only:
     events keep the map's pipeline id; the rest of the pipeline does not travel)."""
     if stage.plan is None:
-        sub = Plan.__new__(Plan)
-        sub.pipeline = PipelineRef(plan.pipeline_id, getattr(plan.pipeline, "label", "?"))
-        sub.pipeline_id = plan.pipeline_id
-        sub.steps = list(stage.steps)
-        sub.outputs = list(stage.keep) + ([SIGS] if ship_sigs else [])
-        sub.required = list(stage.row_names) + list(stage.base_names)
-        sub.produced = {o for s in stage.steps for o in s.out_names}
-        sub.has_batch = any(s.kind == DUAL for s in stage.steps)
-        sub.simple = all(s.kind == FUNC and not s.is_async and not s.hints.get("retries")
-                         for s in stage.steps)
-        sub.segments = _segments(sub.steps)
-        sub.waves = [[s] for s in stage.steps]
-        sub.ships_sigs = ship_sigs
-        stage.plan = sub
+        ref = PipelineRef(plan.pipeline_id, getattr(plan.pipeline, "label", "?"))
+        stage.plan = sub_plan(plan, stage.steps, list(stage.keep) + ([SIGS] if ship_sigs
+                                                                      else []),
+                              list(stage.row_names) + list(stage.base_names), ref)
+        stage.plan.ships_sigs = ship_sigs
     return stage.plan
+
+
+def sub_plan(plan: Plan, steps: list[Step], outputs: list[str], required: list[str],
+             pipeline: Any = None) -> Plan:
+    """Some of ``plan``'s steps as a plan of their own (run one after another)."""
+    sub = Plan.__new__(Plan)
+    sub.pipeline = plan.pipeline if pipeline is None else pipeline
+    sub.pipeline_id = plan.pipeline_id
+    sub.steps = list(steps)
+    sub.outputs = outputs
+    sub.required = required
+    sub.produced = {o for s in steps for o in s.out_names}
+    sub.has_batch = any(s.kind == DUAL for s in steps)
+    sub.simple = all(s.kind == FUNC and not s.is_async and not s.hints.get("retries")
+                     for s in steps)
+    sub.segments = _segments(sub.steps)
+    sub.waves = [[s] for s in steps]
+    sub.ships_sigs = False
+    return sub
+
+
+def split_at_batch(plan: Plan, shared: set[str]) -> tuple[Plan, Plan] | None:
+    """``plan`` as (per-item steps, the DualNode steps that end it), so that a worker can
+    run the batch calls of one batch while the next batch's items run (session.py); None
+    when the plan is not that shape (no per-item step first, a per-item step after a
+    DualNode, an output that neither part makes) or when both parts read one of the
+    ``shared`` inputs: the two may run at once, and an object both read (a @stateful
+    model) would be used from two threads."""
+    d = next((k for k, st in enumerate(plan.steps) if st.kind == DUAL), 0)
+    head, tail = plan.steps[:d], plan.steps[d:]
+    if not head or any(st.kind != DUAL for st in tail):
+        return None
+    head_made = {o for st in head for o in st.out_names}
+    tail_made = {o for st in tail for o in st.out_names}
+    if any(o not in head_made and o not in tail_made for o in plan.outputs):
+        return None
+    tail_reads = [a for st in tail for a in st.args if a not in tail_made]
+    head_reads = [a for st in head for a in st.args if a not in head_made]
+    if shared & set(head_reads) & set(tail_reads):
+        return None
+    keep = [o for st in head for o in st.out_names
+            if o in plan.outputs or o in tail_reads]
+    return (sub_plan(plan, head, keep, list(dict.fromkeys(head_reads))),
+            sub_plan(plan, tail, [o for o in plan.outputs if o in tail_made],
+                     list(dict.fromkeys(tail_reads))))
 
 
 class StagePart:
