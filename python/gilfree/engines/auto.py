@@ -149,7 +149,7 @@ class AutoEngine(ThreadEngine):
     def _execute_map(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime, *,
                      first: int = 0, announce: bool = True) -> list:
         t0 = time.perf_counter()
-        fanout = not rt.tracing and any(is_fanout(s) for s in plan.steps)
+        fanout = not rt.callbacks and any(is_fanout(s) for s in plan.steps)
         unmeasured = [s for s in plan.steps if self._needs_probe(s)]
         depth = self._depth.value = getattr(self._depth, "value", 0) + 1
         if depth == 1:

@@ -18,7 +18,7 @@ from .execute_fast import _fast_map, fast_row_function, untraced
 from ..model.hashing import hash_strings
 from ..model.mapping import expand_rows
 from ..model.plan import PIPE, Plan, Step
-from .stages import SIGS, Placement, Stage
+from .stages import SIGS, Placement, Stage, is_fanout
 from .runtime import (Runtime, StepCall, _call, _sig, _store, annotate, step_done,
                       step_failed, step_lookup)
 
@@ -75,7 +75,13 @@ def _run_nested(step: Step, values: dict, rt: Runtime, item: int | None,
         if step.map_over:
             base, rows = expand_rows(inner_values, step.map_over, step.map_mode,
                                      f"nested pipeline {step.name!r}")
-            results = execute_map(step.inner, base, rows, inner_rt, collect=False)
+            if inner_rt.nested_map is not None and rows and is_fanout(step):
+                # run() on an engine that spreads nested maps: the inner items as one map
+                # there (its workers), not one after another here
+                results = inner_rt.nested_map(step.inner, base, rows,
+                                              inner_rt.with_collect(False))
+            else:
+                results = execute_map(step.inner, base, rows, inner_rt, collect=False)
             outs = {i: [r[i] for r in results] for i, _ in step.out_map}
             inner_sigs = None  # lists are hashed by value if anyone needs them
         else:

@@ -16,8 +16,10 @@ What ``_run_nested`` (execute.py) does per item holds here too: the inner inputs
 the pipeline's bound inputs plus the outer values it reads (renamed), expanded with
 ``map_over``/``map_mode``; an inner failure fails its outer item, with the inner note
 numbering the item within its own inner map and a note naming the nested pipeline and
-the outer item. Used only for maps without cache or callbacks (their events and cache
-keys are per outer item): those run each nested map inside its item, as before.
+the outer item. With a cache, the inner items are cached under the keys an inner map per
+item uses (a key is the node and its inputs' values). Not used for maps with callbacks
+(their events are per outer item): those run each nested map inside its item, as before.
+``run()`` spreads its nested maps too: ``Runtime.nested_map`` (Engine.run).
 """
 
 from __future__ import annotations
@@ -54,6 +56,9 @@ def run_fanout(step: Step, values: list[dict], failed: list, rt: Any, collect: b
         parts.append((i, base, rows))
     shared, flat = _lay_out(parts)
     flat_rt = rt.with_collect()  # each outer item takes its own inner errors
+    if rt.cache is not None and not step.cache:  # as_node(cache=False): none inside
+        flat_rt.cache = None
+        flat_rt.tracing = bool(flat_rt.callbacks)
     results = map_rows(step.inner, shared, flat, flat_rt) if flat else []
     at = 0
     for i, _, rows in parts:

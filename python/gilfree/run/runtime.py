@@ -21,7 +21,7 @@ class Runtime:
     """What one engine call carries down to every step: cache, callbacks, policy."""
 
     __slots__ = ("cache", "callbacks", "ctx", "retries", "batch_size", "collect", "tracing",
-                 "engine", "queue", "pending", "stage_times", "on_resize")
+                 "engine", "queue", "pending", "stage_times", "on_resize", "nested_map")
 
     def __copy__(self) -> "Runtime":
         new = Runtime.__new__(Runtime)
@@ -49,6 +49,9 @@ class Runtime:
         # on_resize(node names, threads, latency s): a stream's stage re-sized itself
         # (stage_runners._ThreadRunner.adapt; AutoEngine.explain() shows it).
         self.on_resize: Callable[[list[str], int, float], None] | None = None
+        # run() on an engine that spreads nested maps (Engine.run): the engine's map of
+        # (plan, shared inputs, rows, runtime), for a nested pipeline's inner items.
+        self.nested_map: Callable[[Any, dict, list, "Runtime"], list] | None = None
 
     def emit(self, event: str, *args: Any) -> None:
         q = self.queue

@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from gilfree import AutoEngine, Pipeline, PipelineCallback, ProcessEngine, SeqEngine, node
+from gilfree import (AutoEngine, DiskCache, Pipeline, PipelineCallback, ProcessEngine,
+                     SeqEngine, node)
 from gilfree.engines import AsyncEngine, ThreadEngine
 
 from cpu_busy import spin
@@ -125,3 +126,80 @@ def test_a_hinted_nested_pipeline_runs_whole_where_it_says():
         out = p.map({"task": [0], "per_task": 12, "scale": 1}, map_over="task",
                     engine=engine)
     assert len({pid for _, pid in out[0]["scores"]}) == 1  # one worker ran it all
+
+
+@node(output_name="scored")
+def score_counted(sample, scale):
+    with open(os.environ["GILFREE_TEST_CALLS"], "a") as f:  # workers get the driver's env
+        f.write(f"{sample}\n")
+    spin(20_000)
+    return (sample * scale, os.getpid())
+
+
+def counted_pipeline(cache_inner=True):
+    inner = Pipeline([score_counted], name="per_sample").as_node(
+        input_mapping={"samples": "sample"}, output_mapping={"scored": "scores"},
+        map_over="samples", cache=cache_inner)
+    return Pipeline([make_samples, inner, summarize], name="per_task")
+
+
+@pytest.mark.parametrize("cls", [ProcessEngine, AutoEngine, ThreadEngine],
+                         ids=lambda c: c.__name__)
+def test_with_a_cache_the_inner_items_still_run_as_one_map(cls, tmp_path, monkeypatch):
+    calls = tmp_path / "calls.txt"
+    calls.write_text("")
+    monkeypatch.setenv("GILFREE_TEST_CALLS", str(calls))
+    inputs = {"task": [0], "per_task": 24, "scale": 1}
+    expected = [sum(range(24))]
+
+    def counted() -> int:
+        return len(calls.read_text().split())
+
+    options = {"workers": 2} if cls is ProcessEngine else {}
+    with cls(cache=DiskCache(tmp_path / "cache"), **options) as engine:
+        out = counted_pipeline().map(inputs, map_over="task", engine=engine)
+        assert [r["total"] for r in out] == expected and counted() == 24
+        if cls is ProcessEngine:  # one outer item, its inner items over both workers
+            assert len({pid for r in out for _, pid in r["scores"]}) == 2
+        again = counted_pipeline().map(inputs, map_over="task", engine=engine)
+        assert [r["total"] for r in again] == expected and counted() == 24  # all hits
+    with SeqEngine(cache=DiskCache(tmp_path / "cache")) as seq:
+        # SeqEngine runs an inner map per outer item: the keys are the same
+        assert [r["total"] for r in counted_pipeline().map(
+            inputs, map_over="task", engine=seq)] == expected
+    assert counted() == 24
+
+
+def test_a_nested_node_with_cache_false_is_not_cached_inside_a_fan_out(tmp_path,
+                                                                       monkeypatch):
+    calls = tmp_path / "calls.txt"
+    calls.write_text("")
+    monkeypatch.setenv("GILFREE_TEST_CALLS", str(calls))
+    with ProcessEngine(cache=DiskCache(tmp_path / "cache")) as engine:
+        for _ in range(2):
+            out = counted_pipeline(cache_inner=False).map(
+                {"task": [0, 1], "per_task": 6, "scale": 1}, map_over="task", engine=engine)
+            assert [r["total"] for r in out] == [sum(range(6)), sum(range(100, 106))]
+    assert len(calls.read_text().split()) == 24  # ran twice: nothing cached inside
+
+
+@pytest.mark.parametrize("cls", ENGINES, ids=lambda c: c.__name__)
+def test_run_spreads_a_nested_map_like_a_map_does(cls):
+    inputs = {"task": 0, "per_task": 40, "scale": 1}
+    with (cls(workers=2) if cls is ProcessEngine else cls()) as engine:
+        out = pipeline().run(inputs, engine=engine)
+    with SeqEngine() as seq:
+        expected = pipeline().run(inputs, engine=seq)
+    assert out["total"] == expected["total"] == sum(range(40))
+    assert [s for s, _ in out["scores"]] == [s for s, _ in expected["scores"]]
+    if cls is ProcessEngine:  # one outer item, every worker (it ran here before)
+        assert len({pid for _, pid in out["scores"]}) == 2, out["scores"]
+
+
+def test_run_names_an_inner_error_as_one_inner_map_would():
+    inputs = {"task": 2, "per_task": 5, "scale": 7}  # sample 203 raises
+    with ProcessEngine() as engine, pytest.raises(ValueError, match="sample 203") as got:
+        pipeline().run(inputs, engine=engine)
+    with SeqEngine() as seq, pytest.raises(ValueError, match="sample 203") as want:
+        pipeline().run(inputs, engine=seq)
+    assert got.value.__notes__ == want.value.__notes__
