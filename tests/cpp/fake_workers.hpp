@@ -84,10 +84,12 @@ public:
     void finish_all_fronts() {
         for (std::uint64_t id : busy()) finish_front(id);
     }
-    // The status page says: running the oldest batch, at `item`, since `started_ns`.
-    void start_front(std::uint64_t id, std::size_t item, std::int64_t started_ns = -1) {
+    // The status page says: running the oldest batch (or the `nth` oldest), at `item`,
+    // since `started_ns`.
+    void start_front(std::uint64_t id, std::size_t item, std::int64_t started_ns = -1,
+                     std::size_t nth = 0) {
         Worker& w = workers.at(id);
-        w.page.batch = static_cast<std::int64_t>(w.queue.front().id);
+        w.page.batch = static_cast<std::int64_t>(w.queue.at(nth).id);
         w.page.item = static_cast<std::int64_t>(item);
         w.page.step = 0;
         w.page.phase = static_cast<std::int64_t>(WorkerPhase::batch);

@@ -279,6 +279,17 @@ void test_batch_full_and_final_partial() {
     CHECK((sizes_on(host, 0) == std::vector<std::size_t>{4, 4, 2}));
 }
 
+// Stage 0's items wait in `held` (its dispatch puts them there); the host finishes one of
+// them per wait of the driver.
+void finish_one_per_wait(FlowScheduler& flow, Host& host, Ids& held) {
+    host.before_wait = [&flow, &held] {
+        CHECK(!held.empty());
+        const std::uint64_t id = held.front();
+        held.erase(held.begin());
+        flow.done(0, {id}, {});
+    };
+}
+
 // A stage behind a batch stage sees its final partial batch only once the earlier stage
 // is empty (not while items can still arrive).
 void test_batch_final_partial_waits_for_upstream() {
@@ -290,12 +301,7 @@ void test_batch_final_partial_waits_for_upstream() {
         if (k == 0) stage0.insert(stage0.end(), ids.begin(), ids.end());
         else flow.done(k, ids, {});
     };
-    host.before_wait = [&] {  // stage 0 finishes one item per wait
-        CHECK(!stage0.empty());
-        const std::uint64_t id = stage0.front();
-        stage0.erase(stage0.begin());
-        flow.done(0, {id}, {});
-    };
+    finish_one_per_wait(flow, host, stage0);
     CHECK(drain(flow, host).size() == 3);
     CHECK((sizes_on(host, 1) == std::vector<std::size_t>{3}));
 }
@@ -317,12 +323,7 @@ void test_drained_once_nothing_more_can_come() {
         seen.push_back(flow.drained(1));
         flow.done(k, ids, {});
     };
-    host.before_wait = [&] {  // stage 0 finishes one item per wait
-        CHECK(!stage0.empty());
-        const std::uint64_t id = stage0.front();
-        stage0.erase(stage0.begin());
-        flow.done(0, {id}, {});
-    };
+    finish_one_per_wait(flow, host, stage0);
     CHECK(drain(flow, host).size() == 3);
     CHECK((seen == std::vector<bool>{false, false, true}));
     CHECK(flow.drained(0) && flow.drained(1));

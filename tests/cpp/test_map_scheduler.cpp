@@ -120,10 +120,7 @@ void test_batch_calls_beside_the_next_items_lose_both() {
         auto& w = f.workers.at(f.workers.rbegin()->first);
         if (!died && w.live && w.queue.size() == 2) {
             calls = w.queue[0], items = w.queue[1];
-            w.page.batch = static_cast<std::int64_t>(items.id);
-            w.page.item = static_cast<std::int64_t>(items.start);
-            w.page.step = 0;
-            w.page.phase = static_cast<std::int64_t>(WorkerPhase::batch);
+            f.start_front(f.workers.rbegin()->first, items.start, -1, 1);
             w.page.tail_batch = static_cast<std::int64_t>(calls.id);
             w.page.tail_step = 1;
             f.die(f.workers.rbegin()->first, SIGSEGV, false);

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple
 
-from ..model.plan import DUAL, FUNC, PIPE, Plan, Step, _segments
+from ..model.plan import DUAL, PIPE, Plan, Step
 
 INLINE, THREAD, ASYNC, PROCESS = "inline", "thread", "async", "process"
 #: A step hint only AutoEngine writes: how many threads the step's stage should use (a
@@ -161,20 +161,12 @@ def stage_plan(plan: Plan, stage: Stage, ship_sigs: bool = False) -> Plan:
 
 def sub_plan(plan: Plan, steps: list[Step], outputs: list[str], required: list[str],
              pipeline: Any = None) -> Plan:
-    """Some of ``plan``'s steps as a plan of their own (run one after another)."""
-    sub = Plan.__new__(Plan)
-    sub.pipeline = plan.pipeline if pipeline is None else pipeline
-    sub.pipeline_id = plan.pipeline_id
-    sub.steps = list(steps)
-    sub.outputs = outputs
-    sub.required = required
-    sub.produced = {o for s in steps for o in s.out_names}
-    sub.has_batch = any(s.kind == DUAL for s in steps)
-    sub.simple = all(s.kind == FUNC and not s.is_async and not s.hints.get("retries")
-                     for s in steps)
-    sub.segments = _segments(sub.steps)
-    sub.waves = [[s] for s in steps]
-    sub.ships_sigs = False
+    """Some of ``plan``'s steps as a plan of their own (run one after another).
+    ``pipeline``: what stands for the pipeline (default: ``plan``'s); its id is
+    ``plan``'s either way."""
+    sub = Plan(plan.pipeline if pipeline is None else pipeline, list(steps), outputs,
+               required)
+    sub.waves = [[s] for s in sub.steps]
     return sub
 
 
