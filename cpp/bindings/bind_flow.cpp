@@ -137,6 +137,7 @@ py::dict stats(const FlowScheduler& flow) {
         x["done_total"] = s.done_total;
         x["workers"] = s.workers;
         x["capacity"] = s.capacity;
+        x["active_s"] = s.active_s;
         stages.append(x);
     }
     d["stages"] = stages;

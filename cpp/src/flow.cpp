@@ -143,7 +143,7 @@ void FlowScheduler::dispatch_ready(std::size_t k, Clock::time_point now,
             s.queue.pop_front();
             items_.at(id).where = Where::in_flight;
             ++s.busy;
-            ++s.in_flight;
+            add_in_flight(s, 1, now);
             ids.push_back(id);
         }
         if (!ids.empty()) out.push_back({k, std::move(ids)});
@@ -167,7 +167,7 @@ void FlowScheduler::dispatch_ready(std::size_t k, Clock::time_point now,
         }
         s.unit_left.emplace(unit, n);
         ++s.busy;
-        s.in_flight += n;
+        add_in_flight(s, static_cast<std::ptrdiff_t>(n), now);
         out.push_back({k, std::move(ids)});
     }
 }
@@ -362,7 +362,7 @@ void FlowScheduler::done(std::size_t stage, const std::vector<std::uint64_t>& id
         const std::uint64_t id = ids[i];
         const bool bad = !failed.empty() && failed[i];
         Item& item = items_.at(id);
-        --s.in_flight;
+        add_in_flight(s, -1, now);
         ++s.done_total;
         if (bad || last) {
             leave_stage(item);
@@ -430,7 +430,7 @@ bool FlowScheduler::take_claim(Stage& s, std::uint64_t& id) {
     s.queue.pop_front();
     items_.at(id).where = Where::in_flight;
     ++s.busy;
-    ++s.in_flight;
+    add_in_flight(s, 1, Clock::now());
     wake_driver(urgent());  // room to pull into, maybe
     return true;
 }
@@ -508,8 +508,20 @@ bool FlowScheduler::drained(std::size_t stage) const {
     return upstream_empty(stage);
 }
 
+// Items start or stop running on stage s (mu_ held): its active time is the union of the
+// spells with some item in flight (explain()'s items/s per stage of a stream).
+void FlowScheduler::add_in_flight(Stage& s, std::ptrdiff_t n, Clock::time_point now) {
+    const bool was = s.in_flight > 0;
+    s.in_flight = static_cast<std::size_t>(static_cast<std::ptrdiff_t>(s.in_flight) + n);
+    if (!was && s.in_flight > 0)
+        s.active_since = now;
+    else if (was && s.in_flight == 0)
+        s.active += now - s.active_since;
+}
+
 FlowStats FlowScheduler::stats() const {
     std::lock_guard<std::mutex> lk(mu_);
+    const Clock::time_point now = Clock::now();
     FlowStats st;
     st.pulled = pulled_;
     st.left = left_;
@@ -524,6 +536,9 @@ FlowStats FlowScheduler::stats() const {
         x.done_total = s.done_total;
         x.workers = s.workers;
         x.capacity = s.cfg.capacity;
+        x.active_s = std::chrono::duration<double>(
+                         s.active + (s.in_flight > 0 ? now - s.active_since : Clock::duration{}))
+                         .count();
         st.stages.push_back(x);
     }
     return st;

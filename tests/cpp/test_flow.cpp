@@ -336,6 +336,30 @@ void test_drained_once_nothing_more_can_come() {
     CHECK(threw);
 }
 
+// active_s: the time some item of the stage was in flight, spells joined: it grows while
+// items run and stops when none does (AutoEngine's items/s per stage of a stream).
+void test_active_time_counts_only_while_items_run() {
+    FlowScheduler flow({stage(2, 4), stage(2, 4)}, 100, true, kTick);
+    Host host;
+    host.total = 4;
+    host.on_dispatch = [&](std::size_t k, const Ids& ids) {
+        if (k == 0) std::this_thread::sleep_for(20ms);  // stage 0's items run 20 ms
+        flow.done(k, ids, {});
+    };
+    const auto t0 = std::chrono::steady_clock::now();
+    CHECK(drain(flow, host).size() == 4);
+    const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
+                            .count();
+    const auto st = flow.stats();
+    // Stage 0 dispatched its items in two rounds of 2 (capacity 2), each done after its
+    // 20 ms: in flight >= 40 ms. Stage 1's were done inside their dispatch: ~0.
+    CHECK(st.stages[0].active_s >= 0.039 && st.stages[0].active_s <= wall);
+    CHECK(st.stages[1].active_s < st.stages[0].active_s);
+    CHECK(st.stages[0].done_total == 4 && st.stages[1].done_total == 4);
+    std::this_thread::sleep_for(10ms);
+    CHECK(flow.stats().stages[0].active_s == st.stages[0].active_s);  // nothing runs now
+}
+
 // The source gives 3 items, then nothing (not exhausted) until a batch was sent: only the
 // linger deadline can send that partial batch.
 void test_batch_linger() {
@@ -559,6 +583,8 @@ int main(int argc, char** argv) {
         {"batch_final_partial_waits_for_upstream", test_batch_final_partial_waits_for_upstream},
         {"batch_linger", test_batch_linger},
         {"drained_once_nothing_more_can_come", test_drained_once_nothing_more_can_come},
+        {"active_time_counts_only_while_items_run",
+         test_active_time_counts_only_while_items_run},
         {"failed_items_skip_later_stages", test_failed_items_skip_later_stages},
         {"close_mid_run", test_close_mid_run},
         {"close_from_dispatch", test_close_from_dispatch},

@@ -117,6 +117,9 @@ struct FlowStageStats {
     std::size_t done_total = 0;  // done() calls for items of this stage, failed included
     std::size_t workers = 0;     // claimed stage: workers started and not yet ended
     std::size_t capacity = 0;    // its capacity now (set_capacity may change it)
+    // Seconds during which some item of the stage was in flight (until now): its items
+    // per second while running (AutoEngine's explain() of a stream) is done_total / this.
+    double active_s = 0;
 };
 
 struct FlowStats {
@@ -197,6 +200,8 @@ private:
         std::deque<Queued> queue;
         std::set<std::uint64_t> parked;  // lowest id first: ordered exits come sooner
         std::size_t in_flight = 0;       // items
+        Clock::duration active{};        // time with in_flight > 0, closed spells
+        Clock::time_point active_since;  // start of the open spell (in_flight > 0)
         std::size_t busy = 0;            // capacity units (items or batches)
         std::size_t done_total = 0;
         std::size_t workers = 0;  // claimed: started, not ended
@@ -214,6 +219,7 @@ private:
     // All with mu_ held.
     void enter(std::uint64_t id, Item& item, std::size_t stage, Clock::time_point now);
     void leave_stage(Item& item);
+    void add_in_flight(Stage& s, std::ptrdiff_t n, Clock::time_point now);
     void finish(std::uint64_t id, bool failed);
     void move_parked(std::size_t stage, Clock::time_point now);
     void dispatch_ready(std::size_t k, Clock::time_point now, std::vector<Dispatch>& out);

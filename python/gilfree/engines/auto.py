@@ -42,7 +42,7 @@ from ..run.execute import Runtime, execute_map
 from ..run.stage_runners import STREAM_BATCH_SIZE
 from ..run.stages import ASYNC, INLINE, PROCESS, STAGE_PACE, STAGE_THREADS, THREAD, is_fanout
 from .auto_threads import size_threads
-from .explain import Choice, Explanation, Measure, resized, time_stages
+from .explain import Choice, Explanation, Measure, resized, stream_ended, time_stages
 from .threads import ThreadEngine, auto_batch_size, limit_concurrency, usable_cores
 
 #: explain()'s executor for a nested map whose inner items run as one map (fanout.py)
@@ -260,7 +260,7 @@ class AutoEngine(ThreadEngine):
             finally:
                 end_map(number)
             self._place_stream(plan, None if total is None else total - len(head), total,
-                               rt)
+                               rt, t0)
             for result in out:
                 if isinstance(result, BaseException) and not rt.collect:
                     raise result
@@ -280,11 +280,14 @@ class AutoEngine(ThreadEngine):
                 rt.emit("on_map_end", time.perf_counter() - t0)
 
     def _place_stream(self, plan: Plan, items: int | None, total: int | None,
-                      rt: Runtime) -> None:
-        """_place for a stream of ``items`` more items; explain() shows it, and the
-        re-sizing of its waiting stages as they happen (rt.on_resize)."""
-        self._last = Explanation(self._place(plan, items, streaming=True), total, None)
+                      rt: Runtime, t0: float | None = None) -> None:
+        """_place for a stream of ``items`` more items (that started at ``t0``: its
+        measured items ran first); explain() shows it, the re-sizing of its waiting
+        stages as they happen (rt.on_resize), and items/s per stage at its end."""
+        self._last = Explanation(self._place(plan, items, streaming=True), total, None,
+                                 stream=True)
         rt.on_resize = resized(self._last.choices)
+        rt.on_stream_end = stream_ended(self._last, time.perf_counter() if t0 is None else t0)
 
     # -- choosing -----------------------------------------------------------------------
     def _place(self, plan: Plan, items: int | None, fanout: bool = False,

@@ -11,6 +11,7 @@ A plain-text table for ``print``, an HTML table for notebooks (``_repr_html_``),
 from __future__ import annotations
 
 import html
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,7 +71,8 @@ class Choice:
     batch_size: int | None = None  # a measured DualNode: the batch size chosen
     concurrency: str = ""
     #: (items, seconds) of its stage in the last map: the stages of a map run one after
-    #: another, so each has a time of its own (None: not timed, e.g. a stream)
+    #: another, so each has a time of its own; in a stream (imap) they overlap: the
+    #: seconds some item of the stage was running (None: not timed)
     stage: tuple[int, float] | None = None
 
     @property
@@ -102,6 +104,15 @@ def resized(choices: list[Choice]) -> Any:
     return on_resize
 
 
+def stream_ended(explanation: "Explanation", t0: float) -> Any:
+    """The ``Runtime.on_stream_end`` of a stream that started at ``t0``: items/s per
+    stage (over the time each had items running) and the stream's items and time."""
+    def on_stream_end(timed: list, items: int) -> None:
+        time_stages(explanation.choices, timed)
+        explanation.items, explanation.seconds = items, time.perf_counter() - t0
+    return on_stream_end
+
+
 def time_stages(choices: list[Choice], timed: list[tuple[list[str], int, float]]) -> None:
     """Give each choice the (items, seconds) of the stage its node ran in (the map's
     stage times: run/execute.py's ``Runtime.stage_times``)."""
@@ -123,10 +134,11 @@ _COLUMNS = ("node", "executor", "concurrency", "measured", "items/s", "why")
 @dataclass
 class Explanation:
     """The choices of one map (``items`` items in ``seconds``; None: not known, e.g. a
-    stream still running)."""
+    stream still running; ``stream``: an imap)."""
     choices: list[Choice] = field(default_factory=list)
     items: int | None = None
     seconds: float | None = None
+    stream: bool = False
 
     @property
     def rows(self) -> list[dict[str, Any]]:
@@ -136,9 +148,10 @@ class Explanation:
         if not self.choices:
             return "no map has run on this engine yet"
         if self.items is None or self.seconds is None:
-            return "last map: a stream (imap); items and time are not known"
+            return "last map: a stream (imap), still running"
         rate = f", {self.items / self.seconds:,.0f} items/s" if self.seconds > 0 else ""
-        return f"last map: {self.items} items in {self.seconds * 1e3:.1f} ms{rate}"
+        what = "a stream (imap) of " if self.stream else ""
+        return f"last map: {what}{self.items} items in {self.seconds * 1e3:.1f} ms{rate}"
 
     def __str__(self) -> str:
         rows = [[str(r[c]) for c in _COLUMNS] for r in self.rows]

@@ -176,6 +176,14 @@ class Stream(_Lifecycle):
         if self.closed:
             return
         self.closed = True
+        if self.rt.on_stream_end is not None and self.announced:
+            # Each stage's items over the time some item of it ran: the stages overlap,
+            # so a stage's own pace is what it did while it had work.
+            stats = self.flow.stats()
+            self.rt.on_stream_end(
+                [([s.name for s in st.steps], x["done_total"], x["active_s"])
+                 for st, x in zip(self.stages, stats["stages"])],
+                self.offset + stats["left"])
         self.flow.close()
         for r in self.runners:
             r.close()

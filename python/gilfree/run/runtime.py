@@ -21,7 +21,8 @@ class Runtime:
     """What one engine call carries down to every step: cache, callbacks, policy."""
 
     __slots__ = ("cache", "callbacks", "ctx", "retries", "batch_size", "collect", "tracing",
-                 "engine", "queue", "pending", "stage_times", "on_resize", "nested_map")
+                 "engine", "queue", "pending", "stage_times", "on_resize", "nested_map",
+                 "on_stream_end")
 
     def __copy__(self) -> "Runtime":
         new = Runtime.__new__(Runtime)
@@ -49,6 +50,9 @@ class Runtime:
         # on_resize(node names, threads, latency s): a stream's stage re-sized itself
         # (stage_runners._ThreadRunner.adapt; AutoEngine.explain() shows it).
         self.on_resize: Callable[[list[str], int, float], None] | None = None
+        # on_stream_end([(stage's node names, items, seconds some item of it ran)], items
+        # that left): a stream ended (run/flow.py; AutoEngine.explain()'s items/s).
+        self.on_stream_end: Callable[[list, int], None] | None = None
         # run() on an engine that spreads nested maps (Engine.run): the engine's map of
         # (plan, shared inputs, rows, runtime), for a nested pipeline's inner items.
         self.nested_map: Callable[[Any, dict, list, "Runtime"], list] | None = None

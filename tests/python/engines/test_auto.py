@@ -191,6 +191,19 @@ def test_explain_has_items_per_second_per_stage(engine):
     assert wait.items_per_s > cpu.items_per_s
 
 
+def test_explain_of_a_stream_has_items_per_second_per_stage(engine):
+    p = Pipeline([wait_a_bit, burn])
+    out = list(p.imap({"y": range(30)}, map_over="y", engine=engine))
+    assert [r["burned"] for r in out] == [spin(60_000) + y for y in range(30)]
+    explained = engine.explain()
+    wait, cpu = explained.choices
+    # The streamed items (after the measured ones), over the time each stage had some
+    # running: the stages overlap, and the CPU stage holds the stream back.
+    assert wait.stage[0] == cpu.stage[0] == 30 - auto.PROBE_ITEMS
+    assert wait.items_per_s > cpu.items_per_s > 0
+    assert explained.items == 30 and "a stream (imap) of 30 items" in explained.summary()
+
+
 def test_a_small_map_of_cpu_work_stays_inline(engine):
     @node(output_name="s")
     def small(x):
