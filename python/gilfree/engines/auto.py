@@ -40,7 +40,8 @@ from ..model.plan import DUAL, PIPE, Plan, Step
 from ..model.stateful import end_map, new_map
 from ..run.execute import Runtime, execute_map
 from ..run.stage_runners import STREAM_BATCH_SIZE
-from ..run.stages import ASYNC, INLINE, PROCESS, STAGE_PACE, STAGE_THREADS, THREAD, is_fanout
+from ..run.stages import (ASYNC, INLINE, PROCESS, STAGE_PACE, STAGE_THREADS, THREAD, fans_out,
+                          is_fanout)
 from .auto_threads import size_threads
 from .explain import Choice, Explanation, Measure, resized, stream_ended, time_stages
 from .threads import ThreadEngine, auto_batch_size, limit_concurrency, usable_cores
@@ -149,7 +150,7 @@ class AutoEngine(ThreadEngine):
     def _execute_map(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime, *,
                      first: int = 0, announce: bool = True) -> list:
         t0 = time.perf_counter()
-        fanout = not rt.callbacks and any(is_fanout(s) for s in plan.steps)
+        fanout = fans_out(plan, rt)
         unmeasured = [s for s in plan.steps if self._needs_probe(s)]
         depth = self._depth.value = getattr(self._depth, "value", 0) + 1
         if depth == 1:

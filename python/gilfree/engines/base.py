@@ -17,7 +17,7 @@ from ..model.mapping import expand_rows, normalize_map_over, stream_rows
 from ..model.node import validate_hints
 from ..model.plan import Plan, compile_plan
 from ..run.stages import (INLINE, PROCESS, STAGE_THREADS, THREAD, Placement, Stage,
-                          compile_stages, is_fanout, is_mixed, largest_hint)
+                          compile_stages, fans_out, is_mixed, largest_hint)
 from ..model.stateful import end_map, is_stateful, new_map
 
 
@@ -141,7 +141,7 @@ class Engine:
         default = self.default_executor
         if default is None or not rows:
             return None
-        fanout = rt is not None and not rt.callbacks and any(is_fanout(s) for s in plan.steps)
+        fanout = rt is not None and fans_out(plan, rt)
         if not fanout and not any(s.hints.get("executor") for s in plan.steps):
             return None
         stages = compile_stages(plan, default, self.executor_aliases, set(rows[0]), fanout)
@@ -233,8 +233,7 @@ class Engine:
         rt = self._runtime(plan, options)
         if rt.ctx is not None:
             rt.ctx.push_pipeline(plan.pipeline_id)
-        if self.default_executor is not None and not rt.callbacks and \
-                any(is_fanout(s) for s in plan.steps):
+        if self.default_executor is not None and fans_out(plan, rt):
             # A nested map's inner items run as one map on this engine, as in a map
             # (run/fanout.py), not one after another in this thread.
             rt.nested_map = self._execute_map

@@ -8,7 +8,6 @@ caching, callbacks, errors, nesting) live here once.
 
 from __future__ import annotations
 
-import copy
 import time
 from typing import Any, Callable
 
@@ -51,13 +50,7 @@ def run_step(step: Step, values: dict, rt: Runtime, item: int | None, sigs: dict
 
 def _run_nested(step: Step, values: dict, rt: Runtime, item: int | None,
                 sigs: dict | None) -> bool:
-    inner_rt = rt
-    if rt.cache is not None and not step.cache:
-        # Same runtime minus the cache: a copy keeps a worker view's event queue, so
-        # the inner pipeline's callbacks still reach the driver thread.
-        inner_rt = copy.copy(rt)
-        inner_rt.cache = None
-        inner_rt.tracing = bool(rt.callbacks)
+    inner_rt = rt.inside(step)
     inner_values = step.pipeline.bound_inputs
     inner_sigs: dict | None = {} if inner_rt.tracing else None
     for outer, inner in step.arg_map:

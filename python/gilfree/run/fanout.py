@@ -55,10 +55,7 @@ def run_fanout(step: Step, values: list[dict], failed: list, rt: Any, collect: b
             continue
         parts.append((i, base, rows))
     shared, flat = _lay_out(parts)
-    flat_rt = rt.with_collect()  # each outer item takes its own inner errors
-    if rt.cache is not None and not step.cache:  # as_node(cache=False): none inside
-        flat_rt.cache = None
-        flat_rt.tracing = bool(flat_rt.callbacks)
+    flat_rt = rt.inside(step).with_collect()  # each outer item takes its own errors
     results = map_rows(step.inner, shared, flat, flat_rt) if flat else []
     at = 0
     for i, _, rows in parts:

@@ -73,6 +73,17 @@ class Runtime:
         new.collect = collect
         return new
 
+    def inside(self, step: Any) -> "Runtime":
+        """The runtime for the steps inside nested node ``step``: this one, minus the
+        cache when the node turns it off (``as_node(cache=False)``). A copy keeps a
+        worker view's event queue, so the inner callbacks still reach the driver."""
+        if self.cache is None or step.cache:
+            return self
+        new = copy.copy(self)
+        new.cache = None
+        new.tracing = bool(self.callbacks)
+        return new
+
     def worker_view(self) -> "Runtime":
         """A copy for code running on another thread: its events queue for the driver,
         and it has its own pipeline path (nested pipelines push and pop on it)."""

@@ -387,13 +387,11 @@ class _ProcessRunner(_Runner):
         those ready, as the range from the first to the last; None if none is ready.
         Fewer than that wait until the first has been ready for PROCESS_LINGER_S (the
         seconds left are returned), unless no more can come: a batch costs the driver a
-        round trip whatever its size, and items that trickle in would go one per batch. Ids of the range that are
-        not the batch's travel as placeholders; they are bounded by the batch's size."""
+        round trip whatever its size, and items that trickle in would go one per batch.
+        Ids of the range that are not the batch's travel as placeholders; they are
+        bounded by the batch's size."""
         if self.stopped or self.processes.waited_for:
             return None
-        # No more items can come (the input ended, earlier stages are empty): the tail
-        # goes now, it would only linger. (Taken before the lock: once true, it stays.)
-        drained = self.stream.flow.drained(self.k)
         with self.lock:
             ready, arrived = self.ready, self.arrived
             if not ready:
@@ -410,9 +408,11 @@ class _ProcessRunner(_Runner):
                 run = 1
                 while run < take and a + run in arrived:
                     run += 1
-            if not drained and ((run < take) if consecutive else (len(ready) < most)):
+            if (run < take) if consecutive else (len(ready) < most):
                 left = arrived[a] + PROCESS_LINGER_S - time.monotonic()
-                if left > 0:
+                # (flow.drained: no more items can come, the input ended and earlier
+                # stages are empty; the tail goes now, it would only linger)
+                if left > 0 and not self.stream.flow.drained(self.k):
                     self.wanted = most
                     return left
             self.wanted = 0

@@ -88,6 +88,13 @@ def executor_of(step: Step, default: str, same: dict[str, str]) -> str:
     return same.get(want, want)
 
 
+def fans_out(plan: Plan, rt: Any) -> bool:
+    """True when ``plan``'s nested maps run as one map on the engine (fanout.py): some
+    top-level step is ``is_fanout`` and no callbacks listen (their events are per outer
+    item)."""
+    return not rt.callbacks and any(is_fanout(s) for s in plan.steps)
+
+
 def is_fanout(step: Step) -> bool:
     """A nested pipeline with ``map_over`` and no executor hint: with ``fanout``, its
     inner items run as one map (fanout.py). A hinted one runs whole where it says."""
