@@ -71,7 +71,8 @@ PROCESS_MIN_WORK_S = 0.05
 
 
 class _Ticker:
-    """A helper thread that wakes every 0.5 ms and counts the times it got the GIL."""
+    """A helper thread that wakes every 0.5 ms and counts the times it got the GIL;
+    ``starved()``: the seconds it has spent runnable but waiting for a core."""
 
     def __init__(self) -> None:
         self.runs = 0
@@ -88,12 +89,16 @@ class _Ticker:
         self._stop.set()
         self._thread.join()
 
+    def starved(self) -> float:
+        return _queued_s(f"/proc/self/task/{self._thread.native_id}/schedstat")
 
-def _queued_s() -> float:
-    """Seconds this thread has spent runnable but waiting for a core (Linux schedstat:
-    preemption by other processes, not waiting for I/O); 0.0 where it is not told."""
+
+def _queued_s(schedstat: str = "/proc/thread-self/schedstat") -> float:
+    """Seconds a thread (this one) has spent runnable but waiting for a core (Linux
+    schedstat: preemption by other processes, not waiting for I/O or a lock); 0.0 where
+    it is not told."""
     try:
-        with open("/proc/thread-self/schedstat", "rb") as f:
+        with open(schedstat, "rb") as f:
             return int(f.read().split()[1]) * 1e-9
     except (OSError, IndexError, ValueError):
         return 0.0
@@ -101,13 +106,16 @@ def _queued_s() -> float:
 
 def _timed(func: Any, calls: list, ticker: _Ticker) -> Any:
     def call(*args: Any, **kwargs: Any) -> Any:
-        q0 = _queued_s()
+        q0, s0 = _queued_s(), ticker.starved()
         runs, w0, c0 = ticker.runs, time.perf_counter(), time.thread_time()
         try:
             return func(*args, **kwargs)
         finally:
             wall, cpu = time.perf_counter() - w0, time.thread_time() - c0
-            calls.append((wall, cpu, ticker.runs - runs, _queued_s() - q0))
+            # The schedstat reads are outside the timed call, and a read can wait for
+            # the GIL and then for a core: the call waited at most its time off a core.
+            queued = min(_queued_s() - q0, max(0.0, wall - cpu))
+            calls.append((wall, cpu, ticker.runs - runs, queued, ticker.starved() - s0))
     return call
 
 
@@ -213,7 +221,7 @@ class AutoEngine(ThreadEngine):
             for s, a, f in zip(steps, attrs, funcs):
                 setattr(s, a, f)
                 if calls[s.name]:  # (none: its items failed earlier, or the cache had it)
-                    m = self._measures[_key(s)] = Measure.of(calls[s.name])
+                    m = self._measures[_key(s)] = Measure.of(calls[s.name], GIL_TEST_MIN_S)
                     if s.kind == DUAL:
                         m.items = len(rows)  # one batch call over the measured items
 

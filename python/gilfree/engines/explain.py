@@ -22,9 +22,10 @@ class Measure:
     call may build a @stateful object or warm a cache)."""
     wall: float  # seconds
     cpu: float  # the calling thread's CPU seconds during that call
-    helper_runs: int  # times a helper thread got the GIL during that call
+    #: Times per ms a helper thread got the GIL during a call (the one _gil_rate picks)
+    helper_rate: float
     calls: int
-    queued: float = 0.0  # seconds of that call spent waiting for a core (preempted)
+    queued: float = 0.0  # seconds that call spent waiting for a core (preempted)
     #: The highest share of CPU time in the time a call did not wait for a core, over
     #: the calls timed: a computing call that other processes (or threads holding the
     #: GIL) slowed down still counts as computing if one call ran undisturbed.
@@ -32,15 +33,18 @@ class Measure:
     items: int = 1  # items per timed call (a DualNode's batch call: the measured items)
 
     @classmethod
-    def of(cls, calls: list[tuple[float, float, int, float]]) -> "Measure":
-        wall, cpu, runs, queued = min(calls)
-        share = max(_share(w, c, q) for w, c, _, q in calls)
-        return cls(wall, cpu, runs, len(calls), queued, share)
+    def of(cls, calls: list[tuple[float, float, int, float, float]],
+           gil_test_min_s: float = 0.0) -> "Measure":
+        """``calls``: per call (wall, cpu, helper runs, queued, the helper's time
+        waiting for a core), all in seconds but the runs."""
+        wall, cpu, _, queued, _ = min(calls)
+        share = max(_share(w, c, q) for w, c, _, q, _ in calls)
+        return cls(wall, cpu, _gil_rate(calls, gil_test_min_s), len(calls), queued, share)
 
     def releases_gil(self, min_s: float, runs_per_ms: float) -> bool:
         """Whether the call let other threads run Python (numpy, C extensions): only a
         call of ``min_s`` or longer can tell; a shorter one counts as holding it."""
-        return self.wall >= min_s and self.helper_runs / (self.wall * 1e3) >= runs_per_ms
+        return self.wall >= min_s and self.helper_rate >= runs_per_ms
 
     def describe(self) -> str:
         wall = (f"{self.wall * 1e3:.2f} ms" if self.wall >= 1e-3 else
@@ -121,6 +125,25 @@ def time_stages(choices: list[Choice], timed: list[tuple[list[str], int, float]]
         for name in names:
             if name in by_node:
                 by_node[name].stage = (items, seconds)
+
+
+#: A call tells whether it releases the GIL only if the helper thread waited for a core
+#: (other processes on every core) for less than this share of it: a helper without a
+#: core runs as rarely beside a call that releases the GIL as beside one that holds it.
+#: (The caller's own waits for a core do not matter: preempted while holding the GIL,
+#: it keeps it.) Measured with two busy processes on the 2-core VM: the helper's wait
+#: was either under 1% of a call or over 40%.
+HELPER_STARVED = 0.1
+
+
+def _gil_rate(calls: list[tuple[float, float, int, float, float]], min_s: float) -> float:
+    """The helper's runs per ms in the fastest call that can tell (at least ``min_s``
+    long, the helper not starved); with none, in the fastest call. (Not the highest
+    rate of all: beside a call that holds the GIL, other threads waiting for it make it
+    change hands more often, and one call in a few can give the helper several runs.)"""
+    told = [c for c in calls if c[0] >= min_s and c[4] < HELPER_STARVED * c[0]]
+    w, _, runs, _, _ = min(told or calls)
+    return runs / (w * 1e3) if w > 0 else 0.0
 
 
 def _share(wall: float, cpu: float, queued: float) -> float:
