@@ -13,6 +13,7 @@ from ..run.execute import Runtime
 from ..model.plan import Plan
 from ..remote import driver
 from ..remote.messages import RemoteOptions, Result
+from ..run.stages import Skipped
 
 
 class MapPayload:
@@ -29,10 +30,14 @@ class MapPayload:
         self.names = list(rows[0])
         self.users = driver.consumers(plan, self.names)
 
-    def batch(self, rows: list[dict], first: int) -> bytes:
-        """Map items ``first, ...`` (``rows``) as a pickled Batch."""
+    def batch(self, rows: list[dict], first: int, skip: set[int] | None = None,
+              at: int = 0) -> bytes:
+        """Map items ``first, ...`` (``rows``) as a pickled Batch; ``skip``: the offsets
+        (counted from ``at``, the offset of ``rows[0]`` in the map) of the items that
+        failed in an earlier stage: placeholders the worker runs around."""
+        failed = {i - at: Skipped() for i in skip or () if at <= i < at + len(rows)}
         body, _ = driver.encode_batch(self.token, rows, first, self.names, self.users,
-                                      shm=False, keys=self.keys)
+                                      failed=failed, shm=False, keys=self.keys)
         return body
 
 

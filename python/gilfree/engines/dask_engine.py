@@ -39,6 +39,8 @@ from typing import Any
 
 from ..errors import EngineShutDown, ExecutionError
 from ..run.execute import Runtime, execute_map
+from ..run.stages import (EXECUTORS, PROCESS, Placement, Stage, StagePart, compile_stages,
+                          fans_out)
 from ..model.plan import Plan
 from ..remote import driver
 from . import _dask_host
@@ -217,6 +219,42 @@ class DaskEngine(Engine):
 
     def _execute_map(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime, *,
                      first: int = 0, announce: bool = True) -> list:
+        kind = self._fan_out_executor
+        if rows and kind is not None and fans_out(plan, rt) and \
+                len(rows) < BATCHES_PER_THREAD * self._threads():
+            # A nested pipeline maps, and the items are too few to keep the workers
+            # busy: the inner items of every item run as one map (run/fanout.py), the
+            # steps before and after it as maps of their own. (With more items, each
+            # running its inner map where it runs balances as well, and the two extra
+            # maps would cost ~30-50 ms each: a map's tasks on a cluster.)
+            stages = compile_stages(plan, kind, dict.fromkeys(EXECUTORS, kind),
+                                    set(rows[0]), fanout=True)
+            return execute_map(plan, base, rows, rt, stages=stages, first_index=first,
+                               announce=announce,
+                               place=lambda st: self._placement(st, plan, rt, base, first))
+        return self._map_whole(plan, base, rows, rt, first=first, announce=announce)
+
+    #: The executor of the stages around a fan-out: maps of their own on the cluster
+    #: (None: nested maps run inside their items).
+    _fan_out_executor: str | None = PROCESS
+
+    def _placement(self, stage: Stage, plan: Plan, rt: Runtime, base: dict,
+                   first: int = 0) -> Placement:
+        if stage.kind == "fanout":
+            return super()._placement(stage, plan, rt, base, first)
+        part = StagePart(stage, plan, rt, base)
+        return Placement(remote=part.remote(rt, lambda rows, r, skip: self._map_whole(
+            part.plan, part.shared, rows, r, first=first, announce=False, skip=skip)))
+
+    def _threads(self) -> int:
+        """The cluster's worker threads (at least 1)."""
+        return max(1, sum(self.client.nthreads().values()))
+
+    def _map_whole(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime, *,
+                   first: int = 0, announce: bool = True, skip: set[int] = frozenset()
+                   ) -> list:
+        """The map as batches of the whole plan on the cluster; ``skip``: items that
+        failed in an earlier stage (placeholders, run around)."""
         if not rows:
             return execute_map(plan, base, rows, rt, announce=announce)
         generation = self._generation  # before self.client: a shutdown after it shows
@@ -228,15 +266,14 @@ class DaskEngine(Engine):
                 pass  # a worker died or restarted meanwhile: it is not busy any more
         size = self.batch_size
         if size is None:
-            threads = sum(client.nthreads().values())
-            size = math.ceil(n / min(MAX_BATCHES, BATCHES_PER_THREAD * max(threads, 1)))
+            size = math.ceil(n / min(MAX_BATCHES, BATCHES_PER_THREAD * self._threads()))
         # DualNodes: whole batches of their sizes per task, so that each batch function
         # gets the items it asked for (a task is the most it can get); as on ProcessEngine.
         size = driver.whole_batches(size, driver.dual_batch_size(plan, rt))
         spans = [(a, min(a + size, n)) for a in range(0, n, size)]
         token = uuid.uuid4().hex
         payload = _p.MapPayload(token, plan, base, rows, rt)
-        batches = [payload.batch(rows[a:b], first + a) for a, b in spans]
+        batches = [payload.batch(rows[a:b], first + a, skip, a) for a, b in spans]
         blob, depth = payload.blob, payload.depth
         with self._lock:
             self._shipped |= payload.keys

@@ -203,21 +203,8 @@ class ProcessEngine(Engine):
         ``Placement.remote``): only the values it reads go, only what later stages or
         the caller need comes back; items failed in earlier stages are skipped."""
         part = StagePart(stage, plan, rt, base)
-
-        def remote(values: list, sigs: list, failed: list, cached: list, collect: bool) -> None:
-            skip = {i for i, err in enumerate(failed) if err is not None}
-            rows = [part.row(v, s) for v, s in zip(values, sigs)]
-            r = rt if rt.collect == collect else rt.with_collect(collect)
-            out = self._stage_map(part, rows, r, skip=skip, timeout=timeout, first=first)
-            for i, result in enumerate(out):
-                if i in skip:
-                    continue
-                if isinstance(result, BaseException):
-                    failed[i] = result
-                    cached[i] = False
-                else:
-                    cached[i] = part.take(result, values[i], sigs[i]) and cached[i]
-        return remote
+        return part.remote(rt, lambda rows, r, skip: self._stage_map(
+            part, rows, r, skip=skip, timeout=timeout, first=first))
 
     def _stage_map(self, part: "StagePart", rows: list[dict], rt: Runtime, **call: Any) -> list:
         """One map of a stage's plan over ``rows`` (``call``: _MapCall's stage options)."""

@@ -22,6 +22,7 @@ from typing import Any, Callable, NamedTuple
 from ..model.plan import DUAL, PIPE, Plan, Step
 
 INLINE, THREAD, ASYNC, PROCESS = "inline", "thread", "async", "process"
+EXECUTORS = (INLINE, THREAD, ASYNC, PROCESS)
 #: A step hint only AutoEngine writes: how many threads the step's stage should use (a
 #: thread stage's pool.map parallelism, a streaming thread stage's workers).
 STAGE_THREADS = "_stage_threads"
@@ -221,6 +222,28 @@ class StagePart:
         if self.ship_sigs:
             row[SIGS] = {k: sigs[k] for k in self.names if k in sigs}
         return row
+
+    def remote(self, rt: Any, map_stage: Callable[[list[dict], Any, set[int]], list]
+               ) -> Callable:
+        """``Placement.remote`` for this stage: ``map_stage(rows, rt, skip)`` runs the
+        stage's plan over every item's row as one map elsewhere (worker processes, a
+        cluster) and returns a result or an exception per row; ``skip``: the items that
+        failed in an earlier stage (their rows are placeholders, their results unread)."""
+        def remote(values: list, sigs: list, failed: list, cached: list,
+                   collect: bool) -> None:
+            skip = {i for i, err in enumerate(failed) if err is not None}
+            rows = [self.row(v, s) for v, s in zip(values, sigs)]
+            out = map_stage(rows, rt if rt.collect == collect else rt.with_collect(collect),
+                            skip)
+            for i, result in enumerate(out):
+                if i in skip:
+                    continue
+                if isinstance(result, BaseException):
+                    failed[i] = result
+                    cached[i] = False
+                else:
+                    cached[i] = self.take(result, values[i], sigs[i]) and cached[i]
+        return remote
 
     def take(self, result: dict, values: dict, sigs: dict | None) -> bool:
         """An item's stage result into its values; True if the workers served all of the

@@ -203,3 +203,110 @@ def test_run_names_an_inner_error_as_one_inner_map_would():
     with SeqEngine() as seq, pytest.raises(ValueError, match="sample 203") as want:
         pipeline().run(inputs, engine=seq)
     assert got.value.__notes__ == want.value.__notes__
+
+
+# -- DaskEngine: a cluster's map per stage, the inner items as one map --------------------
+@pytest.fixture(params=["cluster", "threads"])
+def dask_engine(request):
+    """DaskEngine on the session's LocalCluster (2 workers), and on dask's threads."""
+    pytest.importorskip("distributed", reason='pip install "dask[distributed]"')
+    from gilfree.engines import DaskEngine
+
+    if request.param == "cluster":
+        engine = DaskEngine(client=request.getfixturevalue("dask_client"))
+    else:
+        engine = DaskEngine(scheduler="threads", num_workers=2)
+    yield engine
+    engine.shutdown()
+
+
+@pytest.mark.parametrize("shape", [(1, 24), (3, 7), (12, 2), (2, 0)])
+def test_dask_same_results_as_one_inner_map_per_item(dask_engine, shape):
+    tasks, per_task = list(range(shape[0])), shape[1]
+    with SeqEngine() as seq:
+        expected = run(seq, tasks, per_task)
+    out = run(dask_engine, tasks, per_task)
+    assert [(r["total"], r["samples"], [s for s, _ in r["scores"]]) for r in out] == \
+        [(r["total"], r["samples"], [s for s, _ in r["scores"]]) for r in expected]
+
+
+def test_dask_one_outer_item_uses_every_worker(dask_client):
+    from gilfree.engines import DaskEngine
+
+    with DaskEngine(client=dask_client) as engine:
+        out = run(engine, [0], 40)
+    pids = {pid for _, pid in out[0]["scores"]}
+    assert len(pids) == 2 and os.getpid() not in pids  # it ran in one worker before
+
+
+def test_dask_an_inner_error_names_both_items_as_one_inner_map_per_item_would(dask_engine):
+    out = run(dask_engine, [0, 1, 2, 3], 5, scale=7, on_error="collect")
+    assert [r["total"] for k, r in enumerate(out) if k != 2] == [70, 3570, 10570]
+    with SeqEngine() as seq:
+        want = run(seq, [0, 1, 2, 3], 5, scale=7, on_error="collect")[2]
+    assert isinstance(out[2], ValueError) and out[2].__notes__ == want.__notes__
+    with pytest.raises(ValueError, match="sample 203") as info:
+        run(dask_engine, [0, 1, 2, 3], 5, scale=7)
+    assert "gilfree: inside nested pipeline 'per_sample' (map item 2)" in info.value.__notes__
+
+
+@node(output_name="samples")
+def samples_unless_one(task, per_task):
+    if task == 1:
+        raise KeyError("no samples for task 1")
+    return [task * 100 + k for k in range(per_task)]
+
+
+@node(output_name="total")
+def summarize_logged(scores, log):
+    with open(log, "a") as f:  # a file: the cluster's workers started before this test
+        f.write(f"{type(scores).__name__}\n")
+    return sum(s for s, _ in scores)
+
+
+def test_dask_an_item_failed_before_the_fan_out_is_skipped_by_the_stages_after(
+        dask_engine, tmp_path):
+    inner = Pipeline([score], name="per_sample").as_node(
+        input_mapping={"samples": "sample"}, output_mapping={"scored": "scores"},
+        map_over="samples")
+    p = Pipeline([samples_unless_one, inner, summarize_logged], name="per_task")
+    log = tmp_path / "summaries.txt"
+    log.write_text("")
+    out = p.map({"task": [0, 1, 2], "per_task": 3, "scale": 1, "log": str(log)},
+                map_over="task", engine=dask_engine, on_error="collect")
+    assert isinstance(out[1], KeyError) and "map item 1" in " ".join(out[1].__notes__)
+    assert [out[0]["total"], out[2]["total"]] == [0 + 1 + 2, 200 + 201 + 202]
+    assert log.read_text().split() == ["list", "list"]  # not run for item 1 (no scores)
+
+
+@node(output_name="scored")
+def score_logged(sample, scale, log):
+    with open(log, "a") as f:  # a file: the cluster's workers started before this test
+        f.write(f"{sample}\n")
+    return (sample * scale, os.getpid())
+
+
+def test_dask_with_a_cache_the_inner_items_are_cached_as_one_inner_map_per_item(
+        dask_client, tmp_path):
+    from gilfree.engines import DaskEngine
+
+    log = tmp_path / "calls.txt"
+    log.write_text("")
+    inner = Pipeline([score_logged], name="per_sample").as_node(
+        input_mapping={"samples": "sample"}, output_mapping={"scored": "scores"},
+        map_over="samples")
+    p = Pipeline([make_samples, inner, summarize], name="per_task")
+    inputs = {"task": [0, 1], "per_task": 6, "scale": 1, "log": str(log)}
+
+    def calls() -> int:
+        return len(log.read_text().split())
+
+    with DaskEngine(client=dask_client, cache=DiskCache(tmp_path / "cache")) as engine:
+        for _ in range(2):
+            out = p.map(inputs, map_over="task", engine=engine)
+            assert [r["total"] for r in out] == [sum(range(6)), sum(range(100, 106))]
+            assert calls() == 12  # the second map: every inner item from the cache
+    with SeqEngine(cache=DiskCache(tmp_path / "cache")) as seq:
+        assert [r["total"] for r in p.map(inputs, map_over="task", engine=seq)] == \
+            [sum(range(6)), sum(range(100, 106))]
+    assert calls() == 12  # one inner map per item finds the same keys
