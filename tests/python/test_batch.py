@@ -115,6 +115,25 @@ def test_batch_size_via_engine_configure():
     assert rec.batch_calls == [[1, 2], [3, 4], [5]]
 
 
+def test_configure_by_output_name_says_which_node_to_configure():
+    import warnings
+
+    rec = Recorder()
+    d = _dual(rec, output_name="embedding")  # named "scale" after its functions
+    engine = SeqEngine().configure("embedding", batch_size=2)
+    with pytest.warns(RuntimeWarning, match=r"configure\('embedding'\): no node .* "
+                      r"named 'embedding'.*node 'scale' outputs 'embedding': configure "
+                      r"'scale'"):
+        Pipeline([d]).map({"x": [1, 2, 3]}, map_over="x", engine=engine)
+    assert rec.batch_calls == [[1, 2, 3]]  # the hint was not used: one batch
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per name
+        Pipeline([d]).map({"x": [1, 2, 3]}, map_over="x", engine=engine)
+        # a name that is no node's and no output here: another pipeline's node
+        other = SeqEngine().configure("tokenize", batch_size=2)
+        Pipeline([d]).map({"x": [1, 2, 3]}, map_over="x", engine=other)
+
+
 def test_batch_size_via_engine_option():
     rec = Recorder()
     Pipeline([_dual(rec)]).map({"x": [1, 2, 3]}, map_over="x",

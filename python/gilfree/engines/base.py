@@ -90,6 +90,8 @@ class Engine:
                       "it is ignored", RuntimeWarning, stacklevel=4)
 
     def _prepare(self, plan: Plan) -> None:
+        if self._node_hints:
+            self._check_configured_names(plan)
         for step in plan.iter_steps():
             extra = self._node_hints.get(step.name)
             if extra:
@@ -104,6 +106,25 @@ class Engine:
                 if step.inner is not None:
                     self._check_inner_executors(step, step.hints.get("executor")
                                                 or self.default_executor)
+
+    def _check_configured_names(self, plan: Plan) -> None:
+        """A configured name that is no node's name here but a node's output (a
+        DualNode is named after its singular function, not its output) is told once
+        which node to configure. Other unknown names stay quiet: an engine may be
+        configured for the nodes of several pipelines."""
+        steps = list(plan.iter_steps())
+        names = {s.name for s in steps}
+        for name in self._node_hints:
+            if name in names or ("configure", name) in self._warned:
+                continue
+            maker = next((s for s in steps if name in s.out_names), None)
+            if maker is not None:
+                self._warned.add(("configure", name))
+                warnings.warn(
+                    f"{type(self).__name__}.configure({name!r}): no node of pipeline "
+                    f"{plan.pipeline.label!r} is named {name!r}, so its hints are not "
+                    f"used; node {maker.name!r} outputs {name!r}: configure "
+                    f"{maker.name!r}", RuntimeWarning, stacklevel=4)
 
     def _check_inner_executors(self, outer: Any, where: str) -> None:
         """A nested pipeline runs whole on its own executor: a node inside it hinted
