@@ -125,8 +125,8 @@ class LocalDaskEngine(DaskEngine):
 
     # -- threads / synchronous: partitions of gilfree's items, in this process ---------
     def _map_whole(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime, *,
-                   first: int = 0, announce: bool = True, skip: set[int] = frozenset()
-                   ) -> list:
+                   first: int = 0, announce: bool = True, skip: set[int] = frozenset(),
+                   stage: bool = False) -> list:
         if self.scheduler == "processes" and rows:
             return self._map_processes(plan, base, rows, rt, first, announce)
         return execute_map(plan, base, rows, rt, pfor=self._pfor(rt), first_index=first,

@@ -158,7 +158,7 @@ class AutoEngine(ThreadEngine):
     def _execute_map(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime, *,
                      first: int = 0, announce: bool = True) -> list:
         t0 = time.perf_counter()
-        fanout = fans_out(plan, rt)
+        fanout = fans_out(plan)
         unmeasured = [s for s in plan.steps if self._needs_probe(s)]
         depth = self._depth.value = getattr(self._depth, "value", 0) + 1
         if depth == 1:

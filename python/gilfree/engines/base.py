@@ -156,13 +156,13 @@ class Engine:
     def _stages(self, plan: Plan, rows: list[dict], rt: Runtime | None = None
                 ) -> list[Stage] | None:
         """The map's stages when some node runs on another executor than this engine's
-        own kind, or a nested pipeline maps (without callbacks: its inner items then run
+        own kind, or a nested pipeline maps (its inner items then run
         as one map, run/fanout.py); None for a map that runs as one stage (the plain
         paths)."""
         default = self.default_executor
         if default is None or not rows:
             return None
-        fanout = rt is not None and fans_out(plan, rt)
+        fanout = rt is not None and fans_out(plan)
         if not fanout and not any(s.hints.get("executor") for s in plan.steps):
             return None
         stages = compile_stages(plan, default, self.executor_aliases, set(rows[0]), fanout)
@@ -254,7 +254,7 @@ class Engine:
         rt = self._runtime(plan, options)
         if rt.ctx is not None:
             rt.ctx.push_pipeline(plan.pipeline_id)
-        if self.default_executor is not None and fans_out(plan, rt):
+        if self.default_executor is not None and fans_out(plan):
             # A nested map's inner items run as one map on this engine, as in a map
             # (run/fanout.py), not one after another in this thread.
             rt.nested_map = self._execute_map

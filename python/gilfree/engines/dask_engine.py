@@ -220,7 +220,7 @@ class DaskEngine(Engine):
     def _execute_map(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime, *,
                      first: int = 0, announce: bool = True) -> list:
         kind = self._fan_out_executor
-        if rows and kind is not None and fans_out(plan, rt) and \
+        if rows and kind is not None and fans_out(plan) and \
                 len(rows) < BATCHES_PER_THREAD * self._threads():
             # A nested pipeline maps, and the items are too few to keep the workers
             # busy: the inner items of every item run as one map (run/fanout.py), the
@@ -244,17 +244,19 @@ class DaskEngine(Engine):
             return super()._placement(stage, plan, rt, base, first)
         part = StagePart(stage, plan, rt, base)
         return Placement(remote=part.remote(rt, lambda rows, r, skip: self._map_whole(
-            part.plan, part.shared, rows, r, first=first, announce=False, skip=skip)))
+            part.plan, part.shared, rows, r, first=first, announce=False, skip=skip,
+            stage=True)))
 
     def _threads(self) -> int:
         """The cluster's worker threads (at least 1)."""
         return max(1, sum(self.client.nthreads().values()))
 
     def _map_whole(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime, *,
-                   first: int = 0, announce: bool = True, skip: set[int] = frozenset()
-                   ) -> list:
+                   first: int = 0, announce: bool = True, skip: set[int] = frozenset(),
+                   stage: bool = False) -> list:
         """The map as batches of the whole plan on the cluster; ``skip``: items that
-        failed in an earlier stage (placeholders, run around)."""
+        failed in an earlier stage (placeholders, run around); ``stage``: a stage of a
+        map whose driver tells the items' events (their workers' are dropped)."""
         if not rows:
             return execute_map(plan, base, rows, rt, announce=announce)
         generation = self._generation  # before self.client: a shutdown after it shows
@@ -301,7 +303,9 @@ class DaskEngine(Engine):
             if rt.callbacks and announce:
                 rt.emit("on_map_start", n)
             t0 = time.perf_counter()
-            return self._gather(client, futures, spans, plan, rt, depth, generation, first)
+            dropped = driver.STAGE_ANNOUNCEMENTS if stage else driver.MAP_ANNOUNCEMENTS
+            return self._gather(client, futures, spans, plan, rt, depth, generation, first,
+                                dropped)
         except Exception:
             if t0 is None and self._generation != generation:  # closed while submitting
                 raise self._shut_down_error(plan, first, first + n) from None
@@ -373,7 +377,8 @@ class DaskEngine(Engine):
             time.sleep(0.02)
 
     def _gather(self, client: Any, futures: list, spans: list, plan: Plan, rt: Runtime,
-                depth: int, generation: int, first: int = 0) -> list:
+                depth: int, generation: int, first: int = 0,
+                dropped: frozenset[str] = driver.MAP_ANNOUNCEMENTS) -> list:
         index = {f.key: k for k, f in enumerate(futures)}
         out: list[Any] = [None] * spans[-1][1]
         failures: dict[int, BaseException] = {}
@@ -409,7 +414,7 @@ class DaskEngine(Engine):
                             error = out[bad]
                     # Each worker's execute_map opened and closed a map of its own; the
                     # driver's (with the total) stands for them.  Nested maps' are kept.
-                    driver.replay(rt, result.events, depth)
+                    driver.replay(rt, result.events, depth, dropped)
                     if error is None:
                         continue
                 # The first failure in input order wins, as on the other engines: later

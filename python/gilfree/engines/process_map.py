@@ -53,11 +53,6 @@ def _dual_batch_size(plan: Plan, rt: Runtime) -> int:
 
 _map_ids = itertools.count(1)
 
-_STAGE_ANNOUNCEMENTS = remote.MAP_ANNOUNCEMENTS | {
-    "on_map_item_start", "on_map_item_end", "on_map_item_cached", "on_pipeline_start",
-    "on_pipeline_end"}
-
-
 #: Maps of at least this many items give the C heap's free memory back at their end.
 TRIM_ITEMS = 100_000
 _malloc_trim: Any = None
@@ -257,5 +252,5 @@ class _MapCall:
         # The driver announces the map once (on_map_start/end); each batch's own
         # announcements at the top level are dropped. Nested maps' are kept. A stage's
         # items and their pipeline are announced by the driver's map too.
-        dropped = _STAGE_ANNOUNCEMENTS if self.stage else remote.MAP_ANNOUNCEMENTS
+        dropped = remote.STAGE_ANNOUNCEMENTS if self.stage else remote.MAP_ANNOUNCEMENTS
         remote.replay(self.rt, events, len(self.path), dropped, flush=not self.deferred)

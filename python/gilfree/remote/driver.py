@@ -105,6 +105,11 @@ def place(out: list, a: int, parts: list, outputs: list[str]) -> int | None:
 
 #: The events a worker's own execute_map announces that the driver's map stands for.
 MAP_ANNOUNCEMENTS = frozenset({"on_map_start", "on_map_end"})
+#: The same for a stage's map (a map with several executors, a fan-out's steps around
+#: it): the driver's map also tells each item's start and end.
+STAGE_ANNOUNCEMENTS = MAP_ANNOUNCEMENTS | {
+    "on_map_item_start", "on_map_item_end", "on_map_item_cached", "on_pipeline_start",
+    "on_pipeline_end"}
 
 
 def replay(rt: Any, events: list, depth: int,

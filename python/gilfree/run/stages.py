@@ -89,11 +89,10 @@ def executor_of(step: Step, default: str, same: dict[str, str]) -> str:
     return same.get(want, want)
 
 
-def fans_out(plan: Plan, rt: Any) -> bool:
+def fans_out(plan: Plan) -> bool:
     """True when ``plan``'s nested maps run as one map on the engine (fanout.py): some
-    top-level step is ``is_fanout`` and no callbacks listen (their events are per outer
-    item)."""
-    return not rt.callbacks and any(is_fanout(s) for s in plan.steps)
+    top-level step is ``is_fanout``."""
+    return any(is_fanout(s) for s in plan.steps)
 
 
 def is_fanout(step: Step) -> bool:

@@ -93,17 +93,89 @@ def test_an_inner_error_fails_its_outer_item_and_names_both_items(cls):
         assert run(seq, [0, 1, 2, 3], 5, scale=7, on_error="collect")[2].__notes__ == notes
 
 
-def test_with_callbacks_each_item_runs_its_own_inner_map():
-    starts = []
+class Recorder(PipelineCallback):
+    """Every event: (hook, depth of the pipeline path, its int/str arguments, pipeline
+    ids as "P": the tests build their pipelines anew)."""
 
-    class Count(PipelineCallback):
-        def on_nested_pipeline_start(self, *args):
-            starts.append(args)
+    def __init__(self):
+        self.events = []
 
-    with ProcessEngine(callbacks=[Count()]) as engine:
-        out = run(engine, [0, 1, 2], 4)
-    assert [r["total"] for r in out] == [6, 406, 806]
-    assert len(starts) == 3  # one inner map per outer item: its events stay as they were
+    def __getattribute__(self, name):
+        if name.startswith("on_"):
+            return lambda *args: self.events.append((name, len(args[-1].hierarchy_path), tuple(
+                "P" if isinstance(a, str) and a.startswith("pipeline_") else a
+                for a in args[:-1] if isinstance(a, (int, str)) and not isinstance(a, bool))))
+        return super().__getattribute__(name)
+
+
+def well_formed_inner_maps(events, inner_depth=2):
+    """Each inner map (at ``inner_depth``) opens with on_nested_pipeline_start and
+    on_map_start(n), numbers its items below n, once each, and closes; several may be
+    open at once (their items interleave), so an item counts against any open one.
+    Returns how many closed."""
+    open_maps, closed = [], 0
+    for hook, depth, args in events:
+        if hook == "on_nested_pipeline_start" and depth == inner_depth - 1:
+            open_maps.append(None)  # its size comes with its on_map_start
+        elif hook == "on_map_start" and depth == inner_depth:
+            assert open_maps and open_maps[-1] is None, events
+            open_maps[-1] = [args[0], set()]
+        elif hook == "on_map_item_start" and depth == inner_depth:
+            mine = [m for m in open_maps if m and args[0] < m[0] and args[0] not in m[1]]
+            assert mine, (args, open_maps)
+            mine[0][1].add(args[0])
+        elif hook == "on_nested_pipeline_end" and depth == inner_depth - 1:
+            # one that got all its items, else (an error stopped it) the oldest
+            done = [m for m in open_maps if m and len(m[1]) == m[0]] or open_maps
+            open_maps.remove(done[0])
+            closed += 1
+    assert not open_maps
+    return closed
+
+
+@pytest.mark.parametrize("cls", ENGINES, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("shape", [(1, 30), (4, 3), (3, 0)])
+def test_with_callbacks_the_events_are_those_of_an_inner_map_per_item(cls, shape):
+    tasks, per_task = list(range(shape[0])), shape[1]
+    with SeqEngine(callbacks=[Recorder()]) as seq:
+        run(seq, tasks, per_task)
+        want = seq.callbacks[0].events
+    got = Recorder()
+    with (cls(workers=2, callbacks=[got]) if cls is ProcessEngine else
+          cls(callbacks=[got])) as engine:
+        out = run(engine, tasks, per_task)
+    assert [r["total"] for r in out] == [sum(t * 100 + k for k in range(per_task))
+                                         for t in tasks]
+    assert sorted(got.events) == sorted(want)  # the same events, in an engine's order
+    assert well_formed_inner_maps(got.events) == len(tasks)
+    if cls is ProcessEngine and shape == (1, 30):  # spread: both workers
+        assert len({pid for _, pid in out[0]["scores"]}) == 2
+
+
+def test_with_callbacks_an_inner_error_still_closes_its_inner_map():
+    got = Recorder()
+    with ProcessEngine(callbacks=[got]) as engine:
+        out = run(engine, [0, 1, 2, 3], 5, scale=7, on_error="collect")
+    assert isinstance(out[2], ValueError) and out[3]["total"] == 7 * sum(range(300, 305))
+    assert well_formed_inner_maps(got.events) == 4
+    assert ("on_error", 2, ("score",)) in got.events
+    got.events.clear()
+    with ProcessEngine(callbacks=[got]) as engine, pytest.raises(ValueError):
+        run(engine, [0, 1, 2, 3], 5, scale=7)
+    well_formed_inner_maps(got.events)  # those opened are closed
+    maps = [e for e in got.events if e[0] in ("on_map_start", "on_map_end")]
+    assert maps[0] == ("on_map_start", 1, (4,)) and maps[-1][0] == "on_map_end"
+
+
+def test_a_progress_bar_counts_a_fanned_out_map():
+    from gilfree import ProgressCallback
+
+    bars = ProgressCallback(enable=False)
+    with ProcessEngine(callbacks=[bars]) as engine:
+        out = run(engine, [0, 1, 2], 8)
+    assert [r["total"] for r in out] == [sum(range(8)), sum(range(100, 108)),
+                                         sum(range(200, 208))]
+    assert bars._levels == {}  # every bar closed
 
 
 def test_auto_engine_explains_the_fan_out():
@@ -310,3 +382,34 @@ def test_dask_with_a_cache_the_inner_items_are_cached_as_one_inner_map_per_item(
         assert [r["total"] for r in p.map(inputs, map_over="task", engine=seq)] == \
             [sum(range(6)), sum(range(100, 106))]
     assert calls() == 12  # one inner map per item finds the same keys
+
+
+@pytest.mark.parametrize("shape", [(1, 12), (3, 4)])
+def test_dask_with_callbacks_the_events_are_those_of_an_inner_map_per_item(dask_client,
+                                                                           shape):
+    from gilfree.engines import DaskEngine
+
+    tasks, per_task = list(range(shape[0])), shape[1]
+    with SeqEngine(callbacks=[Recorder()]) as seq:
+        run(seq, tasks, per_task)
+        want = seq.callbacks[0].events
+    got = Recorder()
+    with DaskEngine(client=dask_client, callbacks=[got]) as engine:
+        out = run(engine, tasks, per_task)
+    assert sorted(got.events) == sorted(want)
+    assert well_formed_inner_maps(got.events) == len(tasks)
+    if shape == (1, 12):
+        assert len({pid for _, pid in out[0]["scores"]}) == 2
+
+
+def test_run_with_callbacks_spreads_and_tells_one_inner_map():
+    inputs = {"task": 0, "per_task": 30, "scale": 1}
+    with SeqEngine(callbacks=[Recorder()]) as seq:
+        pipeline().run(inputs, engine=seq)
+        want = seq.callbacks[0].events
+    got = Recorder()
+    with ProcessEngine(workers=2, callbacks=[got]) as engine:
+        out = pipeline().run(inputs, engine=engine)
+    assert sorted(got.events) == sorted(want)
+    assert well_formed_inner_maps(got.events) == 1
+    assert len({pid for _, pid in out["scores"]}) == 2
