@@ -127,6 +127,8 @@ class LocalDaskEngine(DaskEngine):
     def _map_whole(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime, *,
                    first: int = 0, announce: bool = True, skip: set[int] = frozenset(),
                    stage: bool = False) -> list:
+        # (skip, stage: for a cluster's stage maps; here a fan-out's other stages run
+        # through _placement's pfor, and "processes" does not fan out)
         if self.scheduler == "processes" and rows:
             return self._map_processes(plan, base, rows, rt, first, announce)
         return execute_map(plan, base, rows, rt, pfor=self._pfor(rt), first_index=first,

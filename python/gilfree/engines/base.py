@@ -156,9 +156,8 @@ class Engine:
     def _stages(self, plan: Plan, rows: list[dict], rt: Runtime | None = None
                 ) -> list[Stage] | None:
         """The map's stages when some node runs on another executor than this engine's
-        own kind, or a nested pipeline maps (its inner items then run
-        as one map, run/fanout.py); None for a map that runs as one stage (the plain
-        paths)."""
+        own kind, or a nested pipeline maps (its inner items then run as one map,
+        run/fanout.py); None for a map that runs as one stage (the plain paths)."""
         default = self.default_executor
         if default is None or not rows:
             return None

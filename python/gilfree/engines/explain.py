@@ -132,7 +132,7 @@ def time_stages(choices: list[Choice], timed: list[tuple[list[str], int, float]]
 #: core runs as rarely beside a call that releases the GIL as beside one that holds it.
 #: (The caller's own waits for a core do not matter: preempted while holding the GIL,
 #: it keeps it.) Measured with two busy processes on the 2-core VM: the helper's wait
-#: was either under 1% of a call or over 40%.
+#: was either under 1% of a call or over 30%.
 HELPER_STARVED = 0.1
 
 
