@@ -112,10 +112,11 @@ def _timed(func: Any, calls: list, ticker: _Ticker) -> Any:
             return func(*args, **kwargs)
         finally:
             wall, cpu = time.perf_counter() - w0, time.thread_time() - c0
+            runs = ticker.runs - runs  # now: a file read below lets the helper run
             # The schedstat reads are outside the timed call, and a read can wait for
             # the GIL and then for a core: the call waited at most its time off a core.
             queued = min(_queued_s() - q0, max(0.0, wall - cpu))
-            calls.append((wall, cpu, ticker.runs - runs, queued, ticker.starved() - s0))
+            calls.append((wall, cpu, runs, queued, ticker.starved() - s0))
     return call
 
 

@@ -520,3 +520,25 @@ def test_a_helper_kept_from_a_core_does_not_decide_the_gil_test():
     # No call can tell (the helper starved in both): the fastest call's rate decides.
     assert not releases([(0.00555, 0.0055, 0, 0.0, 0.0052), (0.0097, 0.0056, 11, 0.004, 0.004)])
     assert releases([(0.0055, 0.0055, 10, 0.0, 0.0048)])
+
+
+def test_the_helper_runs_are_counted_over_the_call_only(monkeypatch):
+    """The schedstat reads after a call release the GIL (file I/O): on a busy machine the
+    helper ran several times during them, and a pure-Python call looked like one that
+    releases the GIL."""
+    class Ticker:
+        runs = 0
+
+        def starved(self):
+            return 0.0
+
+    ticker = Ticker()
+
+    def read_lets_the_helper_run(*_):
+        ticker.runs += 5
+        return 0.0
+
+    monkeypatch.setattr(auto, "_queued_s", read_lets_the_helper_run)
+    calls = []
+    assert auto._timed(lambda x: x + 1, calls, ticker)(1) == 2
+    assert calls[0][2] == 0  # the 5 runs of the read before the call, and after, left out
