@@ -5,7 +5,8 @@
         yes: the first PROBE_ITEMS items run here, one after another (they are the map's
              own items: no call runs twice), every call of those nodes timed: wall
              time, the thread's CPU time, and how often a helper thread got the GIL
-             meanwhile (_Ticker)
+             meanwhile (_Ticker); what the timing itself costs (_timing_floor) is
+             taken off each call
       per node (choose(), per map: a node's measurements are kept, the choice also
       depends on the map's size):
         an executor= hint (the node's, or engine.configure) -> that, always
@@ -107,6 +108,10 @@ def _queued_s(schedstat: str = "/proc/thread-self/schedstat") -> float:
 def _timed(func: Any, calls: list, ticker: _Ticker) -> Any:
     def call(*args: Any, **kwargs: Any) -> Any:
         q0, s0 = _queued_s(), ticker.starved()
+        # The reads released the GIL (file I/O) and may have woken the helper: it takes
+        # its turn now, not inside the call (where it added ~10 us to a trivial call
+        # after a long pure-Python one, in 15 of 60 runs: too dear to stay inline).
+        time.sleep(0)
         runs, w0, c0 = ticker.runs, time.perf_counter(), time.thread_time()
         try:
             return func(*args, **kwargs)
@@ -118,6 +123,23 @@ def _timed(func: Any, calls: list, ticker: _Ticker) -> Any:
             queued = min(_queued_s() - q0, max(0.0, wall - cpu))
             calls.append((wall, cpu, runs, queued, ticker.starved() - s0))
     return call
+
+
+def _timing_floor(ticker: _Ticker, tries: int = 5) -> tuple[float, float]:
+    """What ``_timed`` itself adds to a call's (wall, CPU) seconds: the fastest of a few
+    timed calls that do nothing. Reading the thread's CPU clock is a system call (1-2 us
+    on a VM), so a trivial node measures several us; the floor is taken off each call,
+    or a node as cheap as ``os.getpid`` could look too dear to stay inline."""
+    calls: list = []
+    noop = _timed(lambda: None, calls, ticker)
+    for _ in range(tries):
+        noop()
+    return min(c[0] for c in calls), min(c[1] for c in calls)
+
+
+def _less_floor(calls: list, floor: tuple[float, float]) -> list:
+    wall, cpu = floor
+    return [(max(0.0, w - wall), max(0.0, c - cpu), *rest) for w, c, *rest in calls]
 
 
 def _key(step: Step) -> tuple[str, str]:
@@ -212,6 +234,7 @@ class AutoEngine(ThreadEngine):
         attrs = ["batch" if s.kind == DUAL else "func" for s in steps]
         funcs = [getattr(s, a) for s, a in zip(steps, attrs)]
         ticker = _Ticker()
+        floor = _timing_floor(ticker)
         try:
             for s, a, f in zip(steps, attrs, funcs):
                 setattr(s, a, _timed(f, calls[s.name], ticker))
@@ -222,7 +245,8 @@ class AutoEngine(ThreadEngine):
             for s, a, f in zip(steps, attrs, funcs):
                 setattr(s, a, f)
                 if calls[s.name]:  # (none: its items failed earlier, or the cache had it)
-                    m = self._measures[_key(s)] = Measure.of(calls[s.name], GIL_TEST_MIN_S)
+                    timed = _less_floor(calls[s.name], floor)
+                    m = self._measures[_key(s)] = Measure.of(timed, GIL_TEST_MIN_S)
                     if s.kind == DUAL:
                         m.items = len(rows)  # one batch call over the measured items
 
