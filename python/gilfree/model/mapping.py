@@ -98,6 +98,11 @@ def _sized(value: Any) -> bool:
 
 
 def _zip_lazily(names: list[str], its: list, owner: str) -> Any:
+    if len(names) == 1:  # one mapped input (the usual case): nothing to pair or check
+        name = names[0]
+        for value in its[0]:
+            yield {name: value}
+        return
     count = 0
     while True:
         vals = [next(it, _END) for it in its]

@@ -217,21 +217,24 @@ class Stream(_Lifecycle):
         finished reach the consumer before the input is read again. An item of a source
         that blocks may still wait for the read of the next one. (A read that only
         waited for the GIL looks slow too: that pull ends early, nothing else changes.)"""
-        rt, plan = self.rt, self.plan
+        rt, plan, base, values = self.rt, self.plan, self.base, self.values
+        # (What only callbacks and tracing read is kept only for them: this runs per item.)
+        tracing, callbacks = rt.tracing, bool(rt.callbacks)
         n = 0
         before = time.perf_counter()
         until = before + PULL_BUDGET_S
         for row in self.rows:
             got = time.perf_counter()
             i = self.next_id
-            self.next_id += 1
-            v = self.base.copy()
+            self.next_id = i + 1
+            v = base.copy()
             v.update(row)
-            self.values[i] = v
-            self.sigs[i] = {} if rt.tracing else None
-            self.cached[i] = True
-            self.started[i] = got
-            if rt.callbacks:
+            values[i] = v
+            if tracing:
+                self.sigs[i] = {}
+            if callbacks:
+                self.cached[i] = True
+                self.started[i] = got
                 rt.emit("on_map_item_start", self.offset + i)
                 rt.emit("on_pipeline_start", plan.pipeline_id, dict(v))
             n += 1
@@ -272,10 +275,14 @@ class Stream(_Lifecycle):
     # -- an item leaves ------------------------------------------------------------------
     def _leave(self, i: int, failed: bool) -> Any:
         rt = self.rt
-        started = self.started.pop(i, time.perf_counter())
         values = self.values.pop(i, None)
+        cached = self.cached.pop(i, False)  # (the runners mark the items they computed)
+        if not failed and values is not None and not rt.callbacks:  # (the usual case)
+            if rt.tracing:  # (a cache: the item's signatures were kept for it)
+                self.sigs.pop(i, None)
+            return {o: values[o] for o in self.plan.outputs}
+        started = self.started.pop(i, time.perf_counter())
         sigs = self.sigs.pop(i, None)
-        cached = self.cached.pop(i, False)
         n = self.offset + i  # the item's number in the map
         if failed or values is None:
             exc = self.errors.pop(i, None) or (

@@ -334,3 +334,33 @@ def test_async_engine_caps_sync_items_at_max_concurrency():
     with AsyncEngine(max_concurrency=3) as engine:
         out = Pipeline([work]).map({"x": list(range(30))}, map_over="x", engine=engine)
     assert out == [{"y": i} for i in range(30)] and peak[0] == 3
+
+
+class _Noted(PipelineCallback):
+    def on_map_item_end(self, item, duration, ctx):
+        pass
+
+
+@pytest.mark.parametrize("cached", [False, True])
+@pytest.mark.parametrize("with_callbacks", [False, True])
+def test_imap_keeps_bookkeeping_only_for_the_items_in_flight(tmp_path, cached, with_callbacks):
+    """imap skips per-item bookkeeping that only callbacks or a cache read; what it
+    keeps, it drops when the item leaves (a long stream must not grow it)."""
+    from gilfree import DiskCache
+
+    @node(output_name="y")
+    def double(x):
+        return 2 * x
+
+    engine = ThreadEngine(cache=DiskCache(tmp_path) if cached else None,
+                          callbacks=[_Noted()] if with_callbacks else None)
+    try:
+        it = Pipeline([double]).imap({"x": iter(range(300))}, map_over="x",
+                                     read_ahead=8, engine=engine)
+        assert [next(it)["y"] for _ in range(250)] == [2 * i for i in range(250)]
+        stream = it.gi_frame.f_locals["stream"]
+        for kept in (stream.values, stream.sigs, stream.cached, stream.started):
+            assert len(kept) <= 16, (kept, stream.read_ahead)
+        assert [r["y"] for r in it] == [2 * i for i in range(250, 300)]
+    finally:
+        engine.shutdown()
