@@ -8,6 +8,11 @@ other idle, and 400 x 5 pays an inner map's start-up per task; run as one map of
 inner items (run/fanout.py), every shape is 400 items over the cores.
 The hand-written peer flattens the samples itself: ``Pool.map`` over all of them in
 chunks, then regroups per task.
+
+The "a node that maps" rows run the same work written as a node whose function calls
+``Pipeline.map`` over its samples (opaque to the engine; no bar): on ``AutoEngine`` its
+maps run on the engine and it picks the level (docs/choosing-an-engine.md); on
+``ProcessEngine`` each call runs whole in one worker, its map item after item.
 """
 
 from __future__ import annotations
@@ -54,6 +59,16 @@ def pipeline() -> Pipeline:
         input_mapping={"samples": "sample"}, output_mapping={"score": "scores"},
         map_over="samples")
     return Pipeline([make_samples, per_sample, summarize], name="per_task")
+
+
+_per_sample = Pipeline([score], name="per_sample")
+
+
+@node(output_name="total")
+def mapping_task(task: int, per_task: int) -> int:
+    """A task written as a node whose function maps (not a nested pipeline)."""
+    samples = [task * 1000 + k for k in range(per_task)]
+    return sum(r["score"] for r in _per_sample.map({"sample": samples}, map_over="sample"))
 
 
 def _flat_peer(pool, tasks, per_task):
@@ -104,6 +119,15 @@ def _candidates(wid: str) -> list[Candidate]:
             c.key = c.mode == "warm"  # the bar's rows: every round
         out += rows
     out += engine_pair("ThreadEngine()", engines.ThreadEngine, run, check, cold=False)
+    mapping = Pipeline([mapping_task], name="mapping_task")
+
+    def run_mapping(engine):
+        return mapping.map({"task": tasks, "per_task": per_task}, map_over="task",
+                           engine=engine)
+
+    for name in ("AutoEngine", "ProcessEngine"):
+        out += engine_pair(f"{name}(), a node that maps", getattr(engines, name),
+                           run_mapping, check, cold=False)
     out += [Candidate(f"multiprocessing.Pool({cores()}).map over all samples, regrouped",
                       "peer", lambda pool: _flat_peer(pool, tasks, per_task), make=make_pool,
                       close=close_pool, mode=m, check=lambda r: r == expected_totals)

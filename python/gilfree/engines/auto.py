@@ -40,6 +40,7 @@ from typing import Any, Iterator
 from ..model.plan import DUAL, PIPE, Plan, Step
 from ..model.stateful import end_map, new_map
 from ..run.execute import Runtime, execute_map
+from ..run.runtime import inner_map_engine, maps_on
 from ..run.stage_runners import STREAM_BATCH_SIZE
 from ..run.stages import (ASYNC, INLINE, PROCESS, STAGE_PACE, STAGE_THREADS, THREAD, fans_out,
                           is_fanout)
@@ -66,6 +67,10 @@ RELEASED_RUNS_PER_MS = 0.8
 #: A DualNode's batch holds at most this much measured work (seconds): a huge map does
 #: not make huge batches (memory, and the first results wait for a whole batch).
 MAX_BATCH_S = 0.5
+#: A node that maps runs each call whole in a worker process when its map has this many
+#: items per worker or more (enough to keep every worker busy to the end); with fewer,
+#: its calls run here and their inner items spread over the workers (AutoEngine._mapper).
+MAPPER_ITEMS_PER_WORKER = 4
 #: CPU work of a map (items x CPU per call) below which worker processes do not pay
 #: for the transfers and the hand-over (a warm pool; starting one costs ~50 ms more).
 PROCESS_MIN_WORK_S = 0.05
@@ -105,8 +110,13 @@ def _queued_s(schedstat: str = "/proc/thread-self/schedstat") -> float:
         return 0.0
 
 
-def _timed(func: Any, calls: list, ticker: _Ticker) -> Any:
+#: The node whose call this thread is timing now (a map it makes is noted against it).
+_probing = threading.local()
+
+
+def _timed(func: Any, calls: list, ticker: _Ticker, key: Any = None) -> Any:
     def call(*args: Any, **kwargs: Any) -> Any:
+        outer, _probing.key = getattr(_probing, "key", None), key
         q0, s0 = _queued_s(), ticker.starved()
         # The reads released the GIL (file I/O) and may have woken the helper: it takes
         # its turn now, not inside the call (where it added ~10 us to a trivial call
@@ -122,6 +132,7 @@ def _timed(func: Any, calls: list, ticker: _Ticker) -> Any:
             # the GIL and then for a core: the call waited at most its time off a core.
             queued = min(_queued_s() - q0, max(0.0, wall - cpu))
             calls.append((wall, cpu, runs, queued, ticker.starved() - s0))
+            _probing.key = outer
     return call
 
 
@@ -153,7 +164,10 @@ class AutoEngine(ThreadEngine):
     ``workers`` the worker processes (pure-Python CPU nodes); the other options are
     ThreadEngine's. An ``executor=`` hint on a node, or ``engine.configure(name,
     executor=...)``, always wins. ``explain()`` tells what was chosen and why.
+    A node whose function calls ``Pipeline.map`` (no engine given) maps on this engine.
     """
+
+    takes_inner_maps = True  # (run/runtime.py: maps_on)
 
     def __init__(self, max_workers: int | None = None, batch_size: int | None = None, *,
                  workers: int | None = None, **options: Any):
@@ -165,6 +179,9 @@ class AutoEngine(ThreadEngine):
         self._last: Explanation | None = None
         self._depth = threading.local()  # maps inside a map (nested maps, run/fanout.py)
         self._inner: list[Choice] = []
+        #: Nodes seen to map themselves (their function calls Pipeline.map): the most
+        #: inner items one call mapped.
+        self._mappers: dict[tuple[str, str], int] = {}
 
     def _lend(self, kind: str) -> Any:
         if kind != PROCESS:
@@ -177,6 +194,10 @@ class AutoEngine(ThreadEngine):
                 lent = self._lent[kind] = ProcessEngine(self.workers, timeout=self.timeout)
             return lent
 
+    def _execute_run(self, plan: Plan, values: dict, rt: Runtime) -> dict:
+        with maps_on(self):  # a node that maps, in run(): its map on this engine
+            return super()._execute_run(plan, values, rt)
+
     # -- map ----------------------------------------------------------------------------
     def _execute_map(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime, *,
                      first: int = 0, announce: bool = True) -> list:
@@ -184,41 +205,56 @@ class AutoEngine(ThreadEngine):
         fanout = fans_out(plan)
         unmeasured = [s for s in plan.steps if self._needs_probe(s)]
         depth = self._depth.value = getattr(self._depth, "value", 0) + 1
-        if depth == 1:
+        # A map inside a map: a nested pipeline's (fanout.py) or one a node of ours made
+        # (in the probe, here, or on a pool thread of ours: maps_on)
+        nested = depth > 1 or inner_map_engine() is self
+        probing = getattr(_probing, "key", None)
+        if probing is not None and inner_map_engine() is self:
+            self._mappers[probing] = max(len(rows), self._mappers.get(probing, 0))
+        if not nested:
             self._inner: list[Choice] = []
         timed: list = []
         outer_times, rt.stage_times = rt.stage_times, (plan, timed)
         try:
-            if not unmeasured or not rows or fanout or self._item_timeout(plan) is not None:
-                # (Measured items run here, where no deadline could stop them; and an
-                # item here would run its whole nested map here: the inner map measures.)
-                choices = self._place(plan, len(rows), fanout)
-                out = self._run_rows(plan, base, rows, rt, first, announce)
-            else:
-                announce = announce and bool(rt.callbacks)
-                if announce:
-                    rt.emit("on_map_start", len(rows))
-                try:
-                    k = min(len(rows), PROBE_ITEMS)
-                    out = self._probe(plan, base, rows[:k], rt, unmeasured, first)
-                    choices = self._place(plan, len(rows) - k, fanout)
-                    out += self._run_rows(plan, base, rows[k:], rt, first + k, False)
-                finally:
-                    if announce:
-                        rt.emit("on_map_end", time.perf_counter() - t0)
+            with maps_on(self):  # a node of this map run here maps on this engine
+                choices, out = self._map_here(plan, base, rows, rt, first, announce,
+                                              fanout, unmeasured, t0)
         finally:
             self._depth.value = depth - 1
             rt.stage_times = outer_times
         time_stages(choices, timed)
-        if depth == 1:
+        if not nested:
             self._last = Explanation(choices + self._inner, len(rows),
                                      time.perf_counter() - t0)
-        else:  # a nested map's inner items (run/fanout.py): shown under its pipeline
+        else:  # a nested map's inner items: shown under its pipeline, once
             label = getattr(plan.pipeline, "label", "nested")
+            shown = {c.node for c in self._inner}
             for c in choices:
                 c.node = f"{label}/{c.node}"
-            self._inner += choices
+            self._inner += [c for c in choices if c.node not in shown]
         return out
+
+    def _map_here(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime, first: int,
+                  announce: bool, fanout: bool, unmeasured: list[Step],
+                  t0: float) -> tuple[list[Choice], list]:
+        """_execute_map's map: (the choices made, the results)."""
+        if not unmeasured or not rows or fanout or self._item_timeout(plan) is not None:
+            # (Measured items run here, where no deadline could stop them; and an
+            # item here would run its whole nested map here: the inner map measures.)
+            choices = self._place(plan, len(rows), fanout)
+            return choices, self._run_rows(plan, base, rows, rt, first, announce)
+        announce = announce and bool(rt.callbacks)
+        if announce:
+            rt.emit("on_map_start", len(rows))
+        try:
+            k = min(len(rows), PROBE_ITEMS)
+            out = self._probe(plan, base, rows[:k], rt, unmeasured, first)
+            choices = self._place(plan, len(rows) - k, fanout)
+            out += self._run_rows(plan, base, rows[k:], rt, first + k, False)
+            return choices, out
+        finally:
+            if announce:
+                rt.emit("on_map_end", time.perf_counter() - t0)
 
     def _needs_probe(self, step: Step) -> bool:
         if step.kind == DUAL and (step.hints.get("batch_size") or self.batch_size):
@@ -237,9 +273,10 @@ class AutoEngine(ThreadEngine):
         floor = _timing_floor(ticker)
         try:
             for s, a, f in zip(steps, attrs, funcs):
-                setattr(s, a, _timed(f, calls[s.name], ticker))
-            return execute_map(plan, self._scoped(base), rows, rt, first_index=first,
-                               announce=False)
+                setattr(s, a, _timed(f, calls[s.name], ticker, _key(s)))
+            with maps_on(self):  # a node that maps: on this engine (noted, _execute_map)
+                return execute_map(plan, self._scoped(base), rows, rt, first_index=first,
+                                   announce=False)
         finally:
             ticker.stop()
             for s, a, f in zip(steps, attrs, funcs):
@@ -373,6 +410,9 @@ class AutoEngine(ThreadEngine):
         if m is None:
             return Choice(name, THREAD, "not measured (a timeout, a map with a nested map, "
                                         "or its items failed): threads")
+        inner = self._mappers.get(_key(step))
+        if inner is not None:
+            return self._mapper(step, m, inner, items)
         if m.wall < CHEAP_S:
             return Choice(name, INLINE, f"cheap ({m.wall * 1e6:.1f} us per call): inline",
                           m, cheap=True)
@@ -389,6 +429,18 @@ class AutoEngine(ThreadEngine):
         return Choice(name, INLINE, f"pure-Python CPU, but the map's work "
                                     f"({(work or 0) * 1e3:.1f} ms) does not pay for "
                                     "processes: inline", m)
+
+    def _mapper(self, step: Step, m: Measure, inner: int, items: int | None) -> Choice:
+        """A node whose function maps (``inner`` items a call, at most): which level
+        runs in parallel. Many items: each whole in a worker process (its map runs
+        there, one item after another); few: here on threads, its maps on this engine,
+        the inner items of all of them sharing the workers (one pool of work)."""
+        many = items is None or items >= MAPPER_ITEMS_PER_WORKER * self.workers
+        maps = f"its function maps ({inner} inner items a call), {items or 'no'} calls to place"
+        if self.workers > 1 and many:
+            return Choice(step.name, PROCESS, f"{maps}: each call whole in a worker process", m)
+        return Choice(step.name, THREAD, f"{maps}: its maps run on this engine (the inner "
+                      "items of all its calls share the workers)", m, waiting=True)
 
     def _concurrency_of(self, c: Choice, step: Step) -> str:
         if c.joins:

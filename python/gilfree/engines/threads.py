@@ -35,6 +35,7 @@ from typing import Any, Callable
 from ..run.async_bridge import run_coroutine
 from ..errors import EngineShutDown, ExecutionError
 from ..run.execute import Runtime, execute_map, execute_run, fast_row_function
+from ..run.runtime import maps_on, takes_inner_maps
 from ..run.execute_fast import untraced
 from ..run.cores import usable_cores  # noqa: F401 - the engines import it from here
 from ..run.stages import STAGE_THREADS, largest_hint
@@ -398,7 +399,8 @@ class ThreadEngine(Engine):
         if untraced(plan, rt):
             pool = self.pool
             try:
-                out = pool.map(fast_row_function(plan, base, first), list(enumerate(rows)),
+                row = on_engine(fast_row_function(plan, base, first), takes_inner_maps(rt))
+                out = pool.map(row, list(enumerate(rows)),
                                stop_on_error=not rt.collect, parallelism=threads or 0)
             except _pool_shut_down() as exc:
                 if not pool.is_shut_down:
@@ -415,6 +417,17 @@ class ThreadEngine(Engine):
 
     def __repr__(self) -> str:
         return f"ThreadEngine(max_workers={self.max_workers})"
+
+
+def on_engine(row: Callable[[tuple], dict], engine: Any) -> Callable[[tuple], dict]:
+    """``row`` on a pool thread whose nodes map on ``engine`` (None: ``row`` as is)."""
+    if engine is None:
+        return row
+
+    def row_on_engine(pair: tuple) -> dict:
+        with maps_on(engine):
+            return row(pair)
+    return row_on_engine
 
 
 def _pool_shut_down() -> type:

@@ -40,11 +40,17 @@ class Pipeline:
         return self.name or self.id
 
     # -- running ----------------------------------------------------------------------
-    def _engine(self, engine: Any) -> Any:
+    def _engine(self, engine: Any, inner: bool = False) -> Any:
         if engine is not None:
             return engine
         if self.engine is not None:
             return self.engine
+        if inner:  # a map called by a node, on an engine that takes those (AutoEngine)
+            from ..run.runtime import inner_map_engine
+
+            running = inner_map_engine()
+            if running is not None:
+                return running
         from ..engines.seq import default_engine
 
         return default_engine()
@@ -58,8 +64,9 @@ class Pipeline:
             map_mode: str = "zip", output_name: Any = None, engine: Any = None,
             **options: Any) -> list[Any]:
         """Run once per item of the ``map_over`` list(s); one output dict per item."""
-        return self._engine(engine).map(self, inputs, map_over=map_over, map_mode=map_mode,
-                                        output_name=output_name, **options)
+        return self._engine(engine, inner=True).map(
+            self, inputs, map_over=map_over, map_mode=map_mode, output_name=output_name,
+            **options)
 
     def imap(self, inputs: dict[str, Any] | None = None, map_over: Any = None,
              map_mode: str = "zip", output_name: Any = None, engine: Any = None, *,

@@ -4,6 +4,7 @@ per-step helpers shared by the synchronous, async, batch and fast paths."""
 from __future__ import annotations
 
 import copy
+import threading
 import time
 import warnings
 from collections import deque
@@ -15,6 +16,42 @@ from ..model.hashing import hash_strings, hash_value
 from ..model.plan import Step
 
 _MISS = object()
+
+# -- the engine a node's own maps run on -------------------------------------------------
+# A node whose function calls ``pipeline.map(...)`` (no engine given, none on the
+# pipeline) maps on the engine running it when that engine takes them (AutoEngine):
+# the inner items of every outer item then share its workers, one pool of work, instead
+# of running one by one in the node's thread (SeqEngine, the default elsewhere).
+_inner_maps = threading.local()
+
+
+def inner_map_engine() -> Any:
+    """The engine a node running in this thread maps on by default; None: the default."""
+    return getattr(_inner_maps, "engine", None)
+
+
+class maps_on:
+    """``with maps_on(engine):`` the calling thread's nodes map on ``engine`` (None:
+    on the default engine); restores the previous engine on exit (maps nest)."""
+
+    __slots__ = ("engine", "before")
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+
+    def __enter__(self) -> None:
+        self.before = getattr(_inner_maps, "engine", None)
+        _inner_maps.engine = self.engine
+
+    def __exit__(self, *exc: Any) -> None:
+        _inner_maps.engine = self.before
+
+
+def takes_inner_maps(rt: "Runtime") -> Any:
+    """The engine of ``rt`` if a node's own maps run on it (else None): per map, not
+    per item."""
+    engine = rt.engine
+    return engine if getattr(engine, "takes_inner_maps", False) else None
 
 
 class Runtime:

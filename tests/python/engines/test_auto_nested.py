@@ -1,0 +1,151 @@
+"""AutoEngine and a node whose function maps (calls ``Pipeline.map`` itself): its inner
+items share the engine's workers (few calls), or each call runs whole in a worker
+process (many calls); never a pool per call."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import Counter
+
+import pytest
+
+from gilfree import AutoEngine, Pipeline, SeqEngine, node
+from gilfree.engines import ThreadEngine, auto
+
+from cpu_busy import spin
+
+
+@node(output_name="where")
+def sample(k):
+    spin(100_000)  # ~4-8 ms of pure Python: 22 of them pay for worker processes
+    return os.getpid()
+
+
+inner = Pipeline([sample])
+
+
+@node(output_name="found")
+def task(ks):
+    """A node that maps: its pid, and the pid each of its inner items ran in."""
+    return os.getpid(), [r["where"] for r in inner.map({"k": ks}, map_over="k")]
+
+
+outer = Pipeline([task])
+
+
+@pytest.fixture
+def engine():
+    e = AutoEngine()
+    yield e
+    e.shutdown()
+
+
+def rows(engine):
+    return {r["node"]: r for r in engine.explain().rows}
+
+
+def test_one_call_spreads_its_inner_items_over_the_workers(engine):
+    out = outer.map({"ks": [list(range(24))]}, map_over="ks", engine=engine)
+    called_in, inner_pids = out[0]["found"]
+    assert called_in == os.getpid() and len(inner_pids) == 24
+    workers = Counter(p for p in inner_pids if p != os.getpid())
+    assert len(workers) == engine.workers, inner_pids  # every worker took some
+    explained = rows(engine)
+    assert "its function maps (24 inner items a call)" in explained["task"]["why"]
+    [(label, inner_row)] = [(k, r) for k, r in explained.items() if k.endswith("/sample")]
+    assert inner_row["executor"] == "process"
+    assert "last map: 1 items" in str(engine.explain())
+
+
+def test_few_calls_run_here_and_share_the_workers(engine):
+    outer.map({"ks": [list(range(24))]}, map_over="ks", engine=engine)  # measures
+    out = outer.map({"ks": [list(range(24))] * 3}, map_over="ks", engine=engine)
+    assert [r["found"][0] for r in out] == [os.getpid()] * 3
+    assert all(os.getpid() not in r["found"][1] for r in out)
+    explained = rows(engine)
+    assert explained["task"]["executor"] == "thread", explained["task"]
+    # The inner maps ran on pool threads, concurrently: shown once, under their pipeline.
+    assert sum(k.endswith("/sample") for k in explained) == 1
+    assert "last map: 3 items" in str(engine.explain())
+
+
+def test_many_calls_run_whole_in_worker_processes(engine):
+    outer.map({"ks": [list(range(24))]}, map_over="ks", engine=engine)  # measures
+    calls = 4 * engine.workers
+    out = outer.map({"ks": [[0, 1]] * calls}, map_over="ks", engine=engine)
+    assert rows(engine)["task"]["executor"] == "process"
+    for r in out:
+        called_in, inner_pids = r["found"]
+        assert called_in != os.getpid() and inner_pids == [called_in] * 2
+
+
+def test_an_inner_pipeline_with_an_engine_of_its_own_keeps_it(engine):
+    own = Pipeline([sample], engine=SeqEngine())
+
+    @node(output_name="found")
+    def task_own(ks):
+        return os.getpid(), [r["where"] for r in own.map({"k": ks}, map_over="k")]
+
+    out = Pipeline([task_own]).map({"ks": [list(range(24))]}, map_over="ks", engine=engine)
+    assert out[0]["found"] == (os.getpid(), [os.getpid()] * 24)
+
+
+def test_other_engines_run_a_nodes_map_in_the_nodes_thread():
+    @node(output_name="threads")
+    def task_threads(ks):
+        inner_threads = Pipeline([node(output_name="t")(lambda k: threading.get_ident())])
+        return threading.get_ident(), [r["t"] for r in
+                                       inner_threads.map({"k": ks}, map_over="k")]
+
+    with ThreadEngine() as e:
+        out = Pipeline([task_threads]).map({"ks": [[1, 2, 3]] * 4}, map_over="ks", engine=e)
+    for r in out:
+        caller, inner_threads = r["threads"]
+        assert inner_threads == [caller] * 3
+
+
+@pytest.mark.parametrize("on_error", ["raise", "collect"])
+def test_an_inner_item_that_fails_names_its_node_and_item(engine, on_error):
+    @node(output_name="y")
+    def fragile(k):
+        if k == 7:
+            raise ValueError("bad sample")
+        return k
+
+    @node(output_name="total")
+    def adds(ks):
+        return sum(r["y"] for r in Pipeline([fragile]).map({"k": ks}, map_over="k"))
+
+    p = Pipeline([adds])
+    inputs = {"ks": [list(range(5)), list(range(10))]}
+    if on_error == "raise":
+        with pytest.raises(ValueError, match="bad sample") as info:
+            p.map(inputs, map_over="ks", engine=engine)
+        text = str(info.value) + "".join(getattr(info.value, "__notes__", []))
+    else:
+        out = p.map(inputs, map_over="ks", engine=engine, on_error="collect")
+        assert out[0] == {"total": 10} and isinstance(out[1], ValueError)
+        text = str(out[1]) + "".join(getattr(out[1], "__notes__", []))
+    assert "fragile" in text and "7" in text
+
+
+def test_imap_on_auto_engine_maps_on_it_too(engine):
+    outer.map({"ks": [list(range(24))]}, map_over="ks", engine=engine)  # measures
+    out = list(outer.imap({"ks": [list(range(24))] * 2}, map_over="ks", engine=engine))
+    assert [r["found"][0] for r in out] == [os.getpid()] * 2  # few calls: here
+    assert all(os.getpid() not in r["found"][1] for r in out)
+
+
+def test_imap_measures_a_node_that_maps_as_one(engine):
+    out = list(outer.imap({"ks": [list(range(24))] * 3}, map_over="ks", engine=engine))
+    # (The first call's map measured its first samples here, as every first map does.)
+    assert out[0]["found"][1].count(os.getpid()) == auto.PROBE_ITEMS
+    assert all(os.getpid() not in r["found"][1] for r in out[1:])
+    assert "its function maps (24 inner items a call)" in rows(engine)["task"]["why"]
+
+
+def test_run_maps_on_auto_engine_too(engine):
+    called_in, inner_pids = outer.run({"ks": list(range(24))}, engine=engine)["found"]
+    assert called_in == os.getpid()
+    assert len(set(inner_pids) - {os.getpid()}) == engine.workers
