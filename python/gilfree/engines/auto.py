@@ -194,6 +194,14 @@ class AutoEngine(ThreadEngine):
                 lent = self._lent[kind] = ProcessEngine(self.workers, timeout=self.timeout)
             return lent
 
+    def _runtime(self, plan: Plan, options: dict[str, Any]) -> Runtime:
+        rt = super()._runtime(plan, options)
+        if rt.callbacks and inner_map_engine() is self:
+            # A map one of our nodes makes (on a pool thread, maybe): its time is that
+            # node's call, its events are not the caller's maps (nor theirs to deliver).
+            rt.callbacks, rt.ctx, rt.tracing = [], None, rt.cache is not None
+        return rt
+
     def _execute_run(self, plan: Plan, values: dict, rt: Runtime) -> dict:
         with maps_on(self):  # a node that maps, in run(): its map on this engine
             return super()._execute_run(plan, values, rt)

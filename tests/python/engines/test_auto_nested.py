@@ -149,3 +149,32 @@ def test_run_maps_on_auto_engine_too(engine):
     called_in, inner_pids = outer.run({"ks": list(range(24))}, engine=engine)["found"]
     assert called_in == os.getpid()
     assert len(set(inner_pids) - {os.getpid()}) == engine.workers
+
+
+def test_callbacks_see_the_callers_maps_not_a_nodes_own():
+    """A node's own map is part of its call: before AutoEngine took those maps they ran
+    on SeqEngine with no callbacks; on the engine's pool threads they must not deliver
+    the engine's callbacks there, as top-level maps."""
+    from gilfree import PipelineCallback
+
+    seen = []
+
+    class Record(PipelineCallback):
+        def on_map_start(self, total, ctx):
+            seen.append(("start", total, threading.current_thread() is main))
+
+        def on_map_item_end(self, item, duration, ctx):
+            seen.append(("item", item, threading.current_thread() is main))
+
+        def on_map_end(self, duration, ctx):
+            seen.append(("end", None, threading.current_thread() is main))
+
+    main = threading.current_thread()
+    with AutoEngine(callbacks=[Record()]) as e:
+        for _ in range(2):  # measured, then placed (its calls on pool threads)
+            seen.clear()
+            out = outer.map({"ks": [list(range(24))] * 3}, map_over="ks", engine=e)
+            assert len(out) == 3
+            assert seen[0] == ("start", 3, True) and seen[-1] == ("end", None, True)
+            assert sorted(i for kind, i, _ in seen if kind == "item") == [0, 1, 2]
+            assert all(on_main for *_, on_main in seen), seen
