@@ -5,7 +5,7 @@
         yes: the first PROBE_ITEMS items run here, one after another (they are the map's
              own items: no call runs twice), every call of those nodes timed: wall
              time, the thread's CPU time, and how often a helper thread got the GIL
-             meanwhile (_Ticker); what the timing itself costs (_timing_floor) is
+             meanwhile (Ticker); what the timing itself costs (timing_floor) is
              taken off each call
       per node (choose(), per map: a node's measurements are kept, the choice also
       depends on the map's size):
@@ -45,6 +45,7 @@ from ..run.stage_runners import STREAM_BATCH_SIZE
 from ..run.stages import (ASYNC, INLINE, PROCESS, STAGE_PACE, STAGE_THREADS, THREAD, fans_out,
                           is_fanout)
 from .auto_threads import size_threads
+from .auto_timing import Ticker, less_floor, probing, timed, timing_floor
 from .explain import Choice, Explanation, Measure, resized, stream_ended, time_stages
 from .threads import ThreadEngine, auto_batch_size, limit_concurrency, usable_cores
 
@@ -74,83 +75,6 @@ MAPPER_ITEMS_PER_WORKER = 4
 #: CPU work of a map (items x CPU per call) below which worker processes do not pay
 #: for the transfers and the hand-over (a warm pool; starting one costs ~50 ms more).
 PROCESS_MIN_WORK_S = 0.05
-
-
-class _Ticker:
-    """A helper thread that wakes every 0.5 ms and counts the times it got the GIL;
-    ``starved()``: the seconds it has spent runnable but waiting for a core."""
-
-    def __init__(self) -> None:
-        self.runs = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True,
-                                        name="gilfree-auto-gil-probe")
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.0005):
-            self.runs += 1
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def starved(self) -> float:
-        return _queued_s(f"/proc/self/task/{self._thread.native_id}/schedstat")
-
-
-def _queued_s(schedstat: str = "/proc/thread-self/schedstat") -> float:
-    """Seconds a thread (this one) has spent runnable but waiting for a core (Linux
-    schedstat: preemption by other processes, not waiting for I/O or a lock); 0.0 where
-    it is not told."""
-    try:
-        with open(schedstat, "rb") as f:
-            return int(f.read().split()[1]) * 1e-9
-    except (OSError, IndexError, ValueError):
-        return 0.0
-
-
-#: The node whose call this thread is timing now (a map it makes is noted against it).
-_probing = threading.local()
-
-
-def _timed(func: Any, calls: list, ticker: _Ticker, key: Any = None) -> Any:
-    def call(*args: Any, **kwargs: Any) -> Any:
-        outer, _probing.key = getattr(_probing, "key", None), key
-        q0, s0 = _queued_s(), ticker.starved()
-        # The reads released the GIL (file I/O) and may have woken the helper: it takes
-        # its turn now, not inside the call (where it added ~10 us to a trivial call
-        # after a long pure-Python one, in 15 of 60 runs: too dear to stay inline).
-        time.sleep(0)
-        runs, w0, c0 = ticker.runs, time.perf_counter(), time.thread_time()
-        try:
-            return func(*args, **kwargs)
-        finally:
-            wall, cpu = time.perf_counter() - w0, time.thread_time() - c0
-            runs = ticker.runs - runs  # now: a file read below lets the helper run
-            # The schedstat reads are outside the timed call, and a read can wait for
-            # the GIL and then for a core: the call waited at most its time off a core.
-            queued = min(_queued_s() - q0, max(0.0, wall - cpu))
-            calls.append((wall, cpu, runs, queued, ticker.starved() - s0))
-            _probing.key = outer
-    return call
-
-
-def _timing_floor(ticker: _Ticker, tries: int = 5) -> tuple[float, float]:
-    """What ``_timed`` itself adds to a call's (wall, CPU) seconds: the fastest of a few
-    timed calls that do nothing. Reading the thread's CPU clock is a system call (1-2 us
-    on a VM), so a trivial node measures several us; the floor is taken off each call,
-    or a node as cheap as ``os.getpid`` could look too dear to stay inline."""
-    calls: list = []
-    noop = _timed(lambda: None, calls, ticker)
-    for _ in range(tries):
-        noop()
-    return min(c[0] for c in calls), min(c[1] for c in calls)
-
-
-def _less_floor(calls: list, floor: tuple[float, float]) -> list:
-    wall, cpu = floor
-    return [(max(0.0, w - wall), max(0.0, c - cpu), *rest) for w, c, *rest in calls]
 
 
 def _key(step: Step) -> tuple[str, str]:
@@ -216,13 +140,13 @@ class AutoEngine(ThreadEngine):
         # A map inside a map: a nested pipeline's (fanout.py) or one a node of ours made
         # (in the probe, here, or on a pool thread of ours: maps_on)
         nested = depth > 1 or inner_map_engine() is self
-        probing = getattr(_probing, "key", None)
-        if probing is not None and inner_map_engine() is self:
-            self._mappers[probing] = max(len(rows), self._mappers.get(probing, 0))
+        caller = getattr(probing, "key", None)  # the node being timed, if one made it
+        if caller is not None and inner_map_engine() is self:
+            self._mappers[caller] = max(len(rows), self._mappers.get(caller, 0))
         if not nested:
             self._inner: list[Choice] = []
-        timed: list = []
-        outer_times, rt.stage_times = rt.stage_times, (plan, timed)
+        stage_times: list = []
+        outer_times, rt.stage_times = rt.stage_times, (plan, stage_times)
         try:
             with maps_on(self):  # a node of this map run here maps on this engine
                 choices, out = self._map_here(plan, base, rows, rt, first, announce,
@@ -230,7 +154,7 @@ class AutoEngine(ThreadEngine):
         finally:
             self._depth.value = depth - 1
             rt.stage_times = outer_times
-        time_stages(choices, timed)
+        time_stages(choices, stage_times)
         if not nested:
             self._last = Explanation(choices + self._inner, len(rows),
                                      time.perf_counter() - t0)
@@ -277,11 +201,11 @@ class AutoEngine(ThreadEngine):
         # What is timed: a node's call; a DualNode's batch call over the measured items.
         attrs = ["batch" if s.kind == DUAL else "func" for s in steps]
         funcs = [getattr(s, a) for s, a in zip(steps, attrs)]
-        ticker = _Ticker()
-        floor = _timing_floor(ticker)
+        ticker = Ticker()
+        floor = timing_floor(ticker)
         try:
             for s, a, f in zip(steps, attrs, funcs):
-                setattr(s, a, _timed(f, calls[s.name], ticker, _key(s)))
+                setattr(s, a, timed(f, calls[s.name], ticker, _key(s)))
             with maps_on(self):  # a node that maps: on this engine (noted, _execute_map)
                 return execute_map(plan, self._scoped(base), rows, rt, first_index=first,
                                    announce=False)
@@ -290,8 +214,8 @@ class AutoEngine(ThreadEngine):
             for s, a, f in zip(steps, attrs, funcs):
                 setattr(s, a, f)
                 if calls[s.name]:  # (none: its items failed earlier, or the cache had it)
-                    timed = _less_floor(calls[s.name], floor)
-                    m = self._measures[_key(s)] = Measure.of(timed, GIL_TEST_MIN_S)
+                    own = less_floor(calls[s.name], floor)
+                    m = self._measures[_key(s)] = Measure.of(own, GIL_TEST_MIN_S)
                     if s.kind == DUAL:
                         m.items = len(rows)  # one batch call over the measured items
 

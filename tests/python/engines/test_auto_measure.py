@@ -3,7 +3,7 @@ helper thread and the timing itself do to them (numbers measured on the 2-core V
 
 from __future__ import annotations
 
-from gilfree.engines import auto
+from gilfree.engines import auto, auto_timing
 from gilfree.engines.explain import Measure
 
 
@@ -51,33 +51,33 @@ def test_the_helper_runs_are_counted_over_the_call_only(monkeypatch):
         ticker.runs += 5
         return 0.0
 
-    monkeypatch.setattr(auto, "_queued_s", read_lets_the_helper_run)
+    monkeypatch.setattr(auto_timing, "queued_s", read_lets_the_helper_run)
     calls = []
-    assert auto._timed(lambda x: x + 1, calls, ticker)(1) == 2
+    assert auto_timing.timed(lambda x: x + 1, calls, ticker)(1) == 2
     assert calls[0][2] == 0  # the 5 runs of the read before the call, and after, left out
 
 
 def test_what_the_timing_adds_is_taken_off_each_call():
     """A call to os.getpid() measured 5-8 us, 2.5-3 us of them the timing's own (reading
     the thread's CPU clock is a system call on the VM): close to CHEAP_S (10 us)."""
-    ticker = auto._Ticker()
+    ticker = auto_timing.Ticker()
     try:
-        wall, cpu = auto._timing_floor(ticker)
+        wall, cpu = auto_timing.timing_floor(ticker)
     finally:
         ticker.stop()
     assert 0.0 < wall < 1e-3 and 0.0 <= cpu < 1e-3
     calls = [(0.5, 0.2, 3, 0.01, 0.0), (2e-6, 0.5e-6, 0, 0.0, 0.0)]
-    assert auto._less_floor(calls, (3e-6, 1e-6)) == [
+    assert auto_timing.less_floor(calls, (3e-6, 1e-6)) == [
         (0.5 - 3e-6, 0.2 - 1e-6, 3, 0.01, 0.0), (0.0, 0.0, 0, 0.0, 0.0)]
 
 
 def test_a_trivial_node_is_measured_as_cheap():
-    ticker, calls = auto._Ticker(), []
+    ticker, calls = auto_timing.Ticker(), []
     try:
-        floor = auto._timing_floor(ticker)
-        timed = auto._timed(lambda x: x + 1, calls, ticker)
+        floor = auto_timing.timing_floor(ticker)
+        timed = auto_timing.timed(lambda x: x + 1, calls, ticker)
         for i in range(3):
             timed(i)
     finally:
         ticker.stop()
-    assert Measure.of(auto._less_floor(calls, floor)).wall < auto.CHEAP_S
+    assert Measure.of(auto_timing.less_floor(calls, floor)).wall < auto.CHEAP_S
