@@ -44,9 +44,13 @@
 // that blocks on other work of this pool (a nested map on the same engine).
 //
 // Re-entrancy: map() called on a worker thread of the same pool (a callable that maps
-// again) runs its items inline, sequentially, in that thread. Waiting instead could
-// deadlock once every worker waits for items that need a worker. Maps into another pool
-// run normally.
+// again: a node that maps on its own engine) hands its items to the pool like any map,
+// so the inner items of every outer item share the pool's threads. Two things keep it
+// from deadlocking once every worker waits for items that need a worker: the waiting
+// worker stops counting against max_workers (begin_wait, so the pool may start a thread
+// for them), and it runs items of its own batch itself before it waits (one ticket is
+// its own), so the batch ends even if no other thread is free or can start. Maps into
+// another pool run normally.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 #include <pthread.h>
@@ -168,23 +172,6 @@ void notify(PyObject* on_complete, std::size_t index, PyObject* value, bool ok) 
         throw py::error_already_set();
     }
     pycall::drop(o.value);
-}
-
-py::list map_inline(PyObject* fn, PyObject* items, PyObject* on_complete, bool stop_on_error) {
-    const Py_ssize_t n = PyTuple_GET_SIZE(items);
-    py::list out(n);
-    for (Py_ssize_t i = 0; i < n; ++i) {
-        if (pycall::finalization_safe([] { return PyErr_CheckSignals(); }) != 0)
-            throw py::error_already_set();
-        pycall::Outcome o = pycall::call(fn, PyTuple_GET_ITEM(items, i));
-        PyList_SET_ITEM(out.ptr(), i, o.value);  // steals; `out` owns it from here
-        if (on_complete != nullptr) notify(on_complete, static_cast<std::size_t>(i), o.value, o.ok);
-        if (!o.ok && stop_on_error) {
-            pycall::restore_exception(o.value);
-            throw py::error_already_set();
-        }
-    }
-    return out;
 }
 
 // submit(fn, done): one call of fn() on a worker, then done(result_or_exception, ok) on
@@ -395,10 +382,17 @@ public:
         auto snapshot = py::reinterpret_steal<py::tuple>(pycall::to_tuple(items.ptr()));
         if (!snapshot) throw py::error_already_set();
         PyObject* callback = on_complete.is_none() ? nullptr : on_complete.ptr();
-        if (pool_.is_current_thread_worker())
-            return map_inline(fn.ptr(), snapshot.ptr(), callback, stop_on_error);
         if (pool_.is_shut_down()) throw PoolShutDownError("ThreadPool is shut down");
         if (snapshot.empty()) return py::list();
+        // A worker of this pool mapping again (see the top of the file): it helps.
+        const bool nested = pool_.is_current_thread_worker();
+        struct WaitScope {
+            ThreadPool& pool;
+            bool on;
+            ~WaitScope() {
+                if (on) pool.end_wait();
+            }
+        } waiting{pool_, nested && pool_.begin_wait()};
 
         auto batch = std::make_shared<PyMapBatch>(fn.ptr(), snapshot.ptr(), stop_on_error,
                                                   callback != nullptr);
@@ -412,17 +406,22 @@ public:
             const bool done = pycall::wait_without_gil(
                 [&] {
                     if (!submitted) {
+                        // Fewer tickets than items: each ticket claims items until none
+                        // are left, so at most `parallelism` run at once.
+                        std::size_t tickets = parallelism ? std::min(parallelism, batch->size())
+                                                          : batch->size();
+                        if (nested) --tickets;  // this worker runs the last one itself
                         try {
-                            // Fewer tickets than items: each ticket claims items
-                            // until none are left, so at most `parallelism` run at once.
-                            pool_.submit(batch, parallelism ? std::min(parallelism, batch->size())
-                                                            : batch->size());
+                            if (tickets > 0) pool_.submit(batch, tickets);
                         } catch (const std::runtime_error&) {
                             if (pool_.is_shut_down())  // by another thread, just now
                                 throw PoolShutDownError("ThreadPool is shut down");
-                            throw;
+                            if (!nested) throw;  // (nested: this worker runs them all)
                         }
                         submitted = true;
+                        // Its items, until none are left to claim: it takes the GIL per
+                        // run of items, as any worker (this thread's state, saved here).
+                        if (nested) batch->run_ticket();
                     }
                     return batch->wait_for(kDriverTick);
                 },

@@ -243,15 +243,40 @@ def test_invalid_arguments():
 
 # --- re-entrancy, shutdown, references --------------------------------------------------------
 
-def test_map_from_a_worker_runs_inline():
-    with _core.ThreadPool(2) as p:
+def test_map_from_a_worker_shares_the_pool():
+    """A worker that maps again hands the items to the pool (they run at once), and
+    helps with them while it waits."""
+    with _core.ThreadPool(4) as p:
         def outer(x):
-            me = threading.get_ident()
-            inner = p.map(lambda y: (y, threading.get_ident()), list(range(5)))
-            assert {t for _, t in inner} == {me}
-            return sum(y for y, _ in inner) + x
+            def io(y):
+                time.sleep(0.02)  # releases the GIL: other threads claim items meanwhile
+                return y, threading.get_ident()
 
-        assert p.map(outer, list(range(6))) == [10 + x for x in range(6)]
+            inner = p.map(io, list(range(6)))
+            return sum(y for y, _ in inner) + x, {t for _, t in inner}
+
+        out = p.map(outer, [0, 1])
+    assert [total for total, _ in out] == [15, 16]
+    assert all(len(threads) > 1 for _, threads in out), out
+
+
+@pytest.mark.parametrize("max_workers", [1, 2])
+def test_maps_nested_three_deep_finish_on_a_small_pool(max_workers):
+    """Every worker may wait for a map of its own: the waiting ones do not count against
+    max_workers, and each runs items of its map itself, so all of them finish."""
+    with _core.ThreadPool(max_workers) as p:
+        def leaf(z):
+            time.sleep(0.001)
+            return z
+
+        def middle(y):
+            return sum(p.map(leaf, list(range(y, y + 3))))
+
+        def top(x):
+            return sum(p.map(middle, list(range(x, x + 3))))
+
+        assert p.map(top, list(range(4))) == [
+            sum(sum(range(y, y + 3)) for y in range(x, x + 3)) for x in range(4)]
 
 
 def test_map_parallelism_bounds_the_items_running_at_once(pool):

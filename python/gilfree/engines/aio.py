@@ -47,6 +47,7 @@ class AsyncEngine(ThreadEngine):
     supported_hints = frozenset({"batch_size", "max_concurrency", "retries", "timeout"})
     native_executors = frozenset({"async", "thread"})
     default_executor = "async"
+    takes_inner_maps = False  # a node's own map: on its pipeline's engine, or SeqEngine
     executor_aliases = {"thread": "async"}  # sync nodes: offloaded from the loop to the pool
 
     def __init__(self, max_concurrency: int | None = None, *, max_workers: int | None = None,

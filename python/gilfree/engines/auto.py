@@ -88,10 +88,9 @@ class AutoEngine(ThreadEngine):
     ``workers`` the worker processes (pure-Python CPU nodes); the other options are
     ThreadEngine's. An ``executor=`` hint on a node, or ``engine.configure(name,
     executor=...)``, always wins. ``explain()`` tells what was chosen and why.
-    A node whose function calls ``Pipeline.map`` (no engine given) maps on this engine.
+    A node whose function calls ``Pipeline.map`` (no engine given) maps on this engine,
+    which picks the level to run in parallel (``_mapper``).
     """
-
-    takes_inner_maps = True  # (run/runtime.py: maps_on)
 
     def __init__(self, max_workers: int | None = None, batch_size: int | None = None, *,
                  workers: int | None = None, **options: Any):
@@ -117,18 +116,6 @@ class AutoEngine(ThreadEngine):
             if lent is None:
                 lent = self._lent[kind] = ProcessEngine(self.workers, timeout=self.timeout)
             return lent
-
-    def _runtime(self, plan: Plan, options: dict[str, Any]) -> Runtime:
-        rt = super()._runtime(plan, options)
-        if rt.callbacks and inner_map_engine() is self:
-            # A map one of our nodes makes (on a pool thread, maybe): its time is that
-            # node's call, its events are not the caller's maps (nor theirs to deliver).
-            rt.callbacks, rt.ctx, rt.tracing = [], None, rt.cache is not None
-        return rt
-
-    def _execute_run(self, plan: Plan, values: dict, rt: Runtime) -> dict:
-        with maps_on(self):  # a node that maps, in run(): its map on this engine
-            return super()._execute_run(plan, values, rt)
 
     # -- map ----------------------------------------------------------------------------
     def _execute_map(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime, *,

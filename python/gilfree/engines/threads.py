@@ -13,9 +13,11 @@
     thread stops counting against max_workers (the pool starts others, up to
     max_abandoned of them), so calls that hang forever cannot starve later maps.
 
-    a map inside a node, on the same engine: from a pool thread, pool.map runs its items
-    inline; a map through the loop releases the waiting thread's slot (begin_wait); from
-    the loop thread itself (an async node), the inner items get an event loop of their own.
+    a map inside a node, on the same engine (or with no engine: takes_inner_maps): from a
+    pool thread, pool.map hands its items to the pool while the waiting thread gives up
+    its slot and helps with them; a map through the loop releases the waiting thread's
+    slot (begin_wait); from the loop thread itself (an async node), the inner items get
+    an event loop of their own.
 
     a map with executor hints (stages.py, Engine._staged_map): stages one after another;
     "thread" stages as above, "async" ones through the loop, "inline" ones in the calling
@@ -35,7 +37,7 @@ from typing import Any, Callable
 from ..run.async_bridge import run_coroutine
 from ..errors import EngineShutDown, ExecutionError
 from ..run.execute import Runtime, execute_map, execute_run, fast_row_function
-from ..run.runtime import maps_on, takes_inner_maps
+from ..run.runtime import inner_map_engine, maps_on, takes_inner_maps
 from ..run.execute_fast import untraced
 from ..run.cores import usable_cores  # noqa: F401 - the engines import it from here
 from ..run.stages import STAGE_THREADS, largest_hint
@@ -153,6 +155,10 @@ class ThreadEngine(Engine):
     supported_hints = frozenset({"batch_size", "max_concurrency", "retries", "timeout"})
     native_executors = frozenset({"thread"})
     default_executor = "thread"
+    #: A node whose function calls Pipeline.map (no engine given, none on its pipeline)
+    #: maps on this engine: the inner items of all its calls share the pool's threads
+    #: (run/runtime.py: maps_on; the pool lets a waiting worker help, bind_thread_pool).
+    takes_inner_maps = True
 
     def __init__(self, max_workers: int | None = None, batch_size: int | None = None, *,
                  stateful: str = "shared", idle_timeout: float = 10.0,
@@ -374,8 +380,19 @@ class ThreadEngine(Engine):
         return out
 
     # -- where items run --------------------------------------------------------------
+    def _runtime(self, plan: Plan, options: dict[str, Any]) -> Runtime:
+        rt = super()._runtime(plan, options)
+        if rt.callbacks and inner_map_engine() is self:
+            # A map one of our nodes makes (on a pool thread, maybe): its time is that
+            # node's call, its events are not the caller's maps (nor theirs to deliver).
+            rt.callbacks, rt.ctx, rt.tracing = [], None, rt.cache is not None
+        return rt
+
     def _execute_run(self, plan: Plan, values: dict, rt: Runtime) -> dict:
-        return execute_run(plan, self._scoped(values), rt, pfor=self._pfor(rt))
+        if not self.takes_inner_maps:
+            return execute_run(plan, self._scoped(values), rt, pfor=self._pfor(rt))
+        with maps_on(self):  # a node run here (in this thread) maps on this engine
+            return execute_run(plan, self._scoped(values), rt, pfor=self._pfor(rt))
 
     def _execute_map(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime, *,
                      first: int = 0, announce: bool = True) -> list:

@@ -1,17 +1,19 @@
-"""AutoEngine and a node whose function maps (calls ``Pipeline.map`` itself): its inner
+"""A node whose function maps (calls ``Pipeline.map`` itself) on AutoEngine: its inner
 items share the engine's workers (few calls), or each call runs whole in a worker
-process (many calls); never a pool per call."""
+process (many calls); never a pool per call. On ThreadEngine its inner items share the
+pool's threads."""
 
 from __future__ import annotations
 
 import os
 import threading
+import time
 from collections import Counter
 
 import pytest
 
 from gilfree import AutoEngine, Pipeline, SeqEngine, node
-from gilfree.engines import ThreadEngine, auto
+from gilfree.engines import AsyncEngine, ThreadEngine, auto
 
 from cpu_busy import spin
 
@@ -91,18 +93,36 @@ def test_an_inner_pipeline_with_an_engine_of_its_own_keeps_it(engine):
     assert out[0]["found"] == (os.getpid(), [os.getpid()] * 24)
 
 
-def test_other_engines_run_a_nodes_map_in_the_nodes_thread():
-    @node(output_name="threads")
-    def task_threads(ks):
-        inner_threads = Pipeline([node(output_name="t")(lambda k: threading.get_ident())])
-        return threading.get_ident(), [r["t"] for r in
-                                       inner_threads.map({"k": ks}, map_over="k")]
+@node(output_name="threads")
+def crawl(urls):
+    """A node that maps I/O: the thread it ran on, and the thread each fetch ran on."""
+    @node(output_name="t")
+    def fetch(url):
+        time.sleep(0.02)  # a network call
+        return threading.get_ident()
 
+    return threading.get_ident(), [r["t"] for r in Pipeline([fetch]).map(
+        {"url": urls}, map_over="url")]
+
+
+def test_on_thread_engine_a_nodes_map_shares_the_pool():
     with ThreadEngine() as e:
-        out = Pipeline([task_threads]).map({"ks": [[1, 2, 3]] * 4}, map_over="ks", engine=e)
+        out = Pipeline([crawl]).map({"urls": [list(range(8))]}, map_over="urls", engine=e)
+        [(caller, fetched_on)] = [r["threads"] for r in out]
+        assert caller != threading.get_ident()  # the node ran on a pool thread ...
+        assert len(set(fetched_on)) > 1  # ... and its fetches on several at once
+        # run() too: the node runs in this thread, its fetches on the pool.
+        caller, fetched_on = Pipeline([crawl]).run({"urls": list(range(8))},
+                                                   engine=e)["threads"]
+        assert caller == threading.get_ident() and len(set(fetched_on)) > 1
+
+
+def test_on_async_engine_a_nodes_map_runs_in_the_nodes_thread():
+    with AsyncEngine() as e:
+        out = Pipeline([crawl]).map({"urls": [[1, 2, 3]] * 2}, map_over="urls", engine=e)
     for r in out:
-        caller, inner_threads = r["threads"]
-        assert inner_threads == [caller] * 3
+        caller, fetched_on = r["threads"]
+        assert fetched_on == [caller] * 3
 
 
 @pytest.mark.parametrize("on_error", ["raise", "collect"])
@@ -151,7 +171,8 @@ def test_run_maps_on_auto_engine_too(engine):
     assert len(set(inner_pids) - {os.getpid()}) == engine.workers
 
 
-def test_callbacks_see_the_callers_maps_not_a_nodes_own():
+@pytest.mark.parametrize("engine_class", [AutoEngine, ThreadEngine])
+def test_callbacks_see_the_callers_maps_not_a_nodes_own(engine_class):
     """A node's own map is part of its call: before AutoEngine took those maps they ran
     on SeqEngine with no callbacks; on the engine's pool threads they must not deliver
     the engine's callbacks there, as top-level maps."""
@@ -170,7 +191,7 @@ def test_callbacks_see_the_callers_maps_not_a_nodes_own():
             seen.append(("end", None, threading.current_thread() is main))
 
     main = threading.current_thread()
-    with AutoEngine(callbacks=[Record()]) as e:
+    with engine_class(callbacks=[Record()]) as e:
         for _ in range(2):  # measured, then placed (its calls on pool threads)
             seen.clear()
             out = outer.map({"ks": [list(range(24))] * 3}, map_over="ks", engine=e)
