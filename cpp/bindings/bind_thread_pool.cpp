@@ -374,6 +374,7 @@ public:
     }
 
     bool begin_wait() { return pool_.begin_wait(); }
+    bool on_worker_thread() const noexcept { return pool_.is_current_thread_worker(); }
     void end_wait() { pool_.end_wait(); }
 
     py::list map(const py::object& fn, const py::object& items, const py::object& on_complete,
@@ -601,6 +602,9 @@ PoolShutDown if the pool is shut down (the workers are counted out).)doc")
 On a worker of this pool about to block on other work of this pool (a nested map): it
 stops counting against max_workers until end_wait(). False (a no-op) on other threads.)doc")
         .def("end_wait", &PyThreadPool::end_wait)
+        .def("on_worker_thread", &PyThreadPool::on_worker_thread, R"doc(
+Whether the calling thread is one of this pool's workers (engines use it to tell which
+engine a node that maps is running on).)doc")
         .def("stats", &PyThreadPool::stats, R"doc(
 A dict: threads, busy, abandoned (busy in calls given up on), waiting (in begin_wait),
 max_workers, max_abandoned, spawn_error (why the last thread start failed, or None).)doc")

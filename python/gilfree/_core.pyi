@@ -59,8 +59,9 @@ class ThreadPool:
         completion order. With stop_on_error, the failure of the lowest failing index is
         raised once running items finish; otherwise exception objects stand in the list.
         Ctrl-C raises KeyboardInterrupt at once; items already running finish unobserved.
-        Called from one of this pool's workers, the items run inline in that thread.
-        shutdown() meanwhile: no new item starts; PoolShutDown is raised (with
+        Called from one of this pool's workers (a nested map), the items go to the pool
+        as any map's: that worker stops counting against max_workers while it waits, and
+        runs items of the map itself. shutdown() meanwhile: no new item starts; PoolShutDown is raised (with
         stop_on_error=False, each item that did not run holds one).
         """
     def submit(self, fn: Callable[[], Any], done: Callable[[Any, bool], object]) -> PoolCall:
@@ -82,6 +83,8 @@ class ThreadPool:
         """On a worker of this pool about to block on other work of this pool (a nested
         map): it stops counting against max_workers until end_wait(). False elsewhere."""
     def end_wait(self) -> None: ...
+    def on_worker_thread(self) -> bool:
+        """Whether the calling thread is one of this pool's workers."""
     def stats(self) -> dict[str, Any]:
         """threads, busy, abandoned, waiting, max_workers, max_abandoned, spawn_error."""
     @property

@@ -37,7 +37,7 @@ from typing import Any, Callable
 from ..run.async_bridge import run_coroutine
 from ..errors import EngineShutDown, ExecutionError
 from ..run.execute import Runtime, execute_map, execute_run, fast_row_function
-from ..run.runtime import inner_map_engine, maps_on, takes_inner_maps
+from ..run.runtime import inner_map_engine, maps_on, takes_maps_on_its_threads
 from ..run.execute_fast import untraced
 from ..run.cores import usable_cores  # noqa: F401 - the engines import it from here
 from ..run.stages import STAGE_THREADS, largest_hint
@@ -190,7 +190,14 @@ class ThreadEngine(Engine):
 
                 self._pool = core().ThreadPool(self.max_workers, self.idle_timeout,
                                                self.max_abandoned)
+                if self.takes_inner_maps:
+                    takes_maps_on_its_threads(self)
             return self._pool
+
+    def on_own_thread(self) -> bool:
+        """Whether the calling thread is one of this engine's pool threads."""
+        pool = self._pool
+        return pool is not None and pool.on_worker_thread()
 
     def _pfor(self, rt: Runtime, threads: int | None = None
               ) -> Callable[[Callable[[int], None], int], None]:
@@ -416,8 +423,7 @@ class ThreadEngine(Engine):
         if untraced(plan, rt):
             pool = self.pool
             try:
-                row = on_engine(fast_row_function(plan, base, first), takes_inner_maps(rt))
-                out = pool.map(row, list(enumerate(rows)),
+                out = pool.map(fast_row_function(plan, base, first), list(enumerate(rows)),
                                stop_on_error=not rt.collect, parallelism=threads or 0)
             except _pool_shut_down() as exc:
                 if not pool.is_shut_down:
@@ -434,17 +440,6 @@ class ThreadEngine(Engine):
 
     def __repr__(self) -> str:
         return f"ThreadEngine(max_workers={self.max_workers})"
-
-
-def on_engine(row: Callable[[tuple], dict], engine: Any) -> Callable[[tuple], dict]:
-    """``row`` on a pool thread whose nodes map on ``engine`` (None: ``row`` as is)."""
-    if engine is None:
-        return row
-
-    def row_on_engine(pair: tuple) -> dict:
-        with maps_on(engine):
-            return row(pair)
-    return row_on_engine
 
 
 def _pool_shut_down() -> type:

@@ -18,8 +18,8 @@ from ..model.hashing import hash_strings
 from ..model.mapping import expand_rows
 from ..model.plan import PIPE, Plan, Step
 from .stages import SIGS, Placement, Stage, is_fanout
-from .runtime import (Runtime, StepCall, _call, _sig, _store, annotate, maps_on, step_done,
-                      step_failed, step_lookup, takes_inner_maps)
+from .runtime import (Runtime, StepCall, _call, _sig, _store, annotate, step_done,
+                      step_failed, step_lookup)
 
 __all__ = ["Runtime", "execute_map", "execute_run", "fast_row_function", "run_step",
            "step_done", "step_failed", "step_lookup"]
@@ -245,15 +245,6 @@ def execute_map(plan: Plan, base: dict, rows: list[dict], rt: Runtime, *,
     # that did not get through all of them fail with that error under "collect".
     passed = [0] * n
 
-    # A pool thread runs the nodes of items: a node that maps there maps on this engine
-    # if it takes those (AutoEngine; the calling thread is set by the engine itself).
-    inner_engine = takes_inner_maps(rt)
-
-    def run_steps(payload: list[Step], i: int, r: Runtime) -> None:
-        for step in payload:
-            if not run_step(step, values[i], r, first_index + i, sigs[i]):
-                cached[i] = False
-
     def items_task(payload: list[Step], threaded: bool) -> Callable[[int], None]:
         def task(i: int) -> None:
             if failed[i] is not None:
@@ -262,11 +253,9 @@ def execute_map(plan: Plan, base: dict, rows: list[dict], rt: Runtime, *,
             if interleave:
                 start(i, r)
             try:
-                if threaded and inner_engine is not None:
-                    with maps_on(inner_engine):
-                        run_steps(payload, i, r)
-                else:
-                    run_steps(payload, i, r)
+                for step in payload:
+                    if not run_step(step, values[i], r, first_index + i, sigs[i]):
+                        cached[i] = False
             except Exception as exc:
                 if not collect:
                     raise

@@ -7,6 +7,7 @@ import copy
 import threading
 import time
 import warnings
+import weakref
 from collections import deque
 from typing import Any, Callable
 
@@ -19,15 +20,31 @@ _MISS = object()
 
 # -- the engine a node's own maps run on -------------------------------------------------
 # A node whose function calls ``pipeline.map(...)`` (no engine given, none on the
-# pipeline) maps on the engine running it when that engine takes them (AutoEngine):
-# the inner items of every outer item then share its workers, one pool of work, instead
-# of running one by one in the node's thread (SeqEngine, the default elsewhere).
+# pipeline) maps on the engine running it when that engine takes them (ThreadEngine,
+# AutoEngine): the inner items of every outer item then share its workers, one pool of
+# work, instead of running one by one in the node's thread (SeqEngine, the default).
+# Which engine: the one a thread-local names (an engine sets it around nodes it runs in
+# the calling thread: maps_on), else the one whose pool the calling thread works for
+# (no cost per item: only a node's map asks).
 _inner_maps = threading.local()
+_pool_engines: "weakref.WeakSet[Any]" = weakref.WeakSet()
 
 
 def inner_map_engine() -> Any:
     """The engine a node running in this thread maps on by default; None: the default."""
-    return getattr(_inner_maps, "engine", None)
+    engine = getattr(_inner_maps, "engine", None)
+    if engine is not None:
+        return engine
+    for engine in list(_pool_engines):
+        if engine.on_own_thread():
+            return engine
+    return None
+
+
+def takes_maps_on_its_threads(engine: Any) -> None:
+    """``engine`` (its pool started) takes the maps of nodes run on its pool's threads;
+    ``engine.on_own_thread()`` says if the calling thread is one of them."""
+    _pool_engines.add(engine)
 
 
 class maps_on:
@@ -45,13 +62,6 @@ class maps_on:
 
     def __exit__(self, *exc: Any) -> None:
         _inner_maps.engine = self.before
-
-
-def takes_inner_maps(rt: "Runtime") -> Any:
-    """The engine of ``rt`` if a node's own maps run on it (else None): per map, not
-    per item."""
-    engine = rt.engine
-    return engine if getattr(engine, "takes_inner_maps", False) else None
 
 
 class Runtime:

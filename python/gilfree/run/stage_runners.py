@@ -30,7 +30,7 @@ from .cores import usable_cores
 from .execute import run_step
 from .execute_async import arun_step
 from .execute_batch import _run_batch
-from .runtime import Runtime, maps_on, takes_inner_maps
+from .runtime import Runtime
 from .stages import (INLINE, PROCESS, STAGE_PACE, STAGE_THREADS, THREAD, Stage, StagePart,
                      largest_hint)
 
@@ -132,7 +132,6 @@ class _ThreadRunner(_Runner):
         self.most = threads.max_workers
         self.threads = min(self.most, largest_hint(stage.steps, STAGE_THREADS) or self.most)
         self.spec = (self.threads, 0, 0, 0.0, True)
-        self.inner_engine = takes_inner_maps(stream.work_rt)
         # Re-sized by Little's law (threads = pace x latency) while it runs, between at
         # least one per core and the engine's max_workers; None: a fixed size.
         self.pace = largest_hint(stage.steps, STAGE_PACE)
@@ -150,12 +149,6 @@ class _ThreadRunner(_Runner):
 
     def _call_id(self, i: int) -> bool:
         """True if item ``i`` ran through the stage; False (error recorded) if not."""
-        if self.inner_engine is not None:  # a node that maps, maps on it (AutoEngine)
-            with maps_on(self.inner_engine):
-                return self._timed_call(i)
-        return self._timed_call(i)
-
-    def _timed_call(self, i: int) -> bool:
         if self.pace is None:
             return self.run_items(i, self.stream.work_rt.worker_view())
         t0 = time.perf_counter()
