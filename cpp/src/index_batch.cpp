@@ -120,6 +120,13 @@ bool IndexBatch::wait_for(std::chrono::nanoseconds timeout) {
     }
 }
 
+void IndexBatch::wait_finished() {
+    // finished_ is set under mu_ (run_ticket, cancel, abandon) and done_cv_ notified
+    // after: waiting on it under mu_ cannot miss the last worker.
+    std::unique_lock<std::mutex> lk(mu_);
+    done_cv_.wait(lk, [&] { return finished_.load(std::memory_order_relaxed); });
+}
+
 bool IndexBatch::finished() const { return finished_.load(std::memory_order_acquire); }
 
 bool IndexBatch::abandon() noexcept {

@@ -260,6 +260,26 @@ def test_map_from_a_worker_shares_the_pool():
     assert all(len(threads) > 1 for _, threads in out), out
 
 
+def test_map_from_a_worker_reports_and_raises_as_any_map():
+    with _core.ThreadPool(4) as p:
+        def outer(x):
+            me, seen = threading.get_ident(), []
+
+            def done(i, value, ok):
+                seen.append((i, ok, threading.get_ident() == me))
+
+            out = p.map(lambda y: 10 // y, [1, 2, 0, 5], on_complete=done,
+                        stop_on_error=False)
+            assert isinstance(out[2], ZeroDivisionError) and out[:2] == [10, 5]
+            assert sorted(seen) == [(0, True, True), (1, True, True), (2, False, True),
+                                    (3, True, True)]  # all, in the calling thread
+            with pytest.raises(ZeroDivisionError):
+                p.map(lambda y: 10 // y, [1, 0, 2, 0])
+            return x
+
+        assert p.map(outer, [0, 1, 2]) == [0, 1, 2]
+
+
 @pytest.mark.parametrize("max_workers", [1, 2])
 def test_maps_nested_three_deep_finish_on_a_small_pool(max_workers):
     """Every worker may wait for a map of its own: the waiting ones do not count against

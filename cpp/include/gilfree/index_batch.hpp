@@ -61,6 +61,9 @@ public:
     // Driver side. Blocks at most `timeout`; returns true once every worker is done with
     // the batch (all items ran, or it was cancelled and the running items finished).
     bool wait_for(std::chrono::nanoseconds timeout);
+    // Blocks until every worker is done with the batch, parked (no spinning): for a
+    // worker that waits for a batch of its own pool (a nested map), among many such.
+    void wait_finished();
     bool finished() const;
     // Completion order of the items, if tracked. Safe to call while workers run.
     bool pop_completion(std::size_t& index) { return completions_.try_pop(index); }

@@ -14,10 +14,10 @@
     max_abandoned of them), so calls that hang forever cannot starve later maps.
 
     a map inside a node, on the same engine (or with no engine: takes_inner_maps): from a
-    pool thread, pool.map hands its items to the pool while the waiting thread gives up
-    its slot and helps with them; a map through the loop releases the waiting thread's
-    slot (begin_wait); from the loop thread itself (an async node), the inner items get
-    an event loop of their own.
+    pool thread, pool.map hands its items to the pool's idle threads (or new ones, up to
+    max_workers) and the waiting thread runs items of it too; a map through the loop
+    releases the waiting thread's slot (begin_wait); from the loop thread itself (an
+    async node), the inner items get an event loop of their own.
 
     a map with executor hints (stages.py, Engine._staged_map): stages one after another;
     "thread" stages as above, "async" ones through the loop, "inline" ones in the calling
