@@ -211,6 +211,42 @@ void a_waiting_worker_gives_its_slot_to_the_work_it_waits_for() {
     pool.shutdown(true);
 }
 
+void a_worker_that_runs_its_own_nested_batch_needs_no_other_thread() {
+    // As map_nested does: the only worker maps again, keeps its slot, runs one ticket of
+    // the inner batch itself and parks until the batch is finished.
+    gilfree::ThreadPool pool(1, 10s);
+    std::shared_ptr<FnBatch> inner;
+    auto outer = std::make_shared<FnBatch>(1, [&](std::size_t) {
+        inner = std::make_shared<FnBatch>(6, [](std::size_t) { return true; });
+        pool.submit(inner, inner->size() - 1);  // queued: no thread is free for them
+        inner->run_ticket();
+        inner->wait_finished();
+        return true;
+    });
+    pool.submit(outer, 1);
+    CHECK(wait_done(*outer));
+    for (auto& r : inner->ran_) CHECK(r == 1);
+    CHECK(pool.num_threads() == 1);
+    pool.shutdown(true);
+}
+
+void wait_finished_returns_once_other_workers_are_done() {
+    gilfree::ThreadPool pool(4, 10s);
+    auto b = std::make_shared<FnBatch>(40, [](std::size_t) {
+        std::this_thread::sleep_for(1ms);
+        return true;
+    });
+    pool.submit(b, 3);
+    b->run_ticket();  // this thread helps, then waits for the items the others claimed
+    b->wait_finished();
+    CHECK(b->finished());
+    for (auto& r : b->ran_) CHECK(r == 1);
+    auto cancelled = std::make_shared<FnBatch>(5, [](std::size_t) { return true; });
+    cancelled->cancel();
+    cancelled->wait_finished();  // nobody inside: finished at once
+    pool.shutdown(true);
+}
+
 void shutdown_stops_a_running_batch_from_claiming() {
     gilfree::ThreadPool pool(1, 10s);
     std::atomic<bool> go{false};
@@ -238,6 +274,8 @@ int main() {
     exit_hook_runs_and_shutdown_cancels_queued_work();
     abandoned_jobs_do_not_hold_slots_up_to_the_ceiling();
     a_waiting_worker_gives_its_slot_to_the_work_it_waits_for();
+    a_worker_that_runs_its_own_nested_batch_needs_no_other_thread();
+    wait_finished_returns_once_other_workers_are_done();
     shutdown_stops_a_running_batch_from_claiming();
     std::puts("test_thread_pool: all passed");
     return 0;
