@@ -45,7 +45,7 @@ class Pipeline:
             return engine
         if self.engine is not None:
             return self.engine
-        if inner:  # a map called by a node, on an engine that takes those (AutoEngine)
+        if inner:  # a map a node makes, on an engine that takes those (Thread, Auto)
             from ..run.runtime import inner_map_engine
 
             running = inner_map_engine()
