@@ -81,3 +81,34 @@ def test_a_trivial_node_is_measured_as_cheap():
     finally:
         ticker.stop()
     assert Measure.of(auto_timing.less_floor(calls, floor)).wall < auto.CHEAP_S
+
+
+def test_a_wait_for_a_core_at_the_yield_before_a_call_is_not_the_calls(monkeypatch):
+    """On a busy machine the yield before the clock starts (``time.sleep(0)``) waited
+    for a core; counted as the call's, a 1 ms sleep looked computing (a stream then gave
+    its waiting stage no pace)."""
+    import time
+
+    waited = [0.0]  # this thread's and the helper's time waiting for a core
+    real_sleep = time.sleep
+
+    class Ticker:
+        runs = 0
+
+        def starved(self):
+            return waited[0]
+
+    def busy_yield(seconds):
+        if seconds == 0:  # 4 ms without a core
+            waited[0] += 0.004
+            real_sleep(0.004)
+        else:
+            real_sleep(seconds)
+
+    monkeypatch.setattr(auto_timing, "queued_s", lambda *_: waited[0])
+    monkeypatch.setattr(time, "sleep", busy_yield)
+    calls = []
+    auto_timing.timed(lambda: real_sleep(0.001), calls, Ticker())()
+    wall, cpu, runs, queued, starved = calls[0]
+    assert queued == 0.0 and starved == 0.0
+    assert Measure.of(calls).cpu_share < auto.WAITING
