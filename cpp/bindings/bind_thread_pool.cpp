@@ -160,6 +160,12 @@ struct AbandonOnUnwind {
     }
 };
 
+// A finished batch's references are dropped (under the GIL) however the map returns.
+struct ReleaseOnExit {
+    PyMapBatch& batch;
+    ~ReleaseOnExit() { batch.release(); }
+};
+
 void notify(PyObject* on_complete, std::size_t index, PyObject* value, bool ok) {
     PyObject* idx = PyLong_FromSize_t(index);
     if (idx == nullptr) throw py::error_already_set();
@@ -430,10 +436,7 @@ public:
             if (done) break;
         }
         guard.batch.reset();  // finished: from here on we own the references
-        struct Release {
-            PyMapBatch& b;
-            ~Release() { b.release(); }
-        } release{*batch};
+        ReleaseOnExit release{*batch};
         if (callback_error) throw *callback_error;
         return collect(*batch, stop_on_error);
     }
@@ -463,10 +466,7 @@ public:
         batch->wait_finished();
         pycall::DriverGate::pass();
         pycall::restore_thread(state);
-        struct Release {
-            PyMapBatch& b;
-            ~Release() { b.release(); }
-        } release{*batch};
+        ReleaseOnExit release{*batch};
         if (callback != nullptr) {
             std::size_t i = 0;
             while (batch->pop_completion(i))

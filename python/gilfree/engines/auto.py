@@ -193,9 +193,9 @@ class AutoEngine(ThreadEngine):
         try:
             for s, a, f in zip(steps, attrs, funcs):
                 setattr(s, a, timed(f, calls[s.name], ticker, _key(s)))
-            with maps_on(self):  # a node that maps: on this engine (noted, _execute_map)
-                return execute_map(plan, self._scoped(base), rows, rt, first_index=first,
-                                   announce=False)
+            # (A node that maps does so on this engine: the caller's maps_on.)
+            return execute_map(plan, self._scoped(base), rows, rt, first_index=first,
+                               announce=False)
         finally:
             ticker.stop()
             for s, a, f in zip(steps, attrs, funcs):
@@ -246,7 +246,9 @@ class AutoEngine(ThreadEngine):
             measured_rt = rt.with_collect()  # the policy is applied as each is yielded
             number = new_map()
             try:
-                out = self._probe(plan, base, head, measured_rt, unmeasured, 0) if head else []
+                with maps_on(self):  # a node that maps: on this engine (noted, _execute_map)
+                    out = (self._probe(plan, base, head, measured_rt, unmeasured, 0)
+                           if head else [])
             finally:
                 end_map(number)
             self._place_stream(plan, None if total is None else total - len(head), total,
