@@ -50,6 +50,8 @@ PROCESS_LINGER_S = 0.02
 #: A process stage gives the pool back after this long with no item to run (a map on
 #: the same engine in another thread may be waiting; a waiting map also asks for it).
 PROCESS_IDLE_S = 0.05
+#: A process stage's last items go in batches of about what is left / (this x workers).
+TAIL_SPLIT = 2
 
 
 def runner(stream: Any, k: int, stage: Stage, base: dict) -> "_Runner":
@@ -399,6 +401,13 @@ class _ProcessRunner(_Runner):
                 return None
             a = ready[0]
             take = min(most, max(1, -(-len(ready) // share)))
+            if take > 1 and self.stream.flow.drained(self.k):
+                # The stage's last items (no more can come): batches shrink with what is
+                # left, to about a fair share / TAIL_SPLIT (guided self-scheduling), so
+                # that the workers end together, not one idle while another runs a full
+                # batch it queued (W8: one worker ended up to 35 ms after the other).
+                fair = -(-len(ready) // (TAIL_SPLIT * self.processes.workers))
+                take = min(take, fair)
             # A stage with a DualNode takes consecutive ids only: a worker calls the batch
             # function once per run of items between placeholders, each call with its
             # fixed cost. Its ids come out of order from an earlier stage: the run from

@@ -208,3 +208,27 @@ def test_the_last_items_go_without_waiting_for_more(monkeypatch):
         waited = time.monotonic() - t0
     assert [r["z"] for r in out] == [(x + 1) ** 2 for x in range(30)]
     assert made and waited < 30  # not 60 s: the tail waiting for items that cannot come
+
+
+@node(output_name="z", executor="process")
+def slow_square(x):
+    time.sleep(0.002)  # ~25 items make one batch of ~50 ms
+    return x * x
+
+
+def test_the_last_items_go_in_batches_that_shrink(monkeypatch):
+    # Once no more items can come (the input was read whole: nothing before the stage),
+    # each batch takes about what is left / (TAIL_SPLIT x workers), so the last ones go
+    # one by one and the workers end together; before, a worker's last batch was as
+    # large as the others (~50 ms of work) while another worker had nothing left.
+    made = _record_batches(monkeypatch)
+    with ThreadEngine() as engine:
+        pipeline = Pipeline([slow_square])
+        list(pipeline.imap({"x": range(40)}, map_over="x", engine=engine))  # warm
+        made.clear()
+        out = list(pipeline.imap({"x": range(300)}, map_over="x", engine=engine))
+    assert [r["z"] for r in out] == [x * x for x in range(300)]
+    sizes = [len(ids) for _, _, _, ids in made]
+    assert sum(sizes) == 300
+    assert max(sizes) > 4, sizes  # the stage did batch
+    assert sizes[-3:] == [1, 1, 1], sizes
