@@ -401,13 +401,14 @@ class _ProcessRunner(_Runner):
                 return None
             a = ready[0]
             take = min(most, max(1, -(-len(ready) // share)))
-            if take > 1 and self.stream.flow.drained(self.k):
-                # The stage's last items (no more can come): batches shrink with what is
-                # left, to about a fair share / TAIL_SPLIT (guided self-scheduling), so
-                # that the workers end together, not one idle while another runs a full
-                # batch it queued (W8: one worker ended up to 35 ms after the other).
-                fair = -(-len(ready) // (TAIL_SPLIT * self.processes.workers))
-                take = min(take, fair)
+            # The stage's last items (no more can come: asked only when it would change
+            # the batch) go in batches that shrink with what is left, to about a fair
+            # share / TAIL_SPLIT (guided self-scheduling), so that the workers end
+            # together, not one idle while another runs a full batch it queued (W8: one
+            # worker ended up to 35 ms after the other).
+            fair = -(-len(ready) // (TAIL_SPLIT * self.processes.workers))
+            if fair < take and self.stream.flow.drained(self.k):
+                take = fair
             # A stage with a DualNode takes consecutive ids only: a worker calls the batch
             # function once per run of items between placeholders, each call with its
             # fixed cost. Its ids come out of order from an earlier stage: the run from
