@@ -601,7 +601,9 @@ parallelism > 0: at most that many of the items run at once (0: up to max_worker
 on_complete(index, result_or_exception, ok) runs in the calling thread, in completion
 order. With stop_on_error, the first failure (lowest index) is re-raised after running
 items finish; otherwise the exception object takes the item's place in the result list.
-Called from one of this pool's own workers, the items run inline in that thread.)doc")
+Called from one of this pool's own workers (a nested map), that worker runs items of
+the map itself; the others go to the pool's idle threads (or new ones, up to
+max_workers).)doc")
         .def("submit",
              [](py::object self, const py::object& fn, const py::object& done) {
                  return self.cast<PyThreadPool&>().submit(self, fn, done);

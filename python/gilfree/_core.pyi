@@ -59,10 +59,11 @@ class ThreadPool:
         completion order. With stop_on_error, the failure of the lowest failing index is
         raised once running items finish; otherwise exception objects stand in the list.
         Ctrl-C raises KeyboardInterrupt at once; items already running finish unobserved.
-        Called from one of this pool's workers (a nested map), the items go to the pool
-        as any map's: that worker stops counting against max_workers while it waits, and
-        runs items of the map itself. shutdown() meanwhile: no new item starts; PoolShutDown is raised (with
-        stop_on_error=False, each item that did not run holds one).
+        Called from one of this pool's workers (a nested map), that worker keeps its slot
+        and runs items of the map itself; the others go to the pool's idle threads (or
+        new ones, up to max_workers). shutdown() meanwhile: no new item starts;
+        PoolShutDown is raised (with stop_on_error=False, each item that did not run
+        holds one).
         """
     def submit(self, fn: Callable[[], Any], done: Callable[[Any, bool], object]) -> PoolCall:
         """Call fn() on a worker, then done(result_or_exception, ok) on that same worker
