@@ -42,12 +42,18 @@ class AsyncEngine(ThreadEngine):
     call it waited on is given up as on ThreadEngine. Nested maps on the same engine and
     ``shutdown()`` during a map behave as on ThreadEngine (a sync ``map`` called inside
     an ``async def`` node gets an event loop of its own; prefer ``await amap(...)``).
+
+    A sync node whose function calls ``Pipeline.map`` (no engine given, none on its
+    pipeline) maps on this engine, as on ThreadEngine (``takes_inner_maps``): its sync
+    inner items share the pool's threads, its async ones await on the engine's loop with
+    everyone else's. In a map, an ``async def`` node's own sync map still runs where it is
+    called, item after item (SeqEngine, blocking its loop meanwhile), as on ThreadEngine:
+    there, ``await engine.amap(...)``.
     """
 
     supported_hints = frozenset({"batch_size", "max_concurrency", "retries", "timeout"})
     native_executors = frozenset({"async", "thread"})
     default_executor = "async"
-    takes_inner_maps = False  # a node's own map: on its pipeline's engine, or SeqEngine
     executor_aliases = {"thread": "async"}  # sync nodes: offloaded from the loop to the pool
 
     def __init__(self, max_concurrency: int | None = None, *, max_workers: int | None = None,

@@ -1,10 +1,11 @@
 """A node whose function maps (calls ``Pipeline.map`` itself) on AutoEngine: its inner
 items share the engine's workers (few calls), or each call runs whole in a worker
-process (many calls); never a pool per call. On ThreadEngine its inner items share the
-pool's threads."""
+process (many calls); never a pool per call. On ThreadEngine and AsyncEngine its inner
+items share the pool's threads (and AsyncEngine's loop)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import time
@@ -117,12 +118,83 @@ def test_on_thread_engine_a_nodes_map_shares_the_pool():
         assert caller == threading.get_ident() and len(set(fetched_on)) > 1
 
 
-def test_on_async_engine_a_nodes_map_runs_in_the_nodes_thread():
+_awaiting = {"now": 0, "most": 0}
+
+
+@node(output_name="threads")
+def acrawl(urls):
+    """crawl with async fetches: the thread each fetch awaited on, and how many of them
+    awaited at once at most."""
+    @node(output_name="t")
+    async def fetch(url):
+        _awaiting["now"] += 1  # (all on one loop: no lock needed)
+        _awaiting["most"] = max(_awaiting["most"], _awaiting["now"])
+        await asyncio.sleep(0.02)
+        _awaiting["now"] -= 1
+        return threading.get_ident()
+
+    return threading.get_ident(), [r["t"] for r in Pipeline([fetch]).map(
+        {"url": urls}, map_over="url")]
+
+
+@node(output_name="page")
+async def download(url):
+    await asyncio.sleep(0.001)
+    return url
+
+
+@pytest.mark.parametrize("crawler", [crawl, acrawl], ids=["sync", "async"])
+def test_on_async_engine_a_nodes_map_shares_the_engine(crawler):
+    """AsyncEngine takes a node's own map as ThreadEngine does: the sync node runs on the
+    pool, its fetches run at once (sync ones on pool threads, async ones awaiting
+    together on the engine's loop), not one after another in the node's thread."""
     with AsyncEngine() as e:
-        out = Pipeline([crawl]).map({"urls": [[1, 2, 3]] * 2}, map_over="urls", engine=e)
-    for r in out:
-        caller, fetched_on = r["threads"]
-        assert fetched_on == [caller] * 3
+        for outer_pipeline in (Pipeline([crawler]), Pipeline([download, crawler])):
+            # (with an async node the map runs through the loop, crawl's call offloaded
+            # from it to the pool: its map comes from a pool thread all the same)
+            _awaiting["most"] = 0
+            inputs = {"urls": [list(range(8))] * 2, "url": [0, 1]}
+            out = outer_pipeline.map(inputs, map_over=["urls", "url"], engine=e)
+            for r in out:
+                caller, fetched_on = r["threads"]
+                assert caller != threading.get_ident() and len(fetched_on) == 8
+                if crawler is crawl:
+                    assert len(set(fetched_on)) > 1, fetched_on  # several threads at once
+                else:  # on the engine's loop, all 8 awaiting at once
+                    assert len(set(fetched_on)) == 1 and caller not in fetched_on
+            if crawler is acrawl:
+                assert _awaiting["most"] >= 8
+        # run(): the node runs in this thread, its map on the engine all the same
+        _awaiting["most"] = 0
+        caller, fetched_on = Pipeline([crawler]).run({"urls": list(range(8))},
+                                                     engine=e)["threads"]
+        assert caller == threading.get_ident()
+        assert len(set(fetched_on)) > 1 if crawler is crawl else _awaiting["most"] >= 8
+
+
+@pytest.mark.parametrize("max_workers", [1, 2])
+def test_on_async_engine_maps_nested_three_deep_finish_on_a_small_pool(max_workers):
+    """Every pool thread may wait for a map of its own (each level a node that maps):
+    the waiting ones do not hold a slot, so all of them finish, sync and async alike."""
+    @node(output_name="leaf")
+    async def leaf(z):
+        await asyncio.sleep(0.001)
+        return z
+
+    @node(output_name="middle")
+    def middle(y):
+        return sum(r["leaf"] for r in Pipeline([leaf]).map(
+            {"z": list(range(y, y + 3))}, map_over="z"))
+
+    @node(output_name="top")
+    def top(x):
+        return sum(r["middle"] for r in Pipeline([middle]).map(
+            {"y": list(range(x, x + 3))}, map_over="y"))
+
+    with AsyncEngine(max_workers=max_workers) as e:
+        out = Pipeline([top]).map({"x": list(range(4))}, map_over="x", engine=e)
+    assert [r["top"] for r in out] == [
+        sum(sum(range(y, y + 3)) for y in range(x, x + 3)) for x in range(4)]
 
 
 @pytest.mark.parametrize("on_error", ["raise", "collect"])
@@ -171,7 +243,7 @@ def test_run_maps_on_auto_engine_too(engine):
     assert len(set(inner_pids) - {os.getpid()}) == engine.workers
 
 
-@pytest.mark.parametrize("engine_class", [AutoEngine, ThreadEngine])
+@pytest.mark.parametrize("engine_class", [AutoEngine, ThreadEngine, AsyncEngine])
 def test_callbacks_see_the_callers_maps_not_a_nodes_own(engine_class):
     """A node's own map is part of its call: before AutoEngine took those maps they ran
     on SeqEngine with no callbacks; on the engine's pool threads they must not deliver
