@@ -83,6 +83,7 @@ class LocalDaskEngine(DaskEngine):
     workload_type=..., npartitions=...)``; see the module docstring."""
 
     supported_hints = frozenset({"batch_size", "retries"})
+    takes_inner_maps = False  # a node's own map: on its pipeline's engine, or SeqEngine
 
     def __init__(self, scheduler: str = "threads", num_workers: int | None = None,
                  workload_type: str = "mixed", npartitions: int | None = None,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
+from typing import Any
 
 from ..remote import transport
 from ..errors import ExecutionError
@@ -73,14 +74,22 @@ async def running(tokens: list[str]) -> int:
         return sum(tok in tokens for tok in _RUNNING.values())
 
 
-def run_batch(token: str, payload: bytes, batch: bytes) -> bytes:
+def run_batch(token: str, payload: bytes, batch: bytes, node_maps: bool = False) -> bytes:
     """One Dask task: a Batch of the map ``token`` run by this process's session.
 
     Returns a pickled Result.  A node's exception is the task's answer, not a Dask
     failure: no worker log noise, and the events recorded before it still reach the
-    driver.
+    driver.  ``node_maps``: a node whose function calls ``Pipeline.map`` (no engine
+    given, none on its pipeline) maps on the cluster (``node_map_engine``), not item
+    after item here: the driver asks for it when the map's items are too few to keep
+    the cluster busy by themselves.
     """
     try:
+        if node_maps:
+            from ..run.runtime import maps_on
+
+            with maps_on(node_map_engine()):
+                return _run_registered(token, payload, batch)
         return _run_registered(token, payload, batch)
     except Interrupted:  # the driver has forgotten this batch: nobody reads the answer
         body, _ = transport.dumps(Result(None, transport.box_exception(
@@ -104,3 +113,30 @@ def _run_registered(token: str, payload: bytes, batch: bytes) -> bytes:
         # ... and one sent but not raised yet is withdrawn: it must not hit Dask's code
         # after this function returns (raised before this line, run_batch catches it).
         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(tid), None)
+
+
+_node_maps: Any = None  # this worker's engine for nodes' own maps (one per process)
+
+
+def node_map_engine() -> Any:
+    """The engine a node's own map runs on in this worker: a DaskEngine on the worker's
+    client (the same cluster), whose maps secede from the worker's thread pool while
+    they wait, so that the waiting task's thread slot runs inner items meanwhile (as
+    ``distributed.worker_client`` does: the outer task waits, it does not hold a slot)."""
+    global _node_maps
+    with _LOCK:
+        if _node_maps is None:
+            import distributed
+
+            from .dask_engine import DaskEngine
+
+            class NodeMaps(DaskEngine):
+                def _map_whole(self, *args: Any, **kwargs: Any) -> list:
+                    distributed.secede()
+                    try:
+                        return super()._map_whole(*args, **kwargs)
+                    finally:
+                        distributed.rejoin()
+
+            _node_maps = NodeMaps(client=distributed.get_client())
+        return _node_maps

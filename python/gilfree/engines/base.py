@@ -13,6 +13,7 @@ from typing import Any, Iterator
 
 from ..callbacks import CallbackContext, check_supported
 from ..run.execute import Runtime, execute_map, execute_run
+from ..run.runtime import inner_map_engine
 from ..model.mapping import expand_rows, normalize_map_over, stream_rows
 from ..model.node import validate_hints
 from ..model.plan import Plan, compile_plan
@@ -240,8 +241,14 @@ class Engine:
                     "total_nodes": len(p.steps),
                     "node_ids": [s.name for s in p.steps],
                 })
-        return Runtime(cache=self.cache, callbacks=self.callbacks, ctx=ctx, retries=retries,
-                       batch_size=self.batch_size, collect=on_error == "collect", engine=self)
+        rt = Runtime(cache=self.cache, callbacks=self.callbacks, ctx=ctx, retries=retries,
+                     batch_size=self.batch_size, collect=on_error == "collect", engine=self)
+        if rt.callbacks and inner_map_engine() is self:
+            # A map one of our nodes makes (engines that take those: maps_on): its time
+            # is that node's call, its events are not the caller's maps (nor theirs to
+            # deliver, maybe from a pool thread).
+            rt.callbacks, rt.ctx, rt.tracing = [], None, rt.cache is not None
+        return rt
 
     # -- the public calls -------------------------------------------------------------
     def run(self, pipeline: Any, inputs: dict[str, Any] | None = None,

@@ -38,7 +38,8 @@ from concurrent.futures import CancelledError
 from typing import Any
 
 from ..errors import EngineShutDown, ExecutionError
-from ..run.execute import Runtime, execute_map
+from ..run.execute import Runtime, execute_map, execute_run
+from ..run.runtime import maps_on
 from ..run.stages import (EXECUTORS, PROCESS, Placement, Stage, StagePart, compile_stages,
                           fans_out)
 from ..model.plan import Plan
@@ -217,6 +218,17 @@ class DaskEngine(Engine):
         return iterate(WindowStream(self, plan, base, rows, rt, window=read_ahead or 1024,
                                     collect=rt.collect, total=total))
 
+    #: A node whose function calls ``Pipeline.map`` (no engine given, none on its
+    #: pipeline) maps on the cluster: from run(), here; in a map with too few items to
+    #: keep the cluster busy, from the task running the node (_dask_worker.py).
+    takes_inner_maps = True
+
+    def _execute_run(self, plan: Plan, values: dict, rt: Runtime) -> dict:
+        if not self.takes_inner_maps:
+            return execute_run(plan, values, rt)
+        with maps_on(self):
+            return execute_run(plan, values, rt)
+
     def _execute_map(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime, *,
                      first: int = 0, announce: bool = True) -> list:
         kind = self._fan_out_executor
@@ -266,13 +278,17 @@ class DaskEngine(Engine):
                 self._settle_ended_early(client)
             except Exception:
                 pass  # a worker died or restarted meanwhile: it is not busy any more
-        size = self.batch_size
+        size, threads = self.batch_size, self._threads()
         if size is None:
-            size = math.ceil(n / min(MAX_BATCHES, BATCHES_PER_THREAD * self._threads()))
+            size = math.ceil(n / min(MAX_BATCHES, BATCHES_PER_THREAD * threads))
         # DualNodes: whole batches of their sizes per task, so that each batch function
         # gets the items it asked for (a task is the most it can get); as on ProcessEngine.
         size = driver.whole_batches(size, driver.dual_batch_size(plan, rt))
         spans = [(a, min(a + size, n)) for a in range(0, n, size)]
+        # Too few items to keep the cluster busy: a node that maps spreads its inner
+        # items over the cluster (its map a map of its own there, _dask_worker.py);
+        # with more, each call maps where it runs, as fan-outs do (_execute_map).
+        node_maps = self.takes_inner_maps and n < BATCHES_PER_THREAD * threads
         token = uuid.uuid4().hex
         payload = _p.MapPayload(token, plan, base, rows, rt)
         batches = [payload.batch(rows[a:b], first + a, skip, a) for a, b in spans]
@@ -297,7 +313,8 @@ class DaskEngine(Engine):
                                           key=f"gilfree-payload-{token}"))
             for k, rows_blob in enumerate(batches):
                 futures.append(client.submit(_w.run_batch, token, sent[0], rows_blob,
-                                             pure=False, key=f"gilfree-batch-{k}-{token}"))
+                                             node_maps, pure=False,
+                                             key=f"gilfree-batch-{k}-{token}"))
                 sent.append(futures[-1])
             del blob, batches
             if rt.callbacks and announce:

@@ -37,7 +37,7 @@ from typing import Any, Callable
 from ..run.async_bridge import run_coroutine
 from ..errors import EngineShutDown, ExecutionError
 from ..run.execute import Runtime, execute_map, execute_run, fast_row_function
-from ..run.runtime import inner_map_engine, maps_on, takes_maps_on_its_threads
+from ..run.runtime import maps_on, takes_maps_on_its_threads
 from ..run.execute_fast import untraced
 from ..run.cores import usable_cores  # noqa: F401 - the engines import it from here
 from ..run.stages import STAGE_THREADS, largest_hint
@@ -387,14 +387,6 @@ class ThreadEngine(Engine):
         return out
 
     # -- where items run --------------------------------------------------------------
-    def _runtime(self, plan: Plan, options: dict[str, Any]) -> Runtime:
-        rt = super()._runtime(plan, options)
-        if rt.callbacks and inner_map_engine() is self:
-            # A map one of our nodes makes (on a pool thread, maybe): its time is that
-            # node's call, its events are not the caller's maps (nor theirs to deliver).
-            rt.callbacks, rt.ctx, rt.tracing = [], None, rt.cache is not None
-        return rt
-
     def _execute_run(self, plan: Plan, values: dict, rt: Runtime) -> dict:
         if not self.takes_inner_maps:
             return execute_run(plan, self._scoped(values), rt, pfor=self._pfor(rt))

@@ -1,0 +1,125 @@
+"""A node whose function maps (calls ``Pipeline.map`` itself) on DaskEngine: with too few
+outer items to keep the cluster busy, its inner items spread over the cluster (the task
+running the node secedes while it waits); with more, each call maps where it runs; from
+``run``, the node runs here and its map on the cluster."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from gilfree import Pipeline, PipelineCallback, SeqEngine, node
+
+from cpu_busy import spin
+
+
+@node(output_name="where")
+def sample(k):
+    spin(20_000)
+    if k == 107:
+        raise ValueError("bad sample 107")
+    return os.getpid()
+
+
+inner = Pipeline([sample], name="per_sample")
+
+
+@node(output_name="found")
+def task(ks):
+    """A node that maps: its pid, and the pid each of its inner items ran in."""
+    return os.getpid(), [r["where"] for r in inner.map({"k": ks}, map_over="k")]
+
+
+outer = Pipeline([task])
+
+
+@node(output_name="leaf")
+def leaf(z):
+    return z
+
+
+@node(output_name="middle")
+def middle(y):
+    return sum(r["leaf"] for r in Pipeline([leaf]).map({"z": list(range(y, y + 3))},
+                                                       map_over="z"))
+
+
+@node(output_name="top")
+def top(x):
+    return sum(r["middle"] for r in Pipeline([middle]).map({"y": list(range(x, x + 3))},
+                                                           map_over="y"))
+
+
+@pytest.fixture
+def engine(dask_client):
+    from gilfree.engines import DaskEngine
+
+    e = DaskEngine(client=dask_client)
+    yield e
+    e.shutdown()
+
+
+def test_one_call_spreads_its_inner_items_over_the_cluster(engine):
+    out = outer.map({"ks": [list(range(24))]}, map_over="ks", engine=engine)
+    called_in, inner_pids = out[0]["found"]
+    assert called_in != os.getpid() and len(inner_pids) == 24
+    assert len(set(inner_pids)) == 2, inner_pids  # both workers (one before: the caller's)
+
+
+def test_many_calls_each_map_where_they_run(engine):
+    calls = 4 * 2  # 4 per worker thread: they keep the cluster busy by themselves
+    out = outer.map({"ks": [[0, 1, 2]] * calls}, map_over="ks", engine=engine)
+    for r in out:
+        called_in, inner_pids = r["found"]
+        assert inner_pids == [called_in] * 3
+
+
+def test_run_maps_on_the_cluster(engine):
+    called_in, inner_pids = outer.run({"ks": list(range(24))}, engine=engine)["found"]
+    assert called_in == os.getpid()
+    assert len(set(inner_pids)) == 2 and os.getpid() not in inner_pids
+
+
+@pytest.mark.parametrize("on_error", ["raise", "collect"])
+def test_an_inner_error_fails_its_outer_item_and_names_its_node_and_item(engine, on_error):
+    inputs = {"ks": [list(range(5)), list(range(100, 110))]}
+    if on_error == "raise":
+        with pytest.raises(ValueError, match="bad sample 107") as info:
+            outer.map(inputs, map_over="ks", engine=engine)
+        error = info.value
+    else:
+        out = outer.map(inputs, map_over="ks", engine=engine, on_error="collect")
+        assert len(out[0]["found"][1]) == 5
+        error = out[1]
+        assert isinstance(error, ValueError)
+    notes = "".join(getattr(error, "__notes__", []))
+    assert "sample" in notes and "item 7" in notes, notes  # the inner node, its item
+    # The engine still works after the failed map (no seceded thread left behind).
+    assert len(outer.map({"ks": [[1, 2]]}, map_over="ks", engine=engine)[0]["found"][1]) == 2
+
+
+def test_maps_nested_three_deep_finish_on_one_thread_per_worker(engine):
+    out = Pipeline([top]).map({"x": list(range(3))}, map_over="x", engine=engine)
+    with SeqEngine() as seq:
+        assert out == Pipeline([top]).map({"x": list(range(3))}, map_over="x", engine=seq)
+
+
+def test_callbacks_see_the_callers_maps_not_a_nodes_own(dask_client):
+    from gilfree.engines import DaskEngine
+
+    seen = []
+
+    class Record(PipelineCallback):
+        def on_map_start(self, total, ctx):
+            seen.append(("start", total))
+
+        def on_map_item_end(self, item, duration, ctx):
+            seen.append(("item", item))
+
+    with DaskEngine(client=dask_client, callbacks=[Record()]) as engine:
+        outer.run({"ks": list(range(6))}, engine=engine)
+        assert seen == []  # run() opens no map; the node's map is its own
+        outer.map({"ks": [[0, 1, 2]] * 2}, map_over="ks", engine=engine)
+        assert seen[0] == ("start", 2)
+        assert sorted(i for kind, i in seen if kind == "item") == [0, 1]
