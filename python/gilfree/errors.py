@@ -38,14 +38,22 @@ class SerializationError(GilfreeError):
 
 
 def annotate(exc: BaseException, node_name: str, item_index: int | None = None) -> None:
-    """Attach a note naming the node (and map item) to a node's own exception, once."""
-    where = f"in node {node_name!r}"
+    """Attach a note naming the node (and map item) to a node's own exception, once.
+
+    An exception that a node of a map or run *inside* this node's function raised (a
+    node that maps) already names that node: it gets a note naming this one too, the
+    way a nested pipeline's does ("inside nested pipeline ..."), so that the caller's
+    item is named as well."""
+    where = f"node {node_name!r}"
     if item_index is not None:
         where += f" (map item {item_index})"
     notes = getattr(exc, "__notes__", ())
-    if any(n.startswith("gilfree: ") for n in notes):
-        return  # the innermost node already said where it failed
-    exc.add_note(f"gilfree: raised {where}")
+    if not any(n.startswith("gilfree: ") for n in notes):
+        exc.add_note(f"gilfree: raised in {where}")
+    elif f"node {node_name!r}" not in notes[-1]:
+        # Said by a node further in: this node's function called it. (Not when this
+        # very node said it already: the same call seen twice on its way out.)
+        exc.add_note(f"gilfree: inside {where}")
 
 
 def renumber_item(exc: BaseException, old: int, new: int) -> None:

@@ -160,6 +160,42 @@ def test_node_error_keeps_type_and_names_node_and_item(engine):
     assert "'fragile'" in "\n".join(info.value.__notes__)
 
 
+@node(output_name="y")
+def fragile_sample(k):
+    if k == 7:
+        raise ValueError("bad sample 7")
+    return k
+
+
+@node(output_name="total")
+def adds_its_samples(ks):  # a node that maps: its function calls Pipeline.map
+    return sum(r["y"] for r in Pipeline([fragile_sample]).map({"k": ks}, map_over="k"))
+
+
+@pytest.mark.parametrize("on_error", ["raise", "collect"])
+def test_an_error_in_a_nodes_own_map_names_both_nodes_and_items(engine, on_error):
+    """Whichever engine runs the node's map (its own, or SeqEngine in the node's
+    worker), the error names the inner node and item, then the node that mapped and
+    its item, innermost first, as a nested pipeline's does."""
+    p = Pipeline([adds_its_samples])
+    inputs = {"ks": [list(range(5)), list(range(10))]}
+    if on_error == "raise":
+        with pytest.raises(ValueError, match="bad sample 7") as info:
+            p.map(inputs, map_over="ks", engine=engine)
+        error = info.value
+    else:
+        out = p.map(inputs, map_over="ks", engine=engine, on_error="collect")
+        assert out[0] == {"total": 10} and isinstance(out[1], ValueError)
+        error = out[1]
+    assert error.__notes__ == ["gilfree: raised in node 'fragile_sample' (map item 7)",
+                               "gilfree: inside node 'adds_its_samples' (map item 1)"]
+    with pytest.raises(ValueError) as info:
+        p.run({"ks": list(range(10))}, engine=engine)
+    assert info.value.__notes__ == [
+        "gilfree: raised in node 'fragile_sample' (map item 7)",
+        "gilfree: inside node 'adds_its_samples'"]
+
+
 def test_collect_policy_keeps_other_items(engine):
     @node(output_name="y")
     def fragile(x):
