@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 from ..callbacks import CallbackContext, check_supported
 from ..run.execute import Runtime, execute_map, execute_run
-from ..run.runtime import inner_map_engine
+from ..run.runtime import inner_map_engine, maps_on
 from ..model.mapping import expand_rows, normalize_map_over, stream_rows
 from ..model.node import validate_hints
 from ..model.plan import Plan, compile_plan
@@ -42,6 +42,10 @@ class Engine:
     #: Appended to the warning that ``timeout`` does not bound ``run()`` (engines that
     #: honour it bound the items of a map only).
     unbounded_run_note: str = ""
+    #: True: a node whose function calls ``Pipeline.map`` (no engine given, none on its
+    #: pipeline) maps on this engine when the node runs in this process: in ``run``
+    #: (``maps_on``), and on ThreadEngine's pool threads; False: on SeqEngine.
+    takes_inner_maps: bool = False
 
     def __init__(self, cache: Any = None, callbacks: list | None = None, *,
                  on_error: str = "raise", return_exceptions: bool | None = None,
@@ -347,7 +351,10 @@ class Engine:
 
     # -- where items run (engines override these two) ---------------------------------
     def _execute_run(self, plan: Plan, values: dict, rt: Runtime) -> dict:
-        return execute_run(plan, values, rt)
+        if not self.takes_inner_maps:
+            return execute_run(plan, values, rt)
+        with maps_on(self):  # a node run here (in this thread) maps on this engine
+            return execute_run(plan, values, rt)
 
     def _execute_map(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime) -> list:
         stages = self._stages(plan, rows, rt)

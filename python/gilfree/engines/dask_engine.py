@@ -38,8 +38,7 @@ from concurrent.futures import CancelledError
 from typing import Any
 
 from ..errors import EngineShutDown, ExecutionError
-from ..run.execute import Runtime, execute_map, execute_run
-from ..run.runtime import maps_on
+from ..run.execute import Runtime, execute_map
 from ..run.stages import (EXECUTORS, PROCESS, Placement, Stage, StagePart, compile_stages,
                           fans_out)
 from ..model.plan import Plan
@@ -222,12 +221,6 @@ class DaskEngine(Engine):
     #: pipeline) maps on the cluster: from run(), here; in a map with too few items to
     #: keep the cluster busy, from the task running the node (_dask_worker.py).
     takes_inner_maps = True
-
-    def _execute_run(self, plan: Plan, values: dict, rt: Runtime) -> dict:
-        if not self.takes_inner_maps:
-            return execute_run(plan, values, rt)
-        with maps_on(self):
-            return execute_run(plan, values, rt)
 
     def _execute_map(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime, *,
                      first: int = 0, announce: bool = True) -> list:

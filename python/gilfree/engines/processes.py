@@ -92,6 +92,9 @@ class ProcessEngine(Engine):
     unbounded_run_note = " (run() executes in this process)"
     native_executors = frozenset({"process"})
     default_executor = "process"
+    #: run() executes here: a node that maps spreads its inner items over the workers.
+    #: (In a map, the node runs in a worker, and its map there, item after item.)
+    takes_inner_maps = True
 
     def __init__(self, workers: int | None = None, batch_size: int | None = None, *,
                  start_method: str | None = None, initializer: Any = None,

@@ -13,7 +13,7 @@ from collections import Counter
 
 import pytest
 
-from gilfree import AutoEngine, Pipeline, SeqEngine, node
+from gilfree import AutoEngine, Pipeline, ProcessEngine, SeqEngine, node
 from gilfree.engines import AsyncEngine, ThreadEngine, auto
 
 from cpu_busy import spin
@@ -92,6 +92,28 @@ def test_an_inner_pipeline_with_an_engine_of_its_own_keeps_it(engine):
 
     out = Pipeline([task_own]).map({"ks": [list(range(24))]}, map_over="ks", engine=engine)
     assert out[0]["found"] == (os.getpid(), [os.getpid()] * 24)
+
+
+def test_on_process_engine_run_spreads_a_nodes_map_over_the_workers():
+    """run() executes the node here: its map runs on the engine, over every worker. In a
+    map the node runs in a worker process, and its map there, item after item."""
+    from gilfree import PipelineCallback
+
+    maps = []
+
+    class Record(PipelineCallback):
+        def on_map_start(self, total, ctx):
+            maps.append(total)
+
+    with ProcessEngine(callbacks=[Record()]) as e:
+        called_in, inner_pids = outer.run({"ks": list(range(24))}, engine=e)["found"]
+        assert called_in == os.getpid()
+        assert len(set(inner_pids)) == e.workers and os.getpid() not in inner_pids
+        assert maps == []  # the node's map is its own: not the caller's map
+        [row] = outer.map({"ks": [list(range(6))]}, map_over="ks", engine=e)
+        called_in, inner_pids = row["found"]
+        assert called_in != os.getpid() and inner_pids == [called_in] * 6
+        assert maps == [1]
 
 
 @node(output_name="threads")
