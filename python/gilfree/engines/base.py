@@ -46,6 +46,9 @@ class Engine:
     #: pipeline) maps on this engine when the node runs in this process: in ``run``
     #: (``maps_on``), and on ThreadEngine's pool threads; False: on SeqEngine.
     takes_inner_maps: bool = False
+    #: Map items travel to worker processes by pickle (a node's own map whose items do
+    #: not pickle then runs where the node runs: ``Pipeline.map``).
+    pickles_items: bool = False
 
     def __init__(self, cache: Any = None, callbacks: list | None = None, *,
                  on_error: str = "raise", return_exceptions: bool | None = None,
@@ -288,6 +291,11 @@ class Engine:
         names = normalize_map_over(map_over, owner)
         plan = compile_plan(pipeline, set(values) | set(names), output_name)
         base, rows = expand_rows(values, names, map_mode, owner)
+        if self.pickles_items and rows and inner_map_engine() is self:
+            # A node's own map, from a node run in this process: nothing sent yet
+            from ..remote.driver import check_rows
+
+            check_rows(rows)
         self._track_stateful(base)
         self._prepare(plan)
         rt = self._runtime(plan, options)

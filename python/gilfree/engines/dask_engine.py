@@ -37,7 +37,7 @@ import weakref
 from concurrent.futures import CancelledError
 from typing import Any
 
-from ..errors import EngineShutDown, ExecutionError
+from ..errors import EngineShutDown, ExecutionError, SerializationError
 from ..run.execute import Runtime, execute_map
 from ..run.stages import (EXECUTORS, PROCESS, Placement, Stage, StagePart, compile_stages,
                           fans_out)
@@ -221,6 +221,7 @@ class DaskEngine(Engine):
     #: pipeline) maps on the cluster: from run(), here; in a map with too few items to
     #: keep the cluster busy, from the task running the node (_dask_worker.py).
     takes_inner_maps = True
+    pickles_items = True
 
     def _execute_map(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime, *,
                      first: int = 0, announce: bool = True) -> list:
@@ -237,7 +238,11 @@ class DaskEngine(Engine):
             return execute_map(plan, base, rows, rt, stages=stages, first_index=first,
                                announce=announce,
                                place=lambda st: self._placement(st, plan, rt, base, first))
-        return self._map_whole(plan, base, rows, rt, first=first, announce=announce)
+        try:
+            return self._map_whole(plan, base, rows, rt, first=first, announce=announce)
+        except SerializationError as exc:
+            driver.mark_unsent_map(exc)
+            raise
 
     #: The executor of the stages around a fan-out: maps of their own on the cluster
     #: (None: nested maps run inside their items).

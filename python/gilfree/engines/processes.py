@@ -40,8 +40,9 @@ import threading
 import weakref
 from typing import Any
 
-from ..errors import ExecutionError
+from ..errors import ExecutionError, SerializationError
 from ..run.execute import Runtime, execute_map
+from ..remote import driver as remote
 from ..remote import transport
 from ..model.plan import Plan
 from ..run.stages import Stage, StagePart
@@ -95,6 +96,7 @@ class ProcessEngine(Engine):
     #: run() executes here: a node that maps spreads its inner items over the workers.
     #: (In a map, the node runs in a worker, and its map there, item after item.)
     takes_inner_maps = True
+    pickles_items = True
 
     def __init__(self, workers: int | None = None, batch_size: int | None = None, *,
                  start_method: str | None = None, initializer: Any = None,
@@ -192,7 +194,11 @@ class ProcessEngine(Engine):
         stages = self._stages(plan, rows, rt)
         if stages is not None:
             return self._staged_map(plan, base, rows, rt, stages)
-        return self._map_rows(plan, base, rows, rt)
+        try:
+            return self._map_rows(plan, base, rows, rt)
+        except SerializationError as exc:
+            remote.mark_unsent_map(exc)
+            raise
 
     def _map_rows(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime,
                   first: int = 0, announce: bool = True) -> list:

@@ -64,9 +64,28 @@ class Pipeline:
             map_mode: str = "zip", output_name: Any = None, engine: Any = None,
             **options: Any) -> list[Any]:
         """Run once per item of the ``map_over`` list(s); one output dict per item."""
-        return self._engine(engine, inner=True).map(
-            self, inputs, map_over=map_over, map_mode=map_mode, output_name=output_name,
-            **options)
+        chosen = self._engine(engine, inner=True)
+        try:
+            return chosen.map(self, inputs, map_over=map_over, map_mode=map_mode,
+                              output_name=output_name, **options)
+        except Exception as exc:
+            if engine is not None or self.engine is not None \
+                    or not getattr(exc, "nothing_ran", False):
+                raise
+            # A node's own map, taken by the engine running the node (ProcessEngine.run,
+            # DaskEngine), that cannot be sent to its workers (a node or input does not
+            # pickle): nothing of it ran; it runs where the node runs, item after item,
+            # as every node's own map did before engines took them.
+            import warnings
+
+            from ..engines.seq import default_engine
+
+            warnings.warn(
+                f"{type(chosen).__name__}: the map of pipeline {self.label!r}, made inside "
+                f"a node, runs in the node's process, item after item: {exc}",
+                RuntimeWarning, stacklevel=2)
+            return default_engine().map(self, inputs, map_over=map_over, map_mode=map_mode,
+                                        output_name=output_name, **options)
 
     def imap(self, inputs: dict[str, Any] | None = None, map_over: Any = None,
              map_mode: str = "zip", output_name: Any = None, engine: Any = None, *,

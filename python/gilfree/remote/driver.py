@@ -34,8 +34,34 @@ def encode_payload(plan: Any, base: dict, options: RemoteOptions, *, shm: bool =
             **{f"node {s.name!r}": s.node for s in plan.iter_steps()},
             **{f"input {k!r}": v for k, v in base.items()},
             "the cache": options.cache}) or "the pipeline"
-        raise transport.serialization_error(
-            culprit, "to the worker processes (driver -> worker)", exc) from exc
+        err = transport.serialization_error(
+            culprit, "to the worker processes (driver -> worker)", exc)
+        err.unsent_payload = True  # (raised before anything of the map was sent)
+        raise err from exc
+
+
+def check_rows(rows: list[dict]) -> None:
+    """Before a map a node makes on the engine running it (nothing sent yet): raise a
+    SerializationError marked ``nothing_ran`` if an item does not pickle, so that
+    ``Pipeline.map`` can run that map where the node runs instead of failing the item
+    (as before engines took such maps). Costs one more pickling of the items: such maps
+    only."""
+    for i, row in enumerate(rows):
+        try:
+            transport.dumps(row, shm=False)
+        except Exception as exc:
+            err = transport.serialization_error(
+                f"map item {i}", "to the worker processes (driver -> worker)", exc)
+            err.nothing_ran = True  # type: ignore[attr-defined]
+            raise err from exc
+
+
+def mark_unsent_map(exc: BaseException) -> None:
+    """``exc`` ended a whole map (not a stage of one) on an engine with workers: if its
+    payload could not be sent, nothing of the map ran, and ``Pipeline.map`` may run a
+    node's own map where the node runs instead (``nothing_ran``)."""
+    if getattr(exc, "unsent_payload", False):
+        exc.nothing_ran = True  # type: ignore[attr-defined]
 
 
 def consumers(plan: Any, names: list[str]) -> dict[str, list[str]]:

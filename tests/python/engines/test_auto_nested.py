@@ -116,6 +116,50 @@ def test_on_process_engine_run_spreads_a_nodes_map_over_the_workers():
         assert maps == [1]
 
 
+@node(output_name="v")
+def locked(k, lock):
+    with lock:
+        return k * 2
+
+
+@node(output_name="total")
+def maps_with_a_lock(ks, lock):
+    return sum(r["v"] for r in Pipeline([locked]).map({"k": ks, "lock": lock}, map_over="k"))
+
+
+@node(output_name="total")
+def maps_over_locks(ks):
+    locks = [threading.Lock() for _ in ks]
+    return sum(r["v"] for r in Pipeline([locked]).map({"k": ks, "lock": locks},
+                                                       map_over=["k", "lock"]))
+
+
+def test_on_process_engine_run_a_nodes_map_that_cannot_be_sent_runs_in_the_node():
+    """A map the engine cannot send to its workers (an input or an item that does not
+    pickle) runs where the node runs, item after item, as before engines took node maps,
+    and says so; nothing of it ran twice."""
+    with ProcessEngine() as e:
+        with pytest.warns(RuntimeWarning, match="made inside a node, runs in the node's "
+                                                "process.*input 'lock'"):
+            out = Pipeline([maps_with_a_lock]).run({"ks": [1, 2, 3],
+                                                    "lock": threading.Lock()}, engine=e)
+        assert out == {"total": 12}
+        with pytest.warns(RuntimeWarning, match="map item 0"):
+            assert Pipeline([maps_over_locks]).run({"ks": [1, 2]}, engine=e) == {"total": 6}
+
+        # Asked for by name, the engine is not second-guessed: the error says what.
+        @node(output_name="total")
+        def maps_here_explicitly(ks, lock):
+            return sum(r["v"] for r in Pipeline([locked]).map(
+                {"k": ks, "lock": lock}, map_over="k", engine=e))
+
+        from gilfree.errors import SerializationError
+
+        with pytest.raises(SerializationError, match="input 'lock'"):
+            Pipeline([maps_here_explicitly]).run({"ks": [1], "lock": threading.Lock()},
+                                                 engine=e)
+
+
 @node(output_name="threads")
 def crawl(urls):
     """A node that maps I/O: the thread it ran on, and the thread each fetch ran on."""

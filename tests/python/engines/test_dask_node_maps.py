@@ -6,6 +6,7 @@ running the node secedes while it waits); with more, each call maps where it run
 from __future__ import annotations
 
 import os
+import threading
 
 import pytest
 
@@ -123,3 +124,22 @@ def test_callbacks_see_the_callers_maps_not_a_nodes_own(dask_client):
         outer.map({"ks": [[0, 1, 2]] * 2}, map_over="ks", engine=engine)
         assert seen[0] == ("start", 2)
         assert sorted(i for kind, i in seen if kind == "item") == [0, 1]
+
+
+@node(output_name="v")
+def locked(k, lock):
+    with lock:
+        return k * 2
+
+
+@node(output_name="total")
+def maps_with_a_lock(ks):
+    lock = threading.Lock()  # made here: it cannot travel to other workers
+    return sum(r["v"] for r in Pipeline([locked]).map({"k": ks, "lock": lock}, map_over="k"))
+
+
+def test_a_nodes_map_that_cannot_be_sent_runs_where_the_node_runs(engine):
+    out = Pipeline([maps_with_a_lock]).map({"ks": [[1, 2, 3]]}, map_over="ks", engine=engine)
+    assert out == [{"total": 12}]  # (in the worker running the node: its warning there)
+    with pytest.warns(RuntimeWarning, match="runs in the node's process"):
+        assert Pipeline([maps_with_a_lock]).run({"ks": [1, 2]}, engine=engine) == {"total": 6}
