@@ -39,6 +39,7 @@ from typing import Any, Iterator
 
 from ..model.plan import DUAL, PIPE, Plan, Step
 from ..model.stateful import end_map, new_map
+from ..remote import transport
 from ..run.execute import Runtime, execute_map
 from ..run.runtime import inner_map_engine, maps_on
 from ..run.stage_runners import STREAM_BATCH_SIZE
@@ -160,7 +161,7 @@ class AutoEngine(ThreadEngine):
         if not unmeasured or not rows or fanout or self._item_timeout(plan) is not None:
             # (Measured items run here, where no deadline could stop them; and an
             # item here would run its whole nested map here: the inner map measures.)
-            choices = self._place(plan, len(rows), fanout)
+            choices = self._place(plan, len(rows), fanout, sent=(base, rows[:1]))
             return choices, self._run_rows(plan, base, rows, rt, first, announce)
         announce = announce and bool(rt.callbacks)
         if announce:
@@ -168,7 +169,7 @@ class AutoEngine(ThreadEngine):
         try:
             k = min(len(rows), PROBE_ITEMS)
             out = self._probe(plan, base, rows[:k], rt, unmeasured, first)
-            choices = self._place(plan, len(rows) - k, fanout)
+            choices = self._place(plan, len(rows) - k, fanout, sent=(base, rows[:1]))
             out += self._run_rows(plan, base, rows[k:], rt, first + k, False)
             return choices, out
         finally:
@@ -222,7 +223,7 @@ class AutoEngine(ThreadEngine):
                 mapped: set[str]) -> Iterator[Any]:
         unmeasured = [s for s in plan.steps if self._needs_probe(s)]
         if not unmeasured or self._item_timeout(plan) is not None:
-            self._place_stream(plan, total, total, rt)
+            self._place_stream(plan, total, total, rt, sent=(base, []))
             return super()._stream(plan, base, rows, rt, ordered, read_ahead, total, mapped)
         return self._probed_stream(plan, base, rows, rt, ordered, read_ahead, total, mapped,
                                    unmeasured)
@@ -252,7 +253,7 @@ class AutoEngine(ThreadEngine):
             finally:
                 end_map(number)
             self._place_stream(plan, None if total is None else total - len(head), total,
-                               rt, t0)
+                               rt, t0, sent=(base, head[:1]))
             for result in out:
                 if isinstance(result, BaseException) and not rt.collect:
                     raise result
@@ -272,21 +273,27 @@ class AutoEngine(ThreadEngine):
                 rt.emit("on_map_end", time.perf_counter() - t0)
 
     def _place_stream(self, plan: Plan, items: int | None, total: int | None,
-                      rt: Runtime, t0: float | None = None) -> None:
+                      rt: Runtime, t0: float | None = None,
+                      sent: tuple[dict, list[dict]] | None = None) -> None:
         """_place for a stream of ``items`` more items (that started at ``t0``: its
         measured items ran first); explain() shows it, the re-sizing of its waiting
         stages as they happen (rt.on_resize), and items/s per stage at its end."""
-        self._last = Explanation(self._place(plan, items, streaming=True), total, None,
-                                 stream=True)
+        self._last = Explanation(self._place(plan, items, streaming=True, sent=sent),
+                                 total, None, stream=True)
         rt.on_resize = resized(self._last.choices)
         rt.on_stream_end = stream_ended(self._last, time.perf_counter() if t0 is None else t0)
 
     # -- choosing -----------------------------------------------------------------------
     def _place(self, plan: Plan, items: int | None, fanout: bool = False,
-               streaming: bool = False) -> list[Choice]:
+               streaming: bool = False,
+               sent: tuple[dict, list[dict]] | None = None) -> list[Choice]:
         """Choose each top-level node's executor and write it into its hints
-        (``streaming``: an imap, whose stages overlap)."""
+        (``streaming``: an imap, whose stages overlap; ``sent``: the map's shared inputs
+        and its first item, which a node placed in worker processes must be able to
+        take there)."""
         choices = [self.choose(s, items, fanout) for s in plan.steps]
+        if sent is not None:
+            choices = [_sendable(s, c, *sent) for s, c in zip(plan.steps, choices)]
         _fuse(choices)
         size_threads(choices, items, streaming, self.workers, self.max_workers,
                      usable_cores())
@@ -413,6 +420,26 @@ def _batches(step: Step, m: Measure | None, items: int | None) -> Choice:
               "; it waits or releases the GIL: several at once)"))
     return Choice(step.name, THREAD, why, m, batch=True, batch_size=size,
                   threads_cap=1 if holds else None)
+
+
+def _sendable(step: Step, c: Choice, base: dict, rows: list[dict]) -> Choice:
+    """``c``, unless it sends ``step`` to worker processes and the node, a shared input
+    it reads or its input in the first item does not pickle (a lock, a connection):
+    then where it would run with no processes, and why."""
+    if c.executor != PROCESS or c.user:
+        return c
+    parts = {f"node {step.name!r}": step.node,
+             **{f"input {a!r}": base[a] for a in step.args if a in base}}
+    for row in rows:
+        parts.update({f"input {a!r} (map item 0)": row[a] for a in step.args if a in row})
+    culprit = transport.find_unpicklable(lambda: parts)
+    if culprit is None:
+        return c
+    why = f"but {culprit} does not pickle (worker processes take everything by pickle)"
+    if c.reason.startswith("its function maps"):  # (_mapper's choice)
+        return Choice(step.name, THREAD, f"its function maps, {why}: here on threads, its "
+                      "maps on this engine", c.measure, waiting=True)
+    return Choice(step.name, INLINE, f"pure-Python CPU, {why}: inline", c.measure)
 
 
 def _fuse(choices: list[Choice]) -> None:

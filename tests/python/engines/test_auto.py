@@ -215,6 +215,33 @@ def test_a_small_map_of_cpu_work_stays_inline(engine):
     assert row["executor"] == "inline" and "does not pay" in row["why"], row
 
 
+@node(output_name="burned")
+def burn_under(x, lock):
+    with lock:
+        return spin(60_000) + x  # ~4-8 ms of pure Python: worth processes, if it could go
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared input", "mapped input"])
+def test_cpu_work_whose_input_does_not_pickle_stays_here(engine, shared):
+    """Worker processes take everything by pickle: a node reading a lock (shared, or one
+    per item) would fail every item there. It runs here instead, and explain() says why;
+    with inputs that pickle, the same node goes to processes."""
+    xs = list(range(24))
+    locks = threading.Lock() if shared else [threading.Lock() for _ in xs]
+    mapped = ["x"] if shared else ["x", "lock"]
+    out = Pipeline([burn_under]).map({"x": xs, "lock": locks}, map_over=mapped,
+                                     engine=engine)
+    assert [r["burned"] for r in out] == [spin(60_000) + x for x in xs]
+    row = engine.explain().rows[0]
+    assert row["executor"] == "inline", row
+    assert "input 'lock'" in row["why"] and "does not pickle" in row["why"], row
+    # (the same node, measured already, with an input that pickles: processes)
+    from cpu_busy import Unlocked
+
+    Pipeline([burn_under]).map({"x": xs, "lock": Unlocked()}, map_over="x", engine=engine)
+    assert engine.explain().rows[0]["executor"] == "process"
+
+
 def test_cheap_nodes_alone_stay_inline(engine):
     out = Pipeline([plus_one]).map({"x": list(range(100))}, map_over="x", engine=engine)
     assert out == [{"y": i + 1} for i in range(100)]
