@@ -82,22 +82,14 @@ def test_run_maps_on_the_cluster(engine):
     assert len(set(inner_pids)) == 2 and os.getpid() not in inner_pids
 
 
-@pytest.mark.parametrize("on_error", ["raise", "collect"])
-def test_an_inner_error_fails_its_outer_item_and_names_its_node_and_item(engine, on_error):
-    inputs = {"ks": [list(range(5)), list(range(100, 110))]}
-    if on_error == "raise":
-        with pytest.raises(ValueError, match="bad sample 107") as info:
-            outer.map(inputs, map_over="ks", engine=engine)
-        error = info.value
-    else:
-        out = outer.map(inputs, map_over="ks", engine=engine, on_error="collect")
-        assert len(out[0]["found"][1]) == 5
-        error = out[1]
-        assert isinstance(error, ValueError)
-    notes = "".join(getattr(error, "__notes__", []))
-    assert "sample" in notes and "item 7" in notes, notes  # the inner node, its item
-    # The engine still works after the failed map (no seceded thread left behind).
-    assert len(outer.map({"ks": [[1, 2]]}, map_over="ks", engine=engine)[0]["found"][1]) == 2
+def test_a_map_that_fails_inside_a_nodes_map_leaves_the_engine_working(engine):
+    """(The error's notes: the contract suite.) The task that waited on the inner map
+    rejoins its worker thread: the next map runs on both workers."""
+    with pytest.raises(ValueError, match="bad sample 107"):
+        outer.map({"ks": [list(range(5)), list(range(100, 110))]}, map_over="ks",
+                  engine=engine)
+    out = outer.map({"ks": [list(range(24))]}, map_over="ks", engine=engine)
+    assert len(set(out[0]["found"][1])) == 2
 
 
 def test_maps_nested_three_deep_finish_on_one_thread_per_worker(engine):
