@@ -137,7 +137,7 @@ def maps_over_locks(ks):
 def test_on_process_engine_run_a_nodes_map_that_cannot_be_sent_runs_in_the_node():
     """A map the engine cannot send to its workers (an input or an item that does not
     pickle) runs where the node runs, item after item, as before engines took node maps,
-    and says so; nothing of it ran twice."""
+    and says so."""
     with ProcessEngine() as e:
         with pytest.warns(RuntimeWarning, match="made inside a node, runs in the node's "
                                                 "process.*input 'lock'"):
