@@ -165,10 +165,15 @@ def test_a_batch_for_a_payload_that_failed_releases_its_shared_memory():
     for _ in range(2):  # each batch: the payload's error, and its memfd closed
         body, fds = driver.encode_batch(1, rows, 0, ["x"], {})
         assert len(fds) == 1  # the array travels in a memfd
+        memfd = os.fstat(fds[0]).st_ino
         result = driver.decode_result(*session.run_batch("bad", body, fds), 0, 1)
         assert isinstance(result.error, SerializationError)
-        with pytest.raises(OSError):
-            os.fstat(fds[0])  # closed by the session: no memfd left behind
+        # Closed by the session: no memfd left behind. (Its number may be another file's
+        # by now: threads of other tests' engines open sockets meanwhile.)
+        try:
+            assert os.fstat(fds[0]).st_ino != memfd
+        except OSError:
+            pass
 
 
 class _Record:
