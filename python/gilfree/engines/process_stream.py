@@ -87,6 +87,8 @@ class StreamCall(_MapCall):
     def on_result(self, a: int, b: int, origin: int, body: bytes, fds: list[int]) -> bool:
         result = remote.decode_result(body, fds, a, b)
         self._replay(result.events)
+        if result.timing is not None:
+            self.source.timed(*result.timing)
         if result.error is not None:  # the batch as a whole failed: each item says so
             for i in range(a, b):
                 self.out[i] = result.error

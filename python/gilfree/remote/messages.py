@@ -97,11 +97,15 @@ class Part(NamedTuple):
 
 class Result(NamedTuple):
     """A batch's answer: its parts in order (each pickled as it finished), or the boxed
-    exception that stopped it; and the callback events it recorded either way."""
+    exception that stopped it; and the callback events it recorded either way.
+    ``timing``: for a plan that ends in batch calls (a DualNode after per-item steps),
+    (seconds an item's steps took, on average; seconds the batch calls took), which a
+    streaming process stage sizes its last batches by."""
 
     parts: list | None
     error: Any
     events: list
+    timing: tuple[float, float] | None = None
 
 
 class Event(NamedTuple):

@@ -263,6 +263,8 @@ class Job:
         self.recorder: Recorder | None = None
         self.head: list | None = None  # a split plan's per-item results
         self.beside = False
+        self.timing: tuple[float, float] | None = None  # a split plan's (Result.timing)
+        self.items_s = 0.0  # a split plan: its per-item steps' seconds, per item run
         try:
             loaded = session.payloads.get(key)
             if loaded is None or loaded.error is not None:
@@ -295,7 +297,10 @@ class Job:
             watch.at_item(batch.first)
             if loaded.split is not None:
                 self.rows = _rows(batch)
+                t0 = time.perf_counter()
                 self.head = self._around(loaded.split[0], self.rows, batch.failed, True)
+                ran = max(1, len(self.rows) - len(batch.failed))
+                self.items_s = (time.perf_counter() - t0) / ran
                 return
             run = self.session._runner(loaded, batch, self.recorder)
             # Sub-batches: pickled (large buffers copied out) as soon as they finish, so
@@ -332,9 +337,10 @@ class Job:
                 for k, (row, r) in enumerate(zip(self.rows, head))]
         wall, cpu = time.perf_counter(), time.thread_time()
         out = self._around(loaded.split[1], rows, failed, False)
+        wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
         if loaded.overlap is None:
-            wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
             loaded.overlap = wall >= OVERLAP_MIN_S and cpu <= wall / 2
+        self.timing = (self.items_s, wall)
         results = [o if isinstance(o, BaseException) else {**r, **o}
                    for r, o in zip(head, out)]
         plan = loaded.plan
@@ -359,7 +365,7 @@ class Job:
             spill = transport.Spill(spill.shm)
             reply = Result(None, transport.box_exception(self.error), events)
         else:
-            reply = Result(self.parts, None, events)
+            reply = Result(self.parts, None, events, self.timing)
         try:
             try:
                 body = spill.body(reply)

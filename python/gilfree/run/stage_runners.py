@@ -50,8 +50,10 @@ PROCESS_LINGER_S = 0.02
 #: A process stage gives the pool back after this long with no item to run (a map on
 #: the same engine in another thread may be waiting; a waiting map also asks for it).
 PROCESS_IDLE_S = 0.05
-#: A process stage's last items go in batches of about what is left / (this x workers).
-TAIL_SPLIT = 2
+#: A process stage's last items go in batches of about what is left / (this x workers),
+#: but (a stage ending in batch calls) not fewer items than take as long as those calls,
+#: up to MAX_CALL_ITEMS.
+TAIL_SPLIT, MAX_CALL_ITEMS = 2, 64
 
 
 def runner(stream: Any, k: int, stage: Stage, base: dict) -> "_Runner":
@@ -303,6 +305,11 @@ class _ProcessRunner(_Runner):
         self.idle_since: float | None = None
         self.thread: threading.Thread | None = None
         self.stopped = False
+        # A stage that ends in batch calls (a DualNode): the items whose steps take as
+        # long as a batch's calls (the workers say, Result.timing). A last batch smaller
+        # than that waits for the previous batch's calls (one batch's at a time, beside
+        # the next batch's items, process_worker.py) instead of running its items.
+        self.call_items = 1
 
     def begin(self) -> None:
         # Started before the first items come: Thread.start() waits for the new thread
@@ -405,8 +412,10 @@ class _ProcessRunner(_Runner):
             # the batch) go in batches that shrink with what is left, to about a fair
             # share / TAIL_SPLIT (guided self-scheduling), so that the workers end
             # together, not one idle while another runs a full batch it queued (W8: one
-            # worker ended up to 35 ms after the other).
-            fair = -(-len(ready) // (TAIL_SPLIT * self.processes.workers))
+            # worker ended up to 35 ms after the other); with batch calls, to no fewer
+            # items than take as long as those calls (call_items).
+            fair = max(-(-len(ready) // (TAIL_SPLIT * self.processes.workers)),
+                       self.call_items)
             if fair < take and self.stream.flow.drained(self.k):
                 take = fair
             # A stage with a DualNode takes consecutive ids only: a worker calls the batch
@@ -437,6 +446,12 @@ class _ProcessRunner(_Runner):
             self.sent.update(ids)
             self.members[a] = set(ids)
         return a, ids[-1] + 1
+
+    def timed(self, item_s: float, calls_s: float) -> None:
+        """A batch's timing from its worker (the feeder thread): its items' steps took
+        ``item_s`` each, its batch calls ``calls_s`` in all."""
+        if item_s > 0:
+            self.call_items = max(1, min(MAX_CALL_ITEMS, math.ceil(calls_s / item_s)))
 
     def row(self, i: int, origin: int) -> dict | None:
         """Item ``i``'s row for the batch ``origin``; None: not one of its items."""

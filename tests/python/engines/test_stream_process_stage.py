@@ -232,3 +232,33 @@ def test_the_last_items_go_in_batches_that_shrink(monkeypatch):
     assert sum(sizes) == 300
     assert max(sizes) > 4, sizes  # the stage did batch
     assert sizes[-3:] == [1, 1, 1], sizes
+
+
+def _one_digits(z):
+    return len(str(z))
+
+
+def _digits_after_a_wait(z):
+    time.sleep(0.02)  # a model call with a fixed cost (it waits: it runs beside)
+    return [len(str(v)) for v in z]
+
+
+def test_the_last_batches_hold_as_much_item_work_as_their_batch_calls_take(monkeypatch):
+    # A stage ending in batch calls (a DualNode after per-item steps): a worker runs a
+    # batch's calls beside the next batch's items, one batch's calls at a time. Last
+    # batches of one 2 ms item would each wait for the previous batch's 20 ms of calls;
+    # they hold about 20 / 2 items instead (the workers time both: Result.timing).
+    from gilfree import DualNode
+
+    made = _record_batches(monkeypatch)
+    sizes = DualNode("n", _one_digits, _digits_after_a_wait, executor="process")
+    with ThreadEngine() as engine:
+        pipeline = Pipeline([slow_square, sizes])
+        list(pipeline.imap({"x": range(60)}, map_over="x", engine=engine))  # warm
+        made.clear()
+        out = list(pipeline.imap({"x": range(300)}, map_over="x", engine=engine))
+    assert [r["n"] for r in out] == [len(str(x * x)) for x in range(300)]
+    last = [len(ids) for _, _, _, ids in made][-5:]
+    # ~10 items (20 ms of calls / 2 ms an item) but the very last, what was left; before,
+    # the last batches went one item at a time
+    assert sum(n < 4 for n in last) <= 1, last
