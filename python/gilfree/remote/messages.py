@@ -98,9 +98,10 @@ class Part(NamedTuple):
 class Result(NamedTuple):
     """A batch's answer: its parts in order (each pickled as it finished), or the boxed
     exception that stopped it; and the callback events it recorded either way.
-    ``timing``: for a plan that ends in batch calls (a DualNode after per-item steps),
-    (seconds an item's steps took, on average; seconds the batch calls took), which a
-    streaming process stage sizes its last batches by."""
+    ``timing``: for a plan that ends in batch calls that run beside the next batch's
+    items (a DualNode that waits, after per-item steps), (seconds an item's steps took,
+    on average; seconds the batch calls took), which a streaming process stage sizes its
+    last batches by."""
 
     parts: list | None
     error: Any

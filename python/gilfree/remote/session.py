@@ -340,7 +340,8 @@ class Job:
         wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
         if loaded.overlap is None:
             loaded.overlap = wall >= OVERLAP_MIN_S and cpu <= wall / 2
-        self.timing = (self.items_s, wall)
+        if loaded.overlap:  # calls that run beside the next batch's items: it may wait
+            self.timing = (self.items_s, wall)
         results = [o if isinstance(o, BaseException) else {**r, **o}
                    for r, o in zip(head, out)]
         plan = loaded.plan

@@ -262,3 +262,26 @@ def test_the_last_batches_hold_as_much_item_work_as_their_batch_calls_take(monke
     # ~10 items (20 ms of calls / 2 ms an item) but the very last, what was left; before,
     # the last batches went one item at a time
     assert sum(n < 4 for n in last) <= 1, last
+
+
+def _digits_computed(z):
+    spin = 0
+    for i in range(150_000):  # ~8-12 ms of pure Python a call: longer than 3 items, no wait
+        spin += i % 7
+    return [len(str(v)) for v in z]
+
+
+def test_batch_calls_that_compute_leave_the_last_batches_shrinking(monkeypatch):
+    # Batch calls that hold the GIL run after their batch's items, not beside the next
+    # batch's (nothing waits for them): the last batches still go one item at a time.
+    from gilfree import DualNode
+
+    made = _record_batches(monkeypatch)
+    sizes = DualNode("n", _one_digits, _digits_computed, executor="process")
+    with ThreadEngine() as engine:
+        pipeline = Pipeline([slow_square, sizes])
+        list(pipeline.imap({"x": range(60)}, map_over="x", engine=engine))  # warm
+        made.clear()
+        out = list(pipeline.imap({"x": range(300)}, map_over="x", engine=engine))
+    assert [r["n"] for r in out] == [len(str(x * x)) for x in range(300)]
+    assert [len(ids) for _, _, _, ids in made][-3:] == [1, 1, 1]
