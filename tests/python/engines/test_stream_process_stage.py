@@ -243,45 +243,28 @@ def _digits_after_a_wait(z):
     return [len(str(v)) for v in z]
 
 
+def _batch_sizes_before_a_dualnode(monkeypatch, batch_function):
+    """The sizes of the batches a stream's process stage made for 300 items of ~2 ms
+    (slow_square) followed by a DualNode calling ``batch_function``."""
+    from gilfree import DualNode
+
+    made = _record_batches(monkeypatch)
+    sizes = DualNode("n", _one_digits, batch_function, executor="process")
+    with ThreadEngine() as engine:
+        pipeline = Pipeline([slow_square, sizes])
+        list(pipeline.imap({"x": range(60)}, map_over="x", engine=engine))  # warm
+        made.clear()
+        out = list(pipeline.imap({"x": range(300)}, map_over="x", engine=engine))
+    assert [r["n"] for r in out] == [len(str(x * x)) for x in range(300)]
+    return [len(ids) for _, _, _, ids in made]
+
+
 def test_the_last_batches_hold_as_much_item_work_as_their_batch_calls_take(monkeypatch):
     # A stage ending in batch calls (a DualNode after per-item steps): a worker runs a
     # batch's calls beside the next batch's items, one batch's calls at a time. Last
     # batches of one 2 ms item would each wait for the previous batch's 20 ms of calls;
-    # they hold about 20 / 2 items instead (the workers time both: Result.timing).
-    from gilfree import DualNode
-
-    made = _record_batches(monkeypatch)
-    sizes = DualNode("n", _one_digits, _digits_after_a_wait, executor="process")
-    with ThreadEngine() as engine:
-        pipeline = Pipeline([slow_square, sizes])
-        list(pipeline.imap({"x": range(60)}, map_over="x", engine=engine))  # warm
-        made.clear()
-        out = list(pipeline.imap({"x": range(300)}, map_over="x", engine=engine))
-    assert [r["n"] for r in out] == [len(str(x * x)) for x in range(300)]
-    last = [len(ids) for _, _, _, ids in made][-5:]
-    # ~10 items (20 ms of calls / 2 ms an item) but the very last, what was left; before,
-    # the last batches went one item at a time
+    # they hold about 20 / 2 items instead (the workers time both: Result.timing; batch
+    # calls that compute are not timed for this: tests/python/remote).
+    last = _batch_sizes_before_a_dualnode(monkeypatch, _digits_after_a_wait)[-5:]
+    # ~10 items but the very last, what was left; before, the last went one at a time
     assert sum(n < 4 for n in last) <= 1, last
-
-
-def _digits_computed(z):
-    spin = 0
-    for i in range(150_000):  # ~8-12 ms of pure Python a call: longer than 3 items, no wait
-        spin += i % 7
-    return [len(str(v)) for v in z]
-
-
-def test_batch_calls_that_compute_leave_the_last_batches_shrinking(monkeypatch):
-    # Batch calls that hold the GIL run after their batch's items, not beside the next
-    # batch's (nothing waits for them): the last batches still go one item at a time.
-    from gilfree import DualNode
-
-    made = _record_batches(monkeypatch)
-    sizes = DualNode("n", _one_digits, _digits_computed, executor="process")
-    with ThreadEngine() as engine:
-        pipeline = Pipeline([slow_square, sizes])
-        list(pipeline.imap({"x": range(60)}, map_over="x", engine=engine))  # warm
-        made.clear()
-        out = list(pipeline.imap({"x": range(300)}, map_over="x", engine=engine))
-    assert [r["n"] for r in out] == [len(str(x * x)) for x in range(300)]
-    assert [len(ids) for _, _, _, ids in made][-3:] == [1, 1, 1]

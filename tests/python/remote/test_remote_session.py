@@ -259,3 +259,32 @@ def test_only_the_transport_module_pickles():
             offenders += [f"{path.relative_to(root)}: {m}" for m in names
                           if m.split(".")[0] in picklers]
     assert offenders == []
+
+
+def _one_sum(y):
+    return y
+
+
+def _sums(y):
+    return list(y)
+
+
+def test_a_batch_reports_the_timing_of_batch_calls_only_when_they_run_beside():
+    """Result.timing (seconds per item of the per-item steps, seconds of the batch calls)
+    sizes a streaming process stage's last batches so that none waits for the previous
+    batch's calls; calls that do not run beside the next batch (they compute: nothing
+    waits for them) are not reported."""
+    from gilfree import DualNode
+
+    session = Session(overlap=True)  # a ProcessEngine worker's: batch calls may go beside
+    p = Pipeline([double, DualNode("n", _one_sum, _sums)])
+    _run(p, [1, 2, 3], session=session)  # the first batch here measures its calls
+    for beside in (False, True):
+        session.payloads["key"].overlap = beside
+        result, out = _run(p, [1, 2, 3], session=session)
+        assert [r["n"] for r in out] == [2, 4, 6]
+        if beside:
+            item_s, calls_s = result.timing
+            assert item_s > 0 and calls_s > 0
+        else:
+            assert result.timing is None
