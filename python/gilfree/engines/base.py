@@ -293,9 +293,9 @@ class Engine:
         base, rows = expand_rows(values, names, map_mode, owner)
         if self.pickles_items and rows and inner_map_engine() is self:
             # A node's own map, from a node run in this process: nothing sent yet
-            from ..remote.driver import check_rows
+            from ..remote.driver import check_sendable
 
-            check_rows(rows)
+            check_sendable(plan, base, rows, self.cache)
         self._track_stateful(base)
         self._prepare(plan)
         rt = self._runtime(plan, options)

@@ -37,7 +37,7 @@ import weakref
 from concurrent.futures import CancelledError
 from typing import Any
 
-from ..errors import EngineShutDown, ExecutionError, SerializationError
+from ..errors import EngineShutDown, ExecutionError
 from ..run.execute import Runtime, execute_map
 from ..run.stages import (EXECUTORS, PROCESS, Placement, Stage, StagePart, compile_stages,
                           fans_out)
@@ -238,11 +238,7 @@ class DaskEngine(Engine):
             return execute_map(plan, base, rows, rt, stages=stages, first_index=first,
                                announce=announce,
                                place=lambda st: self._placement(st, plan, rt, base, first))
-        try:
-            return self._map_whole(plan, base, rows, rt, first=first, announce=announce)
-        except SerializationError as exc:
-            driver.mark_unsent_map(exc)
-            raise
+        return self._map_whole(plan, base, rows, rt, first=first, announce=announce)
 
     #: The executor of the stages around a fan-out: maps of their own on the cluster
     #: (None: nested maps run inside their items).

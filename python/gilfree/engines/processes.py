@@ -40,9 +40,8 @@ import threading
 import weakref
 from typing import Any
 
-from ..errors import ExecutionError, SerializationError
+from ..errors import ExecutionError
 from ..run.execute import Runtime, execute_map
-from ..remote import driver as remote
 from ..remote import transport
 from ..model.plan import Plan
 from ..run.stages import Stage, StagePart
@@ -194,11 +193,7 @@ class ProcessEngine(Engine):
         stages = self._stages(plan, rows, rt)
         if stages is not None:
             return self._staged_map(plan, base, rows, rt, stages)
-        try:
-            return self._map_rows(plan, base, rows, rt)
-        except SerializationError as exc:
-            remote.mark_unsent_map(exc)
-            raise
+        return self._map_rows(plan, base, rows, rt)
 
     def _map_rows(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime,
                   first: int = 0, announce: bool = True) -> list:

@@ -34,34 +34,26 @@ def encode_payload(plan: Any, base: dict, options: RemoteOptions, *, shm: bool =
             **{f"node {s.name!r}": s.node for s in plan.iter_steps()},
             **{f"input {k!r}": v for k, v in base.items()},
             "the cache": options.cache}) or "the pipeline"
-        err = transport.serialization_error(
-            culprit, "to the worker processes (driver -> worker)", exc)
-        err.unsent_payload = True  # (raised before anything of the map was sent)
-        raise err from exc
+        raise transport.serialization_error(
+            culprit, "to the worker processes (driver -> worker)", exc) from exc
 
 
-def check_rows(rows: list[dict]) -> None:
+def check_sendable(plan: Any, base: dict, rows: list[dict], cache: Any) -> None:
     """Before a map a node makes on the engine running it (nothing sent yet): raise a
-    SerializationError marked ``nothing_ran`` if an item does not pickle, so that
-    ``Pipeline.map`` can run that map where the node runs instead of failing the item
-    (as before engines took such maps). Costs one more pickling of the items: such maps
-    only."""
-    for i, row in enumerate(rows):
-        try:
-            transport.dumps(row, shm=False)
-        except Exception as exc:
-            err = transport.serialization_error(
-                f"map item {i}", "to the worker processes (driver -> worker)", exc)
-            err.nothing_ran = True  # type: ignore[attr-defined]
-            raise err from exc
-
-
-def mark_unsent_map(exc: BaseException) -> None:
-    """``exc`` ended a whole map (not a stage of one) on an engine with workers: if its
-    payload could not be sent, nothing of the map ran, and ``Pipeline.map`` may run a
-    node's own map where the node runs instead (``nothing_ran``)."""
-    if getattr(exc, "unsent_payload", False):
-        exc.nothing_ran = True  # type: ignore[attr-defined]
+    SerializationError marked ``nothing_ran`` if a node, a shared input or an item does
+    not pickle, so that ``Pipeline.map`` can run that map where the node runs instead
+    (as before engines took such maps). Pickles into nothing, large buffers not copied:
+    such maps only."""
+    culprit = transport.find_unpicklable(lambda: {
+        **{f"node {s.name!r}": s.node for s in plan.iter_steps()},
+        **{f"input {k!r}": v for k, v in base.items()},
+        "the cache": cache,
+        **{f"map item {i}": row for i, row in enumerate(rows)}})
+    if culprit is not None:
+        err = transport.serialization_error(
+            culprit, "to the worker processes (driver -> worker)", None)
+        err.nothing_ran = True  # type: ignore[attr-defined]
+        raise err
 
 
 def consumers(plan: Any, names: list[str]) -> dict[str, list[str]]:
