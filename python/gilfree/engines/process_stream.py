@@ -5,8 +5,8 @@ busy spell of the stage (run/stage_runners.py's ``_ProcessRunner`` is its source
     items made ready: dispatch() ─────▶ pool.wake() ───────────────────────▶ looks again
     next_range(most, share) ◀────────── a worker has room ◀──────────────── (streaming)
       -> [a, b): the lowest ready ids
-    row(i, origin) ◀─────────────────── make_batch(a, b, origin): its rows ─▶ BATCH
-    placed(out, a, b, origin) ◀──────── on_result / on_lost ◀─────────────── RESULT, exit
+    rows(a, b, origin) ◀─────────────── make_batch(a, b, origin): its rows ─▶ BATCH
+    placed(results, a, origin) ◀─────── on_result / on_lost ◀─────────────── RESULT, exit
     open() ◀─────────────────────────── false: no new batches; returns when
                                         what was sent is back
 
@@ -28,18 +28,6 @@ from ..run.stages import Skipped, StagePart
 from .process_map import DEPTH, _dual_batch_size, _MapCall
 
 
-class _Slots(dict):
-    """``remote.place`` writes a batch's results as ``out[a:b] = [...]``: here the slots
-    of the ids in flight only, not a list as long as the stream."""
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        if isinstance(key, slice):
-            for k, v in enumerate(value, key.start):
-                dict.__setitem__(self, k, v)
-        else:
-            dict.__setitem__(self, key, value)
-
-
 class StreamCall(_MapCall):
     """One busy spell of a process stage: batches of the ids ``source`` has ready, on
     the pool, until ``source.open()`` says no more and what was sent is back."""
@@ -51,7 +39,8 @@ class StreamCall(_MapCall):
                          stage=True, timeout=timeout, deferred=True,
                          first=source.stream.offset)
         self.source = source
-        self.out = _Slots()
+        # The slots on_lost fills (_MapCall._fail_item): of the ids in flight only.
+        self.out: dict = {}
 
     def run(self) -> None:
         chunk = self.engine.batch_size or 0
@@ -74,15 +63,14 @@ class StreamCall(_MapCall):
 
     # -- callbacks from C++ (the feeder thread, GIL held) ------------------------------
     def make_batch(self, a: int, b: int, origin: int) -> tuple[bytes, list[int]]:
-        rows, skipped = [], {}
-        for i in range(a, b):
-            row = self.source.row(i, origin)
-            if row is None:  # not this batch's (or the stream was closed): a placeholder
-                skipped[i - a] = Skipped()
-                row = dict.fromkeys(self.names)
-            rows.append(row)
+        rows, skipped = self.source.rows(a, b, origin)
+        if skipped:  # not this batch's (or the stream was closed): placeholders
+            placeholder, empty = Skipped(), dict.fromkeys(self.names)
+            for k in skipped:
+                rows[k] = empty
+            skipped = dict.fromkeys(skipped, placeholder)
         return remote.encode_batch(self.map_id, rows, a, self.names, self.consumers,
-                                   failed=skipped)
+                                   failed=skipped or {})
 
     def on_result(self, a: int, b: int, origin: int, body: bytes, fds: list[int]) -> bool:
         result = remote.decode_result(body, fds, a, b)
@@ -90,14 +78,14 @@ class StreamCall(_MapCall):
         if result.timing is not None:
             self.source.timed(*result.timing)
         if result.error is not None:  # the batch as a whole failed: each item says so
-            for i in range(a, b):
-                self.out[i] = result.error
+            results = [result.error] * (b - a)
         else:
-            remote.place(self.out, a, result.parts, self.plan.outputs)
-        self.source.placed(self.out, a, b, origin)
+            results = [None] * (b - a)
+            remote.place(results, 0, result.parts, self.plan.outputs)
+        self.source.placed(results, a, origin)
         return not self.source.stopped
 
     def on_lost(self, a: int, b: int, origin: int, info: dict) -> bool:
         super().on_lost(a, b, origin, info)  # collect: the items' errors into their slots
-        self.source.placed(self.out, a, b, origin)
+        self.source.placed([self.out.pop(i, None) for i in range(a, b)], a, origin)
         return not self.source.stopped

@@ -21,9 +21,18 @@ def nap(x):
     return x + 1
 
 
+#: Set once the process stage has sent a batch past id 100: every 7th item waits for it,
+#: so those items reach the stage after later ones (gaps in the ids), however long the
+#: pool takes to start.
+LATE_GATE = threading.Event()
+
+
 @node(output_name="y", executor="thread")
 def uneven(x):
-    time.sleep(0.05 if x % 7 == 3 else 0.001)  # some come late: gaps in the ids
+    if x % 7 == 3:
+        LATE_GATE.wait(10)
+    else:
+        time.sleep(0.001)
     return x + 1
 
 
@@ -39,6 +48,8 @@ def _record_batches(monkeypatch):
 
     def spy(self, a, b, origin):
         made.append((a, b, origin, set(self.source.members.get(origin, ()))))
+        if b > 100:
+            LATE_GATE.set()
         return real(self, a, b, origin)
 
     monkeypatch.setattr(process_stream.StreamCall, "make_batch", spy)
@@ -60,6 +71,7 @@ def test_batches_grow_once_an_item_is_timed(monkeypatch):
 
 def test_late_items_travel_as_placeholders_of_other_batches(monkeypatch):
     made = _record_batches(monkeypatch)
+    LATE_GATE.clear()
     with ThreadEngine() as engine:
         out = list(Pipeline([uneven, square]).imap(
             {"x": range(300)}, map_over="x", engine=engine, ordered=False))
@@ -67,13 +79,51 @@ def test_late_items_travel_as_placeholders_of_other_batches(monkeypatch):
     owners = {}
     for a, b, origin, ids in made:
         assert a == origin == min(ids) and b == max(ids) + 1
-        assert b - a <= 2 * len(ids) + 16  # placeholders fewer than its own items + 16
+        # placeholders about as few as its own items (+ room for a straggler's gap)
+        assert b - a <= 2 * len(ids) + stage_runners.STRAGGLER_GAP
         for i in ids:
             assert i not in owners  # sent once (no retries here)
             owners[i] = origin
     assert sorted(owners) == list(range(300))
     # Some range held an id that was not its own yet (a late one, sent later).
     assert any(b - a > len(ids) for a, b, _, ids in made)
+
+
+#: Opened once the process stage has sent every id below 200 that it has: item 5 and
+#: the items from 200 on wait for it, so item 5 comes back late, beside items far above it.
+STRAGGLER_GATE = threading.Event()
+
+
+@node(output_name="y", executor="thread")
+def straggles(x):
+    if x == 5 or x >= 200:
+        STRAGGLER_GATE.wait(10)
+    return x + 1
+
+
+def test_a_straggler_rides_with_the_items_after_it(monkeypatch):
+    # Item 5 reaches the process stage after items 6-199 were sent: the lowest ready id,
+    # with the next ones ~200 ids above it. It goes with them (the ids between travel as
+    # placeholders), not as a batch of its own: each batch costs a round trip.
+    made = []
+    real = process_stream.StreamCall.make_batch
+
+    def spy(self, a, b, origin):
+        made.append((a, b, set(self.source.members.get(origin, ()))))
+        if b >= 200:
+            STRAGGLER_GATE.set()
+        return real(self, a, b, origin)
+
+    monkeypatch.setattr(process_stream.StreamCall, "make_batch", spy)
+    STRAGGLER_GATE.clear()
+    with ThreadEngine() as engine:
+        out = [r["z"] for r in Pipeline([straggles, square]).imap(
+            {"x": range(600)}, map_over="x", engine=engine)]
+    assert out == [(i + 1) ** 2 for i in range(600)]
+    [with_5] = [ids for _, _, ids in made if 5 in ids]
+    assert max(with_5) >= 200, made
+    for a, b, ids in made:
+        assert b - a <= 2 * len(ids) + stage_runners.STRAGGLER_GAP
 
 
 def test_a_map_on_the_same_engine_inside_the_loop_gets_the_pool():
