@@ -240,7 +240,8 @@ class Stream(_Lifecycle):
             n += 1
             if n == k or got > until or got - before > SLOW_READ_S:
                 return n, False
-            before = time.perf_counter()
+            # (The next read is timed from here; callbacks may have taken a while.)
+            before = time.perf_counter() if callbacks else got
         self.input_ended = True
         return n, True
 

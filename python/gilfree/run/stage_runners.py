@@ -26,11 +26,12 @@ from collections import deque
 from typing import Any, Callable, Iterator
 
 from ..errors import EngineShutDown
+from ..model.plan import FUNC
 from .cores import usable_cores
 from .execute import run_step
 from .execute_async import arun_step
 from .execute_batch import _run_batch
-from .runtime import Runtime
+from .runtime import Runtime, _store, annotate, invoke
 from .stages import (INLINE, PROCESS, STAGE_PACE, STAGE_THREADS, THREAD, Stage, StagePart,
                      largest_hint)
 
@@ -152,7 +153,35 @@ class _ThreadRunner(_Runner):
         # Python between two items but the stage's own). Items a shutdown keeps from
         # running are reported failed (EngineShutDown when they leave); a pool already
         # shut down raises here, which Stream._start turns into that error.
-        self.pool.serve(self._call_id, self.stream.flow, self.k, n)
+        self.pool.serve(self.call, self.stream.flow, self.k, n)
+
+    @property
+    def call(self) -> Callable[[int], bool]:
+        """What a worker runs per item: ``_call_id``, or for plain steps with no cache,
+        callbacks, retries or pace, the same written out: it runs once per item, and a
+        GIL-bound frame less per step counts with hundreds of threads taking turns."""
+        s = self.stream
+        rt, steps = s.work_rt, self.stage.steps
+        if self.pace is not None or rt.tracing or rt.retries or not all(
+                st.kind == FUNC and not st.is_async and not st.hints.get("retries")
+                for st in steps):
+            return self._call_id
+        values, offset = s.values, s.offset
+
+        def call_id(i: int) -> bool:
+            v = values.get(i)
+            if v is None:  # the stream was closed meanwhile
+                return False
+            step = None
+            try:
+                for step in steps:
+                    _store(step, invoke(step, step.func, v), v)
+            except Exception as exc:
+                annotate(exc, step.name, offset + i)
+                s.fail(i, exc)
+                return False
+            return True
+        return call_id
 
     def _call_id(self, i: int) -> bool:
         """True if item ``i`` ran through the stage; False (error recorded) if not."""
