@@ -12,7 +12,9 @@ chunks, then regroups per task.
 The "a node that maps" rows run the same work written as a node whose function calls
 ``Pipeline.map`` over its samples (opaque to the engine; no bar): on ``AutoEngine`` its
 maps run on the engine and it picks the level (docs/choosing-an-engine.md); on
-``ProcessEngine`` each call runs whole in one worker, its map item after item.
+``ProcessEngine`` each call runs whole in one worker, its map item after item, unless
+the node is placed in the driver (``configure(..., executor="thread")``): its maps then
+run on the engine, over every worker.
 """
 
 from __future__ import annotations
@@ -128,6 +130,13 @@ def _candidates(wid: str) -> list[Candidate]:
     for name in ("AutoEngine", "ProcessEngine"):
         out += engine_pair(f"{name}(), a node that maps", getattr(engines, name),
                            run_mapping, check, cold=False)
+    # The node placed in the driver (its threads): its maps run on the engine, over
+    # every worker, as in run() (docs/nesting.md).
+    out += engine_pair('ProcessEngine().configure("mapping_task", executor="thread"), a '
+                       'node that maps',
+                       lambda: engines.ProcessEngine().configure("mapping_task",
+                                                                 executor="thread"),
+                       run_mapping, check, cold=False)
     out += [Candidate(f"multiprocessing.Pool({cores()}).map over all samples, regrouped",
                       "peer", lambda pool: _flat_peer(pool, tasks, per_task), make=make_pool,
                       close=close_pool, mode=m, check=lambda r: r == expected_totals)

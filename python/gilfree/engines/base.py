@@ -49,6 +49,8 @@ class Engine:
     #: Map items travel to worker processes by pickle (a node's own map whose items do
     #: not pickle then runs where the node runs: ``Pipeline.map``).
     pickles_items: bool = False
+    #: An engine lent for stages of another's maps (``_lend``): that engine, weakly.
+    _lent_by: Any = None
 
     def __init__(self, cache: Any = None, callbacks: list | None = None, *,
                  on_error: str = "raise", return_exceptions: bool | None = None,
@@ -188,7 +190,17 @@ class Engine:
             lent = self._lent.get(kind)
             if lent is None:
                 lent = self._lent[kind] = cls(timeout=self.timeout)
+                if self.takes_inner_maps:
+                    lent._lent_by = weakref.ref(self)
             return lent
+
+    def node_map_engine(self) -> "Engine":
+        """The engine that a node run on this engine's threads maps on: this one, or
+        for an engine lent to another (a ProcessEngine's thread stages), the lender: a
+        node hinted onto the driver's threads spreads its inner items over the
+        lender's workers, as every node's map does in that engine's run()."""
+        lender = self._lent_by() if self._lent_by is not None else None
+        return lender if lender is not None else self
 
     def _placement(self, stage: Stage, plan: Plan, rt: Runtime, base: dict,
                    first: int = 0) -> Placement:
@@ -225,9 +237,16 @@ class Engine:
 
             rt.batch_size = auto_batch_size(len(rows))
         shipped = base if remote_base is None else remote_base
-        return execute_map(plan, base, rows, rt, stages=stages, first_index=first,
-                           announce=announce,
-                           place=lambda st: self._placement(st, plan, rt, shipped, first))
+        if not self.takes_inner_maps:
+            return execute_map(plan, base, rows, rt, stages=stages, first_index=first,
+                               announce=announce,
+                               place=lambda st: self._placement(st, plan, rt, shipped, first))
+        # A node run here (an inline stage, or a thread stage of one item) maps on this
+        # engine, as one run on the engine's threads does (runtime.inner_map_engine).
+        with maps_on(self.node_map_engine()):
+            return execute_map(plan, base, rows, rt, stages=stages, first_index=first,
+                               announce=announce,
+                               place=lambda st: self._placement(st, plan, rt, shipped, first))
 
     def _runtime(self, plan: Plan, options: dict[str, Any]) -> Runtime:
         on_error = options.pop("on_error", None)

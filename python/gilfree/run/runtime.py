@@ -37,7 +37,7 @@ def inner_map_engine() -> Any:
         return engine
     for engine in list(_pool_engines):
         if engine.on_own_thread():
-            return engine
+            return engine.node_map_engine()
     return None
 
 

@@ -116,6 +116,33 @@ def test_on_process_engine_run_spreads_a_nodes_map_over_the_workers():
         assert maps == [1]
 
 
+@pytest.mark.parametrize("executor", ["thread", "inline"])
+@pytest.mark.parametrize("tasks", [1, 3])
+def test_on_process_engine_a_node_placed_in_the_driver_spreads_its_map(executor, tasks):
+    """A node that maps, hinted onto the driver (its threads, or inline): its map runs on
+    the ProcessEngine, over every worker, as in run(); one task or several."""
+    with ProcessEngine().configure("task", executor=executor) as e:
+        out = outer.map({"ks": [list(range(24))] * tasks}, map_over="ks", engine=e)
+        for row in out:
+            called_in, inner_pids = row["found"]
+            assert called_in == os.getpid() and len(inner_pids) == 24
+            assert len(set(inner_pids)) == e.workers and os.getpid() not in inner_pids
+        # imap too
+        for row in outer.imap({"ks": [list(range(24))] * tasks}, map_over="ks", engine=e):
+            assert len(set(row["found"][1])) == e.workers
+
+
+@pytest.mark.parametrize("engine_class", [ThreadEngine, AsyncEngine])
+def test_an_inline_node_maps_on_the_engine(engine_class):
+    """A node hinted inline runs in the calling thread; its map still shares the pool."""
+    here = Pipeline([crawl])
+    with engine_class().configure("crawl", executor="inline") as e:
+        for out in (here.map({"urls": [list(range(8))]}, map_over="urls", engine=e),
+                    list(here.imap({"urls": [list(range(8))]}, map_over="urls", engine=e))):
+            [(caller, fetched_on)] = [r["threads"] for r in out]
+            assert caller == threading.get_ident() and len(set(fetched_on)) > 1
+
+
 @node(output_name="v")
 def locked(k, lock):
     with lock:
