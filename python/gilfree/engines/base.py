@@ -237,16 +237,16 @@ class Engine:
 
             rt.batch_size = auto_batch_size(len(rows))
         shipped = base if remote_base is None else remote_base
-        if not self.takes_inner_maps:
+        def run() -> list:
             return execute_map(plan, base, rows, rt, stages=stages, first_index=first,
                                announce=announce,
                                place=lambda st: self._placement(st, plan, rt, shipped, first))
+        if not self.takes_inner_maps:
+            return run()
         # A node run here (an inline stage, or a thread stage of one item) maps on this
         # engine, as one run on the engine's threads does (runtime.inner_map_engine).
         with maps_on(self.node_map_engine()):
-            return execute_map(plan, base, rows, rt, stages=stages, first_index=first,
-                               announce=announce,
-                               place=lambda st: self._placement(st, plan, rt, shipped, first))
+            return run()
 
     def _runtime(self, plan: Plan, options: dict[str, Any]) -> Runtime:
         on_error = options.pop("on_error", None)

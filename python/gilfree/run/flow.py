@@ -140,8 +140,7 @@ class Stream(_Lifecycle):
         self.total = total
         self.input_ended = False
         # A node run in the iterating thread (inline) maps on the engine, as in its map.
-        self.maps_on = maps_on(engine.node_map_engine() if engine.takes_inner_maps
-                               else None)
+        self.node_maps = engine.node_map_engine() if engine.takes_inner_maps else None
 
     # -- the iterator ------------------------------------------------------------------
     def __next__(self) -> Any:
@@ -159,8 +158,11 @@ class Stream(_Lifecycle):
                 for r in self.adaptive:
                     r.adapt(now)
             try:
-                with self.maps_on:
+                if self.node_maps is None:
                     got = self.flow.next(self._pull, self._dispatch, self._start)
+                else:
+                    with maps_on(self.node_maps):
+                        got = self.flow.next(self._pull, self._dispatch, self._start)
             except BaseException:
                 self.close()
                 raise
