@@ -325,6 +325,7 @@ def render_docs(results: dict, results_dir: Path, page: Path = DOCS_PAGE) -> Pat
           "python benchmarks/run.py            # every workload, full rounds",
           "python benchmarks/run.py --quick    # fewer rounds (< 5 min on 2 cores)",
           "python benchmarks/run.py --only W3  # one workload",
+          "python benchmarks/run.py --only W10 # W10a, W10b and W10c (W2: W2 and W2b)",
           "python benchmarks/grid.py --workload W5 --engine ProcessEngine  # knob sweep",
           "```", "",
           "The HyperNodes rows run in a Python >= 3.12 virtual environment that the runner "

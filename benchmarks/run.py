@@ -101,7 +101,10 @@ def versions() -> dict[str, str]:
 
 
 def selected(wid: str, only: set[str]) -> bool:
-    return not only or wid.upper() in only or wid.upper().rstrip("B") in only
+    """Whether ``--only`` asks for workload ``wid``: by its id, or by the id its
+    letter extends (W2 selects W2 and W2b; W10 selects W10a, W10b and W10c)."""
+    wid = wid.upper()
+    return not only or wid in only or (wid[-1].isalpha() and wid[:-1] in only)
 
 
 def run_workload(entry: tuple, args: argparse.Namespace, rounds: int) -> dict:

@@ -120,3 +120,17 @@ def test_soak_py_runs_small(tmp_path):
         assert [m["map"] for m in r["maps"]] == [1, 2, 3] and all(m["ok"] for m in r["maps"])
         assert r["passed"] and r["growth_mib"] is not None
     assert "| ProcessEngine | 3 |" in done.stdout
+
+
+def test_only_selects_a_workload_and_its_lettered_parts(monkeypatch):
+    monkeypatch.syspath_prepend(str(RUN.parent))
+    import run
+
+    assert [w for w in ("W1", "W10a", "W10b", "W10c", "W2", "W2b")
+            if run.selected(w, {"W10"})] == ["W10a", "W10b", "W10c"]
+    assert [w for w in ("W1", "W10a", "W2", "W2b") if run.selected(w, {"W2"})] == [
+        "W2", "W2b"]
+    assert [w for w in ("W1", "W10a", "W10b") if run.selected(w, {"W1", "W10B"})] == [
+        "W1", "W10b"]
+    assert run.selected("W9", set())  # no --only: every workload
+
