@@ -1,5 +1,5 @@
 """A streaming map's process stage on a ProcessEngine's pool: one ``pool.stream()`` per
-busy spell of the stage (run/stage_runners.py's ``_ProcessRunner`` is its source).
+busy spell of the stage (run/stage_process.py's ``ProcessRunner`` is its source).
 
     source (the stage's runner)         StreamCall (its feeder thread)      C++ MapScheduler
     items made ready: dispatch() ─────▶ pool.wake() ───────────────────────▶ looks again

@@ -1,4 +1,4 @@
-"""A streaming map's process stage (run/stage_runners.py's _ProcessRunner, on the pool
+"""A streaming map's process stage (run/stage_process.py's ProcessRunner, on the pool
 through engines/process_stream.py): workers take the ready items as they come, in
 batches sized by the measured item time; out-of-order items travel as placeholders of
 other batches; the pool goes back to other maps when they ask, and when the stage idles."""
@@ -12,7 +12,7 @@ import pytest
 
 from gilfree import Pipeline, ProcessEngine, ThreadEngine, node
 from gilfree.engines import process_stream
-from gilfree.run import stage_runners
+from gilfree.run import stage_process
 
 
 @node(output_name="y", executor="thread")
@@ -80,7 +80,7 @@ def test_late_items_travel_as_placeholders_of_other_batches(monkeypatch):
     for a, b, origin, ids in made:
         assert a == origin == min(ids) and b == max(ids) + 1
         # placeholders about as few as its own items (+ room for a straggler's gap)
-        assert b - a <= 2 * len(ids) + stage_runners.STRAGGLER_GAP
+        assert b - a <= 2 * len(ids) + stage_process.STRAGGLER_GAP
         for i in ids:
             assert i not in owners  # sent once (no retries here)
             owners[i] = origin
@@ -123,7 +123,7 @@ def test_a_straggler_rides_with_the_items_after_it(monkeypatch):
     [with_5] = [ids for _, _, ids in made if 5 in ids]
     assert max(with_5) >= 200, made
     for a, b, ids in made:
-        assert b - a <= 2 * len(ids) + stage_runners.STRAGGLER_GAP
+        assert b - a <= 2 * len(ids) + stage_process.STRAGGLER_GAP
 
 
 def test_a_map_on_the_same_engine_inside_the_loop_gets_the_pool():
@@ -249,7 +249,7 @@ def test_the_last_items_go_without_waiting_for_more(monkeypatch):
     # Ready items fewer than a batch wait for more (PROCESS_LINGER_S), unless none can
     # come: the input ended and the earlier stages are empty. With a linger of 60 s, the
     # tail of this stream still goes at once.
-    monkeypatch.setattr(stage_runners, "PROCESS_LINGER_S", 60.0)
+    monkeypatch.setattr(stage_process, "PROCESS_LINGER_S", 60.0)
     made = _record_batches(monkeypatch)
     with ThreadEngine() as engine:
         t0 = time.monotonic()
