@@ -7,6 +7,7 @@ the two places they override.  Semantics live in ``gilfree.run.execute``.
 from __future__ import annotations
 
 import threading
+from contextlib import nullcontext
 import warnings
 import weakref
 from typing import Any, Iterator
@@ -202,6 +203,13 @@ class Engine:
         lender = self._lent_by() if self._lent_by is not None else None
         return lender if lender is not None else self
 
+    def _nodes_map_here(self) -> Any:
+        """``with engine._nodes_map_here():`` a node run in the calling thread (run(), an
+        inline stage, a stream's next()) maps on ``node_map_engine()``, as one run on the
+        engine's threads does (run/runtime.py: inner_map_engine); nothing changes on an
+        engine that does not take node maps."""
+        return maps_on(self.node_map_engine()) if self.takes_inner_maps else nullcontext()
+
     def _placement(self, stage: Stage, plan: Plan, rt: Runtime, base: dict,
                    first: int = 0) -> Placement:
         """Where ``stage`` runs (stages.py): threads, the loop, processes or here.
@@ -237,16 +245,10 @@ class Engine:
 
             rt.batch_size = auto_batch_size(len(rows))
         shipped = base if remote_base is None else remote_base
-        def run() -> list:
+        with self._nodes_map_here():  # (an inline stage, or a thread stage of one item)
             return execute_map(plan, base, rows, rt, stages=stages, first_index=first,
                                announce=announce,
                                place=lambda st: self._placement(st, plan, rt, shipped, first))
-        if not self.takes_inner_maps:
-            return run()
-        # A node run here (an inline stage, or a thread stage of one item) maps on this
-        # engine, as one run on the engine's threads does (runtime.inner_map_engine).
-        with maps_on(self.node_map_engine()):
-            return run()
 
     def _runtime(self, plan: Plan, options: dict[str, Any]) -> Runtime:
         on_error = options.pop("on_error", None)
@@ -378,9 +380,7 @@ class Engine:
 
     # -- where items run (engines override these two) ---------------------------------
     def _execute_run(self, plan: Plan, values: dict, rt: Runtime) -> dict:
-        if not self.takes_inner_maps:
-            return execute_run(plan, values, rt)
-        with maps_on(self):  # a node run here (in this thread) maps on this engine
+        with self._nodes_map_here():
             return execute_run(plan, values, rt)
 
     def _execute_map(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime) -> list:

@@ -37,7 +37,7 @@ from typing import Any, Callable
 from ..run.async_bridge import run_coroutine
 from ..errors import EngineShutDown, ExecutionError
 from ..run.execute import Runtime, execute_map, execute_run, fast_row_function
-from ..run.runtime import maps_on, takes_maps_on_its_threads
+from ..run.runtime import takes_maps_on_its_threads
 from ..run.execute_fast import untraced
 from ..run.cores import usable_cores  # noqa: F401 - the engines import it from here
 from ..run.stages import STAGE_THREADS, largest_hint
@@ -388,9 +388,7 @@ class ThreadEngine(Engine):
 
     # -- where items run --------------------------------------------------------------
     def _execute_run(self, plan: Plan, values: dict, rt: Runtime) -> dict:
-        if not self.takes_inner_maps:
-            return execute_run(plan, self._scoped(values), rt, pfor=self._pfor(rt))
-        with maps_on(self):  # a node run here (in this thread) maps on this engine
+        with self._nodes_map_here():
             return execute_run(plan, self._scoped(values), rt, pfor=self._pfor(rt))
 
     def _execute_map(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime, *,

@@ -75,6 +75,12 @@ def _owner(func: Any) -> Any:
     return getattr(func, "__self__", None)
 
 
+def is_plain(step: Step) -> bool:
+    """A plain synchronous function step with no retries hint: what the fast paths (and
+    a streaming thread stage's written-out call) run without run_step."""
+    return step.kind == FUNC and not step.is_async and not step.hints.get("retries")
+
+
 class Plan:
     """The steps needed for the requested outputs, in execution order."""
 
@@ -88,8 +94,7 @@ class Plan:
         self.produced = {o for s in steps for o in s.out_names}
         self.has_batch = any(s.kind == DUAL for s in steps)
         # The per-item fast loop handles plain synchronous function steps only.
-        self.simple = all(s.kind == FUNC and not s.is_async and not s.hints.get("retries")
-                          for s in steps)
+        self.simple = all(is_plain(s) for s in steps)
         self.segments = _segments(steps)
         self.waves = _waves(steps)
         self.ships_sigs = False  # a remote stage's plan: signatures travel (stages.py)

@@ -39,7 +39,7 @@ from typing import Any, Iterator
 from ..errors import EngineShutDown
 from ..model.hashing import hash_strings
 from ..model.stateful import end_map, new_map
-from .runtime import Runtime, maps_on
+from .runtime import Runtime
 from .stage_runners import runner
 from .stages import INLINE, compile_stages
 
@@ -139,8 +139,6 @@ class Stream(_Lifecycle):
         self.flow = core().Flow(specs, self.read_ahead, ordered)
         self.total = total
         self.input_ended = False
-        # A node run in the iterating thread (inline) maps on the engine, as in its map.
-        self.node_maps = engine.node_map_engine() if engine.takes_inner_maps else None
 
     # -- the iterator ------------------------------------------------------------------
     def __next__(self) -> Any:
@@ -158,11 +156,8 @@ class Stream(_Lifecycle):
                 for r in self.adaptive:
                     r.adapt(now)
             try:
-                if self.node_maps is None:
+                with self.engine._nodes_map_here():  # (inline nodes run in this thread)
                     got = self.flow.next(self._pull, self._dispatch, self._start)
-                else:
-                    with maps_on(self.node_maps):
-                        got = self.flow.next(self._pull, self._dispatch, self._start)
             except BaseException:
                 self.close()
                 raise

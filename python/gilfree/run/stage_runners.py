@@ -24,7 +24,7 @@ from collections import deque
 from typing import Any, Callable, Iterator
 
 from ..errors import EngineShutDown
-from ..model.plan import FUNC
+from ..model.plan import is_plain
 from .cores import usable_cores
 from .execute import run_step
 from .execute_async import arun_step
@@ -148,8 +148,7 @@ class _ThreadRunner(_Runner):
         s = self.stream
         rt, steps = s.work_rt, self.stage.steps
         if self.pace is not None or rt.tracing or rt.retries or not all(
-                st.kind == FUNC and not st.is_async and not st.hints.get("retries")
-                for st in steps):
+                is_plain(st) for st in steps):
             return self._call_id
         values, offset = s.values, s.offset
 
