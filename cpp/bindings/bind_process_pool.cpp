@@ -341,7 +341,10 @@ sized by the time an item takes once a batch has been timed.)doc")
                            {"drop", FrameKind::drop}, {"batch", FrameKind::batch},
                            {"result", FrameKind::result}, {"quit", FrameKind::quit},
                            {"spawn", FrameKind::spawn}, {"spawned", FrameKind::spawned},
-                           {"exited", FrameKind::exited}})
+                           {"exited", FrameKind::exited}, {"submap", FrameKind::submap},
+                           {"subbatch", FrameKind::subbatch}, {"subend", FrameKind::subend},
+                           {"subresult", FrameKind::subresult},
+                           {"sublost", FrameKind::sublost}})
         kinds[name] = static_cast<std::uint32_t>(k);
     m.attr("FRAME_KINDS") = kinds;
 }

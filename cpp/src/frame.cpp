@@ -1,6 +1,7 @@
 // See cpp/include/gilfree/frame.hpp for the wire format.
 #include "gilfree/frame.hpp"
 
+#include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -148,6 +149,20 @@ void write_frame(int sock, const Frame& f) {
         msg.msg_iov = iov + idx;
         msg.msg_iovlen = 3 - idx;
     }
+}
+
+Frame clone_frame(const Frame& f) {
+    Frame c;
+    c.kind = f.kind;
+    c.id = f.id;
+    c.key = f.key;
+    c.body = f.body;
+    for (const UniqueFd& fd : f.fds) {
+        const int d = ::fcntl(fd.get(), F_DUPFD_CLOEXEC, 0);
+        if (d < 0) throw_errno("fcntl(F_DUPFD_CLOEXEC)");
+        c.fds.emplace_back(d);
+    }
+    return c;
 }
 
 }  // namespace gilfree

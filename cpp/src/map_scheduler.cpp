@@ -7,8 +7,11 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <iterator>
 #include <optional>
 #include <stdexcept>
 #include <utility>
@@ -42,6 +45,25 @@ struct MapScheduler::MapState {
     bool more() const {
         return !retry.empty() || (req.streaming ? !host_dry : !planner.exhausted());
     }
+
+    // Sub-maps (map_scheduler.hpp), by (asking worker, its sub-map id).
+    struct SubMap {
+        Frame payload;                  // the PAYLOAD frame its batches need
+        std::set<std::size_t> retried;  // batch indexes already sent round again
+    };
+    struct SubBatch {
+        std::uint64_t asker = 0, sub = 0;
+        std::size_t index = 0;
+        Frame frame;               // the BATCH body, kept to be sent again
+        std::uint64_t worker = 0;  // the worker holding it (in flight)
+    };
+    using SubKey = std::pair<std::uint64_t, std::uint64_t>;
+    std::map<SubKey, SubMap> subs;
+    std::deque<SubBatch> sub_queue;
+    std::map<std::uint64_t, SubBatch> sub_inflight;       // batch id -> it
+    std::map<std::uint64_t, std::size_t> waiting;         // worker -> its open sub-maps
+    std::map<std::uint64_t, WorkerProgress> waiting_at;   // where it asked the first one
+    std::map<std::uint64_t, std::size_t> sub_held;        // worker -> sub batches it holds
 };
 
 MapScheduler::MapScheduler(WorkerSet& workers, std::size_t max_items_per_worker,
@@ -68,7 +90,8 @@ MapScheduler::End MapScheduler::run(MapRequest request, MapHost& host) {
         // overdue items), nothing else would start a worker to run them.
         // Only when one is missing: unlocked() lets the caller's lock (the GIL) go, and
         // taking it back can cost a switch interval while other threads hold it.
-        if (!m.stopping && (m.more() || open) && workers_.live().size() < workers_.size()) {
+        if (!m.stopping && (m.more() || open || !m.sub_queue.empty()) &&
+            workers_.live().size() < workers_.size()) {
             bool shut = false;
             host.unlocked([&] {
                 try {
@@ -81,6 +104,7 @@ MapScheduler::End MapScheduler::run(MapRequest request, MapHost& host) {
             });
             if (shut) return End::shut_down;
         }
+        dispatch_subs(m);  // even when stopping: the items waiting for them are in flight
         if (!m.stopping) dispatch(m, host);
         if (m.inflight.empty() && (m.stopping || (!m.more() && !open))) return End::done;
 
@@ -120,7 +144,7 @@ void MapScheduler::dispatch(MapState& m, MapHost& host) {
     for (std::size_t round = 1; round <= m.req.depth && m.more(); ++round) {
         for (std::uint64_t w : live) {
             if (!m.more()) break;
-            if (!workers_.accepts(w)) continue;
+            if (!workers_.accepts(w) || m.waiting.count(w)) continue;
             if (workers_.in_flight(w) >= round) continue;
             std::size_t a = 0, b = 0, origin = 0;
             if (!m.retry.empty()) {
@@ -164,6 +188,154 @@ void MapScheduler::dispatch(MapState& m, MapHost& host) {
     }
 }
 
+// Sub-map batches go before new chunks, round-robin by depth like them, to the workers
+// waiting for a sub-map and those holding no map batch.
+void MapScheduler::dispatch_subs(MapState& m) {
+    if (m.sub_queue.empty()) return;
+    const auto live = workers_.live();
+    for (std::size_t round = 1; round <= m.req.depth && !m.sub_queue.empty(); ++round) {
+        for (std::uint64_t w : live) {
+            if (m.sub_queue.empty()) break;
+            // A worker holding map batches (not waiting) would run a sub-map batch only
+            // after them, perhaps long after: the asker would wait for it, idle.
+            const std::size_t held = m.sub_held[w];
+            if (!m.waiting.count(w) && (!workers_.accepts(w) || workers_.in_flight(w) > held))
+                continue;
+            if (held >= round) continue;
+            MapState::SubBatch sb = std::move(m.sub_queue.front());
+            m.sub_queue.pop_front();
+            const auto sub = m.subs.find({sb.asker, sb.sub});
+            if (sub == m.subs.end()) continue;  // closed: nobody waits for it
+            const Frame& payload = sub->second.payload;
+            Frame f = clone_frame(sb.frame);
+            f.kind = static_cast<std::uint32_t>(FrameKind::subbatch);
+            f.id = next_batch_id();
+            f.key = payload.key;
+            const std::uint64_t id = f.id;
+            if (!workers_.send_batch(w, payload.key, payload, std::move(f), 0)) {
+                m.sub_queue.push_front(std::move(sb));
+                continue;
+            }
+            sb.worker = w;
+            ++m.sub_held[w];
+            m.sub_inflight.emplace(id, std::move(sb));
+        }
+    }
+}
+
+// A sub-map's frame (SUBMAP, SUBBATCH, SUBEND), or a RESULT of a sub-map batch: true if
+// it was one of those.
+bool MapScheduler::handle_sub(WorkerEvent& ev, MapState& m) {
+    const auto kind = static_cast<FrameKind>(ev.frame.kind);
+    const MapState::SubKey key{ev.worker, ev.frame.id};
+    if (kind == FrameKind::submap) {
+        // body: "<batch> <item> <step> <item started ns>\n" (where the worker is, from
+        // its status page) + the payload
+        std::string& body = ev.frame.body;
+        const auto eol = body.find('\n');  // (none: no place given, all payload)
+        if (m.waiting[ev.worker]++ == 0) {
+            WorkerProgress at = workers_.progress(ev.worker);
+            long long batch = -1, item = -1, step = -1, started = -1;
+            if (std::sscanf(body.c_str(), "%lld %lld %lld %lld", &batch, &item, &step,
+                            &started) == 4) {
+                at.batch = batch;
+                at.item = item;
+                at.step = step;
+                at.item_started_ns = started;
+                at.phase = static_cast<std::int64_t>(WorkerPhase::batch);
+            }
+            m.waiting_at[ev.worker] = at;
+        }
+        MapState::SubMap sub;
+        sub.payload.kind = static_cast<std::uint32_t>(FrameKind::payload);
+        sub.payload.key = ev.frame.key;
+        sub.payload.body = eol == std::string::npos ? std::move(body) : body.substr(eol + 1);
+        sub.payload.fds = std::move(ev.frame.fds);
+        m.subs[key] = std::move(sub);
+        return true;
+    }
+    if (kind == FrameKind::subbatch) {
+        if (!m.subs.count(key)) return true;
+        MapState::SubBatch sb;
+        sb.asker = ev.worker;
+        sb.sub = ev.frame.id;
+        sb.index = static_cast<std::size_t>(std::strtoull(ev.frame.key.c_str(), nullptr, 10));
+        sb.frame.body = std::move(ev.frame.body);
+        sb.frame.fds = std::move(ev.frame.fds);
+        m.sub_queue.push_back(std::move(sb));
+        return true;
+    }
+    if (kind == FrameKind::subend) {
+        if (m.subs.erase(key) == 0) return true;
+        m.sub_queue.erase(std::remove_if(m.sub_queue.begin(), m.sub_queue.end(),
+                                         [&](const MapState::SubBatch& sb) {
+                                             return sb.asker == key.first && sb.sub == key.second;
+                                         }),
+                          m.sub_queue.end());
+        if (--m.waiting[ev.worker] == 0) {
+            m.waiting.erase(ev.worker);
+            m.waiting_at.erase(ev.worker);
+        }
+        return true;
+    }
+    if (kind != FrameKind::result) return false;
+    const auto it = m.sub_inflight.find(ev.frame.id);
+    if (it == m.sub_inflight.end()) return false;
+    workers_.batch_done(ev.worker);
+    MapState::SubBatch sb = std::move(it->second);
+    m.sub_inflight.erase(it);
+    --m.sub_held[sb.worker];
+    if (m.subs.count({sb.asker, sb.sub})) {
+        Frame out;
+        out.kind = static_cast<std::uint32_t>(FrameKind::subresult);
+        out.id = sb.sub;
+        out.key = std::to_string(sb.index);
+        out.body = std::move(ev.frame.body);
+        out.fds = std::move(ev.frame.fds);
+        workers_.send_frame(sb.asker, std::move(out));
+    }
+    return true;
+}
+
+// A worker exited: the sub-maps it asked for end with it; the sub-map batches it held
+// are lost (the one its status page says it ran) or go round again (once).
+void MapScheduler::sub_worker_exited(const WorkerEvent& ev, MapState& m) {
+    const std::uint64_t dead = ev.worker;
+    for (auto it = m.subs.begin(); it != m.subs.end();)
+        it = it->first.first == dead ? m.subs.erase(it) : std::next(it);
+    m.sub_queue.erase(std::remove_if(m.sub_queue.begin(), m.sub_queue.end(),
+                                     [&](const MapState::SubBatch& sb) { return sb.asker == dead; }),
+                      m.sub_queue.end());
+    m.waiting.erase(dead);
+    m.sub_held.erase(dead);
+    std::vector<std::uint64_t> held;
+    for (const auto& [id, sb] : m.sub_inflight)
+        if (sb.worker == dead) held.push_back(id);
+    for (std::uint64_t id : held) {
+        MapState::SubBatch sb = std::move(m.sub_inflight[id]);
+        m.sub_inflight.erase(id);
+        const auto sub = m.subs.find({sb.asker, sb.sub});
+        if (sub == m.subs.end()) continue;
+        const bool ran = static_cast<std::int64_t>(id) == ev.progress.batch;
+        if (!ran && sub->second.retried.insert(sb.index).second) {
+            sb.worker = 0;
+            m.sub_queue.push_front(std::move(sb));
+            continue;
+        }
+        const int st = ev.wait_status;
+        const int sig = st != -1 && WIFSIGNALED(st) ? WTERMSIG(st) : -1;
+        const int code = st != -1 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+        Frame out;
+        out.kind = static_cast<std::uint32_t>(FrameKind::sublost);
+        out.id = sb.sub;
+        out.key = std::to_string(sb.index);
+        out.body = std::to_string(ev.pid) + " " + std::to_string(sig) + " " +
+                   std::to_string(code) + " " + std::to_string(ran ? ev.progress.step : -1) +
+                   " " + std::to_string(ran ? ev.progress.item : -1);
+        workers_.send_frame(sb.asker, std::move(out));
+    }
+}
+
 // Per-item timeout: a worker whose current item has run longer than the limit is killed
 // (the only way to stop Python code in another process). Its `exited` event then fails
 // that one item and sends the rest of its batch round again (handle_exit()).
@@ -173,7 +345,11 @@ void MapScheduler::kill_overdue(MapState& m) {
         Clock::now().time_since_epoch()).count();  // CLOCK_MONOTONIC, as the worker's
     for (const auto& [id, f] : m.inflight) {
         if (timed_out_.count(f.worker)) continue;
-        const WorkerProgress p = workers_.progress(f.worker);
+        // A worker waiting for a sub-map runs its item still, whatever batch of the
+        // sub-map its status page shows meanwhile: the place it asked from counts.
+        const auto asked = m.waiting_at.find(f.worker);
+        const WorkerProgress p =
+            asked != m.waiting_at.end() ? asked->second : workers_.progress(f.worker);
         if (!p.in_phase(WorkerPhase::batch) || p.batch != static_cast<std::int64_t>(id) ||
             p.item_started_ns <= 0 || now - p.item_started_ns <= limit_ns)
             continue;
@@ -190,8 +366,12 @@ void MapScheduler::kill_overdue(MapState& m) {
 void MapScheduler::abandon(MapState& m) {
     std::set<std::uint64_t> busy;
     for (auto& [id, f] : m.inflight) busy.insert(f.worker);
+    for (auto& [id, sb] : m.sub_inflight) busy.insert(sb.worker);
     for (std::uint64_t w : busy) workers_.kill(w);
     m.inflight.clear();
+    m.sub_inflight.clear();
+    m.sub_queue.clear();
+    m.subs.clear();
     workers_.clear_events();
 }
 
@@ -213,6 +393,7 @@ bool MapScheduler::handle(WorkerEvent& ev, MapState& m, MapHost& host) {
         broken_ = "a worker process's initializer failed:\n" + ev.frame.body;
         return false;
     }
+    if (handle_sub(ev, m)) return true;
     if (kind != FrameKind::result) return true;
     workers_.batch_done(ev.worker);
     auto it = m.inflight.find(ev.frame.id);
@@ -227,6 +408,14 @@ bool MapScheduler::handle_exit(const WorkerEvent& ev, MapState& m, MapHost& host
     const bool was_ready = ready_.erase(ev.worker) > 0;
     workers_.forget(ev.worker);
     last_result_.erase(ev.worker);
+    // A worker waiting for a sub-map was running the item that asked for it, whatever
+    // its status page shows now (a sub-map batch it ran meanwhile).
+    std::optional<WorkerProgress> asked_at;
+    if (auto at = m.waiting_at.find(ev.worker); at != m.waiting_at.end()) {
+        asked_at = at->second;
+        m.waiting_at.erase(at);
+    }
+    sub_worker_exited(ev, m);
     std::vector<std::uint64_t> lost;
     for (auto& [id, f] : m.inflight)
         if (f.worker == ev.worker) lost.push_back(id);
@@ -265,6 +454,11 @@ bool MapScheduler::handle_exit(const WorkerEvent& ev, MapState& m, MapHost& host
     why.expected = ev.expected;
     why.wait_status = ev.wait_status;
     why.progress = ev.progress;
+    if (asked_at) {
+        why.progress.batch = asked_at->batch;
+        why.progress.item = asked_at->item;
+        why.progress.step = asked_at->step;
+    }
     bool keep_going = true;
     for (std::uint64_t id : lost) {
         const InFlight f = m.inflight[id];
@@ -286,7 +480,7 @@ bool MapScheduler::handle_exit(const WorkerEvent& ev, MapState& m, MapHost& host
         // and the one whose batch calls ran beside them (either may have killed it);
         // the ones queued behind never started. Those run again (once: a batch whose
         // payload kills every worker that loads it must not go round for ever).
-        const WorkerProgress& p = ev.progress;
+        const WorkerProgress& p = why.progress;  // (where it asked, if it waited)
         const bool items = static_cast<std::int64_t>(id) == p.batch;
         const bool tail = p.tail_batch >= 0 && static_cast<std::int64_t>(id) == p.tail_batch;
         if (!items && !tail && m.retried.insert(f.start).second) {

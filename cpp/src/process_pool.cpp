@@ -43,22 +43,6 @@ UniqueFd high_fd(int fd) {
     return UniqueFd(moved);
 }
 
-UniqueFd dup_fd(int fd) {
-    const int d = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
-    if (d < 0) throw_errno("fcntl(F_DUPFD_CLOEXEC)");
-    return UniqueFd(d);
-}
-
-Frame clone_frame(const Frame& f) {
-    Frame c;
-    c.kind = f.kind;
-    c.id = f.id;
-    c.key = f.key;
-    c.body = f.body;
-    for (const UniqueFd& fd : f.fds) c.fds.push_back(dup_fd(fd.get()));
-    return c;
-}
-
 }  // namespace
 
 struct WorkerProc {
@@ -391,7 +375,7 @@ bool ProcessPool::send_batch(std::uint64_t worker, const std::string& key, const
                 frames.push_back(std::move(drop));
             }
             w->payloads.push_front(key);
-            frames.push_back(detail::clone_frame(payload));
+            frames.push_back(clone_frame(payload));
         }
         ++w->in_flight;
         w->items += items;
@@ -399,6 +383,16 @@ bool ProcessPool::send_batch(std::uint64_t worker, const std::string& key, const
     frames.push_back(std::move(batch));
     for (auto& f : frames) w->enqueue(std::move(f));
     return true;
+}
+
+void ProcessPool::send_frame(std::uint64_t worker, Frame frame) {
+    std::shared_ptr<WorkerProc> w;
+    {
+        std::lock_guard<std::mutex> lk(s_->mu);
+        w = s_->find(worker);
+        if (!w) return;
+    }
+    w->enqueue(std::move(frame));
 }
 
 void ProcessPool::batch_done(std::uint64_t worker) {

@@ -57,6 +57,8 @@ public:
 
     std::map<std::uint64_t, Worker> workers;
     std::deque<WorkerEvent> events;
+    std::map<std::uint64_t, std::string> sub_bodies;            // sub-map batch id -> body
+    std::vector<std::pair<std::uint64_t, Frame>> relayed;       // send_frame: (worker, frame)
     std::size_t spawned = 0, payloads_sent = 0, max_in_flight = 0, kills = 0, waits = 0;
     std::size_t wakes = 0;
     std::vector<std::chrono::nanoseconds> waited;  // the timeout of each wait that ran script
@@ -162,9 +164,16 @@ public:
         if (it == workers.end() || !it->second.live) return false;
         Worker& w = it->second;
         CHECK(payload.kind == static_cast<std::uint32_t>(FrameKind::payload));
-        CHECK(batch.kind == static_cast<std::uint32_t>(FrameKind::batch));
         CHECK(batch.key == key);
         if (w.keys.insert(key).second) ++payloads_sent;
+        if (batch.kind == static_cast<std::uint32_t>(FrameKind::subbatch)) {
+            CHECK(items == 0);  // a sub-map's batch: its body is the asker's
+            sub_bodies[batch.id] = batch.body;
+            w.queue.push_back(Sent{batch.id, 0, 0});
+            max_in_flight = std::max(max_in_flight, ++w.in_flight);
+            return true;
+        }
+        CHECK(batch.kind == static_cast<std::uint32_t>(FrameKind::batch));
         const auto colon = batch.body.find(':');
         const Sent s{batch.id, std::stoul(batch.body.substr(0, colon)),
                      std::stoul(batch.body.substr(colon + 1))};
@@ -178,6 +187,9 @@ public:
         if (it == workers.end() || !it->second.live) return;
         CHECK(it->second.in_flight > 0);
         --it->second.in_flight;
+    }
+    void send_frame(std::uint64_t id, Frame f) override {
+        relayed.emplace_back(id, std::move(f));
     }
     void forget(std::uint64_t id) override { workers.at(id).live = false; }
     WorkerProgress progress(std::uint64_t id) const override {

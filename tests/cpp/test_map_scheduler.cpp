@@ -388,6 +388,130 @@ void test_stop_dispatching_drains_in_flight() {
 
 }  // namespace
 
+// -- sub-maps (a node's own map, made in a worker: map_scheduler.hpp "Sub-maps") ----------
+// The worker's frames of a sub-map: SUBMAP (where it is + payload), then its batches.
+void ask_sub_map(FakeWorkers& f, std::uint64_t worker, std::size_t batches,
+                 std::int64_t batch, std::int64_t item) {
+    auto frame = [&](FrameKind kind, std::string key, std::string body) {
+        WorkerEvent ev;
+        ev.worker = worker;
+        ev.pid = static_cast<pid_t>(1000 + worker);
+        ev.frame.kind = static_cast<std::uint32_t>(kind);
+        ev.frame.id = 1;  // the worker's sub-map id
+        ev.frame.key = std::move(key);
+        ev.frame.body = std::move(body);
+        f.events.push_back(std::move(ev));
+    };
+    frame(FrameKind::submap, "sk",
+          std::to_string(batch) + " " + std::to_string(item) + " 0 -1\npl");
+    for (std::size_t i = 0; i < batches; ++i)
+        frame(FrameKind::subbatch, std::to_string(i), "sub" + std::to_string(i));
+}
+
+// Finishes the oldest sub-map batch a worker holds (its map batch may be in front).
+bool finish_sub_batch(FakeWorkers& f, std::uint64_t id) {
+    auto& q = f.workers.at(id).queue;
+    for (auto it = q.begin(); it != q.end(); ++it) {
+        if (!f.sub_bodies.count(it->id)) continue;
+        WorkerEvent ev;
+        ev.worker = id;
+        ev.frame.kind = static_cast<std::uint32_t>(FrameKind::result);
+        ev.frame.id = it->id;
+        ev.frame.body = "answer:" + f.sub_bodies.at(it->id);
+        q.erase(it);
+        f.events.push_back(std::move(ev));
+        return true;
+    }
+    return false;
+}
+
+// Worker 1 asks for a sub-map of 6 batches while it runs its item: the batches go to
+// both workers (worker 1 too, though it holds its map batch), before any new item; each
+// answer goes back to worker 1 as SUBRESULT with its index; SUBEND closes it.
+void test_sub_map_spreads_and_answers_the_asker() {
+    FakeWorkers pool(2);
+    bool asked = false, ended = false;
+    std::set<std::uint64_t> ran_sub;  // workers that ran a sub-map batch
+    pool.script = [&](FakeWorkers& f) {
+        auto& one = f.workers.at(1);
+        if (!asked && !one.queue.empty()) {
+            f.start_front(1, one.queue.front().start);
+            ask_sub_map(f, 1, 6, one.page.batch, one.page.item);
+            asked = true;
+            return;
+        }
+        for (std::uint64_t w : {std::uint64_t{1}, std::uint64_t{2}})
+            if (finish_sub_batch(f, w)) ran_sub.insert(w);
+        if (asked && !ended && f.relayed.size() == 6) {
+            WorkerEvent end;
+            end.worker = 1;
+            end.frame.kind = static_cast<std::uint32_t>(FrameKind::subend);
+            end.frame.id = 1;
+            f.events.push_back(std::move(end));
+            ended = true;
+        }
+        for (std::uint64_t w : f.busy())
+            if (w != 1 || ended) {
+                const auto front = f.workers.at(w).queue.front().id;
+                if (!f.sub_bodies.count(front)) f.finish_front(w);
+            }
+    };
+    MapScheduler sched(pool, 0, 1ms);
+    Host host(4);
+    CHECK(sched.run(request(4, "k", 1), host) == MapScheduler::End::done);
+    CHECK(host.each_once() && ended);
+    CHECK(ran_sub == (std::set<std::uint64_t>{1, 2}));
+    std::set<std::string> indexes;
+    for (auto& [to, frame] : pool.relayed) {
+        CHECK(to == 1);
+        CHECK(frame.kind == static_cast<std::uint32_t>(FrameKind::subresult) && frame.id == 1);
+        CHECK(frame.body.rfind("answer:sub" + frame.key, 0) == 0);  // its own batch's answer
+        indexes.insert(frame.key);
+    }
+    CHECK(indexes == (std::set<std::string>{"0", "1", "2", "3", "4", "5"}));
+}
+
+// The asker dies while another worker runs its sub-map's batches: its map batch is lost
+// with the place it gave (not the sub-map batch its status page shows), nothing is sent
+// to it any more, and the map ends with every item reported once.
+void test_asker_dying_loses_its_item_where_it_asked() {
+    FakeWorkers pool(2);
+    bool asked = false, died = false;
+    std::size_t asked_item = 0;
+    pool.script = [&](FakeWorkers& f) {
+        auto& one = f.workers.at(1);
+        if (!asked && !one.queue.empty()) {
+            asked_item = one.queue.front().start;
+            f.start_front(1, asked_item);
+            ask_sub_map(f, 1, 4, one.page.batch, one.page.item);
+            asked = true;
+            return;
+        }
+        if (asked && !died && one.live) {
+            for (auto& s : one.queue)
+                if (f.sub_bodies.count(s.id)) {  // it runs a sub-map batch: and dies
+                    one.page.batch = static_cast<std::int64_t>(s.id);
+                    one.page.item = 0;
+                    f.die(1, kKilled, false);
+                    died = true;
+                    return;
+                }
+        }
+        finish_sub_batch(f, 2);
+        for (std::uint64_t w : f.busy())
+            if (!f.sub_bodies.count(f.workers.at(w).queue.front().id)) f.finish_front(w);
+    };
+    MapScheduler sched(pool, 0, 1ms);
+    Host host(4);
+    CHECK(sched.run(request(4, "k", 1), host) == MapScheduler::End::done);
+    CHECK(died && host.each_once());
+    CHECK(host.lost_ranges.size() == 1);
+    CHECK(host.lost_ranges[0] == std::make_pair(asked_item, asked_item + 1));
+    CHECK(host.lost_why[0].progress.item == static_cast<std::int64_t>(asked_item));
+    for (auto& [to, frame] : pool.relayed) CHECK(to == 1);  // only before it died
+}
+
+
 int main() {
     const std::vector<test_support::NamedTest> tests = {
         {"every_item_once_in_chunks", test_every_item_once_in_chunks},
@@ -404,6 +528,9 @@ int main() {
         {"interrupt_kills_busy_workers", test_interrupt_kills_busy_workers},
         {"shutdown_during_map", test_shutdown_during_map},
         {"stop_dispatching_drains_in_flight", test_stop_dispatching_drains_in_flight},
+        {"sub_map_spreads_and_answers_the_asker", test_sub_map_spreads_and_answers_the_asker},
+        {"asker_dying_loses_its_item_where_it_asked",
+         test_asker_dying_loses_its_item_where_it_asked},
     };
     return test_support::run_tests(tests);
 }

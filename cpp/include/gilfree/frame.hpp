@@ -35,6 +35,16 @@ enum class FrameKind : std::uint32_t {
     spawn = 9,        // driver -> zygote: fork a worker on these two fds (socket, status)
     spawned = 10,     // zygote -> driver: id = the new worker's pid (0: body says why not)
     exited = 11,      // zygote -> driver: id = pid, body = its wait status (int32)
+    // A node's own map in a worker, spread over the pool (map_scheduler.hpp, "Sub-maps"):
+    submap = 12,     // worker -> driver: id = sub-map id (the worker's), key = payload key,
+                     // body = payload (a PAYLOAD body)
+    subbatch = 13,   // worker -> driver: id = sub-map id, key = batch index (decimal),
+                     // body = a BATCH body; driver -> worker: a BATCH of someone's sub-map
+                     // (id = batch id, key = payload key): run it now, even while waiting
+    subend = 14,     // worker -> driver: id = sub-map id: it needs nothing more of it
+    subresult = 15,  // driver -> worker: id = sub-map id, key = batch index, body = RESULT
+    sublost = 16,    // driver -> worker: id = sub-map id, key = batch index, body = why
+                     // ("pid signal exitcode step item", decimal, -1: none)
 };
 
 // Owns a file descriptor; closes it on destruction.
@@ -79,5 +89,9 @@ bool read_frame(int sock, Frame& out);
 // Writes one frame (the kernel duplicates the descriptors; the caller keeps its own).
 // Throws std::system_error (EPIPE included: SIGPIPE is never raised).
 void write_frame(int sock, const Frame& frame);
+
+// A copy of a frame with its own descriptors (dup'ed, close-on-exec): a frame sent to
+// several workers, or kept to be sent again. Throws std::system_error.
+Frame clone_frame(const Frame& f);
 
 }  // namespace gilfree

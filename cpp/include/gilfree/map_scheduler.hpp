@@ -33,6 +33,24 @@
 //   - a result whose map was abandoned (Ctrl-C, an exception from a MapHost call) is
 //     dropped by id; its worker's in-flight count still goes down.
 //
+// Sub-maps (a node's own map, made in a worker while it runs an item of this map):
+//   the worker sends SUBMAP (its payload, and where the worker is: batch, item, step,
+//   since when) and SUBBATCH frames (the batches, which it encoded), then waits for the
+//   answers, running any SUBBATCH it is sent meanwhile. The scheduler sends those batches before new
+//   chunks (up to `depth` per worker) to the waiting workers, even one that takes no new
+//   chunk (retiring), and to the workers that hold no map batch (behind one, a sub-map
+//   batch could wait for a long item while its asker idles). Each RESULT goes back to the asker as SUBRESULT; SUBEND
+//   closes the sub-map (what is queued is dropped, what comes back later too). Nothing
+//   of it is the host's: the bytes only pass through. Faults:
+//   - the worker running a sub-map batch dies: SUBLOST to the asker (the status page's
+//     batch), or the batch is sent round again once (queued behind, never started);
+//   - the asker dies: its sub-maps are dropped; its map batch is lost as the one it was
+//     running (its status page may show a sub-map batch it ran while waiting: the place
+//     it gave in SUBMAP names the node and item);
+//   - the asker's item overruns the per-item timeout while it waits: it is killed, as
+//     any overdue item's worker (the place it gave in SUBMAP says since when);
+//   - Ctrl-C / abandon: the workers holding sub-map batches are killed too.
+//
 // GIL: the scheduler knows nothing of Python. Every MapHost call except unlocked()
 // and wait_unlocked() runs in the caller's context as it was when it called run() (with
 // the GIL, for the binding); those two run their function with the GIL released. An
@@ -162,6 +180,9 @@ private:
     struct MapState;
 
     void dispatch(MapState& m, MapHost& host);
+    void dispatch_subs(MapState& m);
+    bool handle_sub(WorkerEvent& ev, MapState& m);
+    void sub_worker_exited(const WorkerEvent& ev, MapState& m);
     bool handle(WorkerEvent& ev, MapState& m, MapHost& host);
     bool handle_exit(const WorkerEvent& ev, MapState& m, MapHost& host);
     void kill_overdue(MapState& m);

@@ -108,6 +108,7 @@ public:
     virtual bool send_batch(std::uint64_t worker, const std::string& key, const Frame& payload,
                             Frame batch, std::size_t items) = 0;
     virtual void batch_done(std::uint64_t worker) = 0;
+    virtual void send_frame(std::uint64_t worker, Frame frame) = 0;
     virtual void forget(std::uint64_t worker) = 0;
     virtual WorkerProgress progress(std::uint64_t worker) const = 0;
     virtual bool wait_event(WorkerEvent& out, std::chrono::nanoseconds timeout) = 0;
@@ -159,6 +160,8 @@ public:
     // A batch of this worker completed. Retires the worker once it is idle and over its
     // item budget (the next fill() replaces it).
     void batch_done(std::uint64_t worker) override;
+    // Queues one frame for a live worker (an answer to its sub-map); nothing if it is gone.
+    void send_frame(std::uint64_t worker, Frame frame) override;
     // Forget everything a worker holds (it died): it leaves the live set at once.
     void forget(std::uint64_t worker) override;
     // What a live worker's status page says now (all -1 for an unknown worker).

@@ -53,6 +53,18 @@ def _dual_batch_size(plan: Plan, rt: Runtime) -> int:
 
 _map_ids = itertools.count(1)
 
+#: Outer maps with fewer items than this many per worker spread their nodes' own maps
+#: over the pool (more items keep the workers busy by themselves: a node's map then
+#: runs where the node runs, with no round trips). DaskEngine's rule, too.
+NODE_MAPS_BELOW_PER_WORKER = 4
+
+
+def spreads_node_maps(items: int, workers: int) -> bool:
+    """Whether a map of ``items`` on ``workers`` workers asks them to spread their nodes'
+    own maps over the pool."""
+    return workers > 1 and items < NODE_MAPS_BELOW_PER_WORKER * workers
+
+
 #: Maps of at least this many items give the C heap's free memory back at their end.
 TRIM_ITEMS = 100_000
 _malloc_trim: Any = None
@@ -86,7 +98,8 @@ class _MapCall:
     def __init__(self, engine: ProcessEngine, pool: Any, plan: Plan, base: dict,
                  rows: list[dict], rt: Runtime, *, stage: bool = False,
                  skip: set[int] = frozenset(), timeout: Any = "engine",
-                 deferred: bool = False, first: int = 0, announce: bool = True):
+                 deferred: bool = False, first: int = 0, announce: bool = True,
+                 node_maps: bool | None = None):
         self.engine, self.pool, self.plan, self.rows, self.rt = engine, pool, plan, rows, rt
         self.n = len(rows)
         # The map's number of rows[0]: the rows may be a part of a larger map (AutoEngine
@@ -104,8 +117,12 @@ class _MapCall:
         # rt.pending for the iterating thread.
         self.deferred = deferred
         self.timeout = engine._item_timeout(plan) if timeout == "engine" else timeout
+        # Too few items to keep the workers busy: a node's own map spreads over them
+        # (``node_maps``: None decides by the map's items).
+        if node_maps is None:
+            node_maps = spreads_node_maps(self.n, pool.workers)
         self.payload, self.payload_fds = remote.encode_payload(
-            plan, base, RemoteOptions.of(rt, self.timeout, first))
+            plan, base, RemoteOptions.of(rt, self.timeout, first, node_maps))
         self.key = transport.content_key(self.payload, self.payload_fds)
         # Which map a batch belongs to (the payload's key may be an earlier map's: equal
         # payloads are shipped once): a worker starts a new map for @stateful objects

@@ -37,7 +37,7 @@ class StreamCall(_MapCall):
         names = list(part.row({}, {} if part.ship_sigs else None))
         super().__init__(engine, pool, part.plan, part.shared, [dict.fromkeys(names)], rt,
                          stage=True, timeout=timeout, deferred=True,
-                         first=source.stream.offset)
+                         first=source.stream.offset, node_maps=False)  # items unknown
         self.source = source
         # The slots on_lost fills (_MapCall._fail_item): of the ids in flight only.
         self.out: dict = {}

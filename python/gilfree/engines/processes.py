@@ -93,7 +93,8 @@ class ProcessEngine(Engine):
     native_executors = frozenset({"process"})
     default_executor = "process"
     #: run() executes here: a node that maps spreads its inner items over the workers.
-    #: (In a map, the node runs in a worker, and its map there, item after item.)
+    #: In a map of few items, the node runs in a worker and its map spreads from there
+    #: (remote/worker_maps.py); in a map of many, its map runs there, item after item.
     takes_inner_maps = True
     pickles_items = True
 
@@ -145,7 +146,7 @@ class ProcessEngine(Engine):
                                                          shm=False)
                     init, _ = transport.dumps({
                         "path": list(sys.path), "cwd": os.getcwd(), "env": dict(os.environ),
-                        "initializer": initializer}, shm=False)
+                        "initializer": initializer, "workers": self.workers}, shm=False)
                 except Exception as exc:
                     raise transport.serialization_error(
                         "the initializer or its initargs", "to the worker processes",

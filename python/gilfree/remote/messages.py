@@ -41,13 +41,17 @@ class RemoteOptions:
     # map's rows are a part of a larger map (AutoEngine ran the first items itself).
     # Status pages keep the batch's own numbers: the pool reads them.
     offset: int = 0
+    # A node's own map spreads over the pool (ProcessEngine: remote/worker_maps.py), not
+    # item after item in the worker: the map has too few items to keep the workers busy.
+    node_maps: bool = False
 
     @classmethod
-    def of(cls, rt: Any, timeout: float | None = None, offset: int = 0) -> "RemoteOptions":
+    def of(cls, rt: Any, timeout: float | None = None, offset: int = 0,
+           node_maps: bool = False) -> "RemoteOptions":
         path = tuple(rt.ctx.hierarchy_path) if rt.ctx is not None else ()
         return cls(cache=rt.cache, retries=rt.retries, batch_size=rt.batch_size,
                    collect=rt.collect, events=bool(rt.callbacks), path=path, timeout=timeout,
-                   offset=offset)
+                   offset=offset, node_maps=node_maps)
 
     def runtime(self, recorder: Any = None) -> Any:
         """The worker's Runtime: the driver's policy, ``recorder`` its only callback."""

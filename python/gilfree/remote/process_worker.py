@@ -35,6 +35,8 @@ from __future__ import annotations
 import mmap
 import os
 import queue
+from collections import deque
+from contextlib import nullcontext
 import signal
 import sys
 import threading
@@ -42,7 +44,9 @@ import traceback
 from time import monotonic_ns
 from typing import Any
 
+from ..run.runtime import maps_on
 from .session import Session, Watch, release_stateful
+from .transport import close_fds
 
 #: The status page's int64 slots and phases; the driver reads them by the same names
 #: (StatusSlot and WorkerPhase in cpp/include/gilfree/process_pool.hpp).
@@ -146,15 +150,27 @@ class Worker:
         self.tails: queue.SimpleQueue | None = None
         self.tail_idle = threading.Event()
         self.tail_idle.set()
+        # Sends come from this thread and the tail thread: one frame at a time.
+        self.send_lock = threading.Lock()
+        # A node's own map spread over the pool (worker_maps.py): the answers to the
+        # sub-maps this process waits for, by id; frames that came meanwhile and wait
+        # for the loop (the map's next batches, DROPs, QUIT), in order.
+        self.workers = 1
+        self.answers: dict[int, deque] = {}
+        self.deferred: deque = deque()
+        self.node_maps: Any = None  # NodeMapsEngine, made on first use
 
-    def send(self, kind: str, ident: int, body: bytes, fds: list[int]) -> None:
-        self.ch.send(self.k[kind], ident, b"", body, fds)
+    def send(self, kind: str, ident: int, body: bytes, fds: list[int],
+             key: bytes = b"") -> None:
+        with self.send_lock:
+            self.ch.send(self.k[kind], ident, key, body, fds)
 
     def init(self, body: bytes) -> None:
         from .transport import loads
 
         setup = loads(body, [])
         sys.path[:] = setup["path"]
+        self.workers = setup.get("workers", 1)
         # A forked worker inherited the zygote's environment, which may be older than
         # the driver's: take the driver's, as a spawned process would.
         if os.environ != setup["env"]:
@@ -176,7 +192,8 @@ class Worker:
         if not job.beside:  # it runs alone
             self.tail_idle.wait()
         st[SLOT_BATCH], st[SLOT_STEP], st[SLOT_PHASE] = ident, -1, PHASE_BATCH
-        job.run_items()
+        with self._maps(job):
+            job.run_items()
         if not self.tail_idle.is_set():  # answers leave in the order the batches came
             st[SLOT_BATCH] = -1  # its items are done: a death now is not theirs (rerun)
             self.tail_idle.wait()
@@ -191,10 +208,86 @@ class Worker:
             self.tail_idle.clear()
             self.tails.put((ident, job))
         else:
-            out, out_fds = job.finish()
+            with self._maps(job):
+                out, out_fds = job.finish()
             self.send("result", ident, out, out_fds)
         st[SLOT_BATCH], st[SLOT_ITEM], st[SLOT_STEP], st[SLOT_STARTED] = -1, -1, -1, -1
         st[SLOT_PHASE] = PHASE_IDLE
+
+    def _maps(self, job: Any) -> Any:
+        """Around a batch's items: its nodes' own maps spread over the pool when the
+        driver asks for it (RemoteOptions.node_maps), else they run here."""
+        loaded = getattr(job, "loaded", None)
+        if loaded is None or not getattr(loaded.options, "node_maps", False):
+            return nullcontext()
+        if self.node_maps is None:
+            from .worker_maps import NodeMapsEngine, RelayPool
+
+            self.node_maps = NodeMapsEngine(RelayPool(self, self.workers))
+        return maps_on(self.node_maps)
+
+    # -- a node's own map, spread over the pool (worker_maps.py) ----------------------
+    def open_sub(self, sub: int, key: bytes, payload: bytes, fds: list[int]) -> None:
+        """Ask the driver to run sub-map ``sub``; SUBMAP says where this process is (the
+        batch, item and step asking, and since when: the item's timeout runs on), for
+        the driver's message if it dies waiting."""
+        st = self.status
+        where = f"{st[SLOT_BATCH]} {st[SLOT_ITEM]} {st[SLOT_STEP]} {st[SLOT_STARTED]}\n"
+        where = where.encode()
+        self.answers[sub] = deque()
+        self.send("submap", sub, where + payload, fds, key=key)
+
+    def end_sub(self, sub: int) -> None:
+        for _kind, _i, _body, fds in self.answers.pop(sub, ()):
+            close_fds(fds)
+        self.send("subend", sub, b"", [])
+
+    def wait_answer(self, sub: int) -> tuple[str, int, bytes, list[int]]:
+        """The next answer to sub-map ``sub`` (("result" or "lost"), batch index, body,
+        fds). Meanwhile this process runs the sub-map batches it is sent (this one's or
+        another worker's) and keeps the other frames for its loop."""
+        k = self.k
+        answers = self.answers[sub]
+        while not answers:
+            frame = self.ch.recv()
+            if frame is None:  # the driver is gone: nobody waits for anything here
+                os._exit(0)
+            kind, ident, key, body, fds = frame
+            if kind == k["subresult"] or kind == k["sublost"]:
+                waiting = self.answers.get(ident)
+                if waiting is None:  # a sub-map that ended (an error stopped it)
+                    close_fds(fds)
+                else:
+                    waiting.append(("result" if kind == k["subresult"] else "lost",
+                                    int(key), body, fds))
+            elif kind == k["subbatch"]:
+                self.run_sub_batch(ident, key, body, fds)
+            elif kind == k["payload"]:
+                self.session.load_payload(key, body, fds)
+                # A DROP of it kept for later would now drop what the driver just sent.
+                self.deferred = deque(f for f in self.deferred
+                                      if not (f[0] == k["drop"] and f[2] == key))
+            else:
+                self.deferred.append(frame)
+        return answers.popleft()
+
+    def run_sub_batch(self, ident: int, key: bytes, body: bytes, fds: list[int]) -> None:
+        """A batch of a sub-map, run now, on this thread, whole (no tail thread); the
+        status page says so while it runs, then says again what it said before."""
+        st = self.status
+        before = [st[i] for i in range(SLOT_TAIL)]
+        offset = self.session.watch.offset
+        try:
+            job = self.session.start_batch(key, body, fds)
+            st[SLOT_BATCH], st[SLOT_STEP], st[SLOT_PHASE] = ident, -1, PHASE_BATCH
+            with self._maps(job):
+                job.run_items()
+                out, out_fds = job.finish()
+            self.send("result", ident, out, out_fds)
+        finally:
+            for i, v in enumerate(before):
+                st[i] = v
+            self.session.watch.offset = offset
 
     def _tail_loop(self) -> None:
         st = self.status
@@ -223,12 +316,16 @@ class Worker:
         k = self.k
         session = self.session
         while True:
-            frame = self.ch.recv()
+            frame = self.deferred.popleft() if self.deferred else self.ch.recv()
             if frame is None:
                 return
             kind, ident, key, body, fds = frame
             if kind == k["batch"]:
                 self.run_batch(ident, key, body, fds)
+            elif kind == k["subbatch"]:  # another worker's node maps: spread here too
+                self.run_sub_batch(ident, key, body, fds)
+            elif kind == k["subresult"] or kind == k["sublost"]:
+                close_fds(fds)  # of a sub-map that ended early: nobody waits for it
             elif kind == k["payload"]:
                 session.load_payload(key, body, fds)
             elif kind == k["drop"]:

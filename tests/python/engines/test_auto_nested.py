@@ -96,7 +96,9 @@ def test_an_inner_pipeline_with_an_engine_of_its_own_keeps_it(engine):
 
 def test_on_process_engine_run_spreads_a_nodes_map_over_the_workers():
     """run() executes the node here: its map runs on the engine, over every worker. In a
-    map the node runs in a worker process, and its map there, item after item."""
+    map of few items the node runs in a worker process and its map spreads over the
+    workers from there (remote/worker_maps.py); in a map of many, the items keep the
+    workers busy: the node's map runs where the node runs, item after item."""
     from gilfree import PipelineCallback
 
     maps = []
@@ -110,10 +112,15 @@ def test_on_process_engine_run_spreads_a_nodes_map_over_the_workers():
         assert called_in == os.getpid()
         assert len(set(inner_pids)) == e.workers and os.getpid() not in inner_pids
         assert maps == []  # the node's map is its own: not the caller's map
-        [row] = outer.map({"ks": [list(range(6))]}, map_over="ks", engine=e)
+        [row] = outer.map({"ks": [list(range(24))]}, map_over="ks", engine=e)
         called_in, inner_pids = row["found"]
-        assert called_in != os.getpid() and inner_pids == [called_in] * 6
+        assert called_in != os.getpid() and len(inner_pids) == 24
+        assert set(inner_pids) == set(e.pids)
         assert maps == [1]
+        many = outer.map({"ks": [[0, 1]] * (4 * e.workers)}, map_over="ks", engine=e)
+        for row in many:
+            called_in, inner_pids = row["found"]
+            assert called_in != os.getpid() and inner_pids == [called_in] * 2
 
 
 @pytest.mark.parametrize("executor", ["thread", "inline"])
