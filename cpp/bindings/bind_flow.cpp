@@ -188,6 +188,8 @@ void bind_flow(py::module_& m) {
             py::arg("stage"), py::arg("ids"), py::arg("failed") = std::vector<bool>{})
         .def("set_capacity", &FlowScheduler::set_capacity, py::arg("stage"),
              py::arg("capacity"))
+        .def("set_batch_size", &FlowScheduler::set_batch_size, py::arg("stage"),
+             py::arg("batch_size"))
         .def("drained", &FlowScheduler::drained, py::arg("stage"))
         .def("close", &FlowScheduler::close)
         .def("stats", &stats);

@@ -485,6 +485,19 @@ void FlowScheduler::set_capacity(std::size_t stage, std::size_t capacity) {
     }
 }
 
+void FlowScheduler::set_batch_size(std::size_t stage, std::size_t batch_size) {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (stage >= stages_.size())
+        throw std::invalid_argument("Flow.set_batch_size: no stage " + std::to_string(stage));
+    Stage& s = stages_[stage];
+    if (!s.batched() || batch_size < 2 || batch_size > s.cfg.queue_bound)
+        throw std::invalid_argument("Flow.set_batch_size: " + stage_name(stage) +
+                                    ": a batch stage's size is >= 2 and <= its queue bound");
+    const bool smaller = batch_size < s.cfg.batch_size;
+    s.cfg.batch_size = batch_size;
+    if (smaller && !closed_ && !s.queue.empty()) wake_driver(true);  // a batch may be full now
+}
+
 void FlowScheduler::notify_claimers(std::size_t stage) {
     std::lock_guard<std::mutex> lk(mu_);
     claimed_stage(stage, "notify_claimers").claim_cv->notify_all();

@@ -279,6 +279,35 @@ void test_batch_full_and_final_partial() {
     CHECK((sizes_on(host, 0) == std::vector<std::size_t>{4, 4, 2}));
 }
 
+// set_batch_size: batches sent after it have the new size (smaller, then larger); a size
+// that is not a batch stage's (< 2, over the queue bound, an item stage) is refused.
+void test_batch_size_changes_while_running() {
+    FlowScheduler flow({stage(1, 16, 4, 1000.0), stage(1, 16)}, 100, true, kTick);
+    Host host;
+    host.total = 20;
+    host.on_dispatch = [&](std::size_t k, const Ids& ids) {
+        if (k == 0) {
+            const std::size_t sent = sizes_on(host, 0).size();
+            if (sent == 1) flow.set_batch_size(0, 2);   // after the first batch: 2
+            if (sent == 4) flow.set_batch_size(0, 8);   // after three more: 8
+        }
+        flow.done(k, ids, {});
+    };
+    CHECK(drain(flow, host).size() == 20);
+    CHECK((sizes_on(host, 0) == std::vector<std::size_t>{4, 2, 2, 2, 8, 2}));
+    bool refused = false;
+    for (auto [k, n] : {std::pair<std::size_t, std::size_t>{0, 1}, {0, 17}, {1, 4}}) {
+        try {
+            flow.set_batch_size(k, n);
+        } catch (const std::invalid_argument&) {
+            refused = true;
+            continue;
+        }
+        CHECK(false);  // each of these must be refused
+    }
+    CHECK(refused);
+}
+
 // Stage 0's items wait in `held` (its dispatch puts them there); the host finishes one of
 // them per wait of the driver.
 void finish_one_per_wait(FlowScheduler& flow, Host& host, Ids& held) {
@@ -582,6 +611,7 @@ int main(int argc, char** argv) {
         {"batch_full_and_final_partial", test_batch_full_and_final_partial},
         {"batch_final_partial_waits_for_upstream", test_batch_final_partial_waits_for_upstream},
         {"batch_linger", test_batch_linger},
+        {"batch_size_changes_while_running", test_batch_size_changes_while_running},
         {"drained_once_nothing_more_can_come", test_drained_once_nothing_more_can_come},
         {"active_time_counts_only_while_items_run",
          test_active_time_counts_only_while_items_run},

@@ -170,6 +170,10 @@ public:
     // queued items at its next round. Smaller: running items finish; workers over the
     // new capacity claim nothing more and end after their idle wait.
     void set_capacity(std::size_t stage, std::size_t capacity);
+    // Thread-safe. A batch stage's batch size from now on (>= 2, and at most its queue
+    // bound: a batch must be able to fill; std::invalid_argument otherwise, or for a
+    // stage that is not a batch stage). Batches sent keep their size.
+    void set_batch_size(std::size_t stage, std::size_t batch_size);
 
     // Thread-safe, idempotent: next() returns [] from then on, the host is not called
     // again (a call already running finishes), later done() calls are ignored.

@@ -41,10 +41,11 @@ from ..model.plan import DUAL, PIPE, Plan, Step
 from ..model.stateful import end_map, new_map
 from ..remote import transport
 from ..run.execute import Runtime, execute_map
+from ..run.execute_batch import BatchAdapt
 from ..run.runtime import inner_map_engine, maps_on
 from ..run.stage_runners import STREAM_BATCH_SIZE
-from ..run.stages import (ASYNC, INLINE, PROCESS, STAGE_PACE, STAGE_THREADS, THREAD, fans_out,
-                          is_fanout)
+from ..run.stages import (ASYNC, BATCH_ADAPT, INLINE, PROCESS, STAGE_PACE, STAGE_THREADS,
+                          THREAD, fans_out, is_fanout)
 from .auto_threads import size_threads
 from .auto_timing import Ticker, less_floor, probing, timed, timing_floor
 from .explain import Choice, Explanation, Measure, resized, stream_ended, time_stages
@@ -100,6 +101,9 @@ class AutoEngine(ThreadEngine):
             raise ValueError(f"AutoEngine: workers={workers!r} must be a positive integer")
         self.workers = workers or usable_cores()
         self._measures: dict[tuple[str, str], Measure] = {}
+        # A DualNode's batch size as it followed its calls' time in the last map: the
+        # next map's starts from it (execute_batch.BatchAdapt), by node.
+        self._batches: dict[tuple[str, str], BatchAdapt] = {}
         self._last: Explanation | None = None
         self._depth = threading.local()  # maps inside a map (nested maps, run/fanout.py)
         self._inner: list[Choice] = []
@@ -304,6 +308,8 @@ class AutoEngine(ThreadEngine):
             step.hints = {**step.hints, "executor": c.executor}
             if c.batch_size and not step.hints.get("batch_size"):
                 step.hints["batch_size"] = c.batch_size
+                if c.adapt is not None:
+                    step.hints[BATCH_ADAPT] = c.adapt
             # A node's cap (max_concurrency: a lock per call) and its stage's threads:
             # the stage may hold other thread nodes (a waiting one wants more threads).
             if c.threads_cap and not step.hints.get("max_concurrency"):
@@ -328,7 +334,11 @@ class AutoEngine(ThreadEngine):
         if step.is_async:
             return Choice(name, ASYNC, "async def: awaits on the event loop")
         if step.kind == DUAL:
-            return _batches(step, m, items)
+            last = self._batches.get(_key(step))
+            c = _batches(step, m, items, last.per_item if last is not None else None)
+            if c.adapt is not None:
+                self._batches[_key(step)] = c.adapt
+            return c
         if fanout and is_fanout(step):
             return Choice(name, FANOUT, "nested pipeline with map_over: the inner items of "
                                         "all items run as one map", batch=True)
@@ -399,27 +409,34 @@ class AutoEngine(ThreadEngine):
         return f"AutoEngine(max_workers={self.max_workers}, workers={self.workers})"
 
 
-def _batches(step: Step, m: Measure | None, items: int | None) -> Choice:
+def _batches(step: Step, m: Measure | None, items: int | None,
+             learned: float | None = None) -> Choice:
     """A DualNode: batches on threads. Measured (one batch call over the measured
     items), its batch size keeps a call under MAX_BATCH_S of work (ThreadEngine's "a few
     batches per core" otherwise: a huge map would make huge batches), and a batch
     function that holds the GIL gets one batch at a time (threads would only take turns).
+    During the map the size follows the calls' time per item (``BatchAdapt``), and the
+    next map starts from the time per item of the last one's calls (``learned``).
     """
     if m is None:
         return Choice(step.name, THREAD, "DualNode: batches on threads", batch=True)
-    per_item = m.wall / max(1, m.items)
-    size = auto_batch_size(items) if items else STREAM_BATCH_SIZE
+    per_item = learned or m.wall / max(1, m.items)
+    cap = size = auto_batch_size(items) if items else STREAM_BATCH_SIZE
     most = max(1, int(MAX_BATCH_S / per_item)) if per_item > 0 else size
     size = min(size, most)
     holds = m.cpu_share >= WAITING and not m.releases_gil(GIL_TEST_MIN_S,
                                                           RELEASED_RUNS_PER_MS)
     why = (f"DualNode: batches of {size} on threads (a batch of {m.items} took "
            f"{m.wall * 1e3:.2f} ms"
+           + (f"; {learned * 1e3:.3f} ms per item in the last map's calls" if learned
+              else "")
            + (f"; at most {MAX_BATCH_S:g} s of work per batch" if size == most else "")
            + ("; it holds the GIL: one batch at a time)" if holds else
               "; it waits or releases the GIL: several at once)"))
+    # During the map, the size follows the calls' time per item (the same two limits).
     return Choice(step.name, THREAD, why, m, batch=True, batch_size=size,
-                  threads_cap=1 if holds else None)
+                  threads_cap=1 if holds else None,
+                  adapt=BatchAdapt(size, MAX_BATCH_S, cap))
 
 
 def _sendable(step: Step, c: Choice, base: dict, rows: list[dict]) -> Choice:

@@ -73,6 +73,7 @@ class Choice:
     joins: str | None = None  # a cheap node: the neighbour whose stage it runs in
     pace: float | None = None  # a waiting node in a stream: items/s it has to sustain
     batch_size: int | None = None  # a measured DualNode: the batch size chosen
+    adapt: Any = None  # ... and how it followed the calls' time (execute_batch.BatchAdapt)
     concurrency: str = ""
     #: (items, seconds) of its stage in the last map: the stages of a map run one after
     #: another, so each has a time of its own; in a stream (imap) they overlap: the
@@ -87,8 +88,9 @@ class Choice:
 
     def row(self) -> dict[str, Any]:
         m, rate = self.measure, self.items_per_s
+        resized = self.adapt.describe() if self.adapt is not None else ""
         return {"node": self.node, "executor": self.executor,
-                "concurrency": self.concurrency,
+                "concurrency": self.concurrency + (f" ({resized})" if resized else ""),
                 "measured": m.describe() if m is not None else "-",
                 "items/s": f"{rate:,.0f}" if rate is not None else "-",
                 "why": self.reason,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any, Callable
 
@@ -9,8 +10,45 @@ from ..model.batch_formats import batch_kwargs, plain_results
 from ..errors import annotate
 from ..model.plan import Step
 from .runtime import _MISS, Runtime, _safe_signature, _set_output_sigs, _store
+from .stages import BATCH_ADAPT
 
 PFor = Callable[[Callable[[int], None], int], None]
+
+#: A batch size changes only by more than this share of itself (sizes do not flicker).
+RESIZE_BY = 0.25
+
+
+class BatchAdapt:
+    """A DualNode's batch size during a map, for AutoEngine (``stages.BATCH_ADAPT``): a
+    batch holds at most ``seconds`` of work, by the recent batch calls' time per item
+    (a call's fixed cost included, as when AutoEngine measured it), and at most ``most``
+    items (its share of the map for the threads). Updated from the threads running
+    batches without a lock: a lost update only delays a re-size."""
+
+    def __init__(self, size: int, seconds: float, most: int):
+        self.size, self.seconds, self.most = size, seconds, most
+        self.first = size
+        self.per_item: float | None = None
+        self._s = self._n = 0.0
+
+    def observe(self, items: int, took: float) -> int:
+        """A batch call of ``items`` took ``took`` seconds: the size from now on."""
+        if items <= 0:
+            return self.size
+        self._s = 0.5 * self._s + took
+        self._n = 0.5 * self._n + items
+        per = self.per_item = self._s / self._n
+        want = max(1, min(self.most, int(self.seconds / per))) if per > 0 else self.most
+        if abs(want - self.size) > RESIZE_BY * self.size:
+            self.size = want
+        return self.size
+
+    def describe(self) -> str:
+        """What explain() says of it after a map."""
+        if self.size == self.first or self.per_item is None:
+            return ""
+        return (f"re-sized while running: {self.first} -> {self.size} items "
+                f"({self.per_item * 1e3:.2f} ms per item)")
 
 
 def _run_batch(step: Step, values: list[dict], sigs: list, failed: list, cached: list,
@@ -41,14 +79,18 @@ def _run_batch(step: Step, values: list[dict], sigs: list, failed: list, cached:
                 continue
         cached[i] = False
         todo.append(i)
-    size = step.hints.get("batch_size") or rt.batch_size or max(len(todo), 1)
     retries = step.hints.get("retries", rt.retries)
-    chunks = [todo[k:k + size] for k in range(0, len(todo), size)]
+    adapt = step.hints.get(BATCH_ADAPT)
+    if adapt is None:
+        size = step.hints.get("batch_size") or rt.batch_size or max(len(todo), 1)
+        chunks = [todo[k:k + size] for k in range(0, len(todo), size)]
+    else:  # sizes follow the calls' time: each batch is cut when it starts (claim)
+        chunks = []
     outs: list[Any] = [None] * len(chunks)
     errors: list[BaseException | None] = [None] * len(chunks)
     took = [0.0] * len(chunks)
 
-    def task(k: int) -> None:
+    def call(k: int) -> None:
         chunk = chunks[k]
         kwargs = {a: ([values[i][a] for i in chunk] if a in varying else base[a])
                   for a in step.args}
@@ -63,11 +105,15 @@ def _run_batch(step: Step, values: list[dict], sigs: list, failed: list, cached:
             errors[k] = exc
         took[k] = time.perf_counter() - t0
 
+    task, tasks = call, len(chunks)
+    if adapt is not None:
+        task, tasks = _adapting(todo, adapt, chunks, outs, errors, took, call, collect,
+                                step.hints.get("max_concurrency"))
     if rt.callbacks:
         for i in todo:
             rt.emit("on_node_start", step.name, {a: values[i][a] for a in step.args})
     try:
-        run_tasks(task, len(chunks))
+        run_tasks(task, tasks)
     except Exception as exc:
         rt.emit("on_error", step.name, exc)
         raise
@@ -93,6 +139,42 @@ def _run_batch(step: Step, values: list[dict], sigs: list, failed: list, cached:
                 _set_output_sigs(step, step_sigs[i], sigs[i])
             if rt.callbacks:
                 rt.emit("on_node_end", step.name, outputs, share)
+
+
+def _adapting(todo: list[int], adapt: BatchAdapt, chunks: list, outs: list, errors: list,
+              took: list, call: Callable[[int], None], collect: bool,
+              at_once: int | None) -> tuple[Callable[[int], None], int]:
+    """Tasks that cut their batches as they start, of the size ``adapt`` says then:
+    each task runs batches until no item is left (or, raising, one failed). As many
+    tasks as batches of the first size (a pool runs them as it ran fixed batches), or
+    as the node's calls that may run at once (``at_once``, its max_concurrency: a task
+    waiting for its turn would have cut its batch too early)."""
+    lock = threading.Lock()
+    cursor = [0]
+    failed = [False]
+
+    def claim() -> int | None:
+        with lock:
+            a = cursor[0]
+            if a >= len(todo) or failed[0]:
+                return None
+            b = cursor[0] = min(len(todo), a + adapt.size)
+            chunks.append(todo[a:b])
+            outs.append(None)
+            errors.append(None)
+            took.append(0.0)
+            return len(chunks) - 1
+
+    def task(_: int) -> None:
+        while (k := claim()) is not None:
+            try:
+                call(k)
+            except BaseException:
+                failed[0] = not collect
+                raise
+            adapt.observe(len(chunks[k]), took[k])
+
+    return task, min(-(-len(todo) // max(1, adapt.size)), at_once or len(todo))
 
 
 def _call_batch(step: Step, kwargs: dict, varying: set, retries: int, n: int) -> list:

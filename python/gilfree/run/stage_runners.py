@@ -30,8 +30,8 @@ from .execute import run_step
 from .execute_async import arun_step
 from .execute_batch import _run_batch
 from .runtime import Runtime, _store, annotate, invoke
-from .stages import (INLINE, PROCESS, STAGE_PACE, STAGE_THREADS, THREAD, Stage,
-                     largest_hint)
+from .stages import (BATCH_ADAPT, INLINE, PROCESS, STAGE_PACE, STAGE_THREADS, THREAD,
+                     Stage, largest_hint)
 
 #: A batch stage sends a partial batch after its oldest item waited this long.
 LINGER_S = 0.01
@@ -251,9 +251,18 @@ class _BatchRunner(_Runner):
         super().__init__(stream, k, stage)
         step = stage.steps[0]
         size = step.hints.get("batch_size") or stream.rt.batch_size or STREAM_BATCH_SIZE
+        # AutoEngine's size follows the calls' time (execute_batch.BatchAdapt); a flow's
+        # batch stage holds at least 2 and at most its queue bound (read-ahead).
+        self.adapt = step.hints.get(BATCH_ADAPT)
+        if self.adapt is not None:
+            size = max(2, self.adapt.size)  # (the read-ahead is made from it: >= 8x)
+        self.size = size
         self.in_thread = stage.executor != INLINE
         self.pool = engine._lend(THREAD).pool if self.in_thread else None
-        self.spec = (4 if self.in_thread else 1, 0, size, LINGER_S, False)
+        # Batches in flight: 4, or as many as may call at once (max_concurrency: one
+        # waiting for its turn would be cut too early, and its call timed too long).
+        at_once = min(4, step.hints.get("max_concurrency") or 4) if self.in_thread else 1
+        self.spec = (at_once, 0, size, LINGER_S, False)
 
     def _run(self, ids: list[int]) -> list[bool]:
         s = self.stream
@@ -269,7 +278,15 @@ class _BatchRunner(_Runner):
             if err is not None:
                 s.fail(i, err)
         bad = {i for i, err in zip(live, failed) if err is not None}
+        if self.adapt is not None:  # (_run_batch observed the call)
+            size = self._bounded(self.adapt.size)
+            if size != self.size:
+                self.size = size
+                s.flow.set_batch_size(self.k, size)
         return [i in bad or i not in s.values for i in ids]
+
+    def _bounded(self, size: int) -> int:
+        return max(2, min(self.stream.read_ahead, size))
 
     def dispatch(self, ids: list[int]) -> None:
         s, k = self.stream, self.k

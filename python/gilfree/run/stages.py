@@ -30,6 +30,10 @@ STAGE_THREADS = "_stage_threads"
 #: (the slowest stage's pace, headroom included). The stage then re-sizes itself by
 #: Little's law as its latency changes (stage_runners._ThreadRunner.adapt).
 STAGE_PACE = "_stage_pace"
+#: A step hint only AutoEngine writes, on a DualNode whose batch size it chose: an
+#: ``execute_batch.BatchAdapt`` by which the size follows the batch calls' time per item
+#: during a map (a map's batches, a stream's batch stage).
+BATCH_ADAPT = "_batch_adapt"
 #: The key under which a remote stage's items carry their values' cache signatures to
 #: the workers and back (with a cache only).
 SIGS = "__gilfree_sigs__"
