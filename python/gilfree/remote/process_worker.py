@@ -15,6 +15,13 @@
                                                 batch's items run here; answers in order
     QUIT, or end of stream ──────────────────▶ tear down @stateful objects, exit 0
 
+    A node's own map, in a map of few items (RemoteOptions.node_maps; worker_maps.py):
+                                       ◀──────── SUBMAP (where it is + payload), SUBBATCHes
+    SUBBATCH (anyone's sub-map) ─────────────▶ run now, even while waiting ── RESULT ──▶
+    SUBRESULT / SUBLOST (its own) ───────────▶ the node's map goes on; other frames that
+                                                come meanwhile wait for the loop
+                                       ◀──────── SUBEND
+
 The messages (``remote/messages.py``) and what a worker does with them (the session,
 ``remote/session.py``) are the remote layer's, shared with DaskEngine's workers; this
 module carries frames and keeps the status page current (``_StatusPage``).
@@ -35,12 +42,12 @@ from __future__ import annotations
 import mmap
 import os
 import queue
-from collections import deque
-from contextlib import nullcontext
 import signal
 import sys
 import threading
 import traceback
+from collections import deque
+from contextlib import nullcontext
 from time import monotonic_ns
 from typing import Any
 

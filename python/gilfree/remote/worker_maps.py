@@ -16,8 +16,9 @@ one included (it runs batches while it waits), before any new item of the outer 
 The map's semantics (events, errors, results in order, collect) are ``_MapCall``'s, the
 same object that runs a map in the driver: ``RelayPool`` only stands in for the native
 pool. When the driver asks for it (``RemoteOptions.node_maps``: the outer map has fewer
-items than would keep the workers busy by themselves: process_map.spreads_node_maps), the worker loop
-(process_worker.py) sets ``maps_on(engine(...))`` around a batch's items.
+items than would keep the workers busy by themselves, ``process_map.spreads_node_maps``),
+the worker loop (process_worker.py) sets ``maps_on(NodeMapsEngine)`` around a batch's
+items.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any, Callable
 
 from ..engines.processes import ProcessEngine
 from ..run.execute import execute_map
+
 
 def guided_ranges(n: int, workers: int, chunk: int = 0) -> list[tuple[int, int]]:
     """The batches of a sub-map, fixed when it is sent (the driver does not plan it):
