@@ -80,8 +80,10 @@ class Pipeline:
 
             from ..engines.seq import default_engine
 
+            # (the engine's name as users know it: a worker's NodeMapsEngine is theirs)
+            name = getattr(chosen, "engine_name", type(chosen).__name__)
             warnings.warn(
-                f"{type(chosen).__name__}: the map of pipeline {self.label!r}, made inside "
+                f"{name}: the map of pipeline {self.label!r}, made inside "
                 f"a node, runs in the node's process, item after item: {exc}",
                 RuntimeWarning, stacklevel=2)
             return default_engine().map(self, inputs, map_over=map_over, map_mode=map_mode,

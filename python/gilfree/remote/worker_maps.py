@@ -93,6 +93,8 @@ class NodeMapsEngine(ProcessEngine):
     the driver's, reached through this worker (``RelayPool``). Every node of the inner
     pipeline runs in the workers: hints that would place one in the driver cannot, here."""
 
+    engine_name = "ProcessEngine"  # in messages: the user's engine
+
     def __init__(self, relay: RelayPool):
         super().__init__(workers=relay.workers)
         self._relay = relay

@@ -194,3 +194,29 @@ def test_an_item_waiting_for_its_nodes_map_still_times_out():
         assert "map item 0 did not finish within 1.0 s (node 'naps')" in str(err)
         [row] = Pipeline([naps]).map({"ss": [[0.01] * 4]}, map_over="ss", engine=e)
         assert row["naps"] == [0.01] * 4
+
+
+@node(output_name="where")
+def beside(x, lock):
+    return os.getpid()
+
+
+@node(output_name="found")
+def maps_with_a_lock(xs):
+    """A node whose map takes an input that does not pickle (a lock): the warnings too."""
+    import threading
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = Pipeline([beside]).map({"x": xs, "lock": threading.Lock()}, map_over="x")
+    return os.getpid(), [r["where"] for r in out], [str(w.message) for w in caught]
+
+
+def test_a_map_that_cannot_leave_the_worker_runs_there_and_says_so(engine):
+    [row] = Pipeline([maps_with_a_lock]).map({"xs": [list(range(6))]}, map_over="xs",
+                                             engine=engine)
+    asker, pids, warned = row["found"]
+    assert pids == [asker] * 6
+    [message] = warned
+    assert message.startswith("ProcessEngine: the map of pipeline") and "lock" in message
