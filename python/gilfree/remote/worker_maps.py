@@ -31,16 +31,15 @@ from ..engines.processes import ProcessEngine
 from ..run.execute import execute_map
 
 
-def guided_ranges(n: int, workers: int, chunk: int = 0) -> list[tuple[int, int]]:
-    """The batches of a sub-map, fixed when it is sent (the driver does not plan it):
-    ``chunk`` items each, else guided self-scheduling (a share of what is left, so the
-    last batches are single items and no worker idles while another ends a big one)."""
+def _ranges(n: int, workers: int, chunk: int = 0) -> list[tuple[int, int]]:
+    """The batches of a sub-map, fixed when it is sent: the pool's own guided chunks
+    (``ChunkPlanner``, which the driver's maps use), or ``chunk`` items each."""
+    from .._native import core
+
+    planner = core().ChunkPlanner(n, workers, chunk)
     out = []
-    a = 0
-    while a < n:
-        size = chunk or max(1, -(-(n - a) // (2 * workers)))
-        out.append((a, min(n, a + size)))
-        a += size
+    while (r := planner.next()) is not None:
+        out.append(r)
     return out
 
 
@@ -61,7 +60,7 @@ class RelayPool:
             depth: int = 2, item_timeout: float = 0.0) -> None:
         worker = self.worker
         sub = next(self._ids)
-        ranges = guided_ranges(n, self.workers, chunk)
+        ranges = _ranges(n, self.workers, chunk)
         worker.open_sub(sub, key, payload, [os.dup(fd) for fd in payload_fds])
         try:
             for i, (a, b) in enumerate(ranges):
