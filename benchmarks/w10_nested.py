@@ -12,9 +12,13 @@ chunks, then regroups per task.
 The "a node that maps" rows run the same work written as a node whose function calls
 ``Pipeline.map`` over its samples (opaque to the engine; no bar): on ``AutoEngine`` its
 maps run on the engine and it picks the level (docs/choosing-an-engine.md); on
-``ProcessEngine`` each call runs whole in one worker, its map item after item, unless
-the node is placed in the driver (``configure(..., executor="thread")``): its maps then
-run on the engine, over every worker.
+``ProcessEngine`` each call runs in a worker, and in a map of few items (fewer than 4
+per worker: W10a, W10b) its map spreads over every worker from there (sub-maps,
+remote/worker_maps.py); with many items (W10c) each call's map runs item after item in
+its worker, the outer items keeping the workers busy. Placed in the driver
+(``configure(..., executor="thread")``), its maps run on the engine from the driver's
+threads, one map at a time on the pool: W10c's 400 maps of 5 items then barely beat
+the loop (no bar; docs/nesting.md).
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ import contextlib
 import gc
 import itertools
 import threading
+import time
 from collections import Counter
 
 import pytest
@@ -154,8 +155,12 @@ def test_zip_of_generators_and_product(engine):
 def test_zip_of_unequal_generators_raises(engine, shorter):
     p = Pipeline([double, add], engine=engine)
     lengths = {"x": 5, "y": 5, shorter: 3}
+    got = []
     with pytest.raises(ValueError):
-        list(p.imap({"x": gen(lengths["x"]), "y": gen(lengths["y"])}, map_over=["x", "y"]))
+        for r in p.imap({"x": gen(lengths["x"]), "y": gen(lengths["y"])},
+                        map_over=["x", "y"]):
+            got.append(r)
+    assert got == [{"doubled": 2 * i, "total": 3 * i} for i in range(3)]  # then the error
     assert p.map({"x": [1]}, map_over="x") == expected([1])  # the engine still maps
 
 
@@ -259,17 +264,24 @@ def test_cache_is_shared_with_map(engine_factory, tmp_path):
     assert sorted(log.read_text().split()) == [str(i) for i in range(5)] + ["5"]  # hits
 
 
-def test_an_input_that_raises_ends_the_map_with_its_error(engine):
+@pytest.mark.parametrize("ordered", [True, False])
+@pytest.mark.parametrize("items", [0, 1, 5, 300])
+def test_an_input_that_raises_ends_the_map_with_its_error(engine, items, ordered):
+    # Where the input ended: after the results of every item read before it (none lost)
     def broken():
-        yield from range(5)
+        yield from range(items)
         raise OSError("the input file went away")
 
     p = Pipeline([double, add], engine=engine)
     got = []
-    with pytest.raises(OSError, match="the input file went away"):
-        for r in p.imap({"x": broken()}, map_over="x"):
+    with pytest.raises(OSError, match="the input file went away") as caught:
+        for r in p.imap({"x": broken()}, map_over="x", ordered=ordered):
             got.append(r)
-    assert got == expected(range(len(got)))  # in order, none made up
+    if not ordered:
+        got.sort(key=lambda r: r["total"])
+    assert got == expected(range(items))
+    where = f"after its item {items - 1}" if items else "before its first item"
+    assert f"the map's input raised {where}" in "\n".join(caught.value.__notes__)
     assert p.map({"x": [1]}, map_over="x") == expected([1])
 
 
@@ -388,6 +400,35 @@ def test_shutdown_while_an_imap_is_open_ends_it_with_engine_shut_down(engine):
     assert got == expected(range(1, 1 + len(got)))  # items already in the map, if any
     assert len(got) <= 8 + SLACK, len(got)
     assert p.map({"x": [1, 2]}, map_over="x") == expected([1, 2])
+
+
+@node(output_name="y")
+def nap(x):
+    time.sleep(0.002)  # the map is busy when shutdown() comes
+    return x
+
+
+@pytest.mark.parametrize("on_error", ["raise", "collect"])
+def test_shutdown_from_another_thread_during_an_imap_raises_engine_shut_down(engine_factory,
+                                                                             on_error):
+    # shutdown() stops the pools while the iterating thread may be starting a stage's
+    # workers on one: that is the engine shut down too, never the pool's own error.
+    engine = engine_factory(on_error=on_error)
+    if type(engine).__name__ == "SeqEngine":
+        pytest.skip("SeqEngine has nothing to shut down")
+    p = Pipeline([nap], engine=engine)
+    it = p.imap({"x": Source(limit=10**7).stream()}, map_over="x")
+    assert next(it) == {"y": 0}
+    stopper = threading.Timer(0.2, engine.shutdown)
+    stopper.start()
+    got = 1
+    with pytest.raises(EngineShutDown):
+        for r in it:
+            got += 1
+            assert isinstance(r, (dict, EngineShutDown)), r
+            assert got < 10**6, "the imap went on after shutdown()"
+    stopper.join()
+    assert p.map({"x": [1, 2]}, map_over="x") == [{"y": 1}, {"y": 2}]
 
 
 # -- errors ----------------------------------------------------------------------------

@@ -32,7 +32,6 @@ the last map and the numbers behind them.
 
 from __future__ import annotations
 
-import itertools
 import threading
 import time
 from typing import Any, Iterator
@@ -239,7 +238,7 @@ class AutoEngine(ThreadEngine):
         map), and come first; the rest streams, numbered on from them, on the executors
         chosen. The map is announced here, and ended by the stream (or here, if the
         consumer stops before it starts)."""
-        from ..run.flow import Stream, iterate
+        from ..run.flow import Stream, iterate, take_rows
 
         t0 = time.perf_counter()
         generation = self._shutdowns
@@ -247,7 +246,7 @@ class AutoEngine(ThreadEngine):
             rt.emit("on_map_start", total)
         stream = None
         try:
-            head = list(itertools.islice(rows, PROBE_ITEMS))
+            head, broke = take_rows(rows, PROBE_ITEMS, 0)
             measured_rt = rt.with_collect()  # the policy is applied as each is yielded
             number = new_map()
             try:
@@ -262,6 +261,8 @@ class AutoEngine(ThreadEngine):
                 if isinstance(result, BaseException) and not rt.collect:
                     raise result
                 yield result
+            if broke is not None:  # the input raised: after the items read before it
+                raise broke
             if self._shutdowns != generation:  # shutdown() meanwhile: no new item starts
                 ahead = next(rows, None)
                 if ahead is None and rt.collect:

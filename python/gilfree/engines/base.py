@@ -73,7 +73,9 @@ class Engine:
         self.batch_size = batch_size
         self._node_hints: dict[str, dict[str, Any]] = {}
         self._warned: set[tuple[str, str]] = set()
-        self._shutdowns = 0  # a streaming map open across a shutdown() notices it
+        # Grows at each shutdown(), before any pool is stopped: a streaming map open
+        # across it notices, and tells a refusal of a pool shut down from a failure.
+        self._shutdowns = 0
         # Engines lent to nodes hinted to run elsewhere (a ThreadEngine's "process"
         # nodes run on a ProcessEngine of its own), started on first use, kept across
         # maps (@stateful objects stay built in its workers), shut down with this one.

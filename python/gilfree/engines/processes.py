@@ -172,6 +172,7 @@ class ProcessEngine(Engine):
         2 s); ones busy for a map running in another thread are killed at once, and that
         map ends with an error saying the engine was shut down (items that finished keep
         their results under ``on_error="collect"``). The engine starts afresh if used again."""
+        self._shutdowns += 1  # (first: see Engine._shutdowns; super() counts again)
         with self._pool_lock:
             pool, self._pool = self._pool, None
         if pool is not None:

@@ -342,6 +342,7 @@ class ThreadEngine(Engine):
                           shut_down_error=self._shut_down_error, busy_note=self._busy_note)
 
     def shutdown(self) -> None:
+        self._shutdowns += 1  # (first: see Engine._shutdowns; super() counts again)
         with self._loop_lock:
             loop_thread, self._loop_thread = self._loop_thread, None
         if loop_thread is not None:

@@ -32,6 +32,7 @@ finish in the background and their results are dropped.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import deque
 from typing import Any, Iterator
@@ -112,7 +113,7 @@ class Stream(_Lifecycle):
         self.engine, self.plan, self.base, self.rt = engine, plan, base, rt
         self.offset, self.announce = offset, announce
         self.collect = collect
-        self.rows = rows
+        self.rows = iter(rows)
         self.work_rt = rt.with_collect()  # executors keep going; the policy is applied here
         self.values: dict[int, dict] = {}
         self.sigs: dict[int, dict | None] = {}
@@ -139,6 +140,9 @@ class Stream(_Lifecycle):
         self.flow = core().Flow(specs, self.read_ahead, ordered)
         self.total = total
         self.input_ended = False
+        # The input's own error (a generator that raised, zip inputs of unequal lengths):
+        # raised where the input ended, after the items read before it.
+        self.input_error: BaseException | None = None
 
     # -- the iterator ------------------------------------------------------------------
     def __next__(self) -> Any:
@@ -167,6 +171,8 @@ class Stream(_Lifecycle):
                 if self._shut_down():  # a stage could not start for it
                     return self._after_shutdown()
                 self.close()
+                if self.input_error is not None:
+                    raise self.input_error
                 raise StopIteration
             self.ready.extend(got)
         i, failed = self.ready.popleft()
@@ -224,7 +230,15 @@ class Stream(_Lifecycle):
         n = 0
         before = time.perf_counter()
         until = before + PULL_BUDGET_S
-        for row in self.rows:
+        rows = self.rows
+        while True:
+            try:
+                row = next(rows)
+            except StopIteration:
+                break
+            except Exception as exc:  # the items read before it still run and come first
+                self.input_error = input_broke(exc, self.offset + self.next_id)
+                break
             got = time.perf_counter()
             i = self.next_id
             self.next_id = i + 1
@@ -307,6 +321,26 @@ class Stream(_Lifecycle):
         return out
 
 
+def input_broke(exc: BaseException, read: int) -> BaseException:
+    """``exc``, raised by a map's input after ``read`` items, noted as such: a stream
+    raises it where the input ended, after those items' results."""
+    exc.add_note(f"gilfree: the map's input raised after its item {read - 1}" if read else
+                 "gilfree: the map's input raised before its first item")
+    return exc
+
+
+def take_rows(rows: Iterator[dict], n: int, read: int) -> tuple[list[dict],
+                                                                BaseException | None]:
+    """Up to ``n`` more rows of a map's input (``read`` read before), and the error it
+    raised reading them (None: none; the rows read before the error are kept)."""
+    taken: list[dict] = []
+    try:
+        taken.extend(itertools.islice(rows, n))
+    except Exception as exc:
+        return taken, input_broke(exc, read + len(taken))
+    return taken, None
+
+
 def iterate(stream: Any) -> Iterator[Any]:
     """What ``imap`` returns: a generator over ``stream``, so that a ``for`` loop that
     breaks, ``close()``, ``del`` or a ``with closing(...)`` closes the map at once (the
@@ -331,27 +365,24 @@ class WindowStream(_Lifecycle):
         self.buffer: deque = deque()
         self.first = 0
         self.exhausted = False
+        self.input_error: BaseException | None = None  # raised after the items before it
 
     def __next__(self) -> Any:
         if not self.announced and not self.closed:
             self._begin()
         while not self.buffer:
             if self.closed or self.exhausted:
+                broke = None if self.closed else self.input_error
                 self.close()
+                if broke is not None:  # the input raised: after the items before it
+                    raise broke
                 raise StopIteration
-            if self._shut_down():  # no window starts after engine.shutdown()
-                self.close()
-                if self.collect:
-                    raise StopIteration
+            if self._shut_down():  # no window starts after engine.shutdown(): the input
+                self.close()       # had not ended (either policy, as Stream does)
                 raise self._shut_down_error()
             try:
-                rows = []
-                for row in self.rows:
-                    rows.append(row)
-                    if len(rows) == self.window:
-                        break
-                else:
-                    self.exhausted = True
+                rows, self.input_error = take_rows(self.rows, self.window, self.first)
+                self.exhausted = len(rows) < self.window or self.input_error is not None
                 if rows:
                     self.buffer.extend(self.engine._execute_map(
                         self.plan, self.base, rows, self.work_rt, first=self.first,

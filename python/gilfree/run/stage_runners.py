@@ -278,7 +278,8 @@ class _BatchRunner(_Runner):
             if err is not None:
                 s.fail(i, err)
         bad = {i for i, err in zip(live, failed) if err is not None}
-        if self.adapt is not None:  # (_run_batch observed the call)
+        # (_run_batch observed the call; with a read-ahead of 1, batches hold one item)
+        if self.adapt is not None and s.read_ahead > 1:
             size = self._bounded(self.adapt.size)
             if size != self.size:
                 self.size = size

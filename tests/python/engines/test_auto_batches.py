@@ -74,3 +74,17 @@ def test_an_imap_re_sizes_its_batch_stage(small_batches):
     [row] = engine.explain().rows
     assert "re-sized while running" in row["concurrency"], row
     assert max(sizes[-5:]) <= 16 < max(sizes), sizes  # from 32 (the stream's) to ~10
+
+
+@pytest.mark.parametrize("read_ahead", [1, 2])
+def test_an_imap_with_a_tiny_read_ahead_keeps_its_batches_within_it(small_batches,
+                                                                   read_ahead):
+    # A flow's batch stage holds at most its queue bound (the read-ahead) and, batched, at
+    # least 2: with a read-ahead of 1 there is nothing to re-size (it raised, before).
+    engine = AutoEngine()
+    plus_one.map({"x": list(range(2))}, map_over="x", engine=engine)  # measured: cheap
+    sizes.clear()
+    out = list(plus_one.imap({"x": iter(range(100, 140))}, map_over="x", engine=engine,
+                             read_ahead=read_ahead))
+    assert [r["y"] for r in out] == [x + 1 for x in range(100, 140)]
+    assert sizes and max(sizes) <= read_ahead, sizes
