@@ -190,6 +190,7 @@ void bind_flow(py::module_& m) {
              py::arg("capacity"))
         .def("set_batch_size", &FlowScheduler::set_batch_size, py::arg("stage"),
              py::arg("batch_size"))
+        .def("set_read_ahead", &FlowScheduler::set_read_ahead, py::arg("read_ahead"))
         .def("drained", &FlowScheduler::drained, py::arg("stage"))
         .def("close", &FlowScheduler::close)
         .def("stats", &stats);

@@ -498,6 +498,19 @@ void FlowScheduler::set_batch_size(std::size_t stage, std::size_t batch_size) {
     if (smaller && !closed_ && !s.queue.empty()) wake_driver(true);  // a batch may be full now
 }
 
+void FlowScheduler::set_read_ahead(std::size_t read_ahead) {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (read_ahead < read_ahead_)
+        throw std::invalid_argument("Flow.set_read_ahead: the read-ahead only grows (" +
+                                    std::to_string(read_ahead) + " < " +
+                                    std::to_string(read_ahead_) + ")");
+    for (Stage& s : stages_)
+        if (s.cfg.queue_bound == read_ahead_) s.cfg.queue_bound = read_ahead;
+    const bool grew = read_ahead > read_ahead_;
+    read_ahead_ = read_ahead;
+    if (grew && !closed_ && !exhausted_) wake_driver(true);  // room to read on
+}
+
 void FlowScheduler::notify_claimers(std::size_t stage) {
     std::lock_guard<std::mutex> lk(mu_);
     claimed_stage(stage, "notify_claimers").claim_cv->notify_all();

@@ -175,6 +175,33 @@ void test_backpressure_read_ahead() {
     CHECK(host.ids_on(0).size() == 5);
 }
 
+// set_read_ahead: the flow reads on to the larger bound at its next round, and a stage
+// queue bounded by the old read-ahead follows (stage 1's bound 3 stays); smaller refused.
+void test_read_ahead_grows() {
+    FlowScheduler flow({stage(1, 5), stage(1, 3)}, 5, false, kTick);
+    Host host;
+    host.interrupt = [&] { return host.waits >= 8; };
+    host.before_wait = [&] {
+        if (host.waits == 3) {
+            CHECK(flow.stats().pulled == 5);  // read_ahead 5: stage 0 holds them all
+            flow.set_read_ahead(9);
+        }
+    };
+    try {
+        flow.next(host);
+        CHECK(!"next() returned");
+    } catch (const FlowInterrupted&) {
+    }
+    CHECK(flow.stats().pulled == 9);  // its queue's bound grew with it
+    bool refused = false;
+    try {
+        flow.set_read_ahead(4);
+    } catch (const std::invalid_argument&) {
+        refused = true;
+    }
+    CHECK(refused);
+}
+
 // Finished items not yet returned count for read_ahead: with an ordered exit blocked by
 // item 0, the flow holds read_ahead items and pulls no more until 0 is done.
 void test_read_ahead_counts_finished_items() {
@@ -604,6 +631,7 @@ int main(int argc, char** argv) {
         {"backpressure_queue_bounds", test_backpressure_queue_bounds},
         {"backpressure_read_ahead", test_backpressure_read_ahead},
         {"read_ahead_counts_finished_items", test_read_ahead_counts_finished_items},
+        {"read_ahead_grows", test_read_ahead_grows},
         {"lagging_source_results_first", test_lagging_source_results_first},
         {"input_read_while_items_leave", test_input_read_while_items_leave},
         {"ordered_exit", test_ordered_exit},

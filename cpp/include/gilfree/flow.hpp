@@ -174,6 +174,12 @@ public:
     // bound: a batch must be able to fill; std::invalid_argument otherwise, or for a
     // stage that is not a batch stage). Batches sent keep their size.
     void set_batch_size(std::size_t stage, std::size_t batch_size);
+    // Thread-safe. A larger read-ahead from now on (>= the present one;
+    // std::invalid_argument otherwise), and the same larger bound for every stage queue
+    // that had the old read-ahead as its bound: the caller measured that its stages run
+    // more items at once than it could tell at the start (a process stage of cheap items
+    // takes thousands per batch). The driver reads on at its next round.
+    void set_read_ahead(std::size_t read_ahead);
 
     // Thread-safe, idempotent: next() returns [] from then on, the host is not called
     // again (a call already running finishes), later done() calls are ignored.
@@ -240,7 +246,7 @@ private:
     void release_idle_workers();
 
     std::vector<Stage> stages_;
-    const std::size_t read_ahead_;
+    std::size_t read_ahead_;  // grows only (set_read_ahead)
     const bool ordered_;
     const std::chrono::nanoseconds tick_;
 

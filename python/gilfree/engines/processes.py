@@ -46,7 +46,7 @@ from ..remote import transport
 from ..model.plan import Plan
 from ..run.stages import Stage, StagePart
 from .base import Engine
-from .process_map import WorkerDied, _MapCall  # noqa: F401 (WorkerDied: its old home)
+from .process_map import DEPTH, WorkerDied, _MapCall  # noqa: F401 (WorkerDied: its old home)
 from .threads import usable_cores
 
 def _command(module: str, entry: str) -> list[str]:
@@ -161,6 +161,12 @@ class ProcessEngine(Engine):
         """Start the workers now instead of at the first map (they start in the background)."""
         self.pool  # noqa: B018
         return self
+
+    @property
+    def batches_at_once(self) -> int:
+        """Batches a map has with the workers at once: DEPTH each (one running, the next
+        sent), and one being made."""
+        return self.workers * (DEPTH + 1)
 
     @property
     def pids(self) -> list[int]:

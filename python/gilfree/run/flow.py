@@ -50,6 +50,8 @@ _ALL_INLINE = {"thread": INLINE, "async": INLINE, "process": INLINE}
 PULL_BUDGET_S = 0.005
 #: A read of one input item that took this long ends the read (see Stream._pull).
 SLOW_READ_S = 0.001
+#: The default read-ahead's bounds (a few times what the stages run at once).
+MIN_READ_AHEAD, MAX_READ_AHEAD = 64, 8192
 
 
 class _Lifecycle:
@@ -133,8 +135,12 @@ class Stream(_Lifecycle):
                         for k, st in enumerate(self.stages)]
         # Thread stages that re-size themselves as their latency changes (AutoEngine).
         self.adaptive = [r for r in self.runners if getattr(r, "pace", None)]
-        capacity = max(r.spec[0] * max(1, r.spec[2]) for r in self.runners)
-        self.read_ahead = read_ahead or min(8192, max(64, 2 * capacity))
+        # A few times what the stages run at once, as far as they tell now; a stage that
+        # finds it runs more (a process stage of cheap items: thousands a batch) raises
+        # it (more_at_once), unless the caller gave it.
+        self.grows = read_ahead is None
+        self.read_ahead = read_ahead or self._read_ahead_for(
+            max(r.at_once() for r in self.runners))
         specs = [(r.spec[0], self.read_ahead, r.spec[2], r.spec[3], r.spec[4])
                  for r in self.runners]
         self.flow = core().Flow(specs, self.read_ahead, ordered)
@@ -143,6 +149,18 @@ class Stream(_Lifecycle):
         # The input's own error (a generator that raised, zip inputs of unequal lengths):
         # raised where the input ended, after the items read before it.
         self.input_error: BaseException | None = None
+
+    @staticmethod
+    def _read_ahead_for(at_once: int) -> int:
+        return min(MAX_READ_AHEAD, max(MIN_READ_AHEAD, 2 * at_once))
+
+    def more_at_once(self, n: int) -> None:
+        """A stage measured that it runs ``n`` items at once (any thread): the default
+        read-ahead grows to match (it never shrinks: items read stay read)."""
+        read_ahead = self._read_ahead_for(n)
+        if self.grows and read_ahead > self.read_ahead:
+            self.read_ahead = read_ahead
+            self.flow.set_read_ahead(read_ahead)
 
     # -- the iterator ------------------------------------------------------------------
     def __next__(self) -> Any:

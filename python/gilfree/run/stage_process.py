@@ -65,6 +65,12 @@ class ProcessRunner(_Runner):
         # than that waits for the previous batch's calls (one batch's at a time, beside
         # the next batch's items, process_worker.py) instead of running its items.
         self.call_items = 1
+        self.most = 1  # the largest batch the pool asked for last
+
+    def at_once(self) -> int:
+        # Unmeasured, a batch is one item; measured (next_range's ``most``, the pool's
+        # batch size), the stream's read-ahead grows with it.
+        return self.processes.batches_at_once
 
     def begin(self) -> None:
         # Started before the first items come: Thread.start() waits for the new thread
@@ -156,6 +162,9 @@ class ProcessRunner(_Runner):
         bounded by the batch's size plus STRAGGLER_GAP."""
         if self.stopped or self.processes.waited_for:
             return None
+        if most != self.most:  # the pool's batch size (~50 ms of measured work)
+            self.most = most
+            self.stream.more_at_once(most * self.processes.batches_at_once)
         with self.lock:
             ready, arrived = self.ready, self.arrived
             if not ready:

@@ -87,6 +87,11 @@ class _Runner:
         """A claimed stage: start ``n`` more workers (they claim the items)."""
         raise NotImplementedError
 
+    def at_once(self) -> int:
+        """Items the stage may run at once, as far as it can tell before it runs (the
+        stream's default read-ahead is a few times the largest)."""
+        return self.spec[0] * max(1, self.spec[2])
+
     def begin(self) -> None:
         """The stream is being iterated (its close() will come): threads may start."""
 

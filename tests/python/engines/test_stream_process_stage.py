@@ -318,3 +318,40 @@ def test_the_last_batches_hold_as_much_item_work_as_their_batch_calls_take(monke
     last = _batch_sizes_before_a_dualnode(monkeypatch, _digits_after_a_wait)[-5:]
     # ~10 items but the very last, what was left; before, the last went one at a time
     assert sum(n < 4 for n in last) <= 1, last
+
+
+class _Counted:
+    def __init__(self):
+        self.read = 0
+
+    def stream(self):
+        while True:
+            self.read += 1
+            yield self.read - 1
+
+
+@node(output_name="z", executor="process")
+def napping_square(y):
+    time.sleep(0.01)
+    return y * y
+
+
+@pytest.mark.parametrize("cheap", [True, False])
+def test_the_default_read_ahead_follows_the_process_stages_batches(cheap):
+    # Unmeasured, a process stage runs one item a batch: the stream reads 64 ahead (not
+    # 8192 items of a queue that a close would drop, as before). Once the pool's batches
+    # hold thousands of cheap items, the stream reads that far ahead to keep them full.
+    src = _Counted()
+    with ProcessEngine(workers=2) as engine:
+        it = Pipeline([square if cheap else napping_square]).imap(
+            {"y": src.stream()}, map_over="y", engine=engine)
+        taken = 3000 if cheap else 2
+        for _ in range(taken):
+            next(it)
+        time.sleep(0.3)  # the stream reads ahead as far as it may meanwhile
+        ahead = src.read - taken
+        it.close()
+    if cheap:
+        assert ahead > 1000, ahead
+    else:
+        assert ahead <= 64 + 2, ahead
