@@ -215,6 +215,13 @@ class Stream(_Lifecycle):
         self.values.clear()
         self.ready.clear()
         self.rt.flush()
+        if self.rt.callbacks and self.started:
+            # Items that started and will not be yielded end here (their results, if
+            # they come, are dropped): every on_map_item_start has its end.
+            now = time.perf_counter()
+            for i, t in sorted(self.started.items()):
+                self.rt.emit("on_map_item_end", self.offset + i, now - t)
+            self.started.clear()
         self._end()
 
     def _after_shutdown(self) -> Any:
@@ -242,7 +249,7 @@ class Stream(_Lifecycle):
         finished reach the consumer before the input is read again. An item of a source
         that blocks may still wait for the read of the next one. (A read that only
         waited for the GIL looks slow too: that pull ends early, nothing else changes.)"""
-        rt, plan, base, values = self.rt, self.plan, self.base, self.values
+        rt, base, values = self.rt, self.base, self.values
         # (What only callbacks and tracing read is kept only for them: this runs per item.)
         tracing, callbacks = rt.tracing, bool(rt.callbacks)
         n = 0
@@ -265,11 +272,8 @@ class Stream(_Lifecycle):
             values[i] = v
             if tracing:
                 self.sigs[i] = {}
-            if callbacks:
+            if callbacks:  # (it starts when its first stage runs it: item_starts)
                 self.cached[i] = True
-                self.started[i] = got
-                rt.emit("on_map_item_start", self.offset + i)
-                rt.emit("on_pipeline_start", plan.pipeline_id, dict(v))
             n += 1
             if n == k or got > until or got - before > SLOW_READ_S:
                 return n, False
@@ -299,6 +303,17 @@ class Stream(_Lifecycle):
             # that error (Stream.__next__ -> _after_shutdown).
             self.flow.close()
 
+    def item_starts(self, i: int, rt: Runtime) -> None:
+        """Callbacks on: item ``i`` starts, in its first stage's runner, on that
+        executor's thread (``rt`` queues the events there for the iterating thread). Not
+        when it is read: an item read ahead may never start (a close)."""
+        v = self.values.get(i)
+        if v is None or self.closed:
+            return
+        self.started[i] = time.perf_counter()
+        rt.emit("on_map_item_start", self.offset + i)
+        rt.emit("on_pipeline_start", self.plan.pipeline_id, dict(v))
+
     def done(self, stage: int, ids: list[int], failed: list[bool]) -> None:
         """From any executor thread."""
         self.flow.done(stage, ids, failed)
@@ -315,9 +330,13 @@ class Stream(_Lifecycle):
             if rt.tracing:  # (a cache: the item's signatures were kept for it)
                 self.sigs.pop(i, None)
             return {o: values[o] for o in self.plan.outputs}
-        started = self.started.pop(i, time.perf_counter())
+        started = self.started.pop(i, None)
         sigs = self.sigs.pop(i, None)
         n = self.offset + i  # the item's number in the map
+        if started is None:  # it never started (a shutdown, a pool that refused it)
+            started = time.perf_counter()
+            if rt.callbacks:
+                rt.emit("on_map_item_start", n)
         if failed or values is None:
             exc = self.errors.pop(i, None) or (
                 self._shut_down_error(i) if self._shut_down() else

@@ -229,12 +229,15 @@ class ProcessRunner(_Runner):
         values, sigs = s.values, s.sigs
         rows: list = []
         skipped: list[int] = []
+        starts = s.work_rt.worker_view() if self.k == 0 and s.rt.callbacks else None
         for i in range(a, b):
             v = values.get(i) if i in own else None
             if v is None:
                 skipped.append(i - a)
                 rows.append(None)
             else:
+                if starts is not None:  # (its worker's node events come after)
+                    s.item_starts(i, starts)
                 rows.append(part.row(v, sigs.get(i)))
         return rows, skipped
 

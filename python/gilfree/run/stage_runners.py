@@ -104,6 +104,8 @@ class _Runner:
         v = s.values.get(i)
         if v is None:  # the stream was closed meanwhile
             return False
+        if self.k == 0 and rt.callbacks:
+            s.item_starts(i, rt)
         try:
             for step in self.stage.steps:
                 if not run_step(step, v, rt, s.offset + i, s.sigs.get(i)):
@@ -218,6 +220,8 @@ class _LoopRunner(_Runner):
         if v is None:
             return False
         r = s.work_rt.worker_view()
+        if self.k == 0 and r.callbacks:
+            s.item_starts(i, r)
         try:
             for step in self.stage.steps:
                 work = arun_step(step, v, r, s.offset + i, s.sigs.get(i), self.offload)
@@ -276,6 +280,9 @@ class _BatchRunner(_Runner):
         failed: list = [None] * len(live)
         cached = [s.cached.get(i, False) for i in live]
         rt = s.work_rt.worker_view() if self.in_thread else s.work_rt
+        if self.k == 0 and rt.callbacks:
+            for i in live:
+                s.item_starts(i, rt)
         _run_batch(self.stage.steps[0], values, [s.sigs.get(i) for i in live], failed,
                    cached, s.varying, s.base, rt, True, [s.offset + i for i in live], _serial)
         for i, err, hit in zip(live, failed, cached):
