@@ -347,8 +347,9 @@ class AutoEngine(ThreadEngine):
             return Choice(name, THREAD, "nested pipeline: runs whole on threads "
                                         "(not measured)")
         if m is None:
-            return Choice(name, THREAD, "not measured (a timeout, a map with a nested map, "
-                                        "or its items failed): threads")
+            why = ("the map had no items" if items == 0 else
+                   "a timeout, a map with a nested map, or its items failed")
+            return Choice(name, THREAD, f"not measured ({why}): threads")
         inner = self._mappers.get(_key(step))
         if inner is not None:
             return self._mapper(step, m, inner, items)

@@ -65,6 +65,12 @@ def test_explain_before_any_map(engine):
     assert "no map has run" in str(engine.explain())
 
 
+def test_explain_after_a_map_of_no_items_says_so(engine):
+    assert Pipeline([wait_a_bit]).map({"y": []}, map_over="y", engine=engine) == []
+    [row] = engine.explain().rows
+    assert "not measured (the map had no items)" in row["why"], row
+
+
 def test_each_node_gets_the_executor_that_suits_it(engine):
     p = Pipeline([plus_one, wait_a_bit, burn_where])
     out = p.map({"x": list(range(40))}, map_over="x", engine=engine)
