@@ -159,8 +159,8 @@ class Stream(_Lifecycle):
         read-ahead grows to match (it never shrinks: items read stay read)."""
         read_ahead = self._read_ahead_for(n)
         if self.grows and read_ahead > self.read_ahead:
+            self.flow.set_read_ahead(read_ahead)  # (first: a batch stage may size by it)
             self.read_ahead = read_ahead
-            self.flow.set_read_ahead(read_ahead)
 
     # -- the iterator ------------------------------------------------------------------
     def __next__(self) -> Any:
