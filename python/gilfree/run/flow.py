@@ -33,6 +33,7 @@ finish in the background and their results are dropped.
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from collections import deque
 from typing import Any, Iterator
@@ -139,6 +140,7 @@ class Stream(_Lifecycle):
         # finds it runs more (a process stage of cheap items: thousands a batch) raises
         # it (more_at_once), unless the caller gave it.
         self.grows = read_ahead is None
+        self.growing = threading.Lock()
         self.read_ahead = read_ahead or self._read_ahead_for(
             max(r.at_once() for r in self.runners))
         specs = [(r.spec[0], self.read_ahead, r.spec[2], r.spec[3], r.spec[4])
@@ -158,9 +160,12 @@ class Stream(_Lifecycle):
         """A stage measured that it runs ``n`` items at once (any thread): the default
         read-ahead grows to match (it never shrinks: items read stay read)."""
         read_ahead = self._read_ahead_for(n)
-        if self.grows and read_ahead > self.read_ahead:
-            self.flow.set_read_ahead(read_ahead)  # (first: a batch stage may size by it)
-            self.read_ahead = read_ahead
+        if not self.grows or read_ahead <= self.read_ahead:
+            return
+        with self.growing:  # (two process stages' feeder threads)
+            if read_ahead > self.read_ahead:
+                self.flow.set_read_ahead(read_ahead)  # (first: a batch stage sizes by it)
+                self.read_ahead = read_ahead
 
     # -- the iterator ------------------------------------------------------------------
     def __next__(self) -> Any:
