@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 
+from collections import Counter
+
 import pytest
 
 from gilfree import CycleError, DependencyError, GilfreeError, Pipeline, node
@@ -194,6 +196,40 @@ def test_an_error_in_a_nodes_own_map_names_both_nodes_and_items(engine, on_error
     assert info.value.__notes__ == [
         "gilfree: raised in node 'fragile_sample' (map item 7)",
         "gilfree: inside node 'adds_its_samples'"]
+
+
+_flaky_calls = Counter()
+
+
+@node(output_name="y")
+def flaky_sample(k):
+    _flaky_calls[k] += 1
+    if k == 7:
+        raise ValueError("bad sample 7")
+    return k
+
+
+@node(output_name="total")
+def adds_flaky_samples(ks):  # a node that maps, with no on_error or retries of its own
+    return sum(r["y"] for r in Pipeline([flaky_sample]).map({"k": ks}, map_over="k"))
+
+
+def test_a_nodes_own_map_does_not_take_the_engines_policy_or_retries(engine_factory):
+    # on_error= and retries= given to the engine are its callers' maps' defaults. A map a
+    # node makes raises and does not retry, on every engine (on SeqEngine, or in a
+    # worker process, it never had the engine's): ThreadEngine, AsyncEngine and
+    # AutoEngine handed the node its inner item's exception as a result, and retried it.
+    engine = engine_factory(on_error="collect", retries=2)
+    _flaky_calls.clear()
+    out = Pipeline([adds_flaky_samples]).map({"ks": [list(range(5)), list(range(10))]},
+                                             map_over="ks", engine=engine)
+    assert out[0] == {"total": 10}
+    assert isinstance(out[1], ValueError), out[1]  # the outer item, collected
+    assert out[1].__notes__[:2] == ["gilfree: raised in node 'flaky_sample' (map item 7)",
+                                    "gilfree: inside node 'adds_flaky_samples' (map item 1)"]
+    if type(engine).__name__ in ("SeqEngine", "ThreadEngine", "AsyncEngine", "AutoEngine") \
+            and "mixed" not in repr(engine):  # (elsewhere counted in worker processes)
+        assert _flaky_calls[7] == 1 + 2, _flaky_calls  # the outer item's retries only
 
 
 def test_collect_policy_keeps_other_items(engine):

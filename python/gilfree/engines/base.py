@@ -253,13 +253,17 @@ class Engine:
                                place=lambda st: self._placement(st, plan, rt, shipped, first))
 
     def _runtime(self, plan: Plan, options: dict[str, Any]) -> Runtime:
+        # A map one of our nodes makes (engines that take those: maps_on) is the node's
+        # own call: the engine's on_error and retries are the caller's maps' defaults, not
+        # the node's (on SeqEngine or in a worker process its map would not have them).
+        inner = inner_map_engine() is self
         on_error = options.pop("on_error", None)
         if "return_exceptions" in options:
             on_error = "collect" if options.pop("return_exceptions") else "raise"
-        on_error = on_error or self.on_error
+        on_error = on_error or ("raise" if inner else self.on_error)
         if on_error not in ("raise", "collect"):
             raise ValueError(f"on_error must be 'raise' or 'collect', not {on_error!r}")
-        retries = options.pop("retries", self.retries)
+        retries = options.pop("retries", 0 if inner else self.retries)
         if options:
             raise TypeError(f"{type(self).__name__}: unknown option(s) {sorted(options)}")
         check_supported(self.callbacks, self)
@@ -273,10 +277,9 @@ class Engine:
                 })
         rt = Runtime(cache=self.cache, callbacks=self.callbacks, ctx=ctx, retries=retries,
                      batch_size=self.batch_size, collect=on_error == "collect", engine=self)
-        if rt.callbacks and inner_map_engine() is self:
-            # A map one of our nodes makes (engines that take those: maps_on): its time
-            # is that node's call, its events are not the caller's maps (nor theirs to
-            # deliver, maybe from a pool thread).
+        if rt.callbacks and inner:
+            # Its time is that node's call, its events are not the caller's maps (nor
+            # theirs to deliver, maybe from a pool thread).
             rt.callbacks, rt.ctx, rt.tracing = [], None, rt.cache is not None
         return rt
 
