@@ -109,6 +109,9 @@ class AutoEngine(ThreadEngine):
         #: Nodes seen to map themselves (their function calls Pipeline.map): the most
         #: inner items one call mapped.
         self._mappers: dict[tuple[str, str], int] = {}
+        #: ... and whether their inner items mostly wait (every costly inner node waits
+        #: or awaits): their calls then stay here, on threads, even when many.
+        self._mapper_waits: dict[tuple[str, str], bool] = {}
 
     def _lend(self, kind: str) -> Any:
         if kind != PROCESS:
@@ -146,6 +149,10 @@ class AutoEngine(ThreadEngine):
             self._depth.value = depth - 1
             rt.stage_times = outer_times
         time_stages(choices, stage_times)
+        if caller is not None and inner_map_engine() is self:
+            costly = [c for c in choices if not c.cheap]
+            waits = bool(costly) and all(c.waiting or c.executor == ASYNC for c in costly)
+            self._mapper_waits[caller] = waits and self._mapper_waits.get(caller, True)
         if not nested:
             self._last = Explanation(choices + self._inner, len(rows),
                                      time.perf_counter() - t0)
@@ -377,6 +384,11 @@ class AutoEngine(ThreadEngine):
         the inner items of all of them sharing the workers (one pool of work)."""
         many = items is None or items >= MAPPER_ITEMS_PER_WORKER * self.workers
         maps = f"its function maps ({inner} inner items a call), {items or 'no'} calls to place"
+        if self._mapper_waits.get(_key(step)):
+            # In a worker process its map would run item after item: waits in a row.
+            return Choice(step.name, THREAD, f"{maps}: its inner items mostly wait: its "
+                          "calls here on threads, their maps on this engine", m,
+                          waiting=True)
         if self.workers > 1 and many:
             return Choice(step.name, PROCESS, f"{maps}: each call whole in a worker process", m)
         return Choice(step.name, THREAD, f"{maps}: its maps run on this engine (the inner "

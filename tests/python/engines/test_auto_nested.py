@@ -83,6 +83,20 @@ def test_many_calls_run_whole_in_worker_processes(engine):
         assert called_in != os.getpid() and inner_pids == [called_in] * 2
 
 
+def test_many_calls_whose_inner_items_wait_stay_here_on_threads(engine):
+    # In a worker process, a call's map would run its fetches one after another (the
+    # accepted choice before: 100 calls of 5 fetches of 10 ms took 3 s, ThreadEngine 0.1 s)
+    calls = 4 * engine.workers
+    out = Pipeline([crawl]).map({"urls": [list(range(4))] * calls}, map_over="urls",
+                                engine=engine)
+    explained = rows(engine)
+    assert explained["crawl"]["executor"] == "thread", explained["crawl"]
+    assert "its inner items mostly wait" in explained["crawl"]["why"]
+    callers = {r["threads"][0] for r in out[auto.PROBE_ITEMS:]}  # (after those measured)
+    assert threading.get_ident() not in callers  # the calls ran on pool threads
+    assert any(len(set(r["threads"][1])) > 1 for r in out)  # fetches at once
+
+
 def test_an_inner_pipeline_with_an_engine_of_its_own_keeps_it(engine):
     own = Pipeline([sample], engine=SeqEngine())
 
