@@ -141,10 +141,16 @@ class AutoEngine(ThreadEngine):
             self._inner: list[Choice] = []
         stage_times: list = []
         outer_times, rt.stage_times = rt.stage_times, (plan, stage_times)
+        placed: list[list[Choice]] = []  # (_map_here's choices, as soon as made)
         try:
             with maps_on(self):  # a node of this map run here maps on this engine
                 choices, out = self._map_here(plan, base, rows, rt, first, announce,
-                                              fanout, unmeasured, t0)
+                                              fanout, unmeasured, t0, placed)
+        except BaseException as exc:
+            if placed and not nested:  # explain() shows what ran where in a failed map too
+                self._last = Explanation(placed[0] + self._inner, len(rows),
+                                         time.perf_counter() - t0, failed=exc)
+            raise
         finally:
             self._depth.value = depth - 1
             rt.stage_times = outer_times
@@ -166,12 +172,14 @@ class AutoEngine(ThreadEngine):
 
     def _map_here(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime, first: int,
                   announce: bool, fanout: bool, unmeasured: list[Step],
-                  t0: float) -> tuple[list[Choice], list]:
-        """_execute_map's map: (the choices made, the results)."""
+                  t0: float, placed: list) -> tuple[list[Choice], list]:
+        """_execute_map's map: (the choices made (also put in ``placed``), the
+        results)."""
         if not unmeasured or not rows or fanout or self._item_timeout(plan) is not None:
             # (Measured items run here, where no deadline could stop them; and an
             # item here would run its whole nested map here: the inner map measures.)
             choices = self._place(plan, len(rows), fanout, sent=(base, rows[:1]))
+            placed.append(choices)
             return choices, self._run_rows(plan, base, rows, rt, first, announce)
         announce = announce and bool(rt.callbacks)
         if announce:
@@ -180,6 +188,7 @@ class AutoEngine(ThreadEngine):
             k = min(len(rows), PROBE_ITEMS)
             out = self._probe(plan, base, rows[:k], rt, unmeasured, first)
             choices = self._place(plan, len(rows) - k, fanout, sent=(base, rows[:1]))
+            placed.append(choices)
             out += self._run_rows(plan, base, rows[k:], rt, first + k, False)
             return choices, out
         finally:

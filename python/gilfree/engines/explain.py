@@ -164,6 +164,8 @@ class Explanation:
     items: int | None = None
     seconds: float | None = None
     stream: bool = False
+    #: the error that ended the map (under on_error="raise"), if one did
+    failed: BaseException | None = None
 
     @property
     def rows(self) -> list[dict[str, Any]]:
@@ -172,6 +174,9 @@ class Explanation:
     def summary(self) -> str:
         if not self.choices:
             return "no map has run on this engine yet"
+        if self.failed is not None:
+            return (f"last map: {self.items} items, stopped after {self.seconds * 1e3:.1f} ms "
+                    f"by an error: {type(self.failed).__name__}: {self.failed}")
         if self.items is None or self.seconds is None:
             return "last map: a stream (imap), still running"
         rate = f", {self.items / self.seconds:,.0f} items/s" if self.seconds > 0 else ""

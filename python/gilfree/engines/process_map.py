@@ -189,7 +189,7 @@ class _MapCall:
                                  Skipped()) if self.skip else {})
         # Rows that do not pickle fail their items only (remote.encode_batch).
         return remote.encode_batch(self.map_id, self.rows[a:b], a, self.names,
-                                   self.consumers, failed=skipped)
+                                   self.consumers, failed=skipped, first=self.first)
 
     def on_result(self, a: int, b: int, origin: int, body: bytes, fds: list[int]) -> bool:
         result = remote.decode_result(body, fds, a, b)

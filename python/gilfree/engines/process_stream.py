@@ -70,7 +70,7 @@ class StreamCall(_MapCall):
                 rows[k] = empty
             skipped = dict.fromkeys(skipped, placeholder)
         return remote.encode_batch(self.map_id, rows, a, self.names, self.consumers,
-                                   failed=skipped or {})
+                                   failed=skipped or {}, first=self.first)
 
     def on_result(self, a: int, b: int, origin: int, body: bytes, fds: list[int]) -> bool:
         result = remote.decode_result(body, fds, a, b)

@@ -63,11 +63,13 @@ def consumers(plan: Any, names: list[str]) -> dict[str, list[str]]:
 
 def encode_batch(map_id: Any, rows: list[dict], a: int, names: list[str],
                  users: dict[str, list[str]], *, failed: dict | None = None,
-                 shm: bool = True, keys: set[str] | None = None) -> tuple[bytes, list[int]]:
+                 shm: bool = True, keys: set[str] | None = None,
+                 first: int = 0) -> tuple[bytes, list[int]]:
     """Map items ``a, a + 1, ...`` (``rows``) as a pickled Batch; ``failed``: batch
     offset -> the error of an item that fails without running. A row that does not
     pickle fails its item only (a SerializationError naming item, input and nodes); the
-    other items travel and run."""
+    other items travel and run. ``first``: the map's number of item 0 (the rows may be
+    the rest of a larger map: AutoEngine ran its first items itself)."""
     cols = [[r[k] for r in rows] for k in names]
     failed = dict(failed or {})
     try:
@@ -81,7 +83,7 @@ def encode_batch(map_id: Any, rows: list[dict], a: int, names: list[str],
             bad = transport.find_unpicklable(lambda: {f"input {name!r}": value})
             if bad is not None:
                 failed[k] = SerializationError(
-                    f"cannot send {bad} of map item {a + k} (used by node(s) "
+                    f"cannot send {bad} of map item {first + a + k} (used by node(s) "
                     f"{users.get(name, [])}) to a worker process (driver -> worker)")
                 break
     cols = [[None if i in failed else r[k] for i, r in enumerate(rows)] for k in names]

@@ -523,3 +523,30 @@ def test_a_dead_worker_names_the_maps_item(with_callbacks):
     assert "on map item 9" in str(out[9]) and "map item 9 was in its batch" in str(out[9])
     lost = [k for k, r in enumerate(out) if isinstance(r, BaseException)]
     assert 9 in lost and all(isinstance(out[k], WorkerDied) for k in lost)
+
+
+@node(output_name="burned")
+def burn_or_fail(slept):
+    if slept == 30:
+        raise ValueError("bad item 30")
+    return spin(60_000) + slept
+
+
+def test_a_failed_map_is_explained_and_its_items_numbered_in_the_whole_map(engine):
+    # The map's first items ran here (measured); its other items run as a map of their
+    # own on the worker processes, numbered on from them in errors.
+    with pytest.raises(ValueError) as info:
+        Pipeline([burn_or_fail]).map({"slept": list(range(60))}, map_over="slept",
+                                     engine=engine)
+    assert "gilfree: raised in node 'burn_or_fail' (map item 30)" in info.value.__notes__
+    assert executors(engine) == {"burn_or_fail": "process"}
+    assert "stopped after" in str(engine.explain()) and "bad item 30" in str(engine.explain())
+
+
+def test_an_input_that_does_not_pickle_is_named_by_its_item_in_the_whole_map(engine):
+    items = list(range(40))
+    items[5] = threading.Lock()  # (past the measured items)
+    out = Pipeline([burn]).map({"slept": items}, map_over="slept", engine=engine,
+                               on_error="collect")
+    assert [i for i, r in enumerate(out) if isinstance(r, BaseException)] == [5]
+    assert "of map item 5 " in str(out[5]), out[5]
