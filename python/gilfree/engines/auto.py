@@ -122,6 +122,7 @@ class AutoEngine(ThreadEngine):
             lent = self._lent.get(kind)
             if lent is None:
                 lent = self._lent[kind] = ProcessEngine(self.workers, timeout=self.timeout)
+                lent.engine_name = self.name_in_messages
             return lent
 
     # -- map ----------------------------------------------------------------------------

@@ -49,6 +49,10 @@ def capacity(c: Choice, workers: int) -> float | None:
     return None
 
 
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
 def size_threads(choices: list[Choice], items: int | None, streaming: bool, workers: int,
                  max_workers: int, cores: int) -> None:
     """Set ``threads`` (and say why) on every waiting node of ``choices``."""
@@ -64,9 +68,11 @@ def size_threads(choices: list[Choice], items: int | None, streaming: bool, work
             want = math.ceil(rate * latency * HEADROOM)
             why = (f"Little's law: the pace of {slowest!r} ({rate:,.0f} items/s) x "
                    f"{latency * 1e3:.1f} ms x {HEADROOM:g}")
-        elif items is not None:
+        elif items:
             want = items
-            why = f"Little's law: its {items} items in one call's time"
+            why = f"Little's law: its {_n(items, 'item')} in one call's time"
+        elif items == 0:  # (the measured items were all of them)
+            continue
         else:
             want = max_workers
             why = "a stream with no slower stage measured"

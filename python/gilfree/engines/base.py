@@ -193,9 +193,16 @@ class Engine:
             lent = self._lent.get(kind)
             if lent is None:
                 lent = self._lent[kind] = cls(timeout=self.timeout)
+                lent.engine_name = self.name_in_messages  # (the user's engine)
                 if self.takes_inner_maps:
                     lent._lent_by = weakref.ref(self)
             return lent
+
+    @property
+    def name_in_messages(self) -> str:
+        """The engine's name as the user knows it: an engine lent to another, or one
+        standing in for another (a worker's NodeMapsEngine), says the user's."""
+        return getattr(self, "engine_name", type(self).__name__)
 
     def node_map_engine(self) -> "Engine":
         """The engine that a node run on this engine's threads maps on: this one, or

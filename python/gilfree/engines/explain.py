@@ -156,6 +156,10 @@ def _share(wall: float, cpu: float, queued: float) -> float:
 _COLUMNS = ("node", "executor", "concurrency", "measured", "items/s", "why")
 
 
+def _items(n: int) -> str:
+    return f"{n} item" + ("" if n == 1 else "s")
+
+
 @dataclass
 class Explanation:
     """The choices of one map (``items`` items in ``seconds``; None: not known, e.g. a
@@ -175,13 +179,13 @@ class Explanation:
         if not self.choices:
             return "no map has run on this engine yet"
         if self.failed is not None:
-            return (f"last map: {self.items} items, stopped after {self.seconds * 1e3:.1f} ms "
+            return (f"last map: {_items(self.items)}, stopped after {self.seconds * 1e3:.1f} ms "
                     f"by an error: {type(self.failed).__name__}: {self.failed}")
         if self.items is None or self.seconds is None:
             return "last map: a stream (imap), still running"
         rate = f", {self.items / self.seconds:,.0f} items/s" if self.seconds > 0 else ""
         what = "a stream (imap) of " if self.stream else ""
-        return f"last map: {what}{self.items} items in {self.seconds * 1e3:.1f} ms{rate}"
+        return f"last map: {what}{_items(self.items)} in {self.seconds * 1e3:.1f} ms{rate}"
 
     def __str__(self) -> str:
         rows = [[str(r[c]) for c in _COLUMNS] for r in self.rows]

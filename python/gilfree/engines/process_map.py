@@ -171,8 +171,8 @@ class _MapCall:
         left = [i for i, r in enumerate(self.out) if r is None]  # a result is never None
         if not left:
             return
-        what = ("ProcessEngine was shut down (engine.shutdown() from another thread or a "
-                "callback) during this map")
+        what = (f"{self.engine.name_in_messages} was shut down (engine.shutdown() from "
+                "another thread or a callback) during this map")
         if not self.rt.collect:
             raise EngineShutDown(f"{what}: {len(left)} of {self.n} map items did not finish "
                                  f"(the first is map item {self.first + left[0]})")

@@ -59,7 +59,8 @@ class StreamCall(_MapCall):
         if broken:
             raise ExecutionError(f"ProcessEngine is broken: {broken}")
         if self.pool.is_shut_down:  # its workers are gone: what was in flight is lost
-            raise EngineShutDown("ProcessEngine was shut down during the map")
+            raise EngineShutDown(f"{self.engine.name_in_messages} was shut down during "
+                                 "the map")
 
     # -- callbacks from C++ (the feeder thread, GIL held) ------------------------------
     def make_batch(self, a: int, b: int, origin: int) -> tuple[bytes, list[int]]:

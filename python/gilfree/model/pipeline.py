@@ -81,7 +81,7 @@ class Pipeline:
             from ..engines.seq import default_engine
 
             # (the engine's name as users know it: a worker's NodeMapsEngine is theirs)
-            name = getattr(chosen, "engine_name", type(chosen).__name__)
+            name = getattr(chosen, "name_in_messages", type(chosen).__name__)
             warnings.warn(
                 f"{name}: the map of pipeline {self.label!r}, made inside "
                 f"a node, runs in the node's process, item after item: {exc}",

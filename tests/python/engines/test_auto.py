@@ -550,3 +550,19 @@ def test_an_input_that_does_not_pickle_is_named_by_its_item_in_the_whole_map(eng
                                on_error="collect")
     assert [i for i, r in enumerate(out) if isinstance(r, BaseException)] == [5]
     assert "of map item 5 " in str(out[5]), out[5]
+
+
+def test_a_shutdown_during_a_map_on_processes_names_the_auto_engine():
+    # (its worker processes are a ProcessEngine of its own, which the user never made)
+    engine = AutoEngine()
+    try:
+        stopper = threading.Timer(0.3, engine.shutdown)
+        stopper.start()
+        out = Pipeline([burn]).map({"slept": list(range(400))}, map_over="slept",
+                                   engine=engine, on_error="collect")
+        stopper.join()
+        errors = [r for r in out if isinstance(r, BaseException)]
+        assert errors, "the map ended before the shutdown"
+        assert all(str(e).startswith("AutoEngine was shut down") for e in errors), errors[0]
+    finally:
+        engine.shutdown()

@@ -58,7 +58,7 @@ def test_one_call_spreads_its_inner_items_over_the_workers(engine):
     assert "its function maps (24 inner items a call)" in explained["task"]["why"]
     [(label, inner_row)] = [(k, r) for k, r in explained.items() if k.endswith("/sample")]
     assert inner_row["executor"] == "process"
-    assert "last map: 1 items" in str(engine.explain())
+    assert "last map: 1 item in" in str(engine.explain())
 
 
 def test_few_calls_run_here_and_share_the_workers(engine):
