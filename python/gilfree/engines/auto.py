@@ -66,6 +66,9 @@ GIL_TEST_MIN_S = 0.003
 #: sleeps 0.5 ms between runs: ~1.7 runs/ms beside a call that releases the GIL, ~0.2
 #: beside one that holds it (it gets the GIL at each 5 ms switch interval).
 RELEASED_RUNS_PER_MS = 0.8
+#: A node run inline whose items take this many times its measured call, and at least
+#: CHANGED_MIN_S each, in a map is measured again at the next map (its calls changed).
+CHANGED_BY, CHANGED_MIN_S = 10, 0.001
 #: A DualNode's batch holds at most this much measured work (seconds): a huge map does
 #: not make huge batches (memory, and the first results wait for a whole batch).
 MAX_BATCH_S = 0.5
@@ -142,20 +145,21 @@ class AutoEngine(ThreadEngine):
             self._inner: list[Choice] = []
         stage_times: list = []
         outer_times, rt.stage_times = rt.stage_times, (plan, stage_times)
-        placed: list[list[Choice]] = []  # (_map_here's choices, as soon as made)
+        placed: dict[str, Any] = {}  # _map_here's choices, as soon as made; its run
         try:
             with maps_on(self):  # a node of this map run here maps on this engine
                 choices, out = self._map_here(plan, base, rows, rt, first, announce,
                                               fanout, unmeasured, t0, placed)
         except BaseException as exc:
             if placed and not nested:  # explain() shows what ran where in a failed map too
-                self._last = Explanation(placed[0] + self._inner, len(rows),
+                self._last = Explanation(placed["choices"] + self._inner, len(rows),
                                          time.perf_counter() - t0, failed=exc)
             raise
         finally:
             self._depth.value = depth - 1
             rt.stage_times = outer_times
         time_stages(choices, stage_times)
+        self._forget_changed(plan, choices, *placed["run"])
         if caller is not None and inner_map_engine() is self:
             costly = [c for c in choices if not c.cheap]
             waits = bool(costly) and all(c.waiting or c.executor == ASYNC for c in costly)
@@ -174,27 +178,53 @@ class AutoEngine(ThreadEngine):
     def _map_here(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime, first: int,
                   announce: bool, fanout: bool, unmeasured: list[Step],
                   t0: float, placed: list) -> tuple[list[Choice], list]:
-        """_execute_map's map: (the choices made (also put in ``placed``), the
-        results)."""
+        """_execute_map's map: (the choices made, the results); ``placed`` gets the
+        choices as soon as they are made, and the items run on them and their seconds."""
         if not unmeasured or not rows or fanout or self._item_timeout(plan) is not None:
             # (Measured items run here, where no deadline could stop them; and an
             # item here would run its whole nested map here: the inner map measures.)
-            choices = self._place(plan, len(rows), fanout, sent=(base, rows[:1]))
-            placed.append(choices)
-            return choices, self._run_rows(plan, base, rows, rt, first, announce)
+            choices = placed["choices"] = self._place(plan, len(rows), fanout,
+                                                      sent=(base, rows[:1]))
+            t1 = time.perf_counter()
+            out = self._run_rows(plan, base, rows, rt, first, announce)
+            placed["run"] = (len(rows), time.perf_counter() - t1)
+            return choices, out
         announce = announce and bool(rt.callbacks)
         if announce:
             rt.emit("on_map_start", len(rows))
         try:
             k = min(len(rows), PROBE_ITEMS)
             out = self._probe(plan, base, rows[:k], rt, unmeasured, first)
-            choices = self._place(plan, len(rows) - k, fanout, sent=(base, rows[:1]))
-            placed.append(choices)
+            choices = placed["choices"] = self._place(plan, len(rows) - k, fanout,
+                                                      sent=(base, rows[:1]))
+            t1 = time.perf_counter()
             out += self._run_rows(plan, base, rows[k:], rt, first + k, False)
+            placed["run"] = (len(rows) - k, time.perf_counter() - t1)  # (not the measured)
             return choices, out
         finally:
             if announce:
                 rt.emit("on_map_end", time.perf_counter() - t0)
+
+    def _forget_changed(self, plan: Plan, choices: list[Choice], items: int,
+                        seconds: float) -> None:
+        """Nodes run inline whose items took far longer than their measured calls (a
+        cache that now misses and goes to the network) are measured again at the next
+        map: a measurement is kept across maps only while it holds."""
+        inline = [(s, c) for s, c in zip(plan.steps, choices)
+                  if c.executor == INLINE and not c.user and c.measure is not None]
+        if not inline or not items:
+            return
+        if all(c.executor == INLINE for c in choices):  # one stage: the map's own time
+            groups = [(inline, seconds / items, sum(c.measure.wall for _, c in inline))]
+        else:  # a stage of its own (a fused one's time is its neighbour's)
+            groups = [([(s, c)], c.stage[1] / c.stage[0], c.measure.wall)
+                      for s, c in inline if c.stage and c.stage[0] and not c.joins]
+        for group, took, measured in groups:
+            if took > max(CHANGED_BY * measured, CHANGED_MIN_S):
+                for s, c in group:
+                    self._measures.pop(_key(s), None)
+                    c.reason += (f"; its items took {took * 1e3:.1f} ms each in this map: "
+                                 "measured again at the next")
 
     def _needs_probe(self, step: Step) -> bool:
         if step.kind == DUAL and (step.hints.get("batch_size") or self.batch_size):

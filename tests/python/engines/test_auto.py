@@ -566,3 +566,25 @@ def test_a_shutdown_during_a_map_on_processes_names_the_auto_engine():
         assert all(str(e).startswith("AutoEngine was shut down") for e in errors), errors[0]
     finally:
         engine.shutdown()
+
+
+@node(output_name="y")
+def lookup(x, remote):
+    if remote:
+        time.sleep(0.005)  # a cache that now misses: a network call
+    return x
+
+
+def test_a_node_whose_calls_changed_is_measured_again_at_the_next_map(engine):
+    p = Pipeline([lookup])
+    p.map({"x": list(range(40)), "remote": False}, map_over="x", engine=engine)
+    assert executors(engine) == {"lookup": "inline"}  # cheap
+    p.map({"x": list(range(40)), "remote": True}, map_over="x", engine=engine)
+    [row] = engine.explain().rows
+    assert row["executor"] == "inline" and "measured again at the next" in row["why"], row
+    p.map({"x": list(range(40)), "remote": True}, map_over="x", engine=engine)
+    [row] = engine.explain().rows
+    assert row["executor"] == "thread" and "waits" in row["why"], row
+    # A map of few items (its measurement is not the map's cost): nothing forgotten
+    p.map({"x": [1], "remote": True}, map_over="x", engine=engine)
+    assert "measured again" not in engine.explain().rows[0]["why"]
