@@ -395,7 +395,8 @@ class AutoEngine(ThreadEngine):
                                         "(not measured)")
         if m is None:
             why = ("the map had no items" if items == 0 else
-                   "a timeout, a map with a nested map, or its items failed")
+                   "a timeout, a map with a nested map, its items failed, or the cache "
+                   "had them all")
             return Choice(name, THREAD, f"not measured ({why}): threads")
         inner = self._mappers.get(_key(step))
         if inner is not None:
