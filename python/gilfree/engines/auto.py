@@ -177,7 +177,7 @@ class AutoEngine(ThreadEngine):
 
     def _map_here(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime, first: int,
                   announce: bool, fanout: bool, unmeasured: list[Step],
-                  t0: float, placed: list) -> tuple[list[Choice], list]:
+                  t0: float, placed: dict) -> tuple[list[Choice], list]:
         """_execute_map's map: (the choices made, the results); ``placed`` gets the
         choices as soon as they are made, and the items run on them and their seconds."""
         if not unmeasured or not rows or fanout or self._item_timeout(plan) is not None:
