@@ -487,6 +487,18 @@ bool MapScheduler::handle_exit(const WorkerEvent& ev, MapState& m, MapHost& host
             m.retry.push_back(f);
             continue;
         }
+        const std::int64_t culprit = p.item;
+        if (items && p.tail_batch < 0 && culprit >= static_cast<std::int64_t>(f.start) &&
+            culprit < static_cast<std::int64_t>(f.stop)) {
+            // It died running one item, with no batch call beside it: that item is the
+            // victim; the items of the batch around it (done or not, their results died
+            // with it) run again, as around an overdue item. Each death costs one item.
+            const auto c = static_cast<std::size_t>(culprit);
+            if (f.start < c) m.retry.push_back(InFlight{0, f.start, c, {}, f.origin});
+            if (c + 1 < f.stop) m.retry.push_back(InFlight{0, c + 1, f.stop, {}, f.origin});
+            keep_going = host.on_lost(c, c + 1, f.origin, why) && keep_going;
+            continue;
+        }
         LostItems lost_why = why;
         if (tail) {  // its batch calls ran: no item of it in particular
             lost_why.progress.step = p.tail_step;

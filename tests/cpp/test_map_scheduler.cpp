@@ -71,8 +71,9 @@ void test_every_item_once_in_chunks() {
     CHECK(pool.spawned == 3);  // no worker was replaced
 }
 
-// A worker dies while running a batch, with another queued behind it: the running batch
-// is lost (with the status page's item), the queued one runs on another worker.
+// A worker dies while running a batch, with another queued behind it: the item its status
+// page names is lost, the rest of its batch runs again, the queued one runs on another
+// worker.
 void test_dead_workers_batch_runs_elsewhere() {
     FakeWorkers pool(2);
     bool died = false;
@@ -94,10 +95,19 @@ void test_dead_workers_batch_runs_elsewhere() {
     CHECK(sched.run(request(400, "k", 10), host) == MapScheduler::End::done);
     CHECK(died);
     CHECK(host.each_once());
-    // Exactly the running batch is lost, once, with what the status page said.
+    // Exactly the item it was running is lost, once, with what the status page said;
+    // the items around it in its batch ran again (the one before it had run already).
     CHECK(host.lost_ranges.size() == 1);
-    CHECK(host.lost_ranges[0] == std::make_pair(victim_a, victim_b));
+    CHECK(host.lost_ranges[0] == std::make_pair(victim_a + 1, victim_a + 2));
+    CHECK(victim_b > victim_a + 2);  // (items after it, too)
     CHECK(host.lost_why[0].progress.item == static_cast<std::int64_t>(victim_a + 1));
+    CHECK(host.results[victim_a] == 1 && host.results[victim_b - 1] == 1);
+    bool before = false, after = false;
+    for (auto& r : host.batches_made) {
+        before = before || r == std::make_pair(victim_a, victim_a + 1);
+        after = after || r == std::make_pair(victim_a + 2, victim_b);
+    }
+    CHECK(before && after);
     CHECK(host.lost_why[0].pid == 1001 && host.lost_why[0].wait_status == SIGSEGV);
     CHECK(!host.lost_why[0].expected && host.lost_why[0].timeout_s == 0);
     // The queued batch was made twice: once for the dead worker, once again.

@@ -139,17 +139,19 @@ void test_overlapping_ranges_report_each_item_once() {
 }
 
 // A worker dies with a batch queued behind the one it runs: the queued batch is sent
-// again with its origin; the running one is lost, for its own items only.
+// again with its origin; of the running one, the item it ran is lost, and the rest is
+// sent again with the running batch's origin (its own items stay its own).
 void test_batch_sent_again_keeps_its_origin() {
     FakeWorkers pool(2);
     StreamHost host(40);
     host.take = 4;
     for (std::size_t i = 0; i < 40; ++i) host.ready.insert(i);
     bool died = false;
-    std::size_t queued_origin = 0;
+    std::size_t queued_origin = 0, running_origin = 0;
     pool.script = [&](FakeWorkers& f) {
         if (!died && f.workers.at(1).queue.size() == 2) {
             queued_origin = f.workers.at(1).queue[1].start;
+            running_origin = f.workers.at(1).queue.front().start;
             f.start_front(1, f.workers.at(1).queue.front().start);
             f.die(1, SIGSEGV, false);
             died = true;
@@ -162,10 +164,15 @@ void test_batch_sent_again_keeps_its_origin() {
     CHECK(sched.run(stream_request(4), host) == MapScheduler::End::done);
     CHECK(died);
     CHECK(host.each_once());
-    CHECK(host.lost_count() == 4);  // the running batch's four items
-    std::size_t made = 0;
-    for (auto& [a, b, origin] : host.made) made += origin == queued_origin;
+    CHECK(host.lost_count() == 1);  // the item it ran
+    CHECK(host.lost[running_origin] == 1);
+    std::size_t made = 0, remade = 0;
+    for (auto& [a, b, origin] : host.made) {
+        made += origin == queued_origin;
+        remade += origin == running_origin && a == running_origin + 1;
+    }
     CHECK(made == 2);  // made for the dead worker, then again with the same origin
+    CHECK(remade == 1);  // the running batch's other items, with its origin
 }
 
 // An overdue item in a streaming batch: it alone is lost; the rest of its batch is sent

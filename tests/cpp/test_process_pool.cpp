@@ -129,8 +129,8 @@ void test_every_item_once() {
     CHECK(pool.live().empty());
 }
 
-// A worker dies (SIGKILL) on item 13: the batch it was running is reported with the
-// item and the signal, from the real status page and wait status; the rest completes.
+// A worker dies (SIGKILL) on item 13: that item is reported with the signal, from the
+// real status page and wait status; the rest of its batch runs again and completes.
 void test_worker_death_is_reported_from_its_status_page() {
     ProcessPool pool(config("crash-13", 2));
     MapScheduler sched(pool, 0, 10ms);
@@ -138,7 +138,7 @@ void test_worker_death_is_reported_from_its_status_page() {
     CHECK(sched.run(request(40, "k", 4), bounded(host)) == MapScheduler::End::done);
     CHECK(host.each_once());
     CHECK(host.lost_ranges.size() == 1);
-    CHECK(host.lost_ranges[0] == std::make_pair(std::size_t{12}, std::size_t{16}));
+    CHECK(host.lost_ranges[0] == std::make_pair(std::size_t{13}, std::size_t{14}));
     const auto& why = host.lost_why[0];
     CHECK(why.progress.item == 13);
     CHECK(why.progress.in_phase(WorkerPhase::batch));

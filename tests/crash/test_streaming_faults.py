@@ -84,10 +84,37 @@ def test_a_worker_death_fails_its_streamed_items_and_the_stream_goes_on(run_case
     assert res["n"] == 12
     assert "5" in res["errors"] and "map item 5" in res["errors"]["5"], res
     assert "exited with code 3" in res["errors"]["5"], res
+    # Only the item it died on: the other items of its batch ran again
+    assert list(res["errors"]) == ["5"], res["errors"]
     for i, y in res["ok"].items():
         assert y == int(i) * 10
     assert len(res["ok"]) + len(res["errors"]) == 12
     assert res["again"] == [10, 20]
+
+
+@pytest.mark.parametrize("engine_name", [PROCESS, THREAD_MIXED])
+def test_under_raise_a_worker_death_raises_at_its_item_after_the_items_before(run_case,
+                                                                            engine_name):
+    rc, res, err = run_case("""
+        @node(output_name="y")
+        def fragile(x):
+            if x == 7:
+                os._exit(3)
+            return x * 10
+
+        engine = make_engine(batch_size=4)
+        got = []
+        try:
+            for r in Pipeline([fragile]).imap({"x": iter(range(12))}, map_over="x",
+                                              engine=engine):
+                got.append(r["y"])
+        except Exception as exc:
+            report(got=got, error=f"{type(exc).__name__}: {exc}")
+        engine.shutdown()
+    """, timeout=90)
+    assert rc == 0, err
+    assert res["got"] == [x * 10 for x in range(7)], res  # items 4..6 shared its batch
+    assert res["error"].startswith("WorkerDied") and "map item 7 is lost" in res["error"]
 
 
 @pytest.mark.parametrize("engine_name", [PROCESS, THREAD_MIXED, PROCESS_MIXED])

@@ -1,6 +1,7 @@
 """Crash matrix: a worker process dies under an item (Process, both start methods; Dask).
-The items it held fail with an ExecutionError naming the node and the item, the others
-complete, the pool replaces the worker and the engine goes on working."""
+The item it ran fails (Dask: the items of its task) with an ExecutionError naming the node
+and the item, the others complete, the pool replaces the worker and the engine goes on
+working."""
 
 from __future__ import annotations
 
@@ -52,13 +53,15 @@ EXIT = {"signal": "was killed by SIGKILL", "os._exit": "exited with code 3",
 def test_worker_death_fails_its_items_and_the_pool_recovers(run_case, engine_name, death):
     rc, res, err = run_case(DEATH.replace("DIE", DIE[death]), timeout=90)
     assert rc == 0, err
-    # Batches of 2: items 4 and 5 were held by the dead worker.
-    assert sorted(res["errors"]) == ["4", "5"], res
+    # Batches of 2: items 4 and 5 were held by the dead worker. A process pool knows it
+    # died running item 5 (its status page): item 4 runs again. Dask's task is the batch.
+    lost = ["5"] if engine_name.startswith("process") else ["4", "5"]
+    assert sorted(res["errors"]) == lost, res
     assert res["wrapped"], res["errors"]
     for msg in res["errors"].values():
         assert "node 'fragile'" in msg, msg
         assert "map item 5" in msg or "map items 4 to 5" in msg, msg
-    assert {int(k) for k in res["ok"]} == set(range(12)) - {4, 5}
+    assert {int(k) for k in res["ok"]} == set(range(12)) - {int(k) for k in lost}
     assert res["again"] == [10, 20, 30]
     assert res["raised"], res["message"]
     if engine_name.startswith("process"):

@@ -19,10 +19,13 @@
 //
 // Faults (each input item ends as exactly one on_result or on_lost, or the map returns
 // broken / shut down / interrupted and the caller reports what did not finish):
-//   - a worker dies: the batch it was running (status page) is lost, on_lost(whole
-//     batch, exit info); the batches queued behind it never started and run again on
-//     another worker, once (a batch whose payload kills every worker that loads it must
-//     not go round for ever);
+//   - a worker dies running an item (status page): that item alone is lost,
+//     on_lost(item, exit info), and the rest of its batch runs again (done or not: the
+//     results died with it), as around an overdue item; each death costs one item. If
+//     a batch call ran beside it (a DualNode's), or its page names no item of the
+//     batch, the whole batch it was running is lost. The batches queued behind it never
+//     started and run again on another worker, once (a batch whose payload kills every
+//     worker that loads it must not go round for ever);
 //   - an item overruns the per-item timeout: its worker is killed; that item alone is
 //     lost (why.timeout_s > 0) and the rest of its batch runs again; if the item
 //     finished just before the kill landed, everything the worker held runs again;

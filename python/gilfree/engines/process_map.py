@@ -226,11 +226,14 @@ class _MapCall:
             where += (f" (node {beside!r} of another batch ran beside it in that "
                       "process: a DualNode's waiting batch call overlaps the next batch)")
         for i in range(a, b):
+            fate = (f"map item {self.first + i} is lost (the other items of its batch run "
+                    "again)" if item == self.first + i and b - a == 1 else
+                    f"map item {self.first + i} was in its batch (items {self.first + a}.."
+                    f"{self.first + b - 1}) and is lost")
             err = WorkerDied(
-                f"worker process {info['pid']} {how}{where}; map item {self.first + i} was "
-                f"in its batch (items {self.first + a}..{self.first + b - 1}) and is lost. "
-                "The pool starts a replacement. If it ran out of memory, use fewer workers "
-                "or smaller batches (batch_size=)")
+                f"worker process {info['pid']} {how}{where}; {fate}. The pool starts a "
+                "replacement. If it ran out of memory, use fewer workers or smaller "
+                "batches (batch_size=)")
             if node is not None:
                 err.add_note(f"gilfree: raised in node {node!r} (map item {self.first + i})")
             if not self._fail_item(i, err):

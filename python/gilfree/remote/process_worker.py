@@ -106,11 +106,17 @@ def _track_steps(plan: Any, status: Any, timed: bool = False) -> None:
         if step.batch is not None:
             # A DualNode's batch call says so too (the tail thread's calls are on the
             # page's tail slots already: this thread's step is another batch's).
+            # Its page names no item meanwhile: the call is all of its items' (a death
+            # there loses the batch, not one item; map_scheduler.cpp).
             def batch_tracked(*args: Any, f: Any = step.batch, k: int = k,
                               **kwargs: Any) -> Any:
-                if threading.get_ident() == main:
-                    status[SLOT_STEP] = k
-                return f(*args, **kwargs)
+                if threading.get_ident() != main:
+                    return f(*args, **kwargs)
+                status[SLOT_STEP], item, status[SLOT_ITEM] = k, status[SLOT_ITEM], -1
+                try:
+                    return f(*args, **kwargs)
+                finally:
+                    status[SLOT_ITEM] = item
             step.batch = batch_tracked
         f = step.func
         if f is None:
