@@ -152,6 +152,10 @@ class ThreadEngine(Engine):
     ``ExecutionError`` saying the engine was shut down during the map.
     """
 
+    #: A node run on this engine that calls ``Pipeline.imap`` (no engine given) streams on
+    #: it, as its ``map`` does (model/pipeline.py).
+    streams_node_maps = True
+
     supported_hints = frozenset({"batch_size", "max_concurrency", "retries", "timeout"})
     native_executors = frozenset({"thread"})
     default_executor = "thread"

@@ -95,9 +95,16 @@ class Pipeline:
         """``map`` as an iterator over results as they come; inputs read lazily (any
         iterable, generators included), at most ``read_ahead`` items in flight. Close it
         (or break out of the loop) to stop the map. See docs/streaming.md."""
-        return self._engine(engine).imap(self, inputs, map_over=map_over, map_mode=map_mode,
-                                         output_name=output_name, ordered=ordered,
-                                         read_ahead=read_ahead, **options)
+        chosen = self._engine(engine, inner=True)
+        if engine is None and self.engine is None and not getattr(chosen, "streams_node_maps",
+                                                                  False):
+            # A node's own imap streams on the engine running the node where it runs in
+            # this process (ThreadEngine, AsyncEngine, AutoEngine); elsewhere (in a
+            # worker process) on the default engine, item after item.
+            chosen = self._engine(engine)
+        return chosen.imap(self, inputs, map_over=map_over, map_mode=map_mode,
+                           output_name=output_name, ordered=ordered,
+                           read_ahead=read_ahead, **options)
 
     async def arun(self, inputs: dict[str, Any] | None = None, output_name: Any = None,
                    engine: Any = None, **options: Any) -> dict[str, Any]:

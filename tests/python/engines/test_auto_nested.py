@@ -232,6 +232,29 @@ def test_on_thread_engine_a_nodes_map_shares_the_pool():
         assert caller == threading.get_ident() and len(set(fetched_on)) > 1
 
 
+@node(output_name="threads")
+def icrawl(urls):
+    """crawl with imap: the thread it ran on, and the thread each fetch ran on."""
+    @node(output_name="t")
+    def fetch(url):
+        time.sleep(0.02)  # a network call
+        return threading.get_ident()
+
+    return threading.get_ident(), [r["t"] for r in Pipeline([fetch]).imap(
+        {"url": iter(urls)}, map_over="url")]
+
+
+@pytest.mark.parametrize("engine_class", [ThreadEngine, AsyncEngine, AutoEngine])
+def test_a_nodes_imap_streams_on_the_engine_running_it(engine_class):
+    # As its map does; it ran on SeqEngine, one fetch after another.
+    with engine_class() as e:
+        out = Pipeline([icrawl]).map({"urls": [list(range(8))] * 2}, map_over="urls",
+                                     engine=e)
+    for r in out:
+        caller, fetched_on = r["threads"]
+        assert len(fetched_on) == 8 and len(set(fetched_on)) > 1, fetched_on
+
+
 _awaiting = {"now": 0, "most": 0}
 
 
