@@ -80,6 +80,7 @@ class AsyncItems:
         # With a deadline: per item, whether its latest offloaded call has started, so
         # that an item that never got a thread says so (not "did not finish").
         calls: dict[int, list[bool]] = {}
+        running: dict[int, str] = {}  # item -> the node it runs (a timeout names it)
 
         def tracked(i: int) -> Offload:
             def item_offload(fn: Callable[[], Any]) -> Awaitable[Any]:
@@ -97,6 +98,8 @@ class AsyncItems:
                 start(i, r)
             off = tracked(i) if timeout is not None and offload is not None else offload
             for step in steps:
+                if timeout is not None:
+                    running[i] = step.name  # (a timeout names it)
                 if not await arun_step(step, values[i], r, first + i, sigs[i], off):
                     cached[i] = False
 
@@ -118,11 +121,12 @@ class AsyncItems:
                 if not shut_down(i):
                     raise
             except asyncio.TimeoutError:
-                self._fail(i, self._timeout_error(first + i, calls.pop(i, None)), failed,
-                           errors, collect)
+                self._fail(i, self._timeout_error(first + i, calls.pop(i, None),
+                                                  running.get(i)), failed, errors, collect)
             except Exception as exc:
                 self._fail(i, exc, failed, errors, collect)
             calls.pop(i, None)
+            running.pop(i, None)
             if finish is not None and (collect or not errors):
                 finish(i, rt.worker_view())
 
@@ -179,14 +183,16 @@ class AsyncItems:
         if errors and not collect:
             raise errors[min(errors)]
 
-    def _timeout_error(self, item: int, call: list[bool] | None) -> TimeoutError:
+    def _timeout_error(self, item: int, call: list[bool] | None,
+                       node: str | None) -> TimeoutError:
         timeout = self.timeout
+        of = f" (node {node!r})" if node else ""
         if call is not None and not call[0] and self.busy_note is not None:
             # Its call waited in the pool's queue the whole time: say why, not "slow".
             exc = TimeoutError(f"map item {item} timed out after {timeout} s waiting for a "
-                               f"thread, without starting its call: {self.busy_note()}")
+                               f"thread, without starting its call{of}: {self.busy_note()}")
         else:
-            exc = TimeoutError(f"map item {item} did not finish within {timeout} s")
+            exc = TimeoutError(f"map item {item} did not finish within {timeout} s{of}")
         exc.add_note(f"gilfree: timeout={timeout} s (map item {item})")
         return exc
 

@@ -231,7 +231,8 @@ class _LoopRunner(_Runner):
                     s.cached[i] = False
         except asyncio.TimeoutError:
             n = s.offset + i
-            err = TimeoutError(f"map item {n} did not finish within {self.timeout} s")
+            err = TimeoutError(f"map item {n} did not finish within {self.timeout} s "
+                               f"(node {step.name!r})")
             err.add_note(f"gilfree: timeout={self.timeout} s (map item {n})")
             s.fail(i, err)
             return False

@@ -264,3 +264,24 @@ def test_shutdown_during_a_map_fails_the_unfinished_items(make, on_error):
     # a new map on the same engine starts a new pool and works
     assert Pipeline([plus_one]).map({"x": [1]}, map_over="x", engine=engine) == [{"y": 2}]
     engine.shutdown()
+
+
+@pytest.mark.parametrize("how", ["map", "imap"])
+@pytest.mark.parametrize("engine_class", [ThreadEngine, AsyncEngine])
+def test_a_timeout_names_the_node_that_ran_over(engine_class, how):
+    @node(output_name="a")
+    def quick(x):
+        return x
+
+    @node(output_name="b")
+    def stuck(a):
+        if a == 1:
+            time.sleep(2)
+        return a
+
+    p = Pipeline([quick, stuck])
+    with engine_class(timeout=0.2) as engine:
+        run = getattr(p, how)
+        out = list(run({"x": [0, 1, 2]}, map_over="x", engine=engine, on_error="collect"))
+    assert isinstance(out[1], TimeoutError), out
+    assert "map item 1 did not finish within 0.2 s (node 'stuck')" in str(out[1]), out[1]
