@@ -176,6 +176,8 @@ class ThreadEngine(Engine):
         if stateful not in ("shared", "per_thread"):
             raise ValueError("ThreadEngine: stateful must be 'shared' or 'per_thread'")
         self.max_workers = max_workers or DEFAULT_MAX_WORKERS
+        # A closed stream left calls running on the pool: shutdown() does not wait.
+        self.calls_abandoned = False
         self.stateful = stateful
         self.idle_timeout = idle_timeout
         self.max_abandoned = max_abandoned
@@ -354,10 +356,11 @@ class ThreadEngine(Engine):
         with self._pool_lock:
             pool, self._pool = self._pool, None
         if pool is not None:
-            # Calls a timeout gave up on may still run (a hung socket may never return):
-            # after a map with a deadline, do not wait for them; they end in the
-            # background and their results are dropped.
-            pool.shutdown(loop_thread is None)
+            # Calls a timeout or a closed stream gave up on may still run (a hung socket
+            # may never return): after a map with a deadline, or such a stream, do not
+            # wait for them; they end in the background and their results are dropped.
+            pool.shutdown(loop_thread is None and not self.calls_abandoned)
+            self.calls_abandoned = False
         try:
             super().shutdown()
         finally:

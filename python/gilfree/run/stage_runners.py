@@ -96,7 +96,12 @@ class _Runner:
         """The stream is being iterated (its close() will come): threads may start."""
 
     def close(self) -> None:
-        pass
+        # Items still in the stream may be running on the threads of the engine that
+        # lends this stage its pool: they finish unseen, and its shutdown() does not wait
+        # for them (a hung call may never return).
+        threads = getattr(self, "threads_engine", None)
+        if threads is not None and self.stream.values:
+            threads.calls_abandoned = True
 
     def run_items(self, i: int, rt: Runtime) -> bool:
         """The stage's steps for item ``i``; False (error recorded) if one failed."""
@@ -128,6 +133,7 @@ class _InlineRunner(_Runner):
 class _ThreadRunner(_Runner):
     def __init__(self, stream: Any, k: int, stage: Stage, threads: Any):
         super().__init__(stream, k, stage)
+        self.threads_engine = threads
         self.pool = threads.pool
         self.most = threads.max_workers
         self.threads = min(self.most, largest_hint(stage.steps, STAGE_THREADS) or self.most)
@@ -268,7 +274,8 @@ class _BatchRunner(_Runner):
             size = max(2, self.adapt.size)  # (the read-ahead is made from it: >= 8x)
         self.size = size
         self.in_thread = stage.executor != INLINE
-        self.pool = engine._lend(THREAD).pool if self.in_thread else None
+        self.threads_engine = engine._lend(THREAD) if self.in_thread else None
+        self.pool = self.threads_engine.pool if self.in_thread else None
         # Batches in flight: 4, or as many as may call at once (max_concurrency: one
         # waiting for its turn would be cut too early, and its call timed too long).
         at_once = min(4, step.hints.get("max_concurrency") or 4) if self.in_thread else 1

@@ -285,3 +285,26 @@ def test_a_timeout_names_the_node_that_ran_over(engine_class, how):
         out = list(run({"x": [0, 1, 2]}, map_over="x", engine=engine, on_error="collect"))
     assert isinstance(out[1], TimeoutError), out
     assert "map item 1 did not finish within 0.2 s (node 'stuck')" in str(out[1]), out[1]
+
+
+def test_shutdown_does_not_wait_for_a_call_a_closed_stream_left_running():
+    release = threading.Event()
+
+    @node(output_name="b")
+    def hangs_on_zero(x):
+        if x == 0:
+            release.wait(20)  # a hung socket
+        return x
+
+    engine = ThreadEngine()
+    it = Pipeline([hangs_on_zero]).imap({"x": iter(range(10))}, map_over="x",
+                                        engine=engine, ordered=False)
+    assert {next(it)["b"] for _ in range(3)} <= set(range(1, 10))
+    it.close()  # item 0 still runs
+    t = threading.Thread(target=engine.shutdown, daemon=True)
+    t.start()
+    t.join(5)
+    try:
+        assert not t.is_alive(), "shutdown() waited for the call the stream left running"
+    finally:
+        release.set()
