@@ -38,13 +38,13 @@ from typing import Any, Iterator
 
 from ..model.plan import DUAL, PIPE, Plan, Step
 from ..model.stateful import end_map, new_map
-from ..remote import transport
 from ..run.execute import Runtime, execute_map
 from ..run.execute_batch import BatchAdapt
 from ..run.runtime import inner_map_engine, maps_on
 from ..run.stage_runners import STREAM_BATCH_SIZE
 from ..run.stages import (ASYNC, BATCH_ADAPT, INLINE, PROCESS, STAGE_PACE, STAGE_THREADS,
                           THREAD, fans_out, is_fanout)
+from .auto_place import fuse, sendable
 from .auto_threads import size_threads
 from .auto_timing import Ticker, less_floor, probing, timed, timing_floor
 from .explain import Choice, Explanation, Measure, resized, stream_ended, time_stages
@@ -345,8 +345,8 @@ class AutoEngine(ThreadEngine):
         take there)."""
         choices = [self.choose(s, items, fanout) for s in plan.steps]
         if sent is not None:
-            choices = [_sendable(s, c, *sent) for s, c in zip(plan.steps, choices)]
-        _fuse(choices)
+            choices = [sendable(s, c, *sent) for s, c in zip(plan.steps, choices)]
+        fuse(choices)
         size_threads(choices, items, streaming, self.workers, self.max_workers,
                      usable_cores())
         for step, c in zip(plan.steps, choices):
@@ -492,39 +492,3 @@ def _batches(step: Step, m: Measure | None, items: int | None,
     return Choice(step.name, THREAD, why, m, batch=True, batch_size=size,
                   threads_cap=1 if holds else None,
                   adapt=BatchAdapt(size, MAX_BATCH_S, cap))
-
-
-def _sendable(step: Step, c: Choice, base: dict, rows: list[dict]) -> Choice:
-    """``c``, unless it sends ``step`` to worker processes and the node, a shared input
-    it reads or its input in the first item does not pickle (a lock, a connection):
-    then where it would run with no processes, and why."""
-    if c.executor != PROCESS or c.user:
-        return c
-    parts = {f"node {step.name!r}": step.node,
-             **{f"input {a!r}": base[a] for a in step.args if a in base}}
-    for row in rows:
-        parts.update({f"input {a!r} (map item 0)": row[a] for a in step.args if a in row})
-    culprit = transport.find_unpicklable(lambda: parts)
-    if culprit is None:
-        return c
-    why = f"but {culprit} does not pickle (worker processes take everything by pickle)"
-    if c.reason.startswith("its function maps"):  # (_mapper's choice)
-        return Choice(step.name, THREAD, f"its function maps, {why}: here on threads, its "
-                      "maps on this engine", c.measure, waiting=True)
-    return Choice(step.name, INLINE, f"pure-Python CPU, {why}: inline", c.measure)
-
-
-def _fuse(choices: list[Choice]) -> None:
-    """Cheap nodes join the stage of their nearest neighbour that runs on threads or
-    processes (the previous one first), so that they add no hand-over of their own; with
-    none, they stay inline."""
-    for k, c in enumerate(choices):
-        if not c.cheap:
-            continue
-        before = [o for o in reversed(choices[:k]) if not o.cheap][:1]
-        after = [o for o in choices[k + 1:] if not o.cheap][:1]
-        for other in before + after:
-            if other.executor in (THREAD, PROCESS) and not other.batch:
-                c.executor, c.joins = other.executor, other.node
-                c.reason = c.reason.replace(": inline", f": joins the stage of {other.node!r}")
-                break

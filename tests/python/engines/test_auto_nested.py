@@ -208,15 +208,16 @@ def test_on_process_engine_run_a_nodes_map_that_cannot_be_sent_runs_in_the_node(
                                                  engine=e)
 
 
+@node(output_name="t")
+def fetch_here(url):
+    time.sleep(0.02)  # a network call
+    return threading.get_ident()
+
+
 @node(output_name="threads")
 def crawl(urls):
     """A node that maps I/O: the thread it ran on, and the thread each fetch ran on."""
-    @node(output_name="t")
-    def fetch(url):
-        time.sleep(0.02)  # a network call
-        return threading.get_ident()
-
-    return threading.get_ident(), [r["t"] for r in Pipeline([fetch]).map(
+    return threading.get_ident(), [r["t"] for r in Pipeline([fetch_here]).map(
         {"url": urls}, map_over="url")]
 
 
@@ -235,12 +236,7 @@ def test_on_thread_engine_a_nodes_map_shares_the_pool():
 @node(output_name="threads")
 def icrawl(urls):
     """crawl with imap: the thread it ran on, and the thread each fetch ran on."""
-    @node(output_name="t")
-    def fetch(url):
-        time.sleep(0.02)  # a network call
-        return threading.get_ident()
-
-    return threading.get_ident(), [r["t"] for r in Pipeline([fetch]).imap(
+    return threading.get_ident(), [r["t"] for r in Pipeline([fetch_here]).imap(
         {"url": iter(urls)}, map_over="url")]
 
 
