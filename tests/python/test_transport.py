@@ -38,6 +38,30 @@ def test_large_buffers_go_out_of_band_and_come_back_as_views():
         os.fstat(fds[0])  # loads took ownership of the descriptor
 
 
+def test_pickling_leaves_no_garbage_holding_what_it_pickled():
+    # A pickler that was a reference cycle (its buffer callback a bound method of its own)
+    # lived until the cyclic GC ran, keeping the rows it pickled and their pickle alive:
+    # a process stage of 1 MiB items held ~50 of them, 250 MiB of the driver's memory.
+    import gc
+    import weakref
+
+    class Row(dict):  # (a plain dict cannot be weakly referenced)
+        pass
+
+    row = Row(blob=b"x" * (1 << 20))
+    gone = weakref.ref(row)
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        body, fds = transport.dumps([row])
+        transport.close_fds(fds)
+        del row
+        assert gone() is None, "the pickler's memo still holds the row (a cycle)"
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def test_closures_and_lambdas_travel_by_value():
     offset = 5
     fn, _ = roundtrip(lambda x: x + offset)
