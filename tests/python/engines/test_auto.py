@@ -235,7 +235,9 @@ def test_cpu_work_whose_input_does_not_pickle_stays_here(engine, shared):
     """Worker processes take everything by pickle: a node reading a lock (shared, or one
     per item) would fail every item there. It runs here instead, and explain() says why;
     with inputs that pickle, the same node goes to processes."""
-    xs = list(range(24))
+    # 64 items: the map's work must pay for processes (>= PROCESS_MIN_WORK_S) on a fast
+    # machine too (24 items of a 1.9 ms call measured 45 ms: inline for that reason)
+    xs = list(range(64))
     locks = threading.Lock() if shared else [threading.Lock() for _ in xs]
     mapped = ["x"] if shared else ["x", "lock"]
     out = Pipeline([burn_under]).map({"x": xs, "lock": locks}, map_over=mapped,
