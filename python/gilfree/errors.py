@@ -34,7 +34,18 @@ class EngineShutDown(ExecutionError):
 
 
 class SerializationError(GilfreeError):
-    """Something could not be pickled; the message says what, where and which way."""
+    """Something could not be pickled; the message says what, where and which way.
+
+    ``nodes``: for a value of one map item that could not travel between the driver and
+    a worker process (an input, a node's output, the item's results), the nodes it
+    belongs to (an input: the nodes that read it; empty: not known); None for anything
+    else. (AutoEngine runs such an item here instead, when it chose the processes.)"""
+
+    nodes: tuple[str, ...] | None = None
+    #: "input", "output" or "results": which value of the item did not travel
+    value: str | None = None
+    #: (an output) which, of which item, and why: "its output 'x' (map item 5: ...)"
+    what: str | None = None
 
 
 def annotate(exc: BaseException, node_name: str, item_index: int | None = None) -> None:

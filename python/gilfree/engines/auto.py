@@ -21,9 +21,12 @@
         CPU that releases the GIL      -> threads, one per core at most
         CPU that holds the GIL         -> processes when the map's work pays for them,
                                           else inline
+      a node for processes whose function, shared input, first item's input or
+      measured output does not pickle stays here (auto_place.py)
       the other items run as one map with those executors: ThreadEngine's paths
       (stages.py), a ProcessEngine of this engine's own for "process" nodes; the map
-      times each of its stages (items/s per stage in explain()).
+      times each of its stages (items/s per stage in explain()); an item whose value
+      still could not travel to or from a worker process runs again here (auto_rerun.py)
 
 ``imap`` measures the same way: its first items run here, timed, and come first; the
 rest streams (run/flow.py, numbered on from them). ``explain()`` shows the choices of
@@ -44,9 +47,11 @@ from ..run.runtime import inner_map_engine, maps_on
 from ..run.stage_runners import STREAM_BATCH_SIZE
 from ..run.stages import (ASYNC, BATCH_ADAPT, INLINE, PROCESS, STAGE_PACE, STAGE_THREADS,
                           THREAD, fans_out, is_fanout)
-from .auto_place import fuse, sendable
+from .auto_place import fuse, sendable, unsent_outputs
+from .auto_rerun import run_rows
 from .auto_threads import size_threads
-from .auto_timing import Ticker, less_floor, probing, timed, timing_floor
+from .auto_timing import (Ticker, forget_changed, less_floor, probing, sampled, timed,
+                          timing_floor)
 from .explain import Choice, Explanation, Measure, resized, stream_ended, time_stages
 from .threads import ThreadEngine, auto_batch_size, limit_concurrency, usable_cores
 
@@ -66,9 +71,6 @@ GIL_TEST_MIN_S = 0.003
 #: sleeps 0.5 ms between runs: ~1.7 runs/ms beside a call that releases the GIL, ~0.2
 #: beside one that holds it (it gets the GIL at each 5 ms switch interval).
 RELEASED_RUNS_PER_MS = 0.8
-#: A node run inline whose items take this many times its measured call, and at least
-#: CHANGED_MIN_S each, in a map is measured again at the next map (its calls changed).
-CHANGED_BY, CHANGED_MIN_S = 10, 0.001
 #: A DualNode's batch holds at most this much measured work (seconds): a huge map does
 #: not make huge batches (memory, and the first results wait for a whole batch).
 MAX_BATCH_S = 0.5
@@ -115,6 +117,9 @@ class AutoEngine(ThreadEngine):
         #: ... and whether their inner items mostly wait (every costly inner node waits
         #: or awaits): their calls then stay here, on threads, even when many.
         self._mapper_waits: dict[tuple[str, str], bool] = {}
+        #: Nodes whose output did not pickle (in the measured items, or back from a
+        #: worker process): what did not; they stay here (auto_place.sendable).
+        self._unsendable: dict[tuple[str, str], str] = {}
 
     def _lend(self, kind: str) -> Any:
         if kind != PROCESS:
@@ -159,7 +164,7 @@ class AutoEngine(ThreadEngine):
             self._depth.value = depth - 1
             rt.stage_times = outer_times
         time_stages(choices, stage_times)
-        self._forget_changed(plan, choices, *placed["run"])
+        forget_changed(self._measures, _key, plan, choices, *placed["run"])
         if caller is not None and inner_map_engine() is self:
             costly = [c for c in choices if not c.cheap]
             waits = bool(costly) and all(c.waiting or c.executor == ASYNC for c in costly)
@@ -186,7 +191,7 @@ class AutoEngine(ThreadEngine):
             choices = placed["choices"] = self._place(plan, len(rows), fanout,
                                                       sent=(base, rows[:1]))
             t1 = time.perf_counter()
-            out = self._run_rows(plan, base, rows, rt, first, announce)
+            out = self._run_rows(plan, base, rows, rt, first, announce, choices)
             placed["run"] = (len(rows), time.perf_counter() - t1)
             return choices, out
         announce = announce and bool(rt.callbacks)
@@ -194,37 +199,17 @@ class AutoEngine(ThreadEngine):
             rt.emit("on_map_start", len(rows))
         try:
             k = min(len(rows), PROBE_ITEMS)
-            out = self._probe(plan, base, rows[:k], rt, unmeasured, first)
+            samples: dict[str, Any] = {}
+            out = self._probe(plan, base, rows[:k], rt, unmeasured, first, samples)
             choices = placed["choices"] = self._place(plan, len(rows) - k, fanout,
-                                                      sent=(base, rows[:1]))
+                                                      sent=(base, rows[:1]), samples=samples)
             t1 = time.perf_counter()
-            out += self._run_rows(plan, base, rows[k:], rt, first + k, False)
+            out += self._run_rows(plan, base, rows[k:], rt, first + k, False, choices)
             placed["run"] = (len(rows) - k, time.perf_counter() - t1)  # (not the measured)
             return choices, out
         finally:
             if announce:
                 rt.emit("on_map_end", time.perf_counter() - t0)
-
-    def _forget_changed(self, plan: Plan, choices: list[Choice], items: int,
-                        seconds: float) -> None:
-        """Nodes run inline whose items took far longer than their measured calls (a
-        cache that now misses and goes to the network) are measured again at the next
-        map: a measurement is kept across maps only while it holds."""
-        inline = [(s, c) for s, c in zip(plan.steps, choices)
-                  if c.executor == INLINE and not c.user and c.measure is not None]
-        if not inline or not items:
-            return
-        if all(c.executor == INLINE for c in choices):  # one stage: the map's own time
-            groups = [(inline, seconds / items, sum(c.measure.wall for _, c in inline))]
-        else:  # a stage of its own (a fused one's time is its neighbour's)
-            groups = [([(s, c)], c.stage[1] / c.stage[0], c.measure.wall)
-                      for s, c in inline if c.stage and c.stage[0] and not c.joins]
-        for group, took, measured in groups:
-            if took > max(CHANGED_BY * measured, CHANGED_MIN_S):
-                for s, c in group:
-                    self._measures.pop(_key(s), None)
-                    c.reason += (f"; its items took {took * 1e3:.1f} ms each in this map: "
-                                 "measured again at the next")
 
     def _needs_probe(self, step: Step) -> bool:
         if step.kind == DUAL and (step.hints.get("batch_size") or self.batch_size):
@@ -233,8 +218,10 @@ class AutoEngine(ThreadEngine):
                 and not step.hints.get("executor") and _key(step) not in self._measures)
 
     def _probe(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime,
-               steps: list[Step], first: int) -> list:
-        """The first rows, here, one after another, with ``steps``' calls timed."""
+               steps: list[Step], first: int, samples: dict[str, Any] | None = None
+               ) -> list:
+        """The first rows, here, one after another, with ``steps``' calls timed;
+        ``samples`` gets each step's first return value (does it pickle?)."""
         calls: dict[str, list] = {s.name: [] for s in steps}
         # What is timed: a node's call; a DualNode's batch call over the measured items.
         attrs = ["batch" if s.kind == DUAL else "func" for s in steps]
@@ -243,7 +230,8 @@ class AutoEngine(ThreadEngine):
         floor = timing_floor(ticker)
         try:
             for s, a, f in zip(steps, attrs, funcs):
-                setattr(s, a, timed(f, calls[s.name], ticker, _key(s)))
+                setattr(s, a, sampled(timed(f, calls[s.name], ticker, _key(s)), samples,
+                                       s.name))
             # (A node that maps does so on this engine: the caller's maps_on.)
             return execute_map(plan, self._scoped(base), rows, rt, first_index=first,
                                announce=False)
@@ -258,7 +246,16 @@ class AutoEngine(ThreadEngine):
                         m.items = len(rows)  # one batch call over the measured items
 
     def _run_rows(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime,
-                  first: int, announce: bool) -> list:
+                  first: int, announce: bool, choices: list[Choice]) -> list:
+        """The rows on the executors chosen; those whose values could not travel to or
+        from the worker processes chosen run again here (auto_rerun.py)."""
+        def remember(name: str, exc: Any) -> None:  # (the first item that said so)
+            step = next(s for s in plan.steps if s.name == name)
+            self._unsendable.setdefault(_key(step), f"{exc.what}, in an earlier map")
+        return run_rows(self, plan, base, rows, rt, first, announce, choices, remember)
+
+    def _run_on(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime,
+                first: int, announce: bool) -> list:
         kinds = {s.hints.get("executor") for s in plan.steps}
         if rows and kinds == {INLINE}:
             return execute_map(plan, self._scoped(base), rows, rt, first_index=first,
@@ -296,14 +293,15 @@ class AutoEngine(ThreadEngine):
             head, broke = take_rows(rows, PROBE_ITEMS, 0)
             measured_rt = rt.with_collect()  # the policy is applied as each is yielded
             number = new_map()
+            samples: dict[str, Any] = {}
             try:
                 with maps_on(self):  # a node that maps: on this engine (noted, _execute_map)
-                    out = (self._probe(plan, base, head, measured_rt, unmeasured, 0)
+                    out = (self._probe(plan, base, head, measured_rt, unmeasured, 0, samples)
                            if head else [])
             finally:
                 end_map(number)
             self._place_stream(plan, None if total is None else total - len(head), total,
-                               rt, t0, sent=(base, head[:1]))
+                               rt, t0, sent=(base, head[:1]), samples=samples)
             for result in out:
                 if isinstance(result, BaseException) and not rt.collect:
                     raise result
@@ -326,27 +324,34 @@ class AutoEngine(ThreadEngine):
 
     def _place_stream(self, plan: Plan, items: int | None, total: int | None,
                       rt: Runtime, t0: float | None = None,
-                      sent: tuple[dict, list[dict]] | None = None) -> None:
+                      sent: tuple[dict, list[dict]] | None = None,
+                      samples: dict[str, Any] | None = None) -> None:
         """_place for a stream of ``items`` more items (that started at ``t0``: its
         measured items ran first); explain() shows it, the re-sizing of its waiting
         stages as they happen (rt.on_resize), and items/s per stage at its end."""
-        self._last = Explanation(self._place(plan, items, streaming=True, sent=sent),
-                                 total, None, stream=True)
+        self._last = Explanation(self._place(plan, items, streaming=True, sent=sent,
+                                             samples=samples), total, None, stream=True)
         rt.on_resize = resized(self._last.choices)
         rt.on_stream_end = stream_ended(self._last, time.perf_counter() if t0 is None else t0)
 
     # -- choosing -----------------------------------------------------------------------
     def _place(self, plan: Plan, items: int | None, fanout: bool = False,
-               streaming: bool = False,
-               sent: tuple[dict, list[dict]] | None = None) -> list[Choice]:
+               streaming: bool = False, sent: tuple[dict, list[dict]] | None = None,
+               samples: dict[str, Any] | None = None) -> list[Choice]:
         """Choose each top-level node's executor and write it into its hints
         (``streaming``: an imap, whose stages overlap; ``sent``: the map's shared inputs
         and its first item, which a node placed in worker processes must be able to
-        take there)."""
+        take there; ``samples``: the measured items' outputs, which must come back)."""
         choices = [self.choose(s, items, fanout) for s in plan.steps]
         if sent is not None:
-            choices = [sendable(s, c, *sent) for s, c in zip(plan.steps, choices)]
+            choices = [sendable(s, c, *sent, self._unsendable.get(_key(s)))
+                       for s, c in zip(plan.steps, choices)]
         fuse(choices)
+
+        def remember(step: Step, what: str) -> None:
+            self._unsendable[_key(step)] = what
+        if samples and unsent_outputs(plan, choices, samples, remember):
+            return self._place(plan, items, fanout, streaming, sent)  # (they stay here)
         size_threads(choices, items, streaming, self.workers, self.max_workers,
                      usable_cores())
         for step, c in zip(plan.steps, choices):

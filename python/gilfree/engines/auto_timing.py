@@ -1,12 +1,16 @@
 """AutoEngine's timing of a node's calls on the measured items (auto.py's probe): wall
 and CPU time, time spent waiting for a core, and a helper thread that tells whether a
-call let other threads run Python (released the GIL)."""
+call let other threads run Python (released the GIL); the first return value of each
+(``sampled``: must it stay here?); after a map, measurements that no longer hold
+(``forget_changed``)."""
 
 from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
+
+from ..run.stages import INLINE
 
 
 class Ticker:
@@ -88,3 +92,42 @@ def timing_floor(ticker: Ticker, tries: int = 5) -> tuple[float, float]:
 def less_floor(calls: list, floor: tuple[float, float]) -> list:
     wall, cpu = floor
     return [(max(0.0, w - wall), max(0.0, c - cpu), *rest) for w, c, *rest in calls]
+
+
+def sampled(func: Any, samples: dict[str, Any] | None, name: str) -> Any:
+    """``func``, keeping its first return value in ``samples[name]``."""
+    if samples is None:
+        return func
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        result = func(*args, **kwargs)
+        samples.setdefault(name, result)
+        return result
+    return call
+
+
+#: A node run inline whose items take this many times its measured call, and at least
+#: CHANGED_MIN_S each, in a map is measured again at the next map (its calls changed).
+CHANGED_BY, CHANGED_MIN_S = 10, 0.001
+
+
+def forget_changed(measures: dict, key: Callable[[Any], Any], plan: Any, choices: list,
+                   items: int, seconds: float) -> None:
+    """Nodes run inline whose items took far longer than their measured calls (a
+    cache that now misses and goes to the network) are measured again at the next
+    map: a measurement is kept across maps only while it holds."""
+    inline = [(s, c) for s, c in zip(plan.steps, choices)
+              if c.executor == INLINE and not c.user and c.measure is not None]
+    if not inline or not items:
+        return
+    if all(c.executor == INLINE for c in choices):  # one stage: the map's own time
+        groups = [(inline, seconds / items, sum(c.measure.wall for _, c in inline))]
+    else:  # a stage of its own (a fused one's time is its neighbour's)
+        groups = [([(s, c)], c.stage[1] / c.stage[0], c.measure.wall)
+                  for s, c in inline if c.stage and c.stage[0] and not c.joins]
+    for group, took, measured in groups:
+        if took > max(CHANGED_BY * measured, CHANGED_MIN_S):
+            for s, c in group:
+                measures.pop(key(s), None)
+                c.reason += (f"; its items took {took * 1e3:.1f} ms each in this map: "
+                             "measured again at the next")

@@ -71,6 +71,7 @@ class Choice:
     waiting: bool = False  # mostly waits: threads sized by Little's law (auto_threads.py)
     threads: int | None = None  # the threads its stage uses (None: the engine's)
     joins: str | None = None  # a cheap node: the neighbour whose stage it runs in
+    local: bool = False  # a value of it does not pickle: it never joins a process stage
     pace: float | None = None  # a waiting node in a stream: items/s it has to sustain
     batch_size: int | None = None  # a measured DualNode: the batch size chosen
     adapt: Any = None  # ... and how it followed the calls' time (execute_batch.BatchAdapt)

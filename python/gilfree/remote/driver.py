@@ -82,9 +82,10 @@ def encode_batch(map_id: Any, rows: list[dict], a: int, names: list[str],
         for name, value in row.items():
             bad = transport.find_unpicklable(lambda: {f"input {name!r}": value})
             if bad is not None:
-                failed[k] = SerializationError(
+                failed[k] = err = SerializationError(
                     f"cannot send {bad} of map item {first + a + k} (used by node(s) "
                     f"{users.get(name, [])}) to a worker process (driver -> worker)")
+                err.nodes, err.value = tuple(users.get(name, ())), "input"
                 break
     cols = [[None if i in failed else r[k] for i, r in enumerate(rows)] for k in names]
     return transport.dumps(Batch(map_id, a, names, cols, failed), shm=shm, keys=keys)
@@ -96,9 +97,11 @@ def decode_result(body: bytes, fds: list[int], a: int, b: int) -> Result:
     try:
         return transport.loads(body, fds)
     except Exception as exc:
-        raise SerializationError(
+        err = SerializationError(
             f"the results of map items {a} to {b - 1} cannot be unpickled in the driver "
-            f"(worker -> driver): {type(exc).__name__}: {exc}") from exc
+            f"(worker -> driver): {type(exc).__name__}: {exc}")
+        err.nodes, err.value = (), "results"
+        raise err from exc
 
 
 def place(out: list, a: int, parts: list, outputs: list[str]) -> int | None:

@@ -402,6 +402,10 @@ def output_error(bad: dict, producer: dict[str, str], item: int) -> Serializatio
     first_bad = next(iter(bad))
     if first_bad in producer:
         annotate(err, producer[first_bad], item)
+    err.nodes = tuple(dict.fromkeys(producer[o] for o in bad if o in producer))
+    err.value = "output"
+    err.what = (" and ".join("its result" if o is None else f"its output {o!r}" for o in bad)
+                + f" (map item {item}: {type(why).__name__}: {why})")
     return err
 
 
