@@ -48,7 +48,7 @@ from ..run.stage_runners import STREAM_BATCH_SIZE
 from ..run.stages import (ASYNC, BATCH_ADAPT, INLINE, PROCESS, STAGE_PACE, STAGE_THREADS,
                           THREAD, fans_out, is_fanout)
 from .auto_place import fuse, sendable, unsent_outputs
-from .auto_rerun import run_rows
+from .auto_rerun import remembering, run_rows
 from .auto_threads import size_threads
 from .auto_timing import (Ticker, forget_changed, less_floor, probing, sampled, timed,
                           timing_floor)
@@ -249,10 +249,16 @@ class AutoEngine(ThreadEngine):
                   first: int, announce: bool, choices: list[Choice]) -> list:
         """The rows on the executors chosen; those whose values could not travel to or
         from the worker processes chosen run again here (auto_rerun.py)."""
-        def remember(name: str, exc: Any) -> None:  # (the first item that said so)
+        return run_rows(self, plan, base, rows, rt, first, announce, choices,
+                        self._unsent_output(plan))
+
+    def _unsent_output(self, plan: Plan) -> Any:
+        """``remember(node, error)``: the node's output did not come back from a worker
+        process (error: the first item's that said so); later maps keep it here."""
+        def remember(name: str, exc: Any) -> None:
             step = next(s for s in plan.steps if s.name == name)
             self._unsendable.setdefault(_key(step), f"{exc.what}, in an earlier map")
-        return run_rows(self, plan, base, rows, rt, first, announce, choices, remember)
+        return remember
 
     def _run_on(self, plan: Plan, base: dict, rows: list[dict], rt: Runtime,
                 first: int, announce: bool) -> list:
@@ -271,7 +277,9 @@ class AutoEngine(ThreadEngine):
         unmeasured = [s for s in plan.steps if self._needs_probe(s)]
         if not unmeasured or self._item_timeout(plan) is not None:
             self._place_stream(plan, total, total, rt, sent=(base, []))
-            return super()._stream(plan, base, rows, rt, ordered, read_ahead, total, mapped)
+            return remembering(super()._stream(plan, base, rows, rt, ordered, read_ahead,
+                                               total, mapped),
+                               self._last.choices, self._unsent_output(plan))
         return self._probed_stream(plan, base, rows, rt, ordered, read_ahead, total, mapped,
                                    unmeasured)
 
@@ -317,7 +325,8 @@ class AutoEngine(ThreadEngine):
                             read_ahead=read_ahead, collect=rt.collect, total=total,
                             mapped=mapped, remote_base=base, offset=len(head),
                             announce=False)
-            yield from iterate(stream)
+            yield from remembering(iterate(stream), self._last.choices,
+                                   self._unsent_output(plan))
         finally:
             if stream is None and rt.callbacks:  # (a stream ends the map itself)
                 rt.emit("on_map_end", time.perf_counter() - t0)

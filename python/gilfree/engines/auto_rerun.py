@@ -11,12 +11,15 @@ process AutoEngine chose, or whose output could not come back, runs again here, 
       "collect": the map as chosen; each item whose error is such a value's runs here
                  (run_unsent_here); a node whose output did not pickle is remembered:
                  the next maps keep it here (auto_place.sendable)
+    remembering(stream, ...)
+      an imap cannot run an item again (it has passed it on): the item keeps its
+      SerializationError; a node whose output did not pickle is remembered all the same
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from ..errors import SerializationError
 from ..model.plan import Plan
@@ -81,3 +84,28 @@ def run_rows(engine: Any, plan: Plan, base: dict, rows: list[dict], rt: Runtime,
     finally:
         if announce:
             rt.emit("on_map_end", time.perf_counter() - t0)
+
+
+def remembering(results: Iterator, choices: list[Choice],
+                remember: Callable[[str, SerializationError], None]) -> Iterator:
+    """An imap's ``results`` as they come; an item's error (yielded under "collect",
+    raised under "raise") that says a node's output AutoEngine sent to worker processes
+    did not come back is remembered (``remember``). Closing this closes ``results``."""
+    sent_here = {c.node for c in choices if c.executor == PROCESS and not c.user}
+
+    def note(exc: Any) -> None:
+        if unsent(exc, sent_here) and exc.value == "output":
+            for name in exc.nodes:
+                remember(name, exc)
+    try:
+        for result in results:
+            if isinstance(result, SerializationError):
+                note(result)
+            yield result
+    except SerializationError as exc:
+        note(exc)
+        raise
+    finally:
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()

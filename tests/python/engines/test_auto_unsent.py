@@ -6,6 +6,7 @@ ProcessEngine's rule (the item fails with a SerializationError)."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import pytest
@@ -138,6 +139,28 @@ def test_a_stream_keeps_a_node_whose_output_never_pickles_here(engine):
     got = list(Pipeline([counter]).imap({"x": iter(XS)}, map_over="x", engine=engine))
     assert [len(list(r["gen"])) for r in got] == [(spin(40_000) + x) % 3 + 1 for x in XS]
     assert row_of(engine, "counter")["executor"] == "inline"
+
+
+@pytest.mark.parametrize("policy", ["raise", "collect"])
+def test_a_stream_cannot_run_such_an_item_again_but_remembers_its_node(policy):
+    engine = AutoEngine(on_error=policy)
+    try:
+        p = Pipeline([lock_from_50])
+        got = []
+        with pytest.raises(SerializationError, match="map item 50") if policy == "raise" \
+                else contextlib.nullcontext():
+            for r in p.imap({"x": iter(XS)}, map_over="x", engine=engine):
+                got.append(r)
+        assert [r["obj"][0] for r in got[:50]] == [spin(40_000) + x for x in XS[:50]]
+        if policy == "collect":
+            assert all(isinstance(r, SerializationError) for r in got[50:]), got[50:]
+        assert row_of(engine, "lock_from_50")["executor"] == "process"
+        # The next stream keeps it here: every item comes back.
+        again = list(p.imap({"x": iter(XS)}, map_over="x", engine=engine))
+        assert [isinstance(r["obj"][1], LOCK) for r in again] == [x >= 50 for x in XS]
+        assert row_of(engine, "lock_from_50")["executor"] == "inline"
+    finally:
+        engine.shutdown()
 
 
 def test_an_item_whose_input_does_not_pickle_runs_here_and_is_not_remembered(engine):
