@@ -40,7 +40,6 @@ import time
 from typing import Any, Iterator
 
 from ..model.plan import DUAL, PIPE, Plan, Step
-from ..model.stateful import end_map, new_map
 from ..run.execute import Runtime, execute_map
 from ..run.execute_batch import BatchAdapt
 from ..run.runtime import inner_map_engine, maps_on
@@ -49,6 +48,7 @@ from ..run.stages import (ASYNC, BATCH_ADAPT, INLINE, PROCESS, STAGE_PACE, STAGE
                           THREAD, fans_out, is_fanout)
 from .auto_place import fuse, sendable, unsent_outputs
 from .auto_rerun import remembering, run_rows
+from .auto_stream import probed_stream
 from .auto_threads import size_threads
 from .auto_timing import (Ticker, forget_changed, less_floor, probing, sampled, timed,
                           timing_floor)
@@ -280,56 +280,8 @@ class AutoEngine(ThreadEngine):
             return remembering(super()._stream(plan, base, rows, rt, ordered, read_ahead,
                                                total, mapped),
                                self._last.choices, self._unsent_output(plan))
-        return self._probed_stream(plan, base, rows, rt, ordered, read_ahead, total, mapped,
-                                   unmeasured)
-
-    def _probed_stream(self, plan: Plan, base: dict, rows: Iterator[dict], rt: Runtime,
-                       ordered: bool, read_ahead: int | None, total: int | None,
-                       mapped: set[str], unmeasured: list[Step]) -> Iterator[Any]:
-        """imap with a node not measured yet: the first items run here, timed (as in a
-        map), and come first; the rest streams, numbered on from them, on the executors
-        chosen. The map is announced here, and ended by the stream (or here, if the
-        consumer stops before it starts)."""
-        from ..run.flow import Stream, iterate, take_rows
-
-        t0 = time.perf_counter()
-        generation = self._shutdowns
-        if rt.callbacks:
-            rt.emit("on_map_start", total)
-        stream = None
-        try:
-            head, broke = take_rows(rows, PROBE_ITEMS, 0)
-            measured_rt = rt.with_collect()  # the policy is applied as each is yielded
-            number = new_map()
-            samples: dict[str, Any] = {}
-            try:
-                with maps_on(self):  # a node that maps: on this engine (noted, _execute_map)
-                    out = (self._probe(plan, base, head, measured_rt, unmeasured, 0, samples)
-                           if head else [])
-            finally:
-                end_map(number)
-            self._place_stream(plan, None if total is None else total - len(head), total,
-                               rt, t0, sent=(base, head[:1]), samples=samples)
-            for result in out:
-                if isinstance(result, BaseException) and not rt.collect:
-                    raise result
-                yield result
-            if broke is not None:  # the input raised: after the items read before it
-                raise broke
-            if self._shutdowns != generation:  # shutdown() meanwhile: no new item starts
-                ahead = next(rows, None)
-                if ahead is None and rt.collect:
-                    return  # (the measured items were all of them)
-                raise self._shut_down_error()
-            stream = Stream(self, plan, self._scoped(base), rows, rt, ordered=ordered,
-                            read_ahead=read_ahead, collect=rt.collect, total=total,
-                            mapped=mapped, remote_base=base, offset=len(head),
-                            announce=False)
-            yield from remembering(iterate(stream), self._last.choices,
-                                   self._unsent_output(plan))
-        finally:
-            if stream is None and rt.callbacks:  # (a stream ends the map itself)
-                rt.emit("on_map_end", time.perf_counter() - t0)
+        return probed_stream(self, plan, base, rows, rt, ordered, read_ahead, total, mapped,
+                             unmeasured, PROBE_ITEMS)
 
     def _place_stream(self, plan: Plan, items: int | None, total: int | None,
                       rt: Runtime, t0: float | None = None,
