@@ -435,6 +435,12 @@ bool MapScheduler::handle_exit(const WorkerEvent& ev, MapState& m, MapHost& host
     auto holds_overdue = [&](const InFlight& f) {
         return overdue && f.start <= *overdue && *overdue < f.stop;
     };
+    // Item c of batch f alone is the victim: the items around it (done or not, their
+    // results died with the worker) run again.
+    auto retry_around = [&](const InFlight& f, std::size_t c) {
+        if (f.start < c) m.retry.push_back(InFlight{0, f.start, c, {}, f.origin});
+        if (c + 1 < f.stop) m.retry.push_back(InFlight{0, c + 1, f.stop, {}, f.origin});
+    };
     if (overdue) {
         // The overdue item may have finished just before the kill landed (its result
         // came back, the worker had moved on): then nobody is overdue, and what the
@@ -464,12 +470,8 @@ bool MapScheduler::handle_exit(const WorkerEvent& ev, MapState& m, MapHost& host
         const InFlight f = m.inflight[id];
         m.inflight.erase(id);
         if (holds_overdue(f)) {
-            // Killed for its timeout: only the overdue item fails; the items of the
-            // batch around it (done or not, their results died with it) run again.
-            if (f.start < *overdue)
-                m.retry.push_back(InFlight{0, f.start, *overdue, {}, f.origin});
-            if (*overdue + 1 < f.stop)
-                m.retry.push_back(InFlight{0, *overdue + 1, f.stop, {}, f.origin});
+            // Killed for its timeout: only the overdue item fails.
+            retry_around(f, *overdue);
             LostItems t = why;
             t.timeout_s = m.req.item_timeout;
             t.progress.item = static_cast<std::int64_t>(*overdue);
@@ -491,11 +493,9 @@ bool MapScheduler::handle_exit(const WorkerEvent& ev, MapState& m, MapHost& host
         if (items && p.tail_batch < 0 && culprit >= static_cast<std::int64_t>(f.start) &&
             culprit < static_cast<std::int64_t>(f.stop)) {
             // It died running one item, with no batch call beside it: that item is the
-            // victim; the items of the batch around it (done or not, their results died
-            // with it) run again, as around an overdue item. Each death costs one item.
+            // victim, as an overdue one is. Each death costs one item.
             const auto c = static_cast<std::size_t>(culprit);
-            if (f.start < c) m.retry.push_back(InFlight{0, f.start, c, {}, f.origin});
-            if (c + 1 < f.stop) m.retry.push_back(InFlight{0, c + 1, f.stop, {}, f.origin});
+            retry_around(f, c);
             keep_going = host.on_lost(c, c + 1, f.origin, why) && keep_going;
             continue;
         }
