@@ -17,12 +17,22 @@ The knobs are the engine's own options among ``workers`` / ``n_workers``,
 it has one, else the per-node hint, set on every node of the pipeline).  ``auto`` is the
 engine's default (``None``): the row to compare with the best.  The pipeline, inputs
 and result check are the workload's own (its first gilfree candidate), so the grid
-measures exactly what ``run.py`` does.
+measures exactly what ``run.py`` does.  A knob that changes nothing this pipeline runs
+is not swept unless asked for (``batch_size`` on SeqEngine, ThreadEngine or AsyncEngine
+when no node is a DualNode; ``max_concurrency`` on SeqEngine): its values would be the
+same code timed again, and the fastest of several identical configurations is only the
+luckiest sample.
 
 Every round, every configuration, in a rotating order: a fresh engine, one untimed first
 call (its time is the "cold" column), ``--calls`` timed calls on the now-warm engine,
 shutdown.  One engine is alive at a time, so configurations do not load each other.
 The table goes to stdout and to ``benchmarks/results/grid-<W>-<Engine>.md`` (+ JSON).
+
+Then the best grid point and AutoEngine() are measured again, paired (``--confirm``
+rounds, the two alternating in the same protocol, five warm calls each): picking the
+fastest of many configurations by their grid medians favours the one whose samples fell
+in a quiet moment, so AutoEngine's distance to the best is read from the paired rounds
+(the median of their per-round ratios), with the grid's own ratio printed beside it.
 """
 
 from __future__ import annotations
@@ -68,6 +78,47 @@ def default_values(knob: str, quick: bool) -> list:
 def parse_values(text: str) -> list:
     return [None if v.strip().lower() in ("auto", "none") else int(v)
             for v in text.split(",") if v.strip()]
+
+
+def pipeline_of(run) -> object | None:
+    """The pipeline the workload maps: ``run`` once against an engine that stops at map."""
+    from gilfree.engines import SeqEngine
+
+    class Seen(Exception):
+        pass
+
+    class Recorder(SeqEngine):
+        def map(self, pipeline, *args, **kwargs):
+            raise Seen(pipeline)
+    try:
+        run(Recorder())
+    except Seen as seen:
+        return seen.args[0]
+    except Exception:
+        return None
+    return None
+
+
+def has_batch_node(pipeline) -> bool:
+    from gilfree.model.batch import DualNode
+    for n in getattr(pipeline, "nodes", []):
+        inner = getattr(n, "pipeline", None)
+        if isinstance(n, DualNode) or (inner is not None and has_batch_node(inner)):
+            return True
+    return False
+
+
+def idle_knobs(cls: type, pipeline) -> dict[str, str]:
+    """Knobs of ``cls`` that change nothing that runs for ``pipeline``, with the reason
+    (read from the engines' code: batch_size sizes only a DualNode's batches, except on
+    ProcessEngine where it is also the number of items sent to a worker at once)."""
+    idle = {}
+    if pipeline is not None and not getattr(cls, "pickles_items", False) \
+            and not has_batch_node(pipeline):
+        idle["batch_size"] = "no DualNode in this pipeline (it sizes only a DualNode's batches)"
+    if cls.__name__ == "SeqEngine":
+        idle["max_concurrency"] = "SeqEngine makes one call at a time: every cap is met"
+    return idle
 
 
 def knobs_of(cls: type) -> tuple[list[str], list[str]]:
@@ -129,6 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--calls", type=int, default=2, help="timed warm calls per round")
     ap.add_argument("--quick", action="store_true", help="fewer values per knob, 2 rounds")
+    ap.add_argument("--tiny", action="store_true",
+                    help="shrunk workloads: a smoke test of this tool, not a measurement")
+    ap.add_argument("--confirm", type=int, default=6,
+                    help="paired rounds of the best grid point against AutoEngine() (0: none)")
     ap.add_argument("--out", default=str(HERE / "results"))
     for k in KNOBS:
         ap.add_argument(f"--{k.replace('_', '-')}", default=None,
@@ -139,12 +194,15 @@ def main(argv: list[str] | None = None) -> int:
     if not args.workload or not args.engine:
         ap.error("--workload and --engine are required (or --summary)")
     hypernodes_peer.SKIP = "not used by grid.py"
+    common.TINY = args.tiny
     from gilfree import engines
 
     names = (["SeqEngine", "ThreadEngine", "AsyncEngine", "ProcessEngine"]
              if args.engine == "all" else args.engine.split(","))
     asked = {k: parse_values(getattr(args, k)) for k in KNOBS if getattr(args, k)}
-    configs, knobs, space = [], {}, {}
+    run, check, title = workload(args.workload, names[0])
+    pipeline = pipeline_of(run)
+    configs, knobs, space, left_out = [], {}, {}, []
     for name in names:
         cls = getattr(engines, name, None)
         if cls is None:
@@ -157,7 +215,10 @@ def main(argv: list[str] | None = None) -> int:
                 if k not in own:
                     raise SystemExit(f"{name} has no {k!r} option or hint "
                                      f"(it has: {', '.join(own) or 'none'})")
-        values = {k: asked.get(k) or default_values(k, args.quick) for k in own}
+        idle = {k: why for k, why in idle_knobs(cls, pipeline).items() if k not in asked}
+        left_out += [f"{k} on {name}: {why}" for k, why in idle.items() if k in own]
+        values = {k: asked.get(k) or ([None] if k in idle else default_values(k, args.quick))
+                  for k in own}
         for k, v in values.items():
             space.setdefault(k, [])
             space[k] += [x for x in v if x not in space[k]]
@@ -168,7 +229,6 @@ def main(argv: list[str] | None = None) -> int:
         knobs["AutoEngine"] = (engines.AutoEngine, [], [])
     space = {"engine": list(knobs), **space}
     rounds = 2 if args.quick and args.rounds == 3 else args.rounds
-    run, check, title = workload(args.workload, names[0])
     print(f"{args.workload} ({title}) on {args.engine}: {len(configs)} configurations x "
           f"{rounds} rounds x ({args.calls} warm calls + 1 first call)", flush=True)
 
@@ -177,6 +237,26 @@ def main(argv: list[str] | None = None) -> int:
         opts = {k: v for k, v in cfg.items() if k in init and v is not None}
         hints = {k: v for k, v in cfg.items() if k in hint_knobs and v is not None}
         return hinted(cls, hints)(**opts)
+
+    def measure(cfg, calls: int) -> tuple[float, list[float], object]:
+        """A fresh engine: one first call (cold), ``calls`` warm calls, shutdown."""
+        known = set(descendants())
+        engine = None
+        try:
+            t0 = time.perf_counter()
+            engine = make(cfg)
+            out = run(engine)
+            first = time.perf_counter() - t0
+            warm_times = []
+            for _ in range(calls):
+                t0 = time.perf_counter()
+                run(engine)
+                warm_times.append(time.perf_counter() - t0)
+            return first, warm_times, out
+        finally:
+            if engine is not None:
+                engine.shutdown()
+            settle(known)
 
     warm: dict[int, list[float]] = {i: [] for i in range(len(configs))}
     cold: dict[int, list[float]] = {i: [] for i in range(len(configs))}
@@ -189,26 +269,15 @@ def main(argv: list[str] | None = None) -> int:
         for i in order[k:] + order[:k]:
             if i in errors:
                 continue
-            known = set(descendants())
-            engine = None
             try:
-                t0 = time.perf_counter()
-                engine = make(configs[i])
-                out = run(engine)
-                cold[i].append(time.perf_counter() - t0)
+                first, times, out = measure(configs[i], args.calls)
+                cold[i].append(first)
+                warm[i] += times
                 if r == 0 and check is not None and not check(out):
                     errors[i] = "wrong result"
                 items = items or (len(out) if hasattr(out, "__len__") else None)
-                for _ in range(args.calls):
-                    t0 = time.perf_counter()
-                    run(engine)
-                    warm[i].append(time.perf_counter() - t0)
             except Exception as exc:
                 errors[i] = f"{type(exc).__name__}: {exc}".splitlines()[0][:160]
-            finally:
-                if engine is not None:
-                    engine.shutdown()
-                settle(known)
         print(f"  round {r + 1}/{rounds} done ({time.perf_counter() - started:.0f} s)",
               flush=True)
 
@@ -219,7 +288,13 @@ def main(argv: list[str] | None = None) -> int:
                          "min": min(warm[i]), "cold": statistics.median(cold[i]),
                          "samples": warm[i], "cold_samples": cold[i]})
     rows.sort(key=lambda x: x["median"])
-    md = render(args, title, space, rows, configs, errors, items, rounds)
+    grid_rows = [r for r in rows if r["config"]["engine"] != "AutoEngine"]
+    paired = None
+    if args.confirm > 0 and grid_rows and any(r["config"]["engine"] == "AutoEngine"
+                                              for r in rows):
+        paired = confirm(measure, grid_rows[0]["config"], {"engine": "AutoEngine"},
+                         args.confirm, max(args.calls, 5))
+    md = render(args, title, space, rows, configs, errors, items, rounds, left_out, paired)
     print(md)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -229,13 +304,37 @@ def main(argv: list[str] | None = None) -> int:
         {"command": " ".join(["python benchmarks/grid.py", *argv]),
          "workload": args.workload.upper(), "title": title,
          "when": dt.datetime.now().isoformat(timespec="seconds"), "space": space,
-         "rows": rows, "errors": {str(configs[i]): e for i, e in errors.items()}},
+         "rows": rows, "errors": {str(configs[i]): e for i, e in errors.items()},
+         "left_out": left_out, "paired": paired},
         indent=1, default=str))
     print(f"wrote {base.with_suffix('.md')} and .json")
     return 0
 
 
-def render(args, title, space, rows, configs, errors, items, rounds) -> str:
+def confirm(measure, best: dict, auto: dict, rounds: int, calls: int) -> dict:
+    """The best grid point and AutoEngine() again, in alternating order, round by round:
+    the median of the per-round ratios AutoEngine / best (two configurations measured
+    minutes apart in the grid can sit in different phases of a shared machine)."""
+    print(f"  paired rounds: the best grid point and AutoEngine(), {rounds} x {calls} "
+          "warm calls each", flush=True)
+    samples = {"best": [], "auto": []}
+    ratios = []
+    for r in range(rounds):
+        pair = [("best", best), ("auto", auto)]
+        medians = {}
+        for key, cfg in (pair if r % 2 == 0 else pair[::-1]):
+            _, times, _ = measure(cfg, calls)
+            samples[key] += times
+            medians[key] = statistics.median(times)
+        ratios.append(medians["auto"] / medians["best"])
+    return {"rounds": rounds, "calls": calls, "best": best, "ratios": ratios,
+            "ratio": statistics.median(ratios),
+            "best_median": statistics.median(samples["best"]),
+            "auto_median": statistics.median(samples["auto"])}
+
+
+def render(args, title, space, rows, configs, errors, items, rounds, left_out=(),
+           paired=None) -> str:
     knobs = list(space)
     grid = [r for r in rows if r["config"]["engine"] != "AutoEngine"]
     best = grid[0]["median"] if grid else None
@@ -266,7 +365,7 @@ def render(args, title, space, rows, configs, errors, items, rounds) -> str:
             vals = [r["median"] for r in grid if r["config"].get(k, "-") == v]
             if vals:
                 means[v] = statistics.geometric_mean(vals)
-        if not means:
+        if len(means) < 2:
             continue
         fastest = min(means.values())
         spread = max(means.values()) / fastest
@@ -284,10 +383,19 @@ def render(args, title, space, rows, configs, errors, items, rounds) -> str:
         lines += ["", f"{default['config']['engine']} with all defaults: rank "
                   f"{rows.index(default) + 1} of {len(rows)}, {default['median'] * 1e3:.1f} ms "
                   f"= {default['median'] / best:.2f}x the best grid point ({where})."]
+    if left_out:
+        lines += ["", "Not swept (the same code whatever the value): " + "; ".join(left_out)
+                  + "."]
     if auto and best:
-        lines += ["", f"**AutoEngine() (no settings): {auto['median'] * 1e3:.1f} ms = "
-                  f"{auto['median'] / best:.2f}x the best grid point** ({where}, "
-                  f"{best * 1e3:.1f} ms); bar: <= 1.10x."]
+        lines += ["", f"AutoEngine() (no settings) in the grid: {auto['median'] * 1e3:.1f} ms "
+                  f"= {auto['median'] / best:.2f}x the best grid point ({where}, "
+                  f"{best * 1e3:.1f} ms)."]
+    if paired:
+        lines += ["", f"**Paired ({paired['rounds']} rounds x {paired['calls']} warm calls, "
+                  f"alternating): AutoEngine() / the best grid point = {paired['ratio']:.2f}x** "
+                  f"(per round {min(paired['ratios']):.2f}-{max(paired['ratios']):.2f}x; "
+                  f"medians {paired['auto_median'] * 1e3:.1f} / "
+                  f"{paired['best_median'] * 1e3:.1f} ms); bar: <= 1.10x."]
     return "\n".join(lines) + "\n"
 
 
@@ -295,9 +403,11 @@ def summary(out: Path) -> int:
     """grid-summary.md: per grid in ``out``, its best point and AutoEngine() beside it."""
     lines = ["# Grids: AutoEngine() beside the best hand-set configuration", "",
              "Each row is one `benchmarks/grid.py` run (its command below the table); warm "
-             "medians. Bar (issue 17): AutoEngine() <= 1.10x the best grid point.", "",
+             "medians. Bar (issue 17): AutoEngine() <= 1.10x the best grid point, read from "
+             "the paired rounds (the grid's own ratio beside it).", "",
              "| workload | engines searched | best grid point | best ms | AutoEngine() ms "
-             "| AutoEngine / best |", "|---|---|---|---:|---:|---:|"]
+             "| grid: Auto / best | paired: Auto / best |",
+             "|---|---|---|---:|---:|---:|---:|"]
     commands = []
     for path in sorted(out.glob("grid-*.json"), key=lambda p: p.stat().st_mtime):
         data = json.loads(path.read_text())
@@ -309,9 +419,11 @@ def summary(out: Path) -> int:
         best = min(grid, key=lambda r: r["median"])
         where = ", ".join(f"{k}={fmt(v)}" for k, v in best["config"].items())
         engines_ = ", ".join(dict.fromkeys(r["config"]["engine"] for r in grid))
+        paired = data.get("paired")
         lines.append(f"| {data.get('workload', path.stem)} | {engines_} | {where} | "
                      f"{best['median'] * 1e3:.1f} | {auto['median'] * 1e3:.1f} | "
-                     f"{auto['median'] / best['median']:.2f}x |")
+                     f"{auto['median'] / best['median']:.2f}x | "
+                     + (f"{paired['ratio']:.2f}x |" if paired else "- |"))
         commands.append(f"- `{data['command']}` ({data['when']})")
     text = "\n".join(lines + ["", "Commands:", "", *commands]) + "\n"
     (out / "grid-summary.md").write_text(text)

@@ -134,3 +134,49 @@ def test_only_selects_a_workload_and_its_lettered_parts(monkeypatch):
         "W1", "W10b"]
     assert run.selected("W9", set())  # no --only: every workload
 
+
+
+def test_grid_sweeps_only_knobs_that_change_what_runs(monkeypatch):
+    monkeypatch.syspath_prepend(str(RUN.parent))
+    import grid
+    from gilfree import engines
+
+    w4, _, _ = grid.workload("W4", "SeqEngine")
+    w6, _, _ = grid.workload("W6", "ThreadEngine")
+    plain, batched = grid.pipeline_of(w4), grid.pipeline_of(w6)
+    assert plain is not None and batched is not None
+    assert not grid.has_batch_node(plain) and grid.has_batch_node(batched)
+    assert set(grid.idle_knobs(engines.ThreadEngine, plain)) == {"batch_size"}
+    assert set(grid.idle_knobs(engines.SeqEngine, plain)) == {"batch_size", "max_concurrency"}
+    assert grid.idle_knobs(engines.ThreadEngine, batched) == {}
+    # ProcessEngine's batch_size is also how many items go to a worker at once.
+    assert grid.idle_knobs(engines.ProcessEngine, plain) == {}
+
+
+@pytest.mark.timeout(300)
+def test_grid_py_pairs_the_best_point_with_auto_engine(tmp_path):
+    env = dict(os.environ)
+    import gilfree
+
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(Path(gilfree.__file__).parent.parent), env.get("PYTHONPATH")) if p)
+    done = subprocess.run(
+        [sys.executable, str(RUN.parent / "grid.py"), "--workload", "W4", "--engine",
+         "SeqEngine,ThreadEngine", "--max-workers", "16", "--max-concurrency", "auto",
+         "--rounds", "1", "--calls", "1", "--confirm", "2", "--tiny", "--out", str(tmp_path)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=280)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    data = json.loads((tmp_path / "grid-W4-SeqEngine+ThreadEngine.json").read_text())
+    configs = [r["config"] for r in data["rows"]]
+    # batch_size changes nothing without a DualNode: swept neither on SeqEngine nor on
+    # ThreadEngine; the grid is SeqEngine, ThreadEngine(max_workers=16) and AutoEngine().
+    assert all(c.get("batch_size") is None for c in configs), configs
+    assert sorted(c["engine"] for c in configs) == ["AutoEngine", "SeqEngine", "ThreadEngine"]
+    assert any("batch_size on ThreadEngine" in why for why in data["left_out"])
+    paired = data["paired"]
+    best = min((r for r in data["rows"] if r["config"]["engine"] != "AutoEngine"),
+               key=lambda r: r["median"])
+    assert paired["best"] == best["config"] and len(paired["ratios"]) == 2
+    assert paired["ratio"] > 0 and paired["auto_median"] > 0
+    md = (tmp_path / "grid-W4-SeqEngine+ThreadEngine.md").read_text()
+    assert "**Paired (2 rounds" in md and "Not swept" in md
