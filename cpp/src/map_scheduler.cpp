@@ -12,7 +12,10 @@
 #include <cstring>
 #include <deque>
 #include <iterator>
+#include <limits>
+#include <map>
 #include <optional>
+#include <set>
 #include <stdexcept>
 #include <utility>
 #include <vector>
@@ -36,6 +39,10 @@ struct MapScheduler::MapState {
     std::deque<InFlight> retry;
     std::set<std::size_t> retried;  // starts of batches already sent round again
     bool stopping = false;          // a MapHost call said stop: no new batches
+    // Stopping: the end of the first range a host call said stop for (an item there
+    // failed); in-flight batches from here on hold only later items (cancel them).
+    std::size_t cancel_from = std::numeric_limits<std::size_t>::max();
+    std::set<std::uint64_t> cancelled;  // batch ids the workers were asked to stop
     // Streaming: next_range() said nothing is ready (asked again in the next round).
     bool host_dry = false;
     double ask_again_s = 0;   // streaming: the host holds items back until then, at most
@@ -133,6 +140,7 @@ MapScheduler::End MapScheduler::run(MapRequest request, MapHost& host) {
             }
             got = workers_.wait_event(ev, std::chrono::nanoseconds(0));
         }
+        if (m.stopping && !m.req.streaming) cancel_later_batches(m);
         if (m.req.item_timeout > 0) kill_overdue(m);
     }
 }
@@ -401,7 +409,9 @@ bool MapScheduler::handle(WorkerEvent& ev, MapState& m, MapHost& host) {
     const InFlight f = it->second;
     m.inflight.erase(it);
     time_items(f, ev.received, m);
-    return host.on_result(f.start, f.stop, f.origin, ev.frame);
+    const bool go = host.on_result(f.start, f.stop, f.origin, ev.frame);
+    if (!go) m.cancel_from = std::min(m.cancel_from, f.stop);
+    return go;
 }
 
 bool MapScheduler::handle_exit(const WorkerEvent& ev, MapState& m, MapHost& host) {
@@ -475,7 +485,10 @@ bool MapScheduler::handle_exit(const WorkerEvent& ev, MapState& m, MapHost& host
             LostItems t = why;
             t.timeout_s = m.req.item_timeout;
             t.progress.item = static_cast<std::int64_t>(*overdue);
-            keep_going = host.on_lost(*overdue, *overdue + 1, f.origin, t) && keep_going;
+            if (!host.on_lost(*overdue, *overdue + 1, f.origin, t)) {
+                m.cancel_from = std::min(m.cancel_from, *overdue + 1);
+                keep_going = false;
+            }
             continue;
         }
         // Only the batches it was running are its victim's: the one whose items ran
@@ -496,7 +509,10 @@ bool MapScheduler::handle_exit(const WorkerEvent& ev, MapState& m, MapHost& host
             // victim, as an overdue one is. Each death costs one item.
             const auto c = static_cast<std::size_t>(culprit);
             retry_around(f, c);
-            keep_going = host.on_lost(c, c + 1, f.origin, why) && keep_going;
+            if (!host.on_lost(c, c + 1, f.origin, why)) {
+                m.cancel_from = std::min(m.cancel_from, c + 1);
+                keep_going = false;
+            }
             continue;
         }
         LostItems lost_why = why;
@@ -507,9 +523,26 @@ bool MapScheduler::handle_exit(const WorkerEvent& ev, MapState& m, MapHost& host
         } else if (items && p.tail_batch >= 0) {
             lost_why.beside_step = p.tail_step;
         }
-        keep_going = host.on_lost(f.start, f.stop, f.origin, lost_why) && keep_going;
+        if (!host.on_lost(f.start, f.stop, f.origin, lost_why)) {
+            m.cancel_from = std::min(m.cancel_from, f.stop);
+            keep_going = false;
+        }
     }
     return keep_going;
+}
+
+// A map that stops (a host call said so: under on_error="raise", an item failed) drops
+// the results of batches that hold only later items: each worker is asked to stop the
+// oldest batch it holds (the one it runs, or runs next: a worker takes them in the order
+// sent, and ids grow with it) when that batch starts after the failed range. Batches
+// with earlier items run on: one may hold an earlier error, the one the map raises.
+void MapScheduler::cancel_later_batches(MapState& m) {
+    std::map<std::uint64_t, std::uint64_t> oldest;  // worker -> its oldest batch in flight
+    for (const auto& [id, f] : m.inflight) oldest.emplace(f.worker, id);
+    for (const auto& [worker, id] : oldest) {
+        if (m.inflight.at(id).start >= m.cancel_from && m.cancelled.insert(id).second)
+            workers_.cancel(worker, id);
+    }
 }
 
 // What an item of this map takes, from a finished batch: it ran from when it was sent,

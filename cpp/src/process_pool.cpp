@@ -462,6 +462,15 @@ void ProcessPool::kill(std::uint64_t worker) {
     w->signal(SIGKILL);
 }
 
+void ProcessPool::cancel(std::uint64_t worker, std::uint64_t batch) {
+    std::lock_guard<std::mutex> lk(s_->mu);
+    auto w = s_->find(worker);
+    if (!w || w->status == nullptr) return;
+    // A plain store: the worker polls it, and a stale read only costs it one more item.
+    volatile std::int64_t* v = w->status;
+    v[slot(StatusSlot::cancel)] = static_cast<std::int64_t>(batch);
+}
+
 void ProcessPool::shutdown(std::chrono::nanoseconds grace) {
     std::vector<std::shared_ptr<WorkerProc>> workers, busy;
     {

@@ -61,6 +61,7 @@ public:
     std::vector<std::pair<std::uint64_t, Frame>> relayed;       // send_frame: (worker, frame)
     std::size_t spawned = 0, payloads_sent = 0, max_in_flight = 0, kills = 0, waits = 0;
     std::size_t wakes = 0;
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> cancels;  // (worker, batch id)
     std::vector<std::chrono::nanoseconds> waited;  // the timeout of each wait that ran script
     bool shut = false, woken = false;
 
@@ -226,6 +227,8 @@ public:
         ++kills;
         die(id, kKilled, true);
     }
+    // Recorded only: the scripts decide when a batch answers.
+    void cancel(std::uint64_t id, std::uint64_t batch) override { cancels.emplace_back(id, batch); }
     bool is_shut_down() const override { return shut; }
 
 private:

@@ -396,6 +396,34 @@ void test_stop_dispatching_drains_in_flight() {
     for (auto& [id, w] : pool.workers) CHECK(w.in_flight == 0);
 }
 
+// A map that stops (an item failed under on_error="raise") asks each worker to stop the
+// batch it runs or runs next once that batch holds only items after the failed range; a
+// batch with earlier items runs on (it may hold the error the map must raise).
+void test_stop_cancels_only_later_batches() {
+    FakeWorkers pool(2);
+    MapScheduler sched(pool, 0, 1ms);
+    Host host(1000);
+    std::map<std::size_t, std::uint64_t> ids;  // batch start -> its id
+    int step = 0;
+    pool.script = [&](FakeWorkers& f) {
+        for (auto& [w, worker] : f.workers)
+            for (const Sent& s : worker.queue) ids[s.start] = s.id;
+        if (step++ > 0) return f.finish_all_fronts();
+        for (auto& [w, worker] : f.workers)  // first, [10, 20) fails
+            if (!worker.queue.empty() && worker.queue.front().start == 10) f.finish_front(w);
+    };
+    host.on_result_hook = [](std::size_t a, std::size_t) { return a != 10; };
+    CHECK(sched.run(request(1000, "k", 10), host) == MapScheduler::End::done);
+    // In flight when it failed: [0, 10) then [20, 30) on one worker, [30, 40) on the
+    // other. [30, 40) is stopped at once; [20, 30) once [0, 10), before it, is done.
+    CHECK(pool.cancels.size() == 2);
+    CHECK(pool.cancels.at(0).second == ids.at(30) && pool.cancels.at(1).second == ids.at(20));
+    CHECK(pool.cancels.at(0).first != pool.cancels.at(1).first);
+    std::size_t reported = 0;
+    for (std::size_t i = 0; i < 1000; ++i) reported += host.results[i];
+    CHECK(reported == 40);  // (every batch still answers)
+}
+
 }  // namespace
 
 // -- sub-maps (a node's own map, made in a worker: map_scheduler.hpp "Sub-maps") ----------
@@ -538,6 +566,7 @@ int main() {
         {"interrupt_kills_busy_workers", test_interrupt_kills_busy_workers},
         {"shutdown_during_map", test_shutdown_during_map},
         {"stop_dispatching_drains_in_flight", test_stop_dispatching_drains_in_flight},
+        {"stop_cancels_only_later_batches", test_stop_cancels_only_later_batches},
         {"sub_map_spreads_and_answers_the_asker", test_sub_map_spreads_and_answers_the_asker},
         {"asker_dying_loses_its_item_where_it_asked",
          test_asker_dying_loses_its_item_where_it_asked},

@@ -189,6 +189,7 @@ private:
     bool handle(WorkerEvent& ev, MapState& m, MapHost& host);
     bool handle_exit(const WorkerEvent& ev, MapState& m, MapHost& host);
     void kill_overdue(MapState& m);
+    void cancel_later_batches(MapState& m);
     void abandon(MapState& m);
     void time_items(const InFlight& f, Clock::time_point received, MapState& m);
     static std::size_t stream_batch(const MapState& m);

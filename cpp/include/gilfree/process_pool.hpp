@@ -60,7 +60,11 @@ enum class StatusSlot : std::size_t {
     // worker while `batch`'s items run (-1: none), and the plan step of its first call.
     tail_batch = 5,
     tail_step = 6,
-    count = 7,
+    // Written by the driver: the batch it asks this worker to stop (its map failed at
+    // an earlier item, so its results would be dropped). The worker stops it between
+    // two items, or skips it, and answers at once (-1: none).
+    cancel = 7,
+    count = 8,
 };
 enum class WorkerPhase : std::int64_t { idle = 0, payload = 1, batch = 2, send = 3 };
 constexpr std::size_t slot(StatusSlot s) noexcept { return static_cast<std::size_t>(s); }
@@ -116,6 +120,8 @@ public:
     virtual void wake() = 0;
     virtual void clear_events() = 0;
     virtual void kill(std::uint64_t worker) = 0;
+    // Asks `worker` to stop `batch` (StatusSlot::cancel); it still answers for it.
+    virtual void cancel(std::uint64_t worker, std::uint64_t batch) = 0;
     virtual bool is_shut_down() const = 0;
 };
 
@@ -175,6 +181,8 @@ public:
 
     // SIGKILL; the `exited` event that follows has expected = true.
     void kill(std::uint64_t worker) override;
+    // A store into the worker's status page, which it reads before each item.
+    void cancel(std::uint64_t worker, std::uint64_t batch) override;
     // Kills the workers holding batches (their map ends with the pool), asks the idle
     // ones to quit, waits up to `grace` for them to exit (their teardown), kills the
     // rest, reaps everything and stops the pool's threads. Idempotent. A map running in

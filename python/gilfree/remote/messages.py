@@ -99,6 +99,19 @@ class Part(NamedTuple):
     data: list
 
 
+class BatchCancelled(BaseException):
+    """A batch stopped because the driver asked (a ProcessEngine map that already failed
+    under ``on_error="raise"`` drops the results of batches after the failed item).
+    Raised in the worker before an item's first step; a BaseException so that no node's
+    ``except Exception`` and no "collect" bookkeeping takes it for the item's error. It
+    travels back as the batch's error, is never raised to the user: the map raises the
+    earlier item's error."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*(args or ("the driver stopped this batch: its map failed at an "
+                                    "earlier item",)))
+
+
 class Result(NamedTuple):
     """A batch's answer: its parts in order (each pickled as it finished), or the boxed
     exception that stopped it; and the callback events it recorded either way.

@@ -52,6 +52,7 @@ from time import monotonic_ns
 from typing import Any
 
 from ..run.runtime import maps_on
+from .messages import BatchCancelled
 from .session import Session, Watch, release_stateful
 from .transport import close_fds
 
@@ -61,6 +62,10 @@ SLOT_BATCH, SLOT_ITEM, SLOT_STEP, SLOT_PHASE, SLOT_STARTED = 0, 1, 2, 3, 4
 #: A batch whose batch calls run beside the next batch's items (the tail thread), and
 #: the step of its first batch call: after a death, both batches are the victim's.
 SLOT_TAIL, SLOT_TAIL_STEP = 5, 6
+#: Written by the driver: the batch it asks this process to stop (its map failed at an
+#: earlier item: under on_error="raise" the results would be dropped). Read before each
+#: item; -1: none.
+SLOT_CANCEL = 7
 PHASE_IDLE, PHASE_PAYLOAD, PHASE_BATCH, PHASE_SEND = 0, 1, 2, 3
 
 
@@ -99,8 +104,9 @@ class _StatusPage(Watch):
 def _track_steps(plan: Any, status: Any, timed: bool = False) -> None:
     """Wrap the top-level steps so that the status page says which step runs and which
     item (a DualNode's batch call: which step): the first step runs once per item, in order (the recorder keeps the count
-    right when callbacks are on, cached steps included). Specialised by call shape: this
-    runs once per item and step, on the hot path (~0.2 us)."""
+    right when callbacks are on, cached steps included). Before an item's first step,
+    the batch stops if the driver asked for it (SLOT_CANCEL). Specialised by call shape:
+    this runs once per item and step, on the hot path (~0.2 us)."""
     main = threading.get_ident()
     for k, step in enumerate(plan.steps):
         if step.batch is not None:
@@ -125,17 +131,23 @@ def _track_steps(plan: Any, status: Any, timed: bool = False) -> None:
             # A map with a per-item timeout: the driver kills a worker whose item started
             # too long ago (SLOT_STARTED, CLOCK_MONOTONIC ns, what the driver's clock reads).
             def tracked(*args: Any, f: Any = f, **kwargs: Any) -> Any:
+                if status[SLOT_CANCEL] >= 0 and status[SLOT_CANCEL] == status[SLOT_BATCH]:
+                    raise BatchCancelled
                 status[SLOT_ITEM] += 1
                 status[SLOT_STEP] = 0
                 status[SLOT_STARTED] = monotonic_ns()
                 return f(*args, **kwargs)
         elif k == 0 and step.nargs == 1:
             def tracked(a: Any, f: Any = f) -> Any:
+                if status[SLOT_CANCEL] >= 0 and status[SLOT_CANCEL] == status[SLOT_BATCH]:
+                    raise BatchCancelled
                 status[SLOT_ITEM] += 1
                 status[SLOT_STEP] = 0
                 return f(a)
         elif k == 0:
             def tracked(*args: Any, f: Any = f, **kwargs: Any) -> Any:
+                if status[SLOT_CANCEL] >= 0 and status[SLOT_CANCEL] == status[SLOT_BATCH]:
+                    raise BatchCancelled
                 status[SLOT_ITEM] += 1
                 status[SLOT_STEP] = 0
                 return f(*args, **kwargs)
@@ -207,6 +219,8 @@ class Worker:
         st[SLOT_BATCH], st[SLOT_STEP], st[SLOT_PHASE] = ident, -1, PHASE_BATCH
         with self._maps(job):
             job.run_items()
+        if isinstance(job.error, BatchCancelled):
+            st[SLOT_CANCEL] = -1  # (before the answer: the driver's next ask comes after it)
         if not self.tail_idle.is_set():  # answers leave in the order the batches came
             st[SLOT_BATCH] = -1  # its items are done: a death now is not theirs (rerun)
             self.tail_idle.wait()

@@ -30,7 +30,8 @@ from . import transport
 from ..model.stateful import end_map, new_map
 from ..run.execute_fast import column_sources, column_step, map_columns
 from ..run.stages import Skipped, split_at_batch
-from .messages import COLS, ROWS, Batch, Event, Part, Payload, RemoteOptions, Result
+from .messages import (COLS, ROWS, Batch, BatchCancelled, Event, Part, Payload,
+                       RemoteOptions, Result)
 
 #: Results larger than this per item are pickled in sub-batches of about SPILL_CHUNK.
 SPILL_ITEM, SPILL_CHUNK = 64 * 1024, 4 * 1024 * 1024
@@ -317,6 +318,10 @@ class Job:
                     per_item = (self.spill.size - before) / (b - a)
                     size = n if per_item < SPILL_ITEM else max(1, int(SPILL_CHUNK // per_item))
                 a = b
+        except BatchCancelled as exc:
+            # Its map already failed: the answer says so, with no events (the driver
+            # drops this batch's results; its callbacks must not see half an item).
+            self.error, self.recorder = exc, None
         except Exception as exc:
             self.error = exc
 
