@@ -23,14 +23,20 @@ RUN = ROOT / "benchmarks" / "run.py"
 pytestmark = pytest.mark.skipif(not RUN.exists(), reason="no benchmarks/ in this checkout")
 
 
-@pytest.mark.timeout(300)
-def test_run_py_only_w4_one_round(tmp_path):
-    env = dict(os.environ)
-    # Whatever gilfree the tests import (source tree or installed) is the one benchmarked.
+def benchmark_env() -> dict:
+    """The environment of a benchmark script: whatever gilfree the tests import (source
+    tree or installed) is the one benchmarked."""
     import gilfree
 
+    env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(Path(gilfree.__file__).parent.parent), env.get("PYTHONPATH")) if p)
+    return env
+
+
+@pytest.mark.timeout(300)
+def test_run_py_only_w4_one_round(tmp_path):
+    env = benchmark_env()
     done = subprocess.run(
         [sys.executable, str(RUN), "--only", "W4", "--rounds", "1", "--tiny",
          "--no-hypernodes", "--out", str(tmp_path)],
@@ -70,11 +76,7 @@ def test_run_py_only_w9_tiny(tmp_path):
     """W9 (streaming) at its tiny size: every row runs its call in a fresh interpreter
     and reports its throughput and its peak RSS above its baseline in its note; the sums
     and positions are checked (a wrong result would be the row's error)."""
-    env = dict(os.environ)
-    import gilfree
-
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(Path(gilfree.__file__).parent.parent), env.get("PYTHONPATH")) if p)
+    env = benchmark_env()
     done = subprocess.run(
         [sys.executable, str(RUN), "--only", "W9", "--rounds", "1", "--tiny",
          "--no-hypernodes", "--out", str(tmp_path)],
@@ -103,11 +105,7 @@ SOAK = ROOT / "benchmarks" / "soak.py"
 def test_soak_py_runs_small(tmp_path):
     """``benchmarks/soak.py`` at a tiny size: every engine asked for runs its maps and the
     table and JSON say so.  Not a memory check: at this size the bar is trivially met."""
-    env = dict(os.environ)
-    import gilfree
-
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(Path(gilfree.__file__).parent.parent), env.get("PYTHONPATH")) if p)
+    env = benchmark_env()
     out = tmp_path / "soak.json"
     done = subprocess.run(
         [sys.executable, str(SOAK), "--items", "2000", "--repeats", "3",
@@ -155,11 +153,7 @@ def test_grid_sweeps_only_knobs_that_change_what_runs(monkeypatch):
 
 @pytest.mark.timeout(300)
 def test_grid_py_pairs_the_best_point_with_auto_engine(tmp_path):
-    env = dict(os.environ)
-    import gilfree
-
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(Path(gilfree.__file__).parent.parent), env.get("PYTHONPATH")) if p)
+    env = benchmark_env()
     done = subprocess.run(
         [sys.executable, str(RUN.parent / "grid.py"), "--workload", "W4", "--engine",
          "SeqEngine,ThreadEngine", "--max-workers", "16", "--max-concurrency", "auto",
