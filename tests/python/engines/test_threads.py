@@ -102,22 +102,6 @@ def test_max_concurrency_hint_is_honoured():
     assert peak.most == 2
 
 
-@pytest.mark.timeout(60)
-def test_a_capped_node_that_raises_gives_its_slot_back():
-    """Each call of a capped node holds one of its max_concurrency tokens; a call that
-    raises returns it too (else the next call would wait for ever)."""
-    @node(output_name="y", max_concurrency=1)
-    def fragile(x):
-        if x % 2:
-            raise ValueError(x)
-        return x
-
-    with ThreadEngine() as engine:
-        out = Pipeline([fragile]).map({"x": list(range(50))}, map_over="x", engine=engine,
-                                      on_error="collect")
-    assert [isinstance(r, ValueError) for r in out] == [bool(x % 2) for x in range(50)]
-
-
 def test_dual_node_batches_overlap_with_auto_size():
     sizes, lock = [], threading.Lock()
 
