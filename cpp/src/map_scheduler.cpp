@@ -43,6 +43,12 @@ struct MapScheduler::MapState {
     // failed); in-flight batches from here on hold only later items (cancel them).
     std::size_t cancel_from = std::numeric_limits<std::size_t>::max();
     std::set<std::uint64_t> cancelled;  // batch ids the workers were asked to stop
+
+    // `go`: what a host call answered for items before `stop` (false: stop).
+    bool answered(bool go, std::size_t stop) {
+        if (!go) cancel_from = std::min(cancel_from, stop);
+        return go;
+    }
     // Streaming: next_range() said nothing is ready (asked again in the next round).
     bool host_dry = false;
     double ask_again_s = 0;   // streaming: the host holds items back until then, at most
@@ -409,9 +415,7 @@ bool MapScheduler::handle(WorkerEvent& ev, MapState& m, MapHost& host) {
     const InFlight f = it->second;
     m.inflight.erase(it);
     time_items(f, ev.received, m);
-    const bool go = host.on_result(f.start, f.stop, f.origin, ev.frame);
-    if (!go) m.cancel_from = std::min(m.cancel_from, f.stop);
-    return go;
+    return m.answered(host.on_result(f.start, f.stop, f.origin, ev.frame), f.stop);
 }
 
 bool MapScheduler::handle_exit(const WorkerEvent& ev, MapState& m, MapHost& host) {
@@ -485,10 +489,8 @@ bool MapScheduler::handle_exit(const WorkerEvent& ev, MapState& m, MapHost& host
             LostItems t = why;
             t.timeout_s = m.req.item_timeout;
             t.progress.item = static_cast<std::int64_t>(*overdue);
-            if (!host.on_lost(*overdue, *overdue + 1, f.origin, t)) {
-                m.cancel_from = std::min(m.cancel_from, *overdue + 1);
-                keep_going = false;
-            }
+            keep_going = m.answered(host.on_lost(*overdue, *overdue + 1, f.origin, t),
+                                    *overdue + 1) && keep_going;
             continue;
         }
         // Only the batches it was running are its victim's: the one whose items ran
@@ -509,10 +511,7 @@ bool MapScheduler::handle_exit(const WorkerEvent& ev, MapState& m, MapHost& host
             // victim, as an overdue one is. Each death costs one item.
             const auto c = static_cast<std::size_t>(culprit);
             retry_around(f, c);
-            if (!host.on_lost(c, c + 1, f.origin, why)) {
-                m.cancel_from = std::min(m.cancel_from, c + 1);
-                keep_going = false;
-            }
+            keep_going = m.answered(host.on_lost(c, c + 1, f.origin, why), c + 1) && keep_going;
             continue;
         }
         LostItems lost_why = why;
@@ -523,10 +522,8 @@ bool MapScheduler::handle_exit(const WorkerEvent& ev, MapState& m, MapHost& host
         } else if (items && p.tail_batch >= 0) {
             lost_why.beside_step = p.tail_step;
         }
-        if (!host.on_lost(f.start, f.stop, f.origin, lost_why)) {
-            m.cancel_from = std::min(m.cancel_from, f.stop);
-            keep_going = false;
-        }
+        keep_going =
+            m.answered(host.on_lost(f.start, f.stop, f.origin, lost_why), f.stop) && keep_going;
     }
     return keep_going;
 }

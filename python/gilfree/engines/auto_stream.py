@@ -40,7 +40,7 @@ def probed_stream(engine: Any, plan: Plan, base: dict, rows: Iterator[dict], rt:
         finally:
             end_map(number)
         engine._place_stream(plan, None if total is None else total - len(head), total,
-                           rt, t0, sent=(base, head[:1]), samples=samples)
+                             rt, t0, sent=(base, head[:1]), samples=samples)
         for result in out:
             if isinstance(result, BaseException) and not rt.collect:
                 raise result
